@@ -1,0 +1,43 @@
+# DistilDP Lab. The two commands of the README: `make run` (the quick benchmark grid on the embedded
+# default) and `make test` (the default test suite). Both create .venv and install what they need first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GRID ?= quick
+JOBS ?= 2
+# pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup run test test-slow lab strip check-notebooks clean-store
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import distildp, torch, opacus; print('installed distildp with torch', torch.__version__, 'opacus', opacus.__version__)"
+	touch $@
+
+run: setup
+	$(PY) benchmarks/run.py --grid $(GRID) --jobs $(JOBS)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+strip: setup
+	$(PY) -m distildp.notebooks strip notebooks/*.ipynb
+
+check-notebooks: setup
+	$(PY) -m distildp.notebooks check notebooks/*.ipynb
+
+clean-store:
+	rm -rf .artifacts
