@@ -1,0 +1,393 @@
+"""Corpora: the built-in private corpus, the public pretraining text, CSV folders and hub datasets.
+
+Every corpus becomes a `Corpus`: three pandas splits ('train', 'validation', 'test'), each with a
+`text` column and zero or more label columns, plus the display names of those labels (the control
+codes). Accepted CSV shape (the original DistilDP code's): a `text` column and columns whose names
+start with `label` (`label`, `label1`, `label_business_category`, ...); other columns are ignored.
+The display name drops the `label` prefix: `label_business_category` -> "Business Category",
+`label1` -> "Label 1", `label` -> "Label".
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distildp.source import CATEGORY, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, STARS, Record, ReviewSource
+
+__all__ = ["Record", "Corpus", "control_prefix", "load_corpus", "public_texts", "KNOWN_CORPORA",
+           "yelp_to_columns", "big_patent_to_columns", "dbpedia_to_columns", "BIG_PATENT_SECTIONS",
+           "DBPEDIA_CLASSES"]
+
+SPLITS = ("train", "validation", "test")
+KNOWN_CORPORA = ("builtin", "csv:<dir>", "yelp", "big_patent", "dbpedia_14")
+
+
+def control_prefix(codes: dict[str, str]) -> str:
+    """The teacher's control-code prefix, e.g. 'Business Category: Restaurants\\tReview Stars: 5.0\\n\\n'."""
+    return "\t".join(f"{name}: {value}" for name, value in codes.items()) + "\n\n"
+
+
+@dataclass
+class Corpus:
+    """Three splits of text with control codes; `source` is set when the exact floor is computable."""
+    name: str
+    splits: dict[str, pd.DataFrame]
+    code_columns: dict[str, str]  # label column -> display name, in prefix order
+    source: ReviewSource | None = None
+    canaries: list[dict] = field(default_factory=list)  # secrets inserted into train (builtin only)
+    info: dict = field(default_factory=dict)
+
+    def texts(self, split: str) -> list[str]:
+        return self._split(split)["text"].tolist()
+
+    def codes(self, split: str) -> list[dict[str, str]]:
+        df = self._split(split)
+        columns = [df[c].astype(str).tolist() for c in self.code_columns]
+        return [dict(zip(self.code_columns.values(), row)) for row in zip(*columns)] if columns \
+            else [{} for _ in range(len(df))]
+
+    def prefixes(self, split: str) -> list[str]:
+        return [control_prefix(c) for c in self.codes(split)]
+
+    def _split(self, split: str) -> pd.DataFrame:
+        if split not in self.splits:
+            raise KeyError(f"no split {split!r}; this corpus has {list(self.splits)}")
+        return self.splits[split]
+
+
+def load_corpus(name: str = "builtin", **options) -> Corpus:
+    """Load a corpus by name: 'builtin', 'csv:<dir>', 'yelp', 'big_patent' or 'dbpedia_14'."""
+    if name == "builtin":
+        return _builtin(**options)
+    if name.startswith("csv:"):
+        return load_csv_dir(name[4:], **options)
+    if name in HUB_LOADERS:
+        return HUB_LOADERS[name](**options)
+    raise ValueError(f"unknown corpus {name!r}; known: {', '.join(KNOWN_CORPORA)}")
+
+
+# ------------------------------------------------------------------------------- built-in corpus
+def _builtin(n_train: int = 4000, n_val: int = 500, n_test: int = 500, seed: int = 0, source_seed: int = 0,
+             categories: list[str] | None = None, canaries: int = 0, canary_repeats: int = 1,
+             source: ReviewSource | None = None) -> Corpus:
+    """Private corpus from `ReviewSource`, restricted to the private categories.
+
+    Splits are sampled from separate seed streams (the test split depends only on `seed` and
+    `n_test`) and made disjoint: a validation text that is also in test, or a train text that is in
+    validation or test, is replaced by a fresh draw. Canaries go into train only.
+    """
+    for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if n < 1:
+            raise ValueError(f"{key} must be >= 1, got {n}")
+    src = source or ReviewSource(source_seed)
+    cats = list(categories or PRIVATE_CATEGORIES)
+    taken: set[str] = set()
+    frames = {}
+    for split_id, (split, n) in enumerate((("test", n_test), ("validation", n_val), ("train", n_train))):
+        records: list[Record] = []
+        for attempt in range(100):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, attempt]))
+            records += [r for r in src.sample(n - len(records), rng, categories=cats) if r.text not in taken]
+            if len(records) == n:
+                break
+        else:
+            raise RuntimeError(f"could not draw {n} {split} texts distinct from the other splits")
+        taken |= {r.text for r in records}
+        frames[split] = pd.DataFrame({"text": [r.text for r in records],
+                                      "label_business_category": [r.codes[CATEGORY] for r in records],
+                                      "label_review_stars": [r.codes[STARS] for r in records]})
+    inserted = insert_canaries(frames["train"], canaries, canary_repeats, seed) if canaries else []
+    return Corpus("builtin", {s: frames[s] for s in SPLITS},
+                  {"label_business_category": CATEGORY, "label_review_stars": STARS}, source=src,
+                  canaries=inserted, info={"categories": cats, "seed": seed, "source_seed": source_seed,
+                                           "source_fingerprint": src.fingerprint})
+
+
+def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int, seed: int) -> list[dict]:
+    """Append secret sentences ('My secret code is 4821 7395.') to `repeats` train rows each, in place.
+
+    Returns one dict per canary: id, secret (the digits), sentence, rows. Canaries are outside the
+    source's vocabulary, so they never enter the floor (computed on test, which has none).
+    """
+    if n_canaries * repeats > len(train):
+        raise ValueError(f"{n_canaries} canaries x {repeats} repeats need that many train rows; "
+                         f"train has {len(train)}: lower canaries/canary_repeats or raise n_train")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA7]))
+    rows = rng.choice(len(train), size=n_canaries * repeats, replace=False)
+    out = []
+    for i in range(n_canaries):
+        secret = " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
+        sentence = f"My secret code is {secret}."
+        mine = sorted(rows[i * repeats:(i + 1) * repeats].tolist())
+        for r in mine:
+            train.iat[r, train.columns.get_loc("text")] += " " + sentence
+        out.append({"id": i, "secret": secret, "sentence": sentence, "rows": mine})
+    return out
+
+
+def public_texts(seed: int = 0, n_source_docs: int = 4000, source_seed: int = 0, include_prose: bool = True,
+                 source: ReviewSource | None = None) -> list[str]:
+    """Public pretraining text: prose paragraphs of Python's docs plus reviews of the PUBLIC categories.
+
+    The reviews carry no control codes and none of the private categories' lexicons, so a model
+    pretrained on this leaves a gap that fine-tuning on the private corpus closes.
+    """
+    src = source or ReviewSource(source_seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9B1]))
+    reviews = [r.text for r in src.sample(n_source_docs, rng, categories=PUBLIC_CATEGORIES)]
+    return (pydoc_paragraphs() if include_prose else []) + reviews
+
+
+def pydoc_paragraphs(min_words: int = 8) -> list[str]:
+    """English prose paragraphs of `pydoc_data.topics`: code, tables and indented blocks left out."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for key in sorted(topics):
+        for block in re.split(r"\n\s*\n", topics[key]):
+            lines = block.split("\n")
+            if any(line.startswith((" ", "\t", ">>>", "*", "+", "=", "-")) for line in lines):
+                continue
+            para = " ".join(line.strip() for line in lines)
+            if len(para.split()) >= min_words and sum(ch.isalpha() or ch == " " for ch in para) > 0.9 * len(para):
+                out.append(para)
+    return out
+
+
+# ------------------------------------------------------------------------------- CSV folders
+def display_name(column: str) -> str:
+    """'label_business_category' -> 'Business Category'; 'label1' -> 'Label 1'; 'label' -> 'Label'."""
+    rest = column[len("label"):].strip("_- ")
+    if not rest:
+        return "Label"
+    if rest.isdigit():
+        return f"Label {rest}"
+    return " ".join(w.capitalize() for w in re.split(r"[_\-\s]+", rest) if w)
+
+
+def load_csv_dir(directory: str | os.PathLike, name: str | None = None,
+                 code_names: dict[str, str] | None = None) -> Corpus:
+    """A folder with train.csv, val.csv (or validation.csv) and test.csv; see the module docstring."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"corpus folder {folder} does not exist; pass csv:<dir> with train.csv, "
+                                f"val.csv (or validation.csv) and test.csv inside")
+    files = {"train": folder / "train.csv", "test": folder / "test.csv"}
+    vals = [folder / n for n in ("val.csv", "validation.csv") if (folder / n).exists()]
+    if len(vals) > 1:
+        raise ValueError(f"{folder} has both val.csv and validation.csv: keep one")
+    files["validation"] = vals[0] if vals else folder / "val.csv"
+    frames = {}
+    for split in SPLITS:
+        if not files[split].exists():
+            raise FileNotFoundError(f"missing {files[split]}: a csv corpus needs train.csv, val.csv "
+                                    f"(or validation.csv) and test.csv in {folder}")
+        frames[split] = _read_csv(files[split])
+    return corpus_from_frames(name or f"csv:{folder}", frames, code_names=code_names,
+                              where={s: str(files[s]) for s in SPLITS})
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:  # keep everything as text: '5.0' stays '5.0' and empty cells stay '' (no NaN)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise ValueError(f"cannot read {path} as CSV ({type(err).__name__}: {err}); it must be a UTF-8 CSV "
+                         f"with a header row and a `text` column") from err
+
+
+def corpus_from_frames(name: str, frames: dict[str, pd.DataFrame], code_names: dict[str, str] | None = None,
+                       where: dict[str, str] | None = None, info: dict | None = None) -> Corpus:
+    """Validate three splits (text + label* columns) and wrap them in a `Corpus`."""
+    from_files = where is not None
+    where = where or {s: f"split {s!r}" for s in frames}
+    label_sets = {}
+    clean = {}
+    for split in SPLITS:
+        df = frames[split]
+        if "text" not in df.columns:
+            raise ValueError(f"{where[split]} has no `text` column (columns: {list(df.columns)}); rename the "
+                             f"document column to `text`")
+        labels = [c for c in df.columns if c.startswith("label")]
+        label_sets[split] = labels
+        for col in ["text", *labels]:
+            values = df[col]
+            bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
+            if bad:
+                shown = ", ".join(str(i + 2 if from_files else i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+                at = f"file lines {shown}, the header being line 1" if from_files else f"rows {shown}, counting from 0"
+                raise ValueError(f"{where[split]}: column `{col}` is empty or not text in {len(bad)} row(s) "
+                                 f"({at}); fill or delete those rows")
+        clean[split] = df[["text", *labels]].reset_index(drop=True)
+    if len({tuple(v) for v in label_sets.values()}) > 1:
+        raise ValueError(f"label columns differ between splits: {label_sets}; every split needs the same ones")
+    names = {c: (code_names or {}).get(c, display_name(c)) for c in label_sets["train"]}
+    return Corpus(name, clean, names, info=info or {})
+
+
+# ------------------------------------------------------------------------------- hub datasets
+BIG_PATENT_SECTIONS = {
+    "a": "Human Necessities", "b": "Performing Operations; Transporting", "c": "Chemistry; Metallurgy",
+    "d": "Textiles; Paper", "e": "Fixed Constructions",
+    "f": "Mechanical Engineering; Lighting; Heating; Weapons; Blasting", "g": "Physics", "h": "Electricity",
+    "y": "General tagging of new or cross-sectional technology",
+}
+DBPEDIA_CLASSES = ["Company", "EducationalInstitution", "Artist", "Athlete", "OfficeHolder", "MeanOfTransportation",
+                   "Building", "NaturalPlace", "Village", "Animal", "Plant", "Album", "Film", "WrittenWork"]
+
+
+def yelp_to_columns(table) -> pd.DataFrame:
+    """Yelp rows -> text + label columns.
+
+    Accepts the hub's `yelp_review_full` schema (`label` 0..4, `text`) -> Review Stars "1.0".."5.0",
+    or DistilDP-style CSV rows (`text` + `label*` columns, passed through).
+    """
+    df = _as_frame(table)
+    if "text" in df.columns and "label" in df.columns and pd.api.types.is_integer_dtype(df["label"]):
+        return pd.DataFrame({"text": df["text"], "label_review_stars": [f"{int(v) + 1}.0" for v in df["label"]]})
+    return df
+
+
+def big_patent_to_columns(table, section: str) -> pd.DataFrame:
+    """big_patent rows (`abstract`, `description`) of one CPC section -> text (the abstract) + CPC section name."""
+    if section not in BIG_PATENT_SECTIONS:
+        raise ValueError(f"unknown CPC section {section!r}; known: {sorted(BIG_PATENT_SECTIONS)}")
+    df = _as_frame(table)
+    return pd.DataFrame({"text": df["abstract"].str.strip(), "label_cpc_section": BIG_PATENT_SECTIONS[section]})
+
+
+def dbpedia_to_columns(table) -> pd.DataFrame:
+    """dbpedia_14 rows (`label` 0..13, `title`, `content`) -> text (the content) + class name."""
+    df = _as_frame(table)
+    return pd.DataFrame({"text": df["content"].str.strip(), "label_class": [DBPEDIA_CLASSES[int(v)] for v in df["label"]]})
+
+
+def _as_frame(table) -> pd.DataFrame:
+    return table if isinstance(table, pd.DataFrame) else table.to_pandas()
+
+
+def _hub_offline() -> bool:
+    import datasets
+
+    flags = (os.environ.get("HF_DATASETS_OFFLINE", ""), os.environ.get("HF_HUB_OFFLINE", ""))
+    return any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags) or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((_hub_host(), 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_dataset(path: str, config: str | None = None, *, data_files=None, cache_dir=None, corpus: str):
+    """`datasets.load_dataset` with a clear error instead of a stack of retries when the hub is unreachable."""
+    import datasets
+
+    if data_files is not None:  # local files of the hub's schema
+        missing = [f for f in np.atleast_1d(list(data_files.values())) if not Path(f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{corpus}: data file(s) not found: {missing}")
+        suffix = Path(next(iter(data_files.values()))).suffix.lstrip(".")
+        fmt = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(suffix)
+        if fmt is None:
+            raise ValueError(f"{corpus}: cannot tell the format of {data_files}; use .csv, .json(l) or .parquet")
+        return datasets.load_dataset(fmt, data_files=data_files, cache_dir=cache_dir)
+    fix = (f"connect to the internet (unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), or pass local files: "
+           f"load_corpus({corpus!r}, data_files={{'train': ..., 'test': ...}}) in the hub's schema, or a "
+           f"prepared folder via load_corpus('csv:<dir>')")
+    if not _hub_offline() and not _hub_reachable():  # fail now, not after a minute of retries
+        raise ConnectionError(f"could not load dataset {path!r} for corpus {corpus!r}: the hub "
+                              f"({_hub_host()}) is unreachable. Fix: {fix}; or, if it is cached, set "
+                              f"HF_DATASETS_OFFLINE=1 to use the cached copy")
+    try:
+        return datasets.load_dataset(path, config, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 - any failure here means "the data is not reachable"
+        state = "offline mode is on and it is not cached" if _hub_offline() else "the hub could not be reached"
+        raise ConnectionError(f"could not load dataset {path!r}{f' ({config})' if config else ''} for corpus "
+                              f"{corpus!r}: {state} ({type(err).__name__}: {str(err)[:200]}). Fix: {fix}") from err
+
+
+def _three_splits(parts: dict[str, pd.DataFrame], seed: int, val_fraction: float,
+                  limits: dict[str, int | None]) -> dict[str, pd.DataFrame]:
+    """Carve validation from train when missing, then subsample each split to its limit (seeded)."""
+    parts = dict(parts)
+    rng = np.random.default_rng(seed)
+    if "validation" not in parts:
+        train = parts["train"]
+        n_val = max(1, int(round(val_fraction * len(train))))
+        order = rng.permutation(len(train))
+        parts["validation"] = train.iloc[order[:n_val]].reset_index(drop=True)
+        parts["train"] = train.iloc[order[n_val:]].reset_index(drop=True)
+    if "test" not in parts:
+        raise ValueError(f"the dataset has no test split (splits: {list(parts)}); provide one")
+    for split, n in limits.items():
+        if n is not None and n < len(parts[split]):
+            parts[split] = parts[split].iloc[np.sort(rng.choice(len(parts[split]), n, replace=False))]
+    return {s: parts[s].reset_index(drop=True) for s in SPLITS}
+
+
+def _hub_corpus(name, load, to_columns, code_names, *, seed, val_fraction, n_train, n_val, n_test) -> Corpus:
+    raw = load()
+    parts = {("validation" if s in ("val", "valid") else s): to_columns(raw[s]) for s in raw}
+    frames = _three_splits(parts, seed, val_fraction, {"train": n_train, "validation": n_val, "test": n_test})
+    return corpus_from_frames(name, frames, code_names=code_names, info={"seed": seed})
+
+
+def load_yelp(data_dir: str | None = None, hub_name: str = "Yelp/yelp_review_full", data_files=None,
+              cache_dir=None, seed: int = 0, val_fraction: float = 0.05, n_train=None, n_val=None, n_test=None,
+              code_names: dict[str, str] | None = None) -> Corpus:
+    """Yelp reviews. `data_dir`: the DistilDP/Yue et al. CSV folder (text + label columns, e.g.
+    Business Category and Review Stars); otherwise `hub_name` (default: stars only, no category)."""
+    names = {"label_review_stars": STARS, **(code_names or {})}
+    if data_dir is not None:
+        corpus = load_csv_dir(data_dir, name="yelp", code_names=code_names)
+        frames = _three_splits(corpus.splits, seed, val_fraction, {"train": n_train, "validation": n_val, "test": n_test})
+        return corpus_from_frames("yelp", frames, code_names=corpus.code_columns, info={"data_dir": str(data_dir)})
+    return _hub_corpus("yelp", lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp"),
+                       yelp_to_columns, names, seed=seed, val_fraction=val_fraction,
+                       n_train=n_train, n_val=n_val, n_test=n_test)
+
+
+def load_big_patent(hub_name: str = "NortheasternUniversity/big_patent", sections: str = "abcdefghy",
+                    data_files: dict[str, dict[str, str]] | None = None, cache_dir=None, seed: int = 0,
+                    val_fraction: float = 0.05, n_train=None, n_val=None, n_test=None) -> Corpus:
+    """Patent abstracts labelled with their CPC section; one hub config per section letter.
+    `data_files`: {section letter: {split: path}} of local files in the hub's schema."""
+    def load():
+        merged: dict[str, list[pd.DataFrame]] = {}
+        for sec in sections:
+            files = None if data_files is None else data_files.get(sec)
+            if data_files is not None and files is None:
+                continue
+            raw = _load_dataset(hub_name, sec, data_files=files, cache_dir=cache_dir, corpus="big_patent")
+            for split in raw:
+                merged.setdefault(split, []).append(big_patent_to_columns(raw[split], sec))
+        return {s: pd.concat(v, ignore_index=True) for s, v in merged.items()}
+    return _hub_corpus("big_patent", load, lambda df: df, {"label_cpc_section": "CPC Section"}, seed=seed,
+                       val_fraction=val_fraction, n_train=n_train, n_val=n_val, n_test=n_test)
+
+
+def load_dbpedia(hub_name: str = "fancyzhx/dbpedia_14", data_files=None, cache_dir=None, seed: int = 0,
+                 val_fraction: float = 0.05, n_train=None, n_val=None, n_test=None) -> Corpus:
+    """DBpedia-14 article abstracts labelled with their class name."""
+    return _hub_corpus("dbpedia_14", lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir,
+                                                           corpus="dbpedia_14"),
+                       dbpedia_to_columns, {"label_class": "Class"}, seed=seed, val_fraction=val_fraction,
+                       n_train=n_train, n_val=n_val, n_test=n_test)
+
+
+HUB_LOADERS = {"yelp": load_yelp, "big_patent": load_big_patent, "dbpedia_14": load_dbpedia}

@@ -1,0 +1,198 @@
+"""Corpora: the built-in private corpus, public text, CSV folders, hub-schema loaders and their errors."""
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distildp import data
+from distildp.data import Corpus, control_prefix, load_corpus, public_texts
+from distildp.source import CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL = dict(n_train=60, n_val=20, n_test=20)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return ReviewSource(0)
+
+
+@pytest.fixture(scope="module")
+def builtin(source):
+    return load_corpus("builtin", source=source, **SMALL)
+
+
+def test_control_prefix_format():
+    assert control_prefix({"Business Category": "Restaurants", "Review Stars": "5.0"}) == \
+        "Business Category: Restaurants\tReview Stars: 5.0\n\n"
+
+
+def test_builtin_corpus_shape_and_codes(builtin):
+    assert isinstance(builtin, Corpus) and builtin.source is not None
+    assert {s: len(df) for s, df in builtin.splits.items()} == {"train": 60, "validation": 20, "test": 20}
+    assert builtin.code_columns == {"label_business_category": "Business Category",
+                                    "label_review_stars": "Review Stars"}
+    codes = builtin.codes("test")
+    assert set(c["Business Category"] for c in builtin.codes("train")) <= set(PRIVATE_CATEGORIES)
+    assert builtin.prefixes("test")[0] == control_prefix(codes[0])
+    assert np.all(np.isfinite(builtin.source.log_prob_batch(builtin.texts("test"), codes)))
+
+
+def test_builtin_splits_are_deterministic_disjoint_and_stable(source, builtin):
+    again = load_corpus("builtin", source=source, **SMALL)
+    for split in builtin.splits:
+        pd.testing.assert_frame_equal(builtin.splits[split], again.splits[split])
+    sets = {s: set(builtin.texts(s)) for s in builtin.splits}
+    assert not (sets["train"] & sets["validation"]) and not (sets["train"] & sets["test"])
+    assert not (sets["validation"] & sets["test"])
+    bigger = load_corpus("builtin", source=source, n_train=120, n_val=20, n_test=20)
+    assert bigger.texts("test") == builtin.texts("test")  # test depends only on seed and n_test
+    other = load_corpus("builtin", source=source, seed=1, **SMALL)
+    assert other.texts("test") != builtin.texts("test")
+
+
+def test_builtin_dedupes_across_splits():
+    """A source with few possible texts forces collisions; the splits must still come out disjoint."""
+    tiny = ReviewSource.tiny(0)
+    corpus = load_corpus("builtin", source=tiny, categories=["Restaurants"], n_train=30, n_val=10, n_test=10)
+    sets = {s: set(corpus.texts(s)) for s in corpus.splits}
+    assert not (sets["train"] & (sets["validation"] | sets["test"])) and not (sets["validation"] & sets["test"])
+    assert len(corpus.splits["train"]) == 30
+
+
+def test_canaries_are_recorded_and_only_in_train(source):
+    corpus = load_corpus("builtin", source=source, canaries=3, canary_repeats=4, **SMALL)
+    assert len(corpus.canaries) == 3
+    train = corpus.texts("train")
+    for canary in corpus.canaries:
+        hits = [i for i, t in enumerate(train) if canary["sentence"] in t]
+        assert hits == canary["rows"] and len(hits) == 4
+        assert corpus.source.log_prob(train[hits[0]], corpus.codes("train")[hits[0]]) == -np.inf
+    assert not any("secret" in t for s in ("validation", "test") for t in corpus.texts(s))
+    with pytest.raises(ValueError, match="canaries"):
+        load_corpus("builtin", source=source, canaries=30, canary_repeats=5, **SMALL)
+
+
+def test_public_texts_are_disjoint_and_lack_private_wording(source, builtin):
+    pub = public_texts(seed=0, n_source_docs=300, source=source)
+    assert pub == public_texts(seed=0, n_source_docs=300, source=source)
+    assert len(pub) > 300 and any("Python" in t for t in pub)  # prose paragraphs included
+    private = {t for s in builtin.splits for t in builtin.texts(s)}
+    assert not private & set(pub)
+    # words only the private categories' lexicons use never appear in the public reviews
+    words = lambda texts: {w.strip(".,!?").lower() for t in texts for w in t.split()}  # noqa: E731
+    lexicon = lambda cats: {w for c in cats for ws in CATEGORY_ASPECTS[c].values() for w in ws}  # noqa: E731
+    general = {source.tokens[i] for i in source.general.ids[0]}
+    private_only = lexicon(PRIVATE_CATEGORIES) - lexicon(PUBLIC_CATEGORIES) - general
+    reviews = pub[len(data.pydoc_paragraphs()):]
+    assert len(private_only) > 100 and not (private_only & words(reviews))
+    assert lexicon(PUBLIC_CATEGORIES) & words(reviews)
+
+
+def test_csv_dir_happy_path():
+    corpus = load_corpus(f"csv:{FIXTURES / 'csv_corpus'}")
+    assert corpus.code_columns == {"label_business_category": "Business Category",
+                                   "label_review_stars": "Review Stars"}
+    assert list(corpus.splits["train"].columns) == ["text", "label_business_category", "label_review_stars"]
+    assert corpus.codes("validation") == [{"Business Category": "Beauty & Spas", "Review Stars": "4.0"}]
+    assert corpus.texts("train")[1] == "Rude staff, dirty room!"
+    assert corpus.source is None
+
+
+def test_display_names():
+    assert data.display_name("label_business_category") == "Business Category"
+    assert data.display_name("label1") == "Label 1"
+    assert data.display_name("label") == "Label"
+
+
+def write_dir(tmp_path, train=None, val=None, test=None, val_name="val.csv"):
+    good = "text,label_x\nhello there,a\n"
+    for name, content in (("train.csv", train), (val_name, val), ("test.csv", test)):
+        if content is not False:
+            (tmp_path / name).write_text(good if content is None else content)
+    return f"csv:{tmp_path}"
+
+
+def test_csv_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_corpus(f"csv:{tmp_path / 'nowhere'}")
+    (tmp_path / "a").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"missing .*test.csv"):
+        load_corpus(write_dir(tmp_path / "a", test=False))
+    (tmp_path / "b").mkdir()
+    write_dir(tmp_path / "b")
+    (tmp_path / "b" / "validation.csv").write_text("text\nx\n")
+    with pytest.raises(ValueError, match="both val.csv and validation.csv"):
+        load_corpus(f"csv:{tmp_path / 'b'}")
+    cases = {
+        "notext": (dict(train="body,label_x\nhi,a\n"), r"train.csv has no `text` column"),
+        "empty": (dict(test="text,label_x\nok,a\n  ,b\n\"\",c\n"), r"test.csv: column `text` is empty .* 2 row\(s\) \(file lines 3, 4"),
+        "emptylabel": (dict(val="text,label_x\nok,\n"), r"val.csv: column `label_x` is empty"),
+        "labels": (dict(test="text,label_y\nok,a\n"), "label columns differ"),
+        "headeronly": (dict(train=""), r"cannot read .*train.csv"),
+    }
+    for name, (files, message) in cases.items():
+        (tmp_path / name).mkdir()
+        with pytest.raises(ValueError, match=message):
+            load_corpus(write_dir(tmp_path / name, **files))
+    (tmp_path / "binary").mkdir()
+    write_dir(tmp_path / "binary")
+    (tmp_path / "binary" / "train.csv").write_bytes(b"text\n\xff\xfe\xfa bad bytes\n")
+    with pytest.raises(ValueError, match=r"cannot read .*train.csv"):
+        load_corpus(f"csv:{tmp_path / 'binary'}")
+    (tmp_path / "validation").mkdir()
+    corpus = load_corpus(write_dir(tmp_path / "validation", val_name="validation.csv"))
+    assert corpus.texts("validation") == ["hello there"]
+
+
+def test_unknown_corpus_lists_known_ones():
+    with pytest.raises(ValueError, match="known: builtin, csv:<dir>, yelp, big_patent, dbpedia_14"):
+        load_corpus("imdb")
+
+
+def test_hub_schema_mappings_on_local_fixtures(tmp_path):
+    yelp = load_corpus("yelp", data_files={s: str(FIXTURES / "yelp_review_full" / f"{s}.jsonl") for s in ("train", "test")},
+                       cache_dir=str(tmp_path), val_fraction=0.25)
+    assert yelp.code_columns == {"label_review_stars": "Review Stars"}
+    assert len(yelp.splits["validation"]) == 1 and len(yelp.splits["train"]) == 3
+    assert yelp.codes("test") == [{"Review Stars": "2.0"}]
+    assert sorted(c["Review Stars"] for s in ("train", "validation") for c in yelp.codes(s)) == ["1.0", "3.0", "4.0", "5.0"]
+
+    db = load_corpus("dbpedia_14", data_files={s: str(FIXTURES / "dbpedia_14" / f"{s}.jsonl") for s in ("train", "test")},
+                     cache_dir=str(tmp_path), val_fraction=0.34)
+    everything = {t: c["Class"] for s in db.splits for t, c in zip(db.texts(s), db.codes(s))}
+    assert everything["Acme Corp is a company that makes anvils."] == "Company"
+    assert everything["Moby-Dick is an 1851 novel by Herman Melville."] == "WrittenWork"
+    assert db.codes("test") == [{"Class": "Village"}]
+
+    files = {sec: {s: str(FIXTURES / "big_patent" / f"{sec}_{s}.jsonl") for s in ("train", "validation", "test")}
+             for sec in ("a", "h")}
+    bp = load_corpus("big_patent", data_files=files, cache_dir=str(tmp_path))
+    assert bp.code_columns == {"label_cpc_section": "CPC Section"}
+    assert dict(zip(bp.texts("test"), (c["CPC Section"] for c in bp.codes("test")))) == {
+        "A toothbrush with a replaceable head. (test)": "Human Necessities",
+        "A circuit for charging a battery. (test)": "Electricity"}
+
+
+def test_yelp_csv_folder_is_the_distildp_shape():
+    corpus = load_corpus("yelp", data_dir=str(FIXTURES / "csv_corpus"))
+    assert corpus.name == "yelp" and "Business Category" in corpus.code_columns.values()
+
+
+def test_hub_loader_fails_fast_and_clearly_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"(?s)dbpedia_14.*offline.*data_files"):
+        load_corpus("dbpedia_14", cache_dir=str(tmp_path))
+    assert time.perf_counter() - start < 30
+
+
+def test_hub_loader_fails_fast_when_unreachable(monkeypatch):
+    monkeypatch.setattr(data, "_hub_offline", lambda: False)
+    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ConnectionError, match=r"(?s)unreachable.*HF_DATASETS_OFFLINE=1"):
+        load_corpus("yelp")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_corpus("dbpedia_14", data_files={"train": "/nonexistent.jsonl"})
