@@ -1,0 +1,173 @@
+"""Perplexity (sliding window, and the paper's variant) and the exact perplexity floor of a known source.
+
+Documents are scored as a stream: [eos] p1 t1 [eos] p2 t2 [eos] ... where each [eos] closes one document and opens
+the next (GPT-2 style). Prefix tokens p (control codes) are context only; text tokens t and each closing [eos] are
+scored; the very first [eos] is never a target. So every method's perplexity counts the same tokens, whatever the
+model conditions on, and `floor()` divides by exactly that count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distildp.models import _tokens
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float      # exp(nll_sum / n_tokens)
+    nll_sum: float  # total negative log-likelihood in nats
+    n_tokens: int   # number of scored tokens
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _document_streams(tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                      prefixes: list[str] | None) -> list[tuple[list[int], list[bool]]]:
+    """Per document: ids [eos] + prefix + text + [eos] and whether each id is a scored target."""
+    if prefixes is not None and len(prefixes) != len(texts):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts; pass one prefix per text (or None).")
+    eos = tokenizer.eos_token_id
+    text_ids = _tokens(tokenizer, texts)
+    prefix_ids = _tokens(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
+    return [([eos] + p + t + [eos], [False] * (1 + len(p)) + [True] * (len(t) + 1))
+            for p, t in zip(prefix_ids, text_ids)]
+
+
+def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                     prefixes: list[str] | None = None) -> tuple[list[int], list[bool]]:
+    """The evaluation stream [eos] p1 t1 [eos] p2 t2 [eos] ... and its scored mask (see the module docstring)."""
+    ids, scored = [], []
+    for i, (doc_ids, doc_scored) in enumerate(_document_streams(tokenizer, texts, prefixes)):
+        start = 0 if i == 0 else 1  # the previous document's closing [eos] opens this one
+        ids += doc_ids[start:]
+        scored += doc_scored[start:]
+    return ids, scored
+
+
+def _windows(n_inputs: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_new) windows over the inputs, as the transformers perplexity guide.
+
+    Input i predicts target i + 1; a window feeds inputs [begin, end) and scores only its last n_new targets,
+    which no earlier window scored. Unlike the guide's labels-based loop this loses no token at window edges:
+    stride == max_length gives disjoint windows, and every target is scored exactly once.
+    """
+    windows, prev_end = [], 0
+    for begin in range(0, n_inputs, stride):
+        end = min(begin + max_length, n_inputs)
+        windows.append((begin, end, end - prev_end))
+        prev_end = end
+        if end == n_inputs:
+            break
+    return windows
+
+
+@torch.inference_mode()
+def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool]]], max_length: int,
+                stride: int, batch_size: int, pad_id: int, progress: bool) -> tuple[float, int]:
+    jobs = []  # (stream index, begin, end, n_new)
+    for s, (ids, _) in enumerate(streams):
+        jobs += [(s, *w) for w in _windows(len(ids) - 1, max_length, stride)]
+    nll_sum, n_tokens = 0.0, 0
+    for i in tqdm(range(0, len(jobs), batch_size), desc="perplexity", disable=not progress):
+        chunk = jobs[i:i + batch_size]
+        width = max(end - begin for _, begin, end, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, (s, begin, end, _) in enumerate(chunk):
+            input_ids[row, :end - begin] = torch.tensor(streams[s][0][begin:end])
+            attention_mask[row, :end - begin] = 1
+        position_ids = torch.arange(width).repeat(len(chunk), 1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        log_probs = torch.log_softmax(logits.double(), dim=-1)
+        for row, (s, begin, end, n_new) in enumerate(chunk):
+            ids, scored = streams[s]
+            targets = torch.tensor(ids[end - n_new + 1:end + 1])
+            keep = torch.tensor(scored[end - n_new + 1:end + 1])
+            lp = log_probs[row, end - begin - n_new:end - begin].gather(1, targets[:, None])[:, 0]
+            nll_sum -= lp[keep].sum().item()
+            n_tokens += int(keep.sum())
+    return nll_sum, n_tokens
+
+
+def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+               prefixes: list[str] | None = None, max_length: int | None = None, stride: int | None = None,
+               batch_size: int = 16, per_document: bool = False, progress: bool = True) -> PerplexityResult:
+    """Token-weighted perplexity of `texts` (prefixes, if given, are unscored context).
+
+    Sliding window over the document stream: each window holds up to `max_length` tokens (default: the model's
+    context), and advances by `stride` (default max_length // 2), so every scored token sees at least
+    max_length - stride tokens of context. per_document=True instead starts every document in a fresh window at
+    position 0, as the models are trained (same tokens scored, no cross-document context).
+    """
+    if not texts:
+        raise ValueError("perplexity got no texts; pass a non-empty list of strings.")
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    max_length = max_length or context
+    if max_length > context:
+        raise ValueError(f"max_length={max_length} exceeds the model's context of {context} positions; "
+                         f"use max_length <= {context}.")
+    stride = stride or max(1, max_length // 2)
+    if not 1 <= stride <= max_length:
+        raise ValueError(f"stride={stride} must lie in [1, max_length={max_length}].")
+    streams = (_document_streams(tokenizer, texts, prefixes) if per_document
+               else [encode_documents(tokenizer, texts, prefixes)])
+    was_training = model.training
+    model.eval()
+    try:
+        nll_sum, n_tokens = _stream_nll(model, streams, max_length, stride, batch_size,
+                                        tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                        else tokenizer.eos_token_id, progress)
+    finally:
+        model.train(was_training)
+    return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
+
+
+@torch.inference_mode()
+def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                     window: int = 128) -> float:
+    """The paper's perplexity: texts joined by "\\n\\n", cut into disjoint `window`-token windows, exp of the mean
+    of the windows' mean losses (each window's first token is unscored; a short last window counts fully)."""
+    if not texts:
+        raise ValueError("paper_perplexity got no texts; pass a non-empty list of strings.")
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    if not 2 <= window <= context:
+        raise ValueError(f"window={window} must lie in [2, {context}] (the model's context).")
+    ids = _tokens(tokenizer, ["\n\n".join(texts)])[0]
+    was_training = model.training
+    model.eval()
+    losses = []
+    for begin in range(0, len(ids), window):
+        chunk = torch.tensor(ids[begin:begin + window])[None]
+        if chunk.shape[1] < 2:  # a single token has nothing to predict
+            continue
+        losses.append(model(input_ids=chunk, labels=chunk).loss.item())
+    model.train(was_training)
+    if not losses:
+        raise ValueError("paper_perplexity: the texts are shorter than 2 tokens; pass longer texts.")
+    return math.exp(sum(losses) / len(losses))
+
+
+def floor(source, tokenizer: PreTrainedTokenizerBase, texts: list[str], codes: list[dict] | None = None,
+          categories: list[str] | None = None) -> PerplexityResult:
+    """The lowest perplexity any model can reach in expectation on texts drawn from `source`.
+
+    nats = sum of -log p(text | codes) when codes are given (a teacher sees the codes), else
+    -log p(text) marginalised over codes (a student does not); divided by the tokens `perplexity()` scores for
+    the same texts: each text's tokens plus its closing [eos].
+    """
+    if not texts:
+        raise ValueError("floor got no texts; pass a non-empty list of strings.")
+    if codes is not None and len(codes) != len(texts):
+        raise ValueError(f"{len(codes)} code dicts for {len(texts)} texts; pass one per text (or None).")
+    if codes is not None:
+        nats = -sum(source.log_prob(text, c) for text, c in zip(texts, codes))
+    else:
+        nats = -sum(source.log_prob_marginal(text, categories=categories) for text in texts)
+    n_tokens = sum(len(ids) + 1 for ids in _tokens(tokenizer, texts))
+    return PerplexityResult(math.exp(nats / n_tokens), nats, n_tokens)

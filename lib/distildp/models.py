@@ -1,0 +1,240 @@
+"""Tokenizer, model presets, and non-private pretraining.
+
+Conventions (see the brief): the tokenizer's `<|endoftext|>` is bos = eos = pad = unk (GPT-2 style).
+A student example is [eos] + tok(text) + [eos]; a teacher example is [eos] + tok(prefix) + tok(text) + [eos],
+with prefix and text tokenized separately so the student's tokens are a suffix-aligned slice of the teacher's.
+Every token after the leading [eos] is a target of the language-model loss.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+if TYPE_CHECKING:  # dpsgd is imported inside pretrain() to keep `import distildp.models` light
+    from distildp.dpsgd import TrainConfig
+
+EOS = "<|endoftext|>"
+TINY_CONTEXT = 128
+
+# Tiny GPT-2s for 2 CPU cores. Teacher and student share n_embd so hidden states align one to one;
+# the student is shallower. Measured, batch 32 x 96 tokens, 1 thread, non-private forward+backward (CPU s/step):
+# teacher (1.33M params) ~0.85, student (0.94M) ~0.5-0.6; the 4096 x 128 tied head alone is ~0.3-0.5 of that.
+PRESETS: dict[str, dict] = {
+    "tiny-teacher": dict(n_embd=128, n_layer=4, n_head=4, n_positions=TINY_CONTEXT),
+    "tiny-student": dict(n_embd=128, n_layer=2, n_head=4, n_positions=TINY_CONTEXT),
+}
+# The paper's models, downloaded from the Hugging Face hub (cached after the first download).
+HUB_MODELS: tuple[str, ...] = ("gpt2-large", "gpt2", "distilgpt2")
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts: list[str], vocab_size: int = 4096,
+                    model_max_length: int = TINY_CONTEXT) -> PreTrainedTokenizerFast:
+    """Train a GPT-2 style byte-level BPE on `texts` (deterministic for a given input)."""
+    if not texts:
+        raise ValueError("train_tokenizer got no texts; pass the public corpus (a non-empty list of strings).")
+    if vocab_size < 257:
+        raise ValueError(f"vocab_size={vocab_size} is below the 256 byte symbols + 1 special token; use >= 257.")
+    tok = Tokenizer(models.BPE())
+    # add_prefix_space=False: "Hello" and " Hello" stay different tokens, exactly as GPT-2.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable: no unknown tokens
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
+        model_max_length=model_max_length,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- models
+def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 from a tiny preset, sized to `tokenizer`'s vocabulary.
+
+    `overrides` replace preset fields (e.g. n_layer=2) for experiments and tests.
+    """
+    if preset not in PRESETS:
+        hint = (f" '{preset}' is a hub model: use resolve_model() or load_pretrained()." if preset in HUB_MODELS
+                else "")
+        raise ValueError(f"Unknown preset '{preset}'. Known presets: {sorted(PRESETS)}; "
+                         f"hub models: {list(HUB_MODELS)}.{hint}")
+    eos_id = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,  # GPT2Config defaults to 50256
+        **{**PRESETS[preset], **overrides},
+    )
+    torch.manual_seed(seed)  # weight initialisation draws from the global generator
+    return GPT2LMHeadModel(config)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect; transformers itself would retry for ~50 s before failing offline."""
+    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_pretrained(name_or_path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) from a local `save_pretrained` directory or a hub name such as 'gpt2'."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json; pass a directory written by model.save_pretrained().")
+        return _load(str(path), local_files_only=True)
+    # Hub ids are "name" or "org/name"; anything else that looks like a path is a missing directory.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
+        raise FileNotFoundError(f"No model directory at {path}; pass an existing save_pretrained() directory "
+                                f"or a hub name like {list(HUB_MODELS)}.")
+    try:  # the local cache first: no network needed once a model was downloaded
+        return _load(name, local_files_only=True)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise OSError(f"Cannot load '{name}': it is not in the local Hugging Face cache and the hub is unreachable "
+                      "(offline). Fix: connect once to download it into the cache, or pass a local directory "
+                      "written by save_pretrained().")
+    return _load(name, local_files_only=False)
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a `save_pretrained` directory (no model weights loaded)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"No tokenizer directory at {path}; pass a directory written by save_pretrained().")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def _load(name: str, local_files_only: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local_files_only)
+    if tokenizer.pad_token is None:  # hub GPT-2 has no pad token: pad with eos, as the brief's convention
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def resolve_model(name: str, tokenizer: PreTrainedTokenizerBase | None = None,
+                  seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """One call for every model name: a tiny preset (fresh, needs `tokenizer`), a hub name or a local directory."""
+    if name in PRESETS:
+        if tokenizer is None:
+            raise ValueError(f"Preset '{name}' is built from scratch and needs a tokenizer: pass tokenizer=... "
+                             "(see train_tokenizer).")
+        return build_model(name, tokenizer, seed), tokenizer
+    return load_pretrained(name)
+
+
+def is_pretrained_name(name: str) -> bool:
+    """True when `name` loads pretrained weights (hub model or directory), so public pretraining is skipped."""
+    return name not in PRESETS
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Distinct trainable parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+def _tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens (we add [eos] ourselves; length is handled by the caller)."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def encode_plain(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int | None = None,
+                 overflow: str = "truncate") -> list[dict]:
+    """Student examples [eos] + tok(text) + [eos] as dicts with `input_ids` (list[int]).
+
+    A document longer than `max_length`:
+      overflow="truncate": cut to its first `max_length` tokens. The cut document gets no closing [eos]: it did
+        not end there, and a false ending would teach the model to stop early.
+      overflow="split": cut into windows that overlap by one token (the next window's unscored first token is the
+        previous window's last target), so every token after the leading [eos] is a target exactly once.
+    """
+    return encode_with_prefix(tokenizer, None, texts, max_length, overflow)
+
+
+def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] | None, texts: list[str],
+                       max_length: int | None = None, overflow: str = "truncate") -> list[dict]:
+    """Teacher examples [eos] + tok(prefix) + tok(text) + [eos]; prefix and text tokenized separately.
+
+    Each dict has `input_ids` and `prefix_length` (number of prefix tokens, so student position i is teacher
+    position i + prefix_length). Truncation keeps the whole prefix; see `encode_plain` for `overflow`.
+    """
+    if prefixes is not None and len(prefixes) != len(texts):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts; pass one prefix per text.")
+    if overflow not in ("truncate", "split"):
+        raise ValueError(f"overflow='{overflow}' is not known; use 'truncate' or 'split'.")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length={max_length} leaves no target token; use max_length >= 2.")
+    eos = tokenizer.eos_token_id
+    text_ids = _tokens(tokenizer, texts)
+    prefix_ids_all = _tokens(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
+    examples = []
+    for i, (prefix_ids, ids) in enumerate(zip(prefix_ids_all, text_ids)):
+        ids = [eos] + prefix_ids + ids + [eos]
+        if max_length is None or len(ids) <= max_length:
+            examples.append({"input_ids": ids, "prefix_length": len(prefix_ids)})
+        elif overflow == "truncate":
+            if len(prefix_ids) + 2 > max_length:
+                raise ValueError(f"Control prefix {prefixes[i]!r} takes {len(prefix_ids)} tokens, leaving no text "
+                                 f"within max_length={max_length}; raise max_length or shorten the codes.")
+            examples.append({"input_ids": ids[:max_length], "prefix_length": len(prefix_ids)})
+        else:
+            step = max_length - 1
+            for start in range(0, len(ids) - 1, step):
+                examples.append({"input_ids": ids[start:start + max_length],
+                                 "prefix_length": len(prefix_ids) if start == 0 else 0})
+    return examples
+
+
+# ----------------------------------------------------------------------------------------------- pretraining
+def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+             cfg: TrainConfig | None = None, progress: bool = True) -> dict:
+    """Non-private causal-LM pretraining on plain `texts` (long documents are split into context-sized windows).
+
+    The same loop as private training (`distildp.dpsgd.train_causal_lm` with epsilon = inf). Returns metrics.
+    """
+    from distildp.dpsgd import TrainConfig, collate_lm, train_causal_lm
+
+    cfg = cfg or TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.01, schedule="warmup_linear")
+    examples = encode_plain(tokenizer, texts, model.config.n_positions, overflow="split")
+    if not examples:
+        raise ValueError("pretrain got no texts; pass a non-empty list of documents.")
+    pad = tokenizer.pad_token_id
+    report = train_causal_lm(model, examples, cfg, collate_fn=lambda batch: collate_lm(batch, pad), progress=progress)
+    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
+    last = report.losses[-steps_per_epoch:]
+    return {"train_loss": sum(last) / len(last), "first_loss": report.losses[0], "steps": report.steps,
+            "examples": len(examples), "seconds": report.wall_time_s}

@@ -1,0 +1,229 @@
+"""Perplexity and its floor (distildp.evaluate), each checked against a hand computation."""
+import math
+import random
+
+import pydoc_data.topics
+import pytest
+import torch
+
+from distildp.evaluate import PerplexityResult, encode_documents, floor, paper_perplexity, perplexity
+from distildp.dpsgd import TrainConfig
+from distildp.models import build_model, pretrain, train_tokenizer
+
+TEXTS = ["The soup was cold.", "Friendly staff, great coffee, and a quiet room to read in.",
+         "Never again!", "We came for the tacos and stayed for the music; the salsa was superb.", "Fine."]
+PREFIXES = [f"Business Category: {c}\tReview Stars: {s}\n\n"
+            for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"], ["1.0", "5.0", "2.0", "4.0", "3.0"])]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(list(pydoc_data.topics.topics.values())[:20] + TEXTS * 3, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    return build_model("tiny-student", tok, seed=3, n_embd=32, n_layer=2, n_head=2, n_positions=48).eval()
+
+
+# ------------------------------------------------------------------------------------------- hand references
+def logp_next(model, context: list[int], target: int) -> float:
+    """log p(target | context), one forward pass from position 0."""
+    with torch.no_grad():
+        logits = model(torch.tensor([context])).logits[0, -1].double()
+    return torch.log_softmax(logits, -1)[target].item()
+
+
+def hand_stream(tok, texts, prefixes=None):
+    """The stream [eos] p1 t1 [eos] p2 t2 [eos] ... built by hand, with the scored positions."""
+    eos, ids, scored = tok.eos_token_id, [tok.eos_token_id], [False]
+    for i, text in enumerate(texts):
+        p = tok(prefixes[i])["input_ids"] if prefixes else []
+        t = tok(text)["input_ids"]
+        ids += p + t + [eos]
+        scored += [False] * len(p) + [True] * (len(t) + 1)
+    return ids, scored
+
+
+def hand_sliding(model, ids, scored, L, S):
+    """Token by token: target j is scored by the first window (begin k*S, end min(k*S+L, M)) reaching input j-1."""
+    M = len(ids) - 1
+    nll, n = 0.0, 0
+    for j in range(1, len(ids)):
+        if not scored[j]:
+            continue
+        k = 0
+        while min(k * S + L, M) < j:
+            k += 1
+        nll -= logp_next(model, ids[k * S:j], ids[j])
+        n += 1
+    return nll, n
+
+
+# ------------------------------------------------------------------------------------------- perplexity
+def test_stream_encoding(tok):
+    ids, scored = encode_documents(tok, TEXTS, PREFIXES)
+    assert (ids, scored) == hand_stream(tok, TEXTS, PREFIXES)
+    assert ids.count(tok.eos_token_id) == len(TEXTS) + 1  # one [eos] between documents, shared
+
+
+@pytest.mark.parametrize("L,S", [(16, 8), (16, 5), (12, 12)])
+def test_sliding_window_equals_token_loop(model, tok, L, S):
+    ids, scored = hand_stream(tok, TEXTS, PREFIXES)
+    assert len(ids) > 3 * L  # several windows
+    nll, n = hand_sliding(model, ids, scored, L, S)
+    got = perplexity(model, tok, TEXTS, PREFIXES, max_length=L, stride=S, batch_size=3, progress=False)
+    assert got.n_tokens == n == sum(len(tok(t)["input_ids"]) + 1 for t in TEXTS)
+    assert got.nll_sum == pytest.approx(nll, rel=1e-6)
+    assert got.ppl == pytest.approx(math.exp(nll / n), rel=1e-6)
+
+
+def test_stride_equal_to_window_is_disjoint_chunks(model, tok):
+    ids, scored = hand_stream(tok, TEXTS)
+    L = 10
+    nll, n = 0.0, 0
+    for begin in range(0, len(ids) - 1, L):  # chunk inputs [begin, begin+L) predict the next token each
+        chunk = ids[begin:begin + L + 1]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([chunk[:-1]])).logits[0].double(), -1)
+        for i in range(len(chunk) - 1):
+            if scored[begin + i + 1]:
+                nll -= logp[i, chunk[i + 1]].item()
+                n += 1
+    got = perplexity(model, tok, TEXTS, max_length=L, stride=L, progress=False)
+    assert (got.n_tokens, got.nll_sum) == (n, pytest.approx(nll, rel=1e-6))
+
+
+def test_full_context_is_one_forward_pass(model, tok):
+    texts = [TEXTS[0], TEXTS[2], TEXTS[4]]  # short enough for one 48-token window
+    ids, scored = hand_stream(tok, texts)
+    assert len(ids) - 1 <= 48
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    nll = -sum(logp[j - 1, ids[j]].item() for j in range(1, len(ids)) if scored[j])
+    got = perplexity(model, tok, texts, progress=False)  # max_length defaults to the model's 48 positions
+    assert got.nll_sum == pytest.approx(nll, rel=1e-6)
+
+
+def test_prefixes_are_context_not_scored(model, tok):
+    plain = perplexity(model, tok, TEXTS, max_length=48, progress=False)
+    coded = perplexity(model, tok, TEXTS, PREFIXES, max_length=48, progress=False)
+    assert plain.n_tokens == coded.n_tokens
+    assert plain.nll_sum != pytest.approx(coded.nll_sum)  # the prefix did condition the model
+
+
+def test_per_document_restarts_context(model, tok):
+    got = perplexity(model, tok, TEXTS, PREFIXES, per_document=True, progress=False)
+    nll, n = 0.0, 0
+    for text, prefix in zip(TEXTS, PREFIXES):
+        ids, scored = hand_stream(tok, [text], [prefix])
+        d_nll, d_n = hand_sliding(model, ids, scored, 48, 24)
+        nll, n = nll + d_nll, n + d_n
+    assert (got.n_tokens, got.nll_sum) == (n, pytest.approx(nll, rel=1e-6))
+
+
+def test_uniform_model_has_vocabulary_perplexity(tok):
+    model = build_model("tiny-student", tok, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+    torch.nn.init.zeros_(model.transformer.wte.weight)  # tied head: every logit is 0
+    got = perplexity(model, tok, TEXTS, max_length=32, progress=False)
+    assert got.ppl == pytest.approx(len(tok), rel=1e-9)
+
+
+def test_perplexity_rejects_bad_arguments(model, tok):
+    with pytest.raises(ValueError, match="context"):
+        perplexity(model, tok, TEXTS, max_length=49, progress=False)
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(model, tok, TEXTS, max_length=16, stride=17, progress=False)
+    with pytest.raises(ValueError, match="prefix"):
+        perplexity(model, tok, TEXTS, PREFIXES[:2], progress=False)
+    with pytest.raises(ValueError, match="no texts"):
+        perplexity(model, tok, [], progress=False)
+
+
+def test_evaluation_restores_training_mode(model, tok):
+    model.train()
+    perplexity(model, tok, TEXTS[:2], progress=False)
+    paper_perplexity(model, tok, TEXTS[:2], window=16)
+    assert model.training
+    model.eval()
+
+
+def test_paper_perplexity_equals_hand_computation(model, tok):
+    ids = tok("\n\n".join(TEXTS))["input_ids"]
+    window = 16
+    assert len(ids) % window >= 2  # a short last window, which counts as much as a full one
+    means = []
+    for begin in range(0, len(ids), window):
+        chunk = ids[begin:begin + window]
+        means.append(-sum(logp_next(model, chunk[:i], chunk[i]) for i in range(1, len(chunk))) / (len(chunk) - 1))
+    expected = math.exp(sum(means) / len(means))
+    assert paper_perplexity(model, tok, TEXTS, window=window) == pytest.approx(expected, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- floor
+class WordSource:
+    """Stand-in for distildp.source.ReviewSource (helper DATA writes the real one): a category picks a unigram
+    distribution over words; a text is words joined by spaces, its length geometric. Exact log-probabilities."""
+
+    words = ["good", "bad", "food", "staff", "slow", "fast", "great", "cold", "coffee", "room", "price", "again"]
+    categories = ["Restaurants", "Cafes"]
+    stop = 0.15
+
+    def __init__(self, seed=0):
+        rng = random.Random(seed)
+        self.p_words = {}
+        for c in self.categories:
+            weights = [rng.random() ** 3 + 0.01 for _ in self.words]
+            self.p_words[c] = {w: x / sum(weights) for w, x in zip(self.words, weights)}
+
+    def sample(self, n, seed):
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            c = rng.choice(self.categories)
+            words = [rng.choices(self.words, weights=list(self.p_words[c].values()))[0]]
+            while rng.random() > self.stop:
+                words.append(rng.choices(self.words, weights=list(self.p_words[c].values()))[0])
+            out.append((" ".join(words), {"Business Category": c}))
+        return out
+
+    def log_prob(self, text, codes):
+        words = text.split(" ")
+        p = self.p_words[codes["Business Category"]]
+        return sum(math.log(p[w]) for w in words) + (len(words) - 1) * math.log(1 - self.stop) + math.log(self.stop)
+
+    def log_prob_marginal(self, text, categories=None):
+        cats = categories or self.categories
+        return math.log(sum(math.exp(self.log_prob(text, {"Business Category": c})) / len(cats) for c in cats))
+
+
+def test_floor_counts_the_tokens_perplexity_scores(model, tok):
+    source = WordSource()
+    texts, codes = zip(*source.sample(20, seed=1))
+    prefixes = [f"Business Category: {c['Business Category']}\n\n" for c in codes]
+    student_floor = floor(source, tok, list(texts))
+    teacher_floor = floor(source, tok, list(texts), list(codes))
+    ppl = perplexity(model, tok, list(texts), prefixes, progress=False)
+    assert student_floor.n_tokens == teacher_floor.n_tokens == ppl.n_tokens
+    expected = -sum(source.log_prob_marginal(t) for t in texts)
+    assert student_floor.nll_sum == pytest.approx(expected)
+    assert student_floor.ppl == pytest.approx(math.exp(expected / ppl.n_tokens))
+    assert teacher_floor.nll_sum == pytest.approx(-sum(source.log_prob(t, c) for t, c in zip(texts, codes)))
+    with pytest.raises(ValueError, match="code dicts"):
+        floor(source, tok, list(texts), list(codes)[:3])
+
+
+def test_trained_model_stays_above_the_floor(tok):
+    source = WordSource()
+    train = [t for t, _ in source.sample(300, seed=2)]
+    test = source.sample(100, seed=3)
+    texts, codes = [t for t, _ in test], [c for _, c in test]
+    model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    before = perplexity(model, tok, texts, per_document=True, progress=False)
+    pretrain(model, tok, train, TrainConfig(epochs=4, batch_size=16, lr=5e-3, seed=0), progress=False)
+    after = perplexity(model, tok, texts, per_document=True, progress=False)
+    marginal, conditional = floor(source, tok, texts), floor(source, tok, texts, codes)
+    assert isinstance(after, PerplexityResult)
+    assert after.ppl < before.ppl / 5  # it learned something
+    assert conditional.ppl < marginal.ppl < after.ppl  # codes carry information; nobody beats the source
