@@ -1,0 +1,434 @@
+"""Private (DP-SGD, on Opacus) and non-private training of causal language models.
+
+One loop serves both. With a privacy budget the model, optimizer and data go through
+`opacus.PrivacyEngine`: batches are Poisson-sampled (each example joins each step independently with
+probability q = batch_size / N, the accountant's assumption), every example's gradient is clipped to
+`max_grad_norm`, Gaussian noise is added once per logical batch, and large logical batches are split
+into physical ones by `BatchMemoryManager`. With epsilon = inf the same loop runs on shuffled batches
+with no Opacus at all.
+
+The privacy unit is one example (one sequence), so a loss function returns one number per sequence:
+`loss_fn(model, batch) -> (B,)`, the mean over that sequence's scored tokens. A token-weighted batch
+mean would scale each example's gradient by its share of the batch's tokens (see STACK-NOTES).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from distildp import privacy
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+ACCOUNTANTS = ("prv", "rdp")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+SCHEDULES = ("constant", "warmup_linear")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+# ------------------------------------------------------------------------------------------ configs
+@dataclass
+class TrainConfig:
+    """Optimisation settings. `batch_size` is the logical (expected, for Poisson) batch size."""
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    physical_batch_size: int | None = None  # memory cap per forward/backward; None = batch_size
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # 'constant' (after warm-up) or 'warmup_linear' (decay to 0)
+    seed: int = 0
+    max_steps: int | None = None  # cap on optimizer steps (privacy is accounted for the steps taken)
+    optimizer: str = "adamw"  # 'adamw', or 'sgd' (plain DP-SGD, as in the teaching notebooks)
+
+
+@dataclass
+class PrivacyConfig:
+    """DP-SGD settings. target_epsilon = math.inf (and no noise_multiplier) means non-private."""
+
+    target_epsilon: float = math.inf
+    delta: float | str | None = None  # None: below 1/N; 'paper': 1/N (see distildp.privacy.resolve_delta)
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    noise_multiplier: float | None = None  # None: calibrated so the run spends target_epsilon
+    grad_sample_mode: str = "hooks"  # 'hooks' (handles tied embeddings) or 'ghost' (unties them)
+    conv1d_sampler: bool = True  # use distildp.conv1d_grad_sampler for GPT-2's Conv1D layers
+    allow_delta_one_over_n: bool = False  # the paper's delta = 1/N (weaker than the default)
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.target_epsilon) or self.noise_multiplier is not None
+
+
+@dataclass
+class TrainReport:
+    """What a training run did, including the privacy it spent."""
+
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    epsilon_spent: float
+    delta: float | None
+    accountant: str | None
+    max_grad_norm: float | None
+    grad_sample_mode: str | None
+    tied_embeddings_untied: bool
+    target_epsilon: float
+    batch_size: int
+    epochs: float
+    n_examples: int
+    losses: list[float] = field(default_factory=list)  # mean training loss per step (not private)
+    wall_time_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.epsilon_spent)
+
+    def privacy_record(self) -> dict[str, Any]:
+        """The manifest's `privacy` record (see the brief's shared conventions)."""
+        return {
+            "epsilon": self.epsilon_spent,
+            "target_epsilon": self.target_epsilon,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "max_grad_norm": self.max_grad_norm,
+            "private": self.private,
+            "grad_sample_mode": self.grad_sample_mode,
+            "tied_embeddings_untied": self.tied_embeddings_untied,
+            "notes": list(self.notes),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------- batches, loss
+def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
+    """Right-padded batch: input_ids, attention_mask, position_ids, loss_mask (all (B, T)).
+
+    loss_mask[b, t] = 1 where input_ids[b, t] is a scored target; the leading token never is. An
+    example's own `loss_mask` (aligned with its input_ids) is honoured. An empty list gives (0, 0)
+    tensors, so an empty Poisson batch still has the right keys.
+    """
+    length = max((len(ex["input_ids"]) for ex in examples), default=0)
+    rows = len(examples)
+    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(rows, length, dtype=torch.long)
+    loss_mask = torch.zeros(rows, length)
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        if n < 2:
+            raise ValueError(f"example {row} has {n} input_ids; a sequence needs [eos] + at least one token.")
+        input_ids[row, :n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+        attention_mask[row, :n] = 1
+        if "loss_mask" in ex:
+            if len(ex["loss_mask"]) != n:
+                raise ValueError(f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; make them equal.")
+            loss_mask[row, 1:n] = torch.as_tensor(ex["loss_mask"][1:], dtype=torch.float)
+        else:
+            loss_mask[row, 1:n] = 1.0
+    # Explicit positions: Opacus hooks need a (B, T) tensor (not a broadcast (1, T)), and ghost
+    # clipping needs it contiguous, hence .repeat rather than .expand. Right padding: rows start at 0.
+    position_ids = torch.arange(length).repeat(rows, 1)
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "position_ids": position_ids, "loss_mask": loss_mask}
+
+
+def lm_loss_per_sequence(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Per-sequence mean next-token NLL over scored tokens, shape (B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch["input_ids"][:, 1:], reduction="none")
+    mask = batch["loss_mask"][:, 1:].to(nll.dtype)
+    return (nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+# ---------------------------------------------------------------------------------- privacy helpers
+def _epsilon_spent(opacus_accountant, noise_multiplier: float, sample_rate: float, steps: int,
+                   delta: float, accountant: str) -> tuple[float, list[str]]:
+    """Epsilon over the steps taken, from the run's own Opacus accountant and from distildp.privacy
+    (which the noise was calibrated with); the larger is reported, so the record never understates it."""
+    if noise_multiplier == 0:
+        return math.inf, ["noise_multiplier = 0: no privacy"]
+    ours = float(opacus_accountant.get_epsilon(delta=delta))
+    theirs = privacy.epsilon_spent([privacy.DPSGDMechanism(noise_multiplier, sample_rate, steps)], delta, accountant)
+    return max(ours, theirs), [f"epsilon ({accountant}): opacus accountant {ours:.6g}, distildp.privacy {theirs:.6g}"]
+
+
+def untie_embeddings(model: nn.Module) -> bool:
+    """Give the output layer its own copy of the input embedding (ghost clipping refuses tied weights).
+
+    Returns True when the weights were tied (and are now separate, starting equal).
+    """
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if get_in is None or get_out is None or get_out() is None:
+        return False
+    inp, out = get_in(), get_out()
+    if out.weight is not inp.weight:
+        return False
+    out.weight = nn.Parameter(inp.weight.detach().clone())
+    if getattr(model, "config", None) is not None:
+        model.config.tie_word_embeddings = False  # so save/load keeps them apart
+    return True
+
+
+# ------------------------------------------------------------------------------------- the training
+def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> None:
+    if n == 0:
+        raise ValueError("no training examples: pass a non-empty list of dicts with 'input_ids'.")
+    if train_cfg.batch_size < 1 or train_cfg.batch_size > n:
+        raise ValueError(f"batch_size={train_cfg.batch_size} with {n} examples gives sample rate "
+                         f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller batch).")
+    if train_cfg.physical_batch_size is not None and train_cfg.physical_batch_size < 1:
+        raise ValueError(f"physical_batch_size={train_cfg.physical_batch_size}; use >= 1 or None.")
+    if not train_cfg.epochs > 0 or (train_cfg.max_steps is not None and train_cfg.max_steps < 1):
+        raise ValueError(f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and max_steps >= 1.")
+    if train_cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={train_cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
+    if train_cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule={train_cfg.schedule!r}; choose one of {SCHEDULES}.")
+    if not train_cfg.lr > 0 or train_cfg.warmup_steps < 0:
+        raise ValueError(f"lr={train_cfg.lr}, warmup_steps={train_cfg.warmup_steps}: need lr > 0, warmup_steps >= 0.")
+    p = privacy_cfg
+    if not p.target_epsilon > 0:
+        raise ValueError(f"target_epsilon={p.target_epsilon}; epsilon must be > 0 (math.inf = non-private).")
+    if p.private:
+        privacy.resolve_delta(p.delta, n, allow_one_over_n=p.allow_delta_one_over_n)  # raises clear errors
+    if p.accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant={p.accountant!r}; choose one of {ACCOUNTANTS}.")
+    if p.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode={p.grad_sample_mode!r}; choose one of {GRAD_SAMPLE_MODES}.")
+    if not p.max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={p.max_grad_norm}; the clipping norm must be > 0.")
+    if p.noise_multiplier is not None and not p.noise_multiplier >= 0:
+        raise ValueError(f"noise_multiplier={p.noise_multiplier}; must be >= 0, or None to calibrate.")
+
+
+def _schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    if cfg.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    return get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, steps)
+
+
+def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Non-private sampling: a fresh permutation per epoch, cut into batches (the last may be short)."""
+    taken = 0
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            if taken == steps:
+                return
+            taken += 1
+            yield order[start:start + batch_size]
+
+
+def _split(batch: list[int], size: int) -> list[list[int]]:
+    return [batch[i:i + size] for i in range(0, len(batch), size)] or [[]]
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> Batch:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def poisson_schedule(n: int, train_cfg: TrainConfig) -> tuple[float, int]:
+    """(sample rate q = batch_size / N, optimizer steps = epochs / q, capped by max_steps): what the accountant sees."""
+    sample_rate = train_cfg.batch_size / n
+    steps = max(1, round(train_cfg.epochs / sample_rate))
+    if train_cfg.max_steps is not None:
+        steps = min(steps, train_cfg.max_steps)
+    return sample_rate, steps
+
+
+def train_causal_lm(
+    model: nn.Module,
+    examples: Sequence[Mapping[str, Any]],
+    train_cfg: TrainConfig,
+    privacy_cfg: PrivacyConfig | None = None,
+    loss_fn: LossFn = lm_loss_per_sequence,
+    collate_fn: Callable[[list], Batch] | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    pad_id: int | None = None,
+) -> TrainReport:
+    """Train `model` in place on `examples` (dicts with `input_ids`, optional `loss_mask`).
+
+    `collate_fn(list_of_examples) -> batch dict` defaults to `collate_lm` with `pad_id` (default: the
+    model config's pad or eos id); extra keys flow to `loss_fn(model, batch) -> (B,)`.
+    `on_step(step, loss)` is called after every optimizer step. Returns a TrainReport.
+    """
+    privacy_cfg = privacy_cfg or PrivacyConfig()
+    n = len(examples)
+    _validate(n, train_cfg, privacy_cfg)
+    if collate_fn is None:
+        config = getattr(model, "config", None)
+        pad = pad_id if pad_id is not None else getattr(config, "pad_token_id", None)
+        pad = pad if pad is not None else getattr(config, "eos_token_id", None) or 0
+        collate_fn = lambda exs: collate_lm(exs, pad)  # noqa: E731
+    context = getattr(getattr(model, "config", None), "n_positions", None)
+    longest = max(len(ex["input_ids"]) for ex in examples)
+    if context is not None and longest > context:
+        raise ValueError(f"an example has {longest} tokens but the model's context is {context}; "
+                         f"split or truncate documents to at most {context} tokens.")
+    sample_rate, steps = poisson_schedule(n, train_cfg)
+    physical = train_cfg.physical_batch_size or train_cfg.batch_size
+
+    torch.manual_seed(train_cfg.seed)  # dropout
+    sampler_rng = torch.Generator().manual_seed(train_cfg.seed)
+    p = privacy_cfg
+    untied = p.private and p.grad_sample_mode == "ghost" and untie_embeddings(model)
+    device = next(model.parameters()).device
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    if train_cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = _schedule(optimizer, train_cfg, steps)
+    report = TrainReport(steps=0, sample_rate=sample_rate, noise_multiplier=0.0, epsilon_spent=math.inf,
+                         delta=None, accountant=None, max_grad_norm=None, grad_sample_mode=None,
+                         tied_embeddings_untied=untied, target_epsilon=p.target_epsilon,
+                         batch_size=train_cfg.batch_size, epochs=train_cfg.epochs, n_examples=n)
+    if untied:
+        report.notes.append("lm_head untied from the input embedding for ghost clipping")
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=steps, desc="DP-SGD" if p.private else "train", disable=not progress)
+
+    def finish_step(loss_sum: float, count: int) -> None:
+        scheduler.step()
+        report.steps += 1
+        loss = loss_sum / count if count else math.nan
+        report.losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if on_step is not None:
+            on_step(report.steps, loss)
+
+    if not p.private:
+        for indices in _shuffled_batches(n, train_cfg.batch_size, steps, sampler_rng):
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for chunk in _split(indices, physical):  # gradient accumulation over physical batches
+                per_seq = loss_fn(model, _to_device(collate_fn([examples[i] for i in chunk]), device))
+                (per_seq.sum() / len(indices)).backward()
+                loss_sum += per_seq.detach().sum().item()
+            optimizer.step()
+            finish_step(loss_sum, len(indices))
+    else:
+        _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
+                       physical, sampler_rng, device, finish_step)
+    bar.close()
+    model.eval()
+    report.wall_time_s = time.perf_counter() - start
+    return report
+
+
+class _PerSequenceLoss:
+    """Identity 'criterion' for Opacus ghost clipping: our loss_fn already returns (B,) losses."""
+
+    reduction = "mean"
+
+    def __call__(self, per_sequence: torch.Tensor) -> torch.Tensor:
+        return per_sequence
+
+
+def _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
+                   physical, sampler_rng, device, finish_step) -> None:
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    from distildp.conv1d_grad_sampler import conv1d_sampler
+
+    n, q = len(examples), report.sample_rate
+    delta = privacy.resolve_delta(p.delta, n, allow_one_over_n=p.allow_delta_one_over_n)
+    sigma = p.noise_multiplier
+    if sigma is None:
+        sigma = privacy.calibrate_noise(p.target_epsilon, delta, q, steps, p.accountant)
+    ghost = p.grad_sample_mode == "ghost"
+
+    # Poisson sampling with q = batch_size / N exactly, for all the steps in one pass. Empty index
+    # lists reach the loop as None (GPT-2 cannot run a forward pass on zero rows).
+    loader = DataLoader(
+        list(examples),
+        batch_sampler=UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=sampler_rng, steps=steps),
+        collate_fn=lambda exs: collate_fn(exs) if exs else None,
+    )
+    noise_rng = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
+    with conv1d_sampler(p.conv1d_sampler), warnings.catch_warnings():
+        # Seeded noise is for reproducible research; Opacus' secure_mode is the production switch.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs are token ids
+        engine = PrivacyEngine(accountant=p.accountant)
+        made = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=p.max_grad_norm, poisson_sampling=False,  # our loader already samples
+            grad_sample_mode=p.grad_sample_mode, criterion=_PerSequenceLoss(), wrap_model=False,
+            noise_generator=noise_rng,
+        )
+        hooks, dp_optimizer = made[0], made[1]
+        criterion = made[2] if ghost else None
+        # make_private infers q as 1/len(loader) (= 1/steps here); point the averaging and the
+        # accountant at the true q = batch_size / N instead.
+        dp_optimizer.expected_batch_size = train_cfg.batch_size
+        account = engine.accountant.get_optimizer_hook_fn(sample_rate=q)
+        stepped = []
+
+        def on_noisy_step(opt) -> None:  # runs once per logical batch, after noise is added
+            account(opt)
+            stepped.append(True)
+
+        dp_optimizer.attach_step_hook(on_noisy_step)
+        try:
+            loss_sum, count = 0.0, 0
+            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
+                                    optimizer=dp_optimizer) as physical_loader:
+                for batch in physical_loader:
+                    if batch is None:
+                        _empty_gradients(dp_optimizer, ghost)
+                    else:
+                        per_seq = loss_fn(model, _to_device(batch, device))
+                        (criterion(per_seq) if ghost else per_seq.mean()).backward()
+                        loss_sum += per_seq.detach().sum().item()
+                        count += per_seq.shape[0]
+                    dp_optimizer.step()  # clips; at a logical batch's end also adds noise and steps
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    if stepped:
+                        stepped.clear()
+                        finish_step(loss_sum, count)
+                        loss_sum, count = 0.0, 0
+        finally:
+            hooks.cleanup()  # the model leaves with no Opacus hooks or attributes
+    if any(entry[1] != q for entry in engine.accountant.history):  # a guard on the override above
+        raise RuntimeError(f"the accountant saw sample rates {engine.accountant.history}, not q = {q}")
+    report.noise_multiplier, report.delta, report.accountant = float(sigma), delta, p.accountant
+    report.max_grad_norm, report.grad_sample_mode = p.max_grad_norm, p.grad_sample_mode
+    report.epsilon_spent, notes = _epsilon_spent(engine.accountant, sigma, q, report.steps, delta, p.accountant)
+    report.notes += notes + [f"Poisson sampling, q = {train_cfg.batch_size}/{n}", "conv1d grad sampler: "
+                             + ("on" if p.conv1d_sampler else "off (functorch)")]
+
+
+def _empty_gradients(dp_optimizer, ghost: bool) -> None:
+    """An empty Poisson batch still takes a step: zero clipped gradients plus noise, so the
+    accountant's count stays right. Opacus' optimizer handles zero-row per-sample gradients."""
+    for param in dp_optimizer.params:
+        if ghost:
+            param.grad = torch.zeros_like(param)
+        else:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)

@@ -1,0 +1,331 @@
+"""DP-SGD on Opacus: per-sample gradients, clipping, sampling, accounting, and bad input.
+
+Every check compares against an independent reference: a loop of single-example backward passes,
+a hand-written clipped SGD step, a re-drawn Poisson mask, or dp_accounting's RDP accountant.
+"""
+import math
+
+import pytest
+import torch
+from opacus.grad_sample import GradSampleHooks
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from distildp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
+from distildp.dpsgd import (
+    PrivacyConfig,
+    TrainConfig,
+    collate_lm,
+    lm_loss_per_sequence,
+    train_causal_lm,
+    untie_embeddings,
+)
+
+VOCAB = 100
+
+
+def tiny_model(seed: int = 0, n_embd: int = 32, n_layer: int = 2, untie: bool = False) -> GPT2LMHeadModel:
+    """A tiny GPT-2 without dropout, so a training-mode forward pass is deterministic."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=n_embd, n_layer=n_layer, n_head=2, n_positions=32,
+                        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    if untie:
+        untie_embeddings(model)
+    return model
+
+
+def make_examples(n: int, seed: int = 0, min_len: int = 2, max_len: int = 12) -> list[dict]:
+    """[eos] + random tokens + [eos], with unequal lengths so batches carry padding."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        out.append({"input_ids": [0] + torch.randint(1, VOCAB, (length,), generator=g).tolist() + [0]})
+    return out
+
+
+def single_example_grads(model: torch.nn.Module, example: dict) -> dict[str, torch.Tensor]:
+    """Reference: the gradient of one example's loss, computed on that example alone (no padding)."""
+    model.zero_grad(set_to_none=True)
+    lm_loss_per_sequence(model, collate_lm([example], pad_id=0)).sum().backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def poisson_batch(n: int, q: float, seed: int) -> list[int]:
+    """Re-draw the first Poisson batch exactly as Opacus' sampler does with our seeded generator."""
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < q
+    return mask.nonzero().flatten().tolist()
+
+
+# ----------------------------------------------------------------------------------- collate, loss
+def test_collate_lm_pads_right_and_marks_targets():
+    batch = collate_lm([{"input_ids": [0, 5, 6, 0]}, {"input_ids": [0, 7, 0], "loss_mask": [0, 0, 1]}], pad_id=99)
+    assert batch["input_ids"].tolist() == [[0, 5, 6, 0], [0, 7, 0, 99]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 1, 1, 1], [0, 0, 1, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3]] * 2
+    assert batch["position_ids"].is_contiguous() and batch["position_ids"].stride() == (4, 1)
+
+
+def test_collate_lm_empty_batch_keeps_keys():
+    batch = collate_lm([], pad_id=0)
+    assert set(batch) == {"input_ids", "attention_mask", "position_ids", "loss_mask"}
+    assert all(t.shape[0] == 0 for t in batch.values())
+
+
+def test_collate_lm_rejects_bad_examples():
+    with pytest.raises(ValueError, match="loss_mask"):
+        collate_lm([{"input_ids": [0, 1, 0], "loss_mask": [0, 1]}], pad_id=0)
+    with pytest.raises(ValueError, match="input_ids"):
+        collate_lm([{"input_ids": [0]}], pad_id=0)
+
+
+def test_per_sequence_loss_is_unchanged_by_padding():
+    model = tiny_model().eval()
+    examples = make_examples(4, seed=1)
+    batched = lm_loss_per_sequence(model, collate_lm(examples, pad_id=0))
+    alone = torch.cat([lm_loss_per_sequence(model, collate_lm([ex], pad_id=0)) for ex in examples])
+    torch.testing.assert_close(batched, alone, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- per-sample gradients
+@pytest.mark.parametrize("use_conv1d_sampler", [True, False])
+def test_opacus_per_sample_grads_equal_single_example_loop(use_conv1d_sampler):
+    model = tiny_model().train()
+    examples = make_examples(5, seed=2)  # unequal lengths: the batch is padded
+    expected = [single_example_grads(model, ex) for ex in examples]
+    model.zero_grad(set_to_none=True)
+    with conv1d_sampler(use_conv1d_sampler):
+        assert (Conv1D in GradSampleHooks.GRAD_SAMPLERS) == use_conv1d_sampler
+        hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean")
+        lm_loss_per_sequence(model, collate_lm(examples, pad_id=0)).mean().backward()
+        got = {name: p.grad_sample.detach().clone() for name, p in model.named_parameters()}
+        hooks.cleanup()
+    for name, per_sample in got.items():
+        reference = torch.stack([grads[name] for grads in expected])
+        torch.testing.assert_close(per_sample, reference, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_conv1d_sampler_registration_is_restored():
+    before = GradSampleHooks.GRAD_SAMPLERS.get(Conv1D)
+    with conv1d_sampler(True):
+        assert GradSampleHooks.GRAD_SAMPLERS[Conv1D] is compute_conv1d_grad_sample
+        assert Conv1D in GradSampleHooksFastGradientClipping.NORM_SAMPLERS
+    assert GradSampleHooks.GRAD_SAMPLERS.get(Conv1D) is before
+
+
+def test_conv1d_grad_sample_equals_autograd():
+    layer = Conv1D(nf=3, nx=4)
+    x = torch.randn(2, 5, 4)
+    grads = compute_conv1d_grad_sample(layer, [x], torch.ones(2, 5, 3))
+    for i in range(2):
+        layer.zero_grad()
+        layer(x[i:i + 1]).sum().backward()
+        torch.testing.assert_close(grads[layer.weight][i], layer.weight.grad)
+        torch.testing.assert_close(grads[layer.bias][i], layer.bias.grad)
+
+
+# ------------------------------------------------------------------------------ the DP-SGD update
+def one_step(model, examples, batch_size, privacy_cfg, lr=0.5, physical=None, seed=3):
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, physical_batch_size=physical, lr=lr, optimizer="sgd",
+                      seed=seed, max_steps=1)
+    return train_causal_lm(model, examples, cfg, privacy_cfg, progress=False)
+
+
+def reference_step(model, examples, batch, batch_size, clip, lr=0.5):
+    """Hand-written DP-SGD without noise: clip each example's gradient, sum, divide by the
+    EXPECTED batch size (as Opacus does), take one SGD step."""
+    model.train()
+    total = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for i in batch:
+        grads = single_example_grads(model, examples[i])
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for name in total:
+            total[name] += factor * grads[name]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p -= lr * total[name] / batch_size
+    return params(model)
+
+
+def test_noise_free_unclipped_dp_step_is_plain_sgd_on_the_poisson_batch():
+    examples, batch_size, seed = make_examples(24, seed=4), 6, 3
+    batch = poisson_batch(len(examples), batch_size / len(examples), seed)
+    assert 0 < len(batch) != batch_size  # a Poisson batch, not a fixed-size one
+    reference = tiny_model()
+    expected = reference_step(reference, examples, batch, batch_size, clip=math.inf)
+    model = tiny_model()
+    report = one_step(model, examples, batch_size, PrivacyConfig(noise_multiplier=0.0, max_grad_norm=1e6), seed=seed)
+    assert report.steps == 1 and report.epsilon_spent == math.inf
+    for name, value in params(model).items():
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_clipped_noise_free_step_matches_hand_clipping(mode):
+    examples, batch_size, seed, clip = make_examples(24, seed=5), 6, 3, 0.05
+    batch = poisson_batch(len(examples), batch_size / len(examples), seed)
+    expected = reference_step(tiny_model(untie=True), examples, batch, batch_size, clip=clip)
+    model = tiny_model(untie=True)
+    one_step(model, examples, batch_size, PrivacyConfig(noise_multiplier=0.0, max_grad_norm=clip,
+                                                        grad_sample_mode=mode), seed=seed)
+    for name, value in params(model).items():
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_physical_batches_give_the_same_dp_update(mode):
+    examples = make_examples(24, seed=6)
+    privacy = PrivacyConfig(noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode=mode)
+    whole, split = tiny_model(), tiny_model()
+    one_step(whole, examples, 12, privacy)
+    one_step(split, examples, 12, privacy, physical=2)  # BatchMemoryManager: virtual steps
+    for name, value in params(split).items():
+        torch.testing.assert_close(value, params(whole)[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_non_private_gradient_accumulation_is_exact():
+    examples, cfg = make_examples(16, seed=7), dict(epochs=1, batch_size=8, lr=0.5, optimizer="sgd", max_steps=2)
+    whole, split = tiny_model(), tiny_model()
+    report = train_causal_lm(whole, examples, TrainConfig(**cfg), progress=False)
+    train_causal_lm(split, examples, TrainConfig(**cfg, physical_batch_size=3), progress=False)
+    assert report.privacy_record()["private"] is False and report.epsilon_spent == math.inf
+    assert report.steps == 2
+    for name, value in params(split).items():
+        torch.testing.assert_close(value, params(whole)[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_ghost_unties_embeddings_and_hooks_keeps_them_tied():
+    examples, privacy = make_examples(8, seed=8), dict(noise_multiplier=1.0, accountant="rdp")
+    tied = tiny_model()
+    report = one_step(tied, examples, 4, PrivacyConfig(**privacy))
+    assert tied.lm_head.weight is tied.transformer.wte.weight and not report.tied_embeddings_untied
+    ghost = tiny_model()
+    report = one_step(ghost, examples, 4, PrivacyConfig(**privacy, grad_sample_mode="ghost"))
+    assert ghost.lm_head.weight is not ghost.transformer.wte.weight
+    assert report.tied_embeddings_untied and report.privacy_record()["tied_embeddings_untied"]
+    assert not ghost.config.tie_word_embeddings
+    # Opacus hooks and attributes are gone: the model trains normally afterwards.
+    assert not any(hasattr(p, "grad_sample") for p in tied.parameters())
+    lm_loss_per_sequence(tied, collate_lm(examples, 0)).mean().backward()
+
+
+# ------------------------------------------------------------------------------------ sampling
+def tiny_fast_model() -> GPT2LMHeadModel:
+    return tiny_model(n_embd=8, n_layer=1)
+
+
+def test_batches_are_poisson_and_empty_batches_still_step():
+    n, batch_size, steps = 40, 4, 300
+    sizes = []
+
+    def recording_loss(model, batch):
+        sizes.append(batch["input_ids"].shape[0])
+        return lm_loss_per_sequence(model, batch)
+
+    # One physical batch per step (by default Poisson batches above batch_size are split for memory).
+    cfg = TrainConfig(epochs=100, batch_size=batch_size, physical_batch_size=n, max_steps=steps, lr=1e-3)
+    report = train_causal_lm(tiny_fast_model(), make_examples(n, seed=9, max_len=3), cfg,
+                             PrivacyConfig(noise_multiplier=1.0, accountant="rdp"), loss_fn=recording_loss,
+                             progress=False)
+    assert report.steps == steps
+    empty = steps - len(sizes)
+    all_sizes = torch.tensor(sizes + [0] * empty, dtype=torch.float)
+    q = batch_size / n
+    assert len(set(sizes)) > 3  # sizes vary
+    assert abs(all_sizes.mean() - q * n) < 4 * math.sqrt(n * q * (1 - q) / steps)
+    assert 0.5 < all_sizes.var() / (n * q * (1 - q)) < 1.6  # binomial variance
+    assert empty >= 1  # P(empty) = 0.9**40 = 1.5%; the seed gives a few, and they counted as steps
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_empty_poisson_batches_do_not_crash(mode):
+    calls = []
+
+    def counting_loss(model, batch):
+        calls.append(batch["input_ids"].shape[0])
+        return lm_loss_per_sequence(model, batch)
+
+    model = tiny_fast_model()
+    before = params(model)
+    cfg = TrainConfig(epochs=100, batch_size=1, physical_batch_size=20, max_steps=12, lr=1e-3)  # q = 1/20
+    report = train_causal_lm(model, make_examples(20, seed=10, max_len=3), cfg,
+                             PrivacyConfig(noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
+                             loss_fn=counting_loss, progress=False)
+    assert report.steps == 12 and len(calls) < 12
+    assert sum(math.isnan(loss) for loss in report.losses) == 12 - len(calls)  # NaN marks an empty step
+    assert any(not torch.equal(before[k], v) for k, v in params(model).items())
+
+
+# ---------------------------------------------------------------------------------- accounting
+def dp_accounting_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Independent reference: Google's dp_accounting RDP accountant."""
+    import dp_accounting
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return accountant.get_epsilon(delta)
+
+
+def test_reported_epsilon_matches_an_independent_accountant_over_steps_taken():
+    examples = make_examples(20, seed=11, max_len=3)
+    cfg = TrainConfig(epochs=10, batch_size=5, max_steps=7, lr=1e-3)  # stop early: 7 of 40 steps
+    report = train_causal_lm(tiny_fast_model(), examples, cfg,
+                             PrivacyConfig(noise_multiplier=1.2, delta=1e-3, accountant="rdp"), progress=False)
+    assert (report.steps, report.sample_rate, report.delta) == (7, 0.25, 1e-3)
+    reference = dp_accounting_rdp_epsilon(1.2, 0.25, 7, 1e-3)
+    assert report.epsilon_spent == pytest.approx(reference, rel=1e-2)
+    assert report.epsilon_spent >= reference * (1 - 1e-3)  # never below what was spent
+    record = report.privacy_record()
+    assert record["epsilon"] == report.epsilon_spent and record["private"] is True
+    assert record["noise_multiplier"] == 1.2 and record["steps"] == 7
+
+
+def test_calibrated_noise_spends_at_most_the_target():
+    examples = make_examples(20, seed=12, max_len=3)
+    cfg = TrainConfig(epochs=2, batch_size=5, lr=1e-3)  # q = 0.25, 8 steps
+    report = train_causal_lm(tiny_fast_model(), examples, cfg,
+                             PrivacyConfig(target_epsilon=4.0, delta=1e-3, accountant="rdp"), progress=False)
+    assert report.steps == 8
+    reference = dp_accounting_rdp_epsilon(report.noise_multiplier, 0.25, 8, 1e-3)
+    assert report.epsilon_spent <= 4.0 and 4.0 * 0.97 <= reference <= 4.0 * 1.001
+
+
+# ---------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "train, privacy, match",
+    [
+        (dict(), dict(target_epsilon=0.0), "epsilon"),
+        (dict(), dict(target_epsilon=-1.0), "epsilon"),
+        (dict(), dict(target_epsilon=1.0, delta=1.5), "delta"),
+        (dict(), dict(target_epsilon=1.0, delta=0.0), "delta"),
+        (dict(batch_size=50), dict(target_epsilon=1.0), "batch_size"),  # sample rate > 1
+        (dict(), dict(target_epsilon=1.0, accountant="gdp"), "accountant"),
+        (dict(), dict(target_epsilon=1.0, grad_sample_mode="ew"), "grad_sample_mode"),
+        (dict(), dict(target_epsilon=1.0, max_grad_norm=0.0), "max_grad_norm"),
+        (dict(schedule="cosine"), dict(), "schedule"),
+    ],
+)
+def test_bad_input_raises_clear_errors(train, privacy, match):
+    cfg = TrainConfig(**{"batch_size": 4, **train})
+    with pytest.raises(ValueError, match=match):
+        train_causal_lm(tiny_fast_model(), make_examples(10), cfg, PrivacyConfig(**privacy), progress=False)
+
+
+def test_too_small_dataset_and_too_long_examples_raise():
+    with pytest.raises(ValueError, match="no training examples"):
+        train_causal_lm(tiny_fast_model(), [], TrainConfig(batch_size=1), progress=False)
+    with pytest.raises(ValueError, match="context"):
+        train_causal_lm(tiny_fast_model(), [{"input_ids": list(range(40))}], TrainConfig(batch_size=1),
+                        progress=False)
+    with pytest.raises(ValueError, match="1/N"):  # delta >= 1/N needs the named option
+        train_causal_lm(tiny_fast_model(), make_examples(10), TrainConfig(batch_size=2),
+                        PrivacyConfig(noise_multiplier=1.0, delta=0.2), progress=False)
