@@ -1,0 +1,125 @@
+"""Speed of `generate_synthetic`: its tokens/s against plain `model.generate`, and how wall time grows with size.
+
+    .venv/bin/python benchmarks/bench_generate.py                    # random tiny teacher (one run, ~3 min)
+    .venv/bin/python benchmarks/bench_generate.py --model-dir DIR    # a saved teacher (save_pretrained)
+
+Both sides sample with the same settings (top-k 50, top-p 0.9, no-repeat 2-grams, max_length 128 including
+the prompt). Plain generate gets the easy case (one prompt repeated, so no padding); generate_synthetic
+mixes codes in a batch (left padding), decodes, drops empties and writes parquet chunks.
+"New tokens" count every sampled token up to and including the [eos] that ends a sample.
+Writes results/benchmarks/generate.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from distildp.data import control_prefix, pydoc_paragraphs
+from distildp.generate import GenerationConfig, generate_synthetic
+from distildp.models import load_pretrained, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CODES = [{"Business Category": c, "Review Stars": s}
+         for c in ("Restaurants", "Shopping", "Hotels & Travel", "Auto Repair") for s in ("1.0", "5.0")]
+
+
+def tiny_teacher():
+    """The tiny-teacher shape (n_embd 128, 4 layers, 4 heads, vocab 4096, 128 positions), random weights."""
+    tokenizer = train_tokenizer(pydoc_paragraphs(), vocab_size=4096)
+    torch.manual_seed(0)
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=128, n_layer=4, n_head=4, n_positions=128,
+                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+@torch.no_grad()
+def plain_generate(model, tokenizer, n: int, batch_size: int, cfg: GenerationConfig) -> tuple[int, float]:
+    """Baseline: `model.generate` on one prompt repeated; returns (new tokens, seconds)."""
+    eos = tokenizer.eos_token_id
+    prompt = [eos] + tokenizer(control_prefix(CODES[0]), add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    tokens, started = 0, time.perf_counter()
+    for start in range(0, n, batch_size):
+        ids = torch.tensor([prompt] * min(batch_size, n - start))
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=cfg.top_k,
+                             top_p=cfg.top_p, temperature=cfg.temperature,
+                             no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_length=cfg.max_length,
+                             pad_token_id=eos, eos_token_id=eos)
+        for row in out[:, len(prompt):].tolist():
+            tokens += row.index(eos) + 1 if eos in row else len(row)
+    return tokens, time.perf_counter() - started
+
+
+def synthetic(model, tokenizer, n: int, cfg: GenerationConfig) -> tuple[int, float]:
+    """generate_synthetic on n samples spread evenly over the codes; returns (new tokens, seconds)."""
+    counts = [(codes, n // len(CODES) + (i < n % len(CODES))) for i, codes in enumerate(CODES)]
+    with tempfile.TemporaryDirectory() as out_dir:
+        result = generate_synthetic(model, tokenizer, counts, out_dir, cfg, seed=0, progress=False)
+    return result.summary["new_tokens"], result.summary["wall_time_s"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="a saved teacher (model + tokenizer); default: random tiny teacher")
+    parser.add_argument("--batch-size", type=int, default=GenerationConfig.batch_size)
+    parser.add_argument("--compare-samples", type=int, nargs=2, default=[16, 256], metavar=("BATCH1", "BATCHED"),
+                        help="samples for the batch-1 and batched comparisons")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="1 is fastest on a shared 2-core machine (2 threads spin against each other)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "generate.csv"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_pretrained(args.model_dir) if args.model_dir else tiny_teacher()
+    model.eval()
+    base = GenerationConfig(batch_size=args.batch_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"teacher: {n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, {base}", file=sys.stderr)
+
+    rows = []
+
+    def record(kind, method, batch, n, tokens, seconds, ratio=""):
+        rows.append(dict(benchmark=kind, method=method, batch_size=batch, n_samples=n, new_tokens=tokens,
+                         wall_s=round(seconds, 3), tokens_per_s=round(tokens / seconds, 1), ratio=ratio,
+                         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                         n_params=n_params, threads=torch.get_num_threads()))
+        print(rows[-1], file=sys.stderr)
+
+    synthetic(model, tokenizer, 8, replace(base, batch_size=8))  # warm-up: first-call overheads
+    for batch, n in zip((1, args.batch_size), args.compare_samples):
+        cfg = replace(base, batch_size=batch)
+        plain = plain_generate(model, tokenizer, n, batch, cfg)
+        record("throughput", "model.generate", batch, n, *plain)
+        ours = synthetic(model, tokenizer, n, cfg)
+        ratio = round((ours[0] / ours[1]) / (plain[0] / plain[1]), 3)
+        record("throughput", "generate_synthetic", batch, n, *ours, ratio=ratio)
+    for n in args.sizes:
+        record("scaling", "generate_synthetic", args.batch_size, n, *synthetic(model, tokenizer, n, base))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = f"{'benchmark':<11} {'method':<19} {'batch':>5} {'samples':>7} {'tokens':>7} {'wall s':>8} {'tok/s':>8} {'ratio':>6} {'rss MB':>6}"
+    print(header)
+    for r in rows:
+        print(f"{r['benchmark']:<11} {r['method']:<19} {r['batch_size']:>5} {r['n_samples']:>7} {r['new_tokens']:>7} "
+              f"{r['wall_s']:>8} {r['tokens_per_s']:>8} {r['ratio']:>6} {r['peak_rss_mb']:>6}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
