@@ -1,0 +1,391 @@
+"""Knowledge distillation (stage 3): the KD loss, teacher soft labels and the batches that feed them.
+
+The student minimises, per sequence,
+
+    (1 - lam) * CE(hard labels) + lam * t^2 * KL(p_teacher^t || p_student^t) + alpha * MSE(hidden states)
+
+where p^t = softmax(logits / t). Every term is averaged over the sequence's scored tokens (the same
+positions for all three), so padding never rescales one example's loss. The hard-label CE is taken at
+temperature 1. The t^2 factor keeps the KL gradient's size roughly independent of t (Hinton et al. 2015).
+
+Position conventions (see the brief): `loss_mask[b, j] = 1` marks token j as a scored target; it is
+predicted by the logits (and hidden state) at position j - 1. That standard causal shift is the only one.
+
+Teachers model `[eos] + prefix + text + [eos]`, students `[eos] + text + [eos]`, so student position i
+is teacher position i + len(prefix): `teacher_outputs_for_student` gathers the teacher at that offset.
+
+Hidden-state layers are indices into Hugging Face's `hidden_states` tuple: 0 is the embedding output,
+k (1..L) the output of block k (for GPT-2 the last one has the final layer norm applied). The default
+`layer_map` aligns student block k of L_s with teacher block ceil(k * L_t / L_s): evenly spaced, never
+the embeddings, and the final hidden states of the two models are always paired.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TEACHER_CONTEXTS = ("code_prefix", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KDLossParts:
+    """Per-sequence (B,) tensors: the weighted total and its unweighted parts."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    mse: torch.Tensor
+
+
+def validate_kd_weights(lam: float, temperature: float, alpha: float) -> None:
+    """Raise a clear ValueError for weights outside their ranges."""
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lam={lam} must lie in [0, 1] (0 = plain cross-entropy, 1 = pure distillation).")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature} must be a finite number > 0 (1.0 = no softening).")
+    if not (alpha >= 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha={alpha} must be a finite number >= 0 (0 disables the hidden-state term).")
+
+
+def _width_error(student_width: int, teacher_width: int) -> ValueError:
+    return ValueError(
+        f"hidden-state alignment (alpha > 0) needs equal widths, but the student's hidden size is "
+        f"{student_width} and the teacher's is {teacher_width}. Pass `projection=HiddenProjection("
+        f"{student_width}, {teacher_width})` to kd_loss, or train a `StudentWithProjection` "
+        f"(make_kd_loss_fn(..., hidden_projection=True) tells you so), or set alpha=0."
+    )
+
+
+def _as_list(hidden: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    if hidden is None:
+        return []
+    if isinstance(hidden, torch.Tensor):
+        return [hidden]
+    return list(hidden)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss_mask: torch.Tensor,
+    lam: float = 0.4,
+    temperature: float = 1.0,
+    student_hidden: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    teacher_hidden: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    alpha: float = 0.0,
+    projection: nn.Module | None = None,
+) -> KDLossParts:
+    """Per-sequence KD loss.
+
+    student_logits, teacher_logits: (B, T, V), aligned position by position (teacher already gathered).
+    targets: (B, T) the student's input_ids; loss_mask: (B, T) marks scored targets (brief convention).
+    student_hidden / teacher_hidden: a (B, T, D) tensor or equally long lists of them, paired in order.
+    projection: maps student width to teacher width (e.g. HiddenProjection) before the MSE.
+    MSE is the mean over the hidden dimension and over the paired layers, then over scored tokens.
+    """
+    validate_kd_weights(lam, temperature, alpha)
+    if student_logits.dim() != 3 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            f"must both be (batch, length, vocab) with equal shapes; a vocabulary mismatch means the two "
+            f"models use different tokenizers (check with distildp.distill.check_compatible)."
+        )
+    if targets.shape != student_logits.shape[:2] or loss_mask.shape != targets.shape:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} and loss_mask {tuple(loss_mask.shape)} must be (batch, length) "
+            f"= {tuple(student_logits.shape[:2])}, matching the logits: pass the student's input_ids and loss_mask."
+        )
+
+    # Logits at position i predict token i + 1; the mask of token i + 1 says whether it counts.
+    weights = loss_mask[:, 1:].to(student_logits.dtype)
+    n_scored = weights.sum(dim=1).clamp(min=1.0)  # a sequence with nothing scored contributes 0
+
+    def per_sequence(per_token: torch.Tensor) -> torch.Tensor:
+        return (per_token * weights).sum(dim=1) / n_scored
+
+    s_logits = student_logits[:, :-1].float()
+    t_logits = teacher_logits[:, :-1].float().detach()
+
+    ce_tok = F.cross_entropy(s_logits.transpose(1, 2), targets[:, 1:], reduction="none")
+    log_p_s = F.log_softmax(s_logits / temperature, dim=-1)
+    log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
+    kl_tok = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+    ce, kl = per_sequence(ce_tok), per_sequence(kl_tok)
+
+    mse = torch.zeros_like(ce)
+    if alpha > 0:
+        s_hidden, t_hidden = _as_list(student_hidden), _as_list(teacher_hidden)
+        if not s_hidden or len(s_hidden) != len(t_hidden):
+            raise ValueError(
+                f"alpha={alpha} > 0 needs paired hidden states, got {len(s_hidden)} student and "
+                f"{len(t_hidden)} teacher tensors: pass equally long lists (see layer_map), or set alpha=0."
+            )
+        mse_tok = torch.zeros_like(ce_tok)
+        for s_h, t_h in zip(s_hidden, t_hidden):
+            if projection is not None:
+                s_h = projection(s_h)
+            if s_h.shape[-1] != t_h.shape[-1]:
+                raise _width_error(s_h.shape[-1], t_h.shape[-1])
+            diff = s_h[:, :-1].float() - t_h[:, :-1].float().detach()
+            mse_tok = mse_tok + diff.pow(2).mean(dim=-1)
+        mse = per_sequence(mse_tok / len(s_hidden))
+
+    total = (1.0 - lam) * ce + lam * temperature**2 * kl + alpha * mse
+    return KDLossParts(total=total, ce=ce, kl=kl, mse=mse)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hidden-state alignment
+# ----------------------------------------------------------------------------------------------
+
+
+def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
+    """Student block k (1..L_s) -> teacher block ceil(k * L_t / L_s): evenly spaced, last to last."""
+    if student_layers < 1 or teacher_layers < 1:
+        raise ValueError(f"layer counts must be >= 1, got student {student_layers}, teacher {teacher_layers}.")
+    return {k: -(-k * teacher_layers // student_layers) for k in range(1, student_layers + 1)}
+
+
+def validate_layer_map(layer_map: Mapping[int, int], student_layers: int, teacher_layers: int) -> None:
+    """Indices are into `hidden_states` (0 = embeddings, 1..L = blocks)."""
+    if not layer_map:
+        raise ValueError("layer_map is empty: map at least one student layer to a teacher layer, or set alpha=0.")
+    for s, t in layer_map.items():
+        if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+            raise ValueError(
+                f"layer_map entry {s} -> {t} is out of range: student indices run 0..{student_layers} and "
+                f"teacher indices 0..{teacher_layers} (0 = embeddings, k = output of block k)."
+            )
+
+
+class HiddenProjection(nn.Module):
+    """A learned linear map from the student's hidden width to the teacher's, shared by all layers."""
+
+    def __init__(self, student_width: int, teacher_width: int):
+        super().__init__()
+        self.linear = nn.Linear(student_width, teacher_width)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden)
+
+
+class StudentWithProjection(nn.Module):
+    """The student plus its HiddenProjection as one module, so one optimizer (and Opacus) sees both.
+
+    `forward` passes everything through to the student; when hidden states are requested they come back
+    already projected to the teacher's width. Save `.student` (e.g. `.student.save_pretrained(dir)`).
+    """
+
+    def __init__(self, student: nn.Module, teacher_width: int):
+        super().__init__()
+        self.student = student
+        self.projection = HiddenProjection(student.config.hidden_size, teacher_width)
+
+    @property
+    def config(self):
+        return self.student.config
+
+    # Pass-throughs so distildp.dpsgd.untie_embeddings (ghost clipping) works on the wrapper.
+    def get_input_embeddings(self) -> nn.Module:
+        return self.student.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.student.get_output_embeddings()
+
+    def forward(self, *args: Any, **kwargs: Any):
+        out = self.student(*args, **kwargs)
+        if kwargs.get("output_hidden_states") and out.hidden_states is not None:
+            states = out.hidden_states
+            length = states[0].shape[1]
+            # One projection call over all layers (concatenated along time) keeps the batch dimension
+            # first and uses the layer once, which Opacus's per-sample hooks handle most simply.
+            projected = self.projection(torch.cat(states, dim=1))
+            out.hidden_states = tuple(projected.split(length, dim=1))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches and teacher soft labels
+# ----------------------------------------------------------------------------------------------
+
+
+def collate_kd(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded student batch (`distildp.dpsgd.collate_lm`) plus the code-prefixed teacher batch.
+
+    Each example has `input_ids` = [eos] + text + [eos] (student), optional `prefix_ids` = tok(prefix)
+    (no eos; empty or missing = no prefix) and optional `loss_mask`. The teacher row is
+    [eos] + prefix + text + [eos]; `teacher_offset` is len(prefix_ids) per example.
+    """
+    from distildp.dpsgd import collate_lm
+
+    batch = collate_lm(examples, pad_id)
+    prefixes = [[int(i) for i in ex.get("prefix_ids", [])] for ex in examples]
+    teacher_rows = [
+        {"input_ids": [int(i) for i in ex["input_ids"][:1]] + prefix + [int(i) for i in ex["input_ids"][1:]]}
+        for ex, prefix in zip(examples, prefixes)
+    ]
+    teacher = collate_lm(teacher_rows, pad_id)
+    batch["teacher_input_ids"] = teacher["input_ids"]
+    batch["teacher_attention_mask"] = teacher["attention_mask"]
+    batch["teacher_position_ids"] = teacher["position_ids"]
+    batch["teacher_offset"] = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
+    return batch
+
+
+class TeacherOutputs(NamedTuple):
+    """Teacher outputs aligned with the student's positions: logits (B, T_s, V), hidden states or None."""
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+
+
+def _check_context(teacher_context: str) -> None:
+    if teacher_context not in TEACHER_CONTEXTS:
+        raise ValueError(
+            f"teacher_context={teacher_context!r} is unknown: use 'code_prefix' (the teacher sees its control "
+            f"codes) or 'none' (the teacher sees exactly the student's input)."
+        )
+
+
+@torch.no_grad()
+def teacher_outputs_for_student(
+    teacher: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    teacher_context: str = "code_prefix",
+    output_hidden_states: bool = False,
+) -> TeacherOutputs:
+    """Run the teacher without gradients and return its outputs at the student's positions."""
+    _check_context(teacher_context)
+    if teacher_context == "none":
+        out = teacher(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            output_hidden_states=output_hidden_states,
+        )
+        return TeacherOutputs(out.logits, out.hidden_states if output_hidden_states else None)
+
+    if "teacher_input_ids" not in batch:
+        raise ValueError(
+            "teacher_context='code_prefix' needs the teacher batch (teacher_input_ids, ...): build batches "
+            "with distildp.distill.collate_kd, or use teacher_context='none'."
+        )
+    out = teacher(
+        input_ids=batch["teacher_input_ids"],
+        attention_mask=batch["teacher_attention_mask"],
+        position_ids=batch["teacher_position_ids"],
+        output_hidden_states=output_hidden_states,
+    )
+    batch_size, student_len = batch["input_ids"].shape
+    teacher_len = out.logits.shape[1]
+    # Student position i sits at teacher position i + offset (offsets differ per example). Positions past
+    # the end are student padding, never scored: clamp them to stay inside the tensor.
+    index = torch.arange(student_len, device=out.logits.device).unsqueeze(0) + batch["teacher_offset"].view(-1, 1)
+    index = index.clamp(max=teacher_len - 1)
+
+    def at_student_positions(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, index.unsqueeze(-1).expand(batch_size, student_len, x.shape[-1]))
+
+    hidden = tuple(at_student_positions(h) for h in out.hidden_states) if output_hidden_states else None
+    return TeacherOutputs(at_student_positions(out.logits), hidden)
+
+
+def teacher_logits_for_student(
+    teacher: nn.Module, batch: Mapping[str, torch.Tensor], teacher_context: str = "code_prefix"
+) -> torch.Tensor:
+    """Teacher logits (B, T_s, V) aligned with the student's positions (no gradients)."""
+    return teacher_outputs_for_student(teacher, batch, teacher_context).logits
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss_fn for distildp.dpsgd.train_causal_lm
+# ----------------------------------------------------------------------------------------------
+
+
+def make_kd_loss_fn(
+    teacher: nn.Module,
+    lam: float = 0.4,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    layer_map: Mapping[int, int] | None = None,
+    teacher_context: str = "code_prefix",
+    hidden_projection: bool = False,
+) -> Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]:
+    """A `loss_fn(model, batch) -> (B,)` for train_causal_lm; batches come from `collate_kd`.
+
+    `model` is the student, or a StudentWithProjection (possibly inside Opacus) whose hidden states come
+    back in the teacher's width. `hidden_projection=True` states that you train such a wrapper: a width
+    mismatch is then reported as a missing wrapper instead of a missing projection.
+    """
+    validate_kd_weights(lam, temperature, alpha)
+    _check_context(teacher_context)
+    teacher.eval()  # soft labels without dropout; the teacher is never trained here
+    want_hidden = alpha > 0
+
+    def loss_fn(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            output_hidden_states=want_hidden,
+        )
+        teach = teacher_outputs_for_student(teacher, batch, teacher_context, output_hidden_states=want_hidden)
+        student_hidden = teacher_hidden = None
+        if want_hidden:
+            n_student, n_teacher = len(out.hidden_states) - 1, len(teach.hidden_states) - 1
+            pairs = dict(layer_map) if layer_map is not None else default_layer_map(n_student, n_teacher)
+            validate_layer_map(pairs, n_student, n_teacher)
+            student_hidden = [out.hidden_states[s] for s in pairs]
+            teacher_hidden = [teach.hidden_states[t] for t in pairs.values()]
+            s_width, t_width = student_hidden[0].shape[-1], teacher_hidden[0].shape[-1]
+            if s_width != t_width:
+                if hidden_projection:
+                    raise ValueError(
+                        f"hidden_projection=True but the model's hidden states have width {s_width}, not the "
+                        f"teacher's {t_width}: train StudentWithProjection(student, teacher_width={t_width})."
+                    )
+                raise _width_error(s_width, t_width)
+        return kd_loss(
+            out.logits, teach.logits, batch["input_ids"], batch["loss_mask"], lam=lam, temperature=temperature,
+            student_hidden=student_hidden, teacher_hidden=teacher_hidden, alpha=alpha,
+        ).total
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer compatibility
+# ----------------------------------------------------------------------------------------------
+
+
+def check_compatible(teacher_tokenizer: Any, student_tokenizer: Any) -> None:
+    """Raise a ValueError unless teacher and student share vocabulary and special tokens.
+
+    Distillation compares distributions token id by token id, so the two must tokenize identically.
+    """
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab != s_vocab:
+        differ = sorted(set(t_vocab.items()) ^ set(s_vocab.items()), key=lambda kv: kv[1])[:5]
+        raise ValueError(
+            f"teacher and student tokenizers differ: vocab sizes {len(t_vocab)} vs {len(s_vocab)}, "
+            f"e.g. entries {differ} are not shared. Distillation needs one tokenizer: build both models "
+            f"from the same tokenizer (distildp.models.build_model(preset, tokenizer))."
+        )
+    for name in ("eos_token", "bos_token", "pad_token", "unk_token"):
+        t_tok, s_tok = getattr(teacher_tokenizer, name, None), getattr(student_tokenizer, name, None)
+        if t_tok != s_tok:
+            raise ValueError(
+                f"teacher and student tokenizers share a vocabulary but their {name} differs "
+                f"({t_tok!r} vs {s_tok!r}): set the same special tokens on both."
+            )
