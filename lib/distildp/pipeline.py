@@ -1,0 +1,448 @@
+"""The DistilDP pipeline: each stage of DESIGN.md as a cached artifact, and one results row per method.
+
+    public text -> tokenizer -> pretrained teacher / student               (non-private, free)
+    private train -> DP teacher (+ DP code histogram) -> synthetic text   (DistilDP's budget)
+    synthetic text + teacher -> student (KD or hard labels)                (post-processing: free)
+    private train -> DP-SGD student, or DP teacher + DP-SGD KD student     (the baselines)
+    private test -> perplexity of each model, beside the exact floor
+
+Every method at a given (epsilon, delta) spends exactly that total, composed in one accountant
+(`distildp.privacy.calibrate_composed`), and every artifact records what it spent.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distildp import privacy
+from distildp.artifacts import Artifact, ArtifactStore
+from distildp.data import Corpus, control_prefix, load_corpus, public_texts
+from distildp.distill import check_compatible, collate_kd, make_kd_loss_fn
+from distildp.dpsgd import PrivacyConfig, TrainConfig, poisson_schedule, train_causal_lm
+from distildp.evaluate import floor, perplexity
+from distildp.generate import CONFIG_CODES_ATTR, GenerationConfig, generate_synthetic, load_synthetic
+from distildp.models import (build_model, encode_plain, encode_with_prefix, is_pretrained_name, load_pretrained,
+                             load_tokenizer, train_tokenizer)
+
+METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd")
+REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", "nonprivate_student")
+HISTOGRAMS = ("dp", "exact", "uniform")
+
+
+@dataclass
+class Settings:
+    """Everything a run depends on besides (method, epsilon, seed). Defaults: the embedded default."""
+
+    dataset: str = "builtin"
+    dataset_options: dict = field(default_factory=dict)
+    teacher_model: str = "tiny-teacher"  # a tiny preset, a hub name (gpt2-large) or a save_pretrained dir
+    student_model: str = "tiny-student"
+    vocab_size: int = 4096  # tokenizer trained on public text (tiny presets only)
+    n_public_docs: int = 4000
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=2, batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=20, schedule="warmup_linear"))
+    # DP-SGD on the private data (teacher, dpsgd and dpkd students): large batches, few steps.
+    private_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=3, batch_size=128, physical_batch_size=64, lr=2e-3, warmup_steps=5))
+    # Non-private distillation on the synthetic data.
+    distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=3, batch_size=32, lr=1e-3, warmup_steps=10, schedule="warmup_linear"))
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    delta: float | str | None = None  # None: below 1/N (privacy.resolve_delta); 'paper': 1/N
+    budget_scheme: str = "composed"  # 'split': the paper's plain epsilon/2 + epsilon/2 for DPKD
+    grad_sample_mode: str = "hooks"
+    histogram: str = "dp"  # 'dp' (Gaussian, composed with the teacher), 'exact' (paper; NOT private), 'uniform'
+    histogram_share: float = 0.05  # share of epsilon spent on the DP histogram
+    dpkd_teacher_share: float = 0.5
+    synthetic_size: int | None = None  # None: as many as private training records
+    synthetic_val_fraction: float = 0.1  # held-out synthetic text for the student's model selection
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    lam: float = 0.4
+    temperature: float = 1.0
+    alpha: float = 0.0
+    teacher_context: str = "code_prefix"  # or 'none' (the paper's code-free teacher)
+    eval_stride: int | None = None  # sliding-window stride (None: half the context)
+
+    def __post_init__(self) -> None:
+        if self.histogram not in HISTOGRAMS:
+            raise ValueError(f"histogram={self.histogram!r}; choose one of {HISTOGRAMS}")
+        for name in ("histogram_share", "dpkd_teacher_share"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1): it is a share of epsilon")
+
+    def as_config(self) -> dict:
+        return asdict(self)
+
+
+def _seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
+    return replace(cfg, seed=seed)
+
+
+class Pipeline:
+    """The stages for one Settings, reading and writing one artifact store."""
+
+    def __init__(self, settings: Settings | None = None, store: ArtifactStore | None = None, progress: bool = True):
+        self.settings = settings or Settings()
+        self.store = store or ArtifactStore()
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------------ data
+    @cached_property
+    def corpus(self) -> Corpus:
+        return load_corpus(self.settings.dataset, **self.settings.dataset_options)
+
+    @property
+    def data_config(self) -> dict:
+        return {"dataset": self.settings.dataset, "options": self.settings.dataset_options}
+
+    @cached_property
+    def delta(self) -> float:
+        n = len(self.corpus.texts("train"))
+        return privacy.resolve_delta(self.settings.delta, n, allow_one_over_n=self.settings.delta == "paper")
+
+    # ------------------------------------------------------------------------------------ models
+    def tokenizer(self) -> Artifact:
+        """A byte-level BPE trained on public text (only used by the tiny presets)."""
+        s = self.settings
+        config = {"vocab_size": s.vocab_size, "n_public_docs": s.n_public_docs}
+
+        def build(out: Path) -> dict:
+            tok = train_tokenizer(public_texts(n_source_docs=s.n_public_docs), s.vocab_size)
+            tok.save_pretrained(out)
+            return {"metrics": {"vocab_size": len(tok)}, "privacy": _no_private_data()}
+
+        return self.store.build("tokenizer", config, build)
+
+    def pretrained(self, role: str) -> Artifact:
+        """The public starting point of the teacher or student: a hub model, or a tiny preset pretrained here."""
+        s = self.settings
+        name = s.teacher_model if role == "teacher" else s.student_model
+        if is_pretrained_name(name):
+            config = {"model": name}
+
+            def build_hub(out: Path) -> dict:
+                model, tok = load_pretrained(name)
+                model.save_pretrained(out)
+                tok.save_pretrained(out)
+                return {"privacy": _no_private_data(), "metrics": self._evaluate(model, tok, role)}
+
+            return self.store.build("pretrained", config, build_hub)
+        config = {"model": name, "train": asdict(s.pretrain), "n_public_docs": s.n_public_docs}
+        tokenizer_art = self.tokenizer()
+
+        def build(out: Path) -> dict:
+            tok = load_tokenizer(tokenizer_art.path)
+            model = build_model(name, tok, seed=s.pretrain.seed)
+            examples = encode_plain(tok, public_texts(n_source_docs=s.n_public_docs),
+                                    model.config.n_positions, overflow="split")
+            report = train_causal_lm(model, examples, s.pretrain, progress=self.progress)
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            metrics = {"train_loss": report.losses[-1], "steps": report.steps, **self._evaluate(model, tok, role)}
+            return {"privacy": _no_private_data(), "metrics": metrics}
+
+        return self.store.build("pretrained", config, build, inputs={"tokenizer": tokenizer_art})
+
+    # ------------------------------------------------------------------------------------ privacy plans
+    def dp_schedule(self, cfg: TrainConfig) -> tuple[float, int]:
+        return poisson_schedule(len(self.corpus.texts("train")), cfg)
+
+    def plan(self, method: str, epsilon: float) -> privacy.ComposedCalibration:
+        """Noise for every DP release of `method` so that together they spend exactly `epsilon`."""
+        s = self.settings
+        q, steps = self.dp_schedule(s.private_train)
+        if method in ("distildp", "synthetic_only"):
+            if s.histogram == "dp":
+                parts = [privacy.BudgetPart("teacher", 1 - s.histogram_share, q, steps),
+                         privacy.BudgetPart.gaussian("histogram", s.histogram_share)]
+            else:
+                parts = [privacy.BudgetPart("teacher", 1.0, q, steps)]
+        elif method == "dpkd":
+            parts = [privacy.BudgetPart("teacher", s.dpkd_teacher_share, q, steps),
+                     privacy.BudgetPart("student", 1 - s.dpkd_teacher_share, q, steps)]
+        elif method == "dpsgd":
+            parts = [privacy.BudgetPart("student", 1.0, q, steps)]
+        else:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS + REFERENCES}")
+        return privacy.calibrate_composed(epsilon, self.delta, parts, s.accountant, scheme=s.budget_scheme)
+
+    # ------------------------------------------------------------------------------------ private training
+    def private_model(self, role: str, seed: int, noise_multiplier: float | None, epsilon: float,
+                      kd_teacher: Artifact | None = None) -> Artifact:
+        """Fine-tune on the private training split: DP-SGD at `noise_multiplier`, or non-private (None).
+
+        role 'teacher' models code-prefixed text; role 'student' plain text, with the KD loss when
+        `kd_teacher` is given (DPKD). No model selection on private data: the last step is kept.
+        """
+        s = self.settings
+        private = noise_multiplier is not None
+        config = {"role": role, "data": self.data_config, "train": asdict(_seeded(s.private_train, seed)),
+                  "noise_multiplier": noise_multiplier, "max_grad_norm": s.max_grad_norm, "delta": self.delta,
+                  "accountant": s.accountant, "grad_sample_mode": s.grad_sample_mode,
+                  "kd": self._kd_config() if kd_teacher else None}
+        inputs = {"pretrained": self.pretrained(role)}
+        if kd_teacher:
+            inputs["teacher"] = kd_teacher
+
+        def build(out: Path) -> dict:
+            model, tok = load_pretrained(inputs["pretrained"].path)
+            texts, prefixes = self.corpus.texts("train"), self.corpus.prefixes("train")
+            context = model.config.n_positions
+            if role == "teacher":
+                examples, collate, loss_fn = encode_with_prefix(tok, prefixes, texts, context), None, None
+            else:
+                examples = encode_plain(tok, texts, context)
+                collate, loss_fn = None, None
+                if kd_teacher:
+                    teacher, teacher_tok = load_pretrained(kd_teacher.path)
+                    check_compatible(teacher_tok, tok)
+                    examples = _kd_examples(tok, texts, prefixes, context)
+                    collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
+                    loss_fn = self._kd_loss(teacher)
+            privacy_cfg = PrivacyConfig(
+                target_epsilon=epsilon if private else math.inf, delta=self.delta if private else None,
+                max_grad_norm=s.max_grad_norm, accountant=s.accountant, noise_multiplier=noise_multiplier,
+                grad_sample_mode=s.grad_sample_mode, allow_delta_one_over_n=s.delta == "paper")
+            kwargs = {"loss_fn": loss_fn} if loss_fn else {}
+            report = train_causal_lm(model, examples, _seeded(s.private_train, seed), privacy_cfg,
+                                     collate_fn=collate, progress=self.progress, **kwargs)
+            if role == "teacher":
+                setattr(model.config, CONFIG_CODES_ATTR, list(self.corpus.code_columns.values()))
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            record = report.privacy_record() if private else _nonprivate_record()
+            record["model_selection"] = "none: the final step is kept (selection on private data would cost privacy)"
+            return {"privacy": record, "metrics": {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)}}
+
+        return self.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed)
+
+    # ------------------------------------------------------------------------------------ synthetic text
+    def synthetic(self, teacher: Artifact, seed: int, histogram_noise: float | None) -> Artifact:
+        """Sample the synthetic corpus from `teacher`; per-code counts from the (DP) histogram."""
+        s = self.settings
+        size = s.synthetic_size or len(self.corpus.texts("train"))
+        mode = s.histogram if histogram_noise is not None or s.histogram != "dp" else "exact"
+        config = {"size": size, "histogram": mode, "histogram_noise": histogram_noise,
+                  "generation": asdict(s.generation), "data": self.data_config}
+
+        def build(out: Path) -> dict:
+            keys, key_note = self._code_keys()
+            counts = Counter(tuple(c.values()) for c in self.corpus.codes("train"))
+            if mode == "dp":
+                hist, record = privacy.dp_histogram(counts, size, histogram_noise, seed=seed, keys=keys)
+            elif mode == "exact":
+                hist, record = privacy.exact_histogram(counts, size, keys=keys)
+            else:
+                hist, record = privacy.uniform_histogram(keys, size)
+            record.setdefault("notes", []).extend(key_note)
+            names = list(self.corpus.code_columns.values())
+            code_counts = [(dict(zip(names, key)), n) for key, n in hist.items() if n > 0]
+            model, tok = load_pretrained(teacher.path)
+            result = generate_synthetic(model, tok, code_counts, out / "data", s.generation, seed=seed,
+                                        progress=self.progress, code_columns=self.corpus.code_columns)
+            return {"privacy": record, "metrics": {"n_samples": result.n_samples},
+                    "extra": {"histogram": {"|".join(k): n for k, n in hist.items()}, "generation": result.summary}}
+
+        return self.store.build("synthetic", config, build, inputs={"teacher": teacher}, seed=seed)
+
+    def _code_keys(self) -> tuple[list[tuple[str, ...]], list[str]]:
+        """The public set of possible codes (zeros included): keys read off the data would leak."""
+        source = self.corpus.source
+        if source is not None:
+            return list(itertools.product(self.corpus.info["categories"], source.stars)), []
+        keys = sorted({tuple(c.values()) for c in self.corpus.codes("train")})
+        return keys, ["the set of codes was read off the private training data (no public schema known): "
+                      "which codes occur is not protected"]
+
+    # ------------------------------------------------------------------------------------ students
+    def distilled_student(self, teacher: Artifact, synthetic: Artifact, seed: int, hard_labels_only: bool) -> Artifact:
+        """Non-private student training on synthetic text, with model selection on held-out synthetic text."""
+        s = self.settings
+        kd = None if hard_labels_only else self._kd_config()
+        config = {"train": asdict(_seeded(s.distill_train, seed)), "kd": kd, "val_fraction": s.synthetic_val_fraction}
+        inputs = {"pretrained": self.pretrained("student"), "teacher": teacher, "synthetic": synthetic}
+
+        def build(out: Path) -> dict:
+            model, tok = load_pretrained(inputs["pretrained"].path)
+            frame = load_synthetic(synthetic.path / "data")
+            texts = frame["text"].tolist()
+            prefixes = [control_prefix(dict(zip(self.corpus.code_columns.values(), row)))
+                        for row in frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)]
+            order = np.random.default_rng(seed).permutation(len(texts))
+            n_val = max(1, int(len(texts) * s.synthetic_val_fraction))
+            val_idx, train_idx = order[:n_val], order[n_val:]
+            train_texts = [texts[i] for i in train_idx]
+            examples = encode_plain(tok, train_texts, model.config.n_positions)
+            if kd:
+                teacher_model, teacher_tok = load_pretrained(teacher.path)
+                check_compatible(teacher_tok, tok)
+                examples = _kd_examples(tok, train_texts, [prefixes[i] for i in train_idx], model.config.n_positions)
+                collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
+                kwargs = {"loss_fn": self._kd_loss(teacher_model)}
+            else:
+                collate, kwargs = None, {}
+            selector = _BestOnHeldOut(model, tok, [texts[i] for i in val_idx],
+                                      every=max(1, round(len(examples) / s.distill_train.batch_size)))
+            report = train_causal_lm(model, examples, _seeded(s.distill_train, seed), collate_fn=collate,
+                                     progress=self.progress, on_step=selector, **kwargs)
+            selector.finish(report.steps)
+            model.load_state_dict(selector.best_state)
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            record = _nonprivate_record()
+            record["notes"] = ["trained on synthetic text only: post-processing of the teacher and histogram"]
+            record["model_selection"] = (f"held-out synthetic text ({n_val} samples), checked once per epoch; "
+                                         f"best at step {selector.best_step}")
+            metrics = {"synthetic_val_ppl": selector.best_ppl, **self._evaluate(model, tok, "student")}
+            return {"privacy": record, "metrics": metrics}
+
+        return self.store.build("distilled_student", config, build, inputs=inputs, seed=seed)
+
+    def _kd_config(self) -> dict:
+        s = self.settings
+        return {"lam": s.lam, "temperature": s.temperature, "alpha": s.alpha, "teacher_context": s.teacher_context}
+
+    def _kd_loss(self, teacher):
+        s = self.settings
+        return make_kd_loss_fn(teacher, lam=s.lam, temperature=s.temperature, alpha=s.alpha,
+                               teacher_context=s.teacher_context)
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def _evaluate(self, model, tok, role: str) -> dict:
+        """Test perplexity: teachers get the control codes as unscored context, students plain text."""
+        texts = self.corpus.texts("test")
+        prefixes = self.corpus.prefixes("test") if role == "teacher" else None
+        result = perplexity(model, tok, texts, prefixes=prefixes, stride=self.settings.eval_stride,
+                            progress=self.progress)
+        metrics = {"test_ppl": result.ppl, "test_tokens": result.n_tokens}
+        if self.corpus.source is not None:
+            metrics["floor"] = self.floor(tok, role)
+        return metrics
+
+    def floor(self, tok, role: str) -> float:
+        """The exact floor for the role's view of the test split (codes given to teachers only)."""
+        codes = self.corpus.codes("test") if role == "teacher" else None
+        return floor(self.corpus.source, tok, self.corpus.texts("test"), codes=codes,
+                     categories=self.corpus.info.get("categories")).ppl
+
+    # ------------------------------------------------------------------------------------ methods
+    def run(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Any]:
+        """Train and evaluate one method at total budget `epsilon`; return its results row."""
+        started = time.time()
+        if method in REFERENCES:
+            return self._reference_row(method, seed, started)
+        epsilon = privacy.check_epsilon(epsilon)
+        plan = self.plan(method, epsilon)
+        noise = None if math.isinf(epsilon) else plan.noise_multipliers()
+        teacher = None
+        if method in ("distildp", "synthetic_only"):
+            teacher = self.private_model("teacher", seed, noise and noise["teacher"], epsilon)
+            synthetic = self.synthetic(teacher, seed, noise.get("histogram") if noise else None)
+            student = self.distilled_student(teacher, synthetic, seed, hard_labels_only=method == "synthetic_only")
+            artifacts = [teacher, synthetic, student]
+        elif method == "dpkd":
+            teacher = self.private_model("teacher", seed, noise and noise["teacher"], epsilon)
+            student = self.private_model("student", seed, noise and noise["student"], epsilon, kd_teacher=teacher)
+            artifacts = [teacher, student]
+        else:
+            student = self.private_model("student", seed, noise and noise["student"], epsilon)
+            artifacts = [student]
+        return self._row(method, epsilon, seed, plan, student, teacher, artifacts, started)
+
+    def _row(self, method, epsilon, seed, plan, student, teacher, artifacts, started) -> dict[str, Any]:
+        leaks = [a.privacy.get("leak") for a in artifacts if a.privacy.get("leak")]
+        mechanisms = [m for m in plan.mechanisms.values() if m.noise_multiplier > 0]
+        total = privacy.privacy_record(mechanisms, self.delta, self.settings.accountant,
+                                       target_epsilon=epsilon, leaks=leaks) if mechanisms else None
+        first_dp = next((a.privacy for a in artifacts if a.privacy.get("private")), {})
+        synthetic = next((a for a in artifacts if a.stage == "synthetic"), None)
+        return {
+            "dataset": self.settings.dataset, "method": method, "epsilon": epsilon,
+            "epsilon_spent": total["epsilon"] if total else math.inf, "delta": self.delta, "seed": seed,
+            "student_ppl": student.metrics["test_ppl"],
+            "teacher_ppl": teacher.metrics["test_ppl"] if teacher else math.nan,
+            "floor": student.metrics.get("floor", math.nan),
+            "teacher_floor": teacher.metrics.get("floor", math.nan) if teacher else math.nan,
+            "private": bool(total and total["private"]),
+            "accountant": self.settings.accountant,
+            "noise_multiplier": first_dp.get("noise_multiplier", 0.0),
+            "sample_rate": first_dp.get("sample_rate", math.nan), "steps": first_dp.get("steps", 0),
+            "mechanisms": "; ".join(f"{name}: {m.describe()}" for name, m in plan.mechanisms.items()),
+            "histogram": synthetic.privacy.get("release") if synthetic else "",
+            "synthetic_size": synthetic.metrics["n_samples"] if synthetic else 0,
+            "wall_time_s": round(sum(a.manifest["wall_time_s"] for a in artifacts), 1),
+            "run_time_s": round(time.time() - started, 1),
+        }
+
+    def _reference_row(self, method: str, seed: int, started: float) -> dict[str, Any]:
+        role = method.rsplit("_", 1)[1]
+        if method.startswith("pretrained"):
+            art, epsilon = self.pretrained(role), 0.0
+        else:
+            art, epsilon = self.private_model(role, seed, None, math.inf), math.inf
+        return {
+            "dataset": self.settings.dataset, "method": method, "epsilon": epsilon, "epsilon_spent": epsilon,
+            "delta": 0.0 if epsilon == 0 else self.delta, "seed": seed,
+            "student_ppl": art.metrics["test_ppl"] if role == "student" else math.nan,
+            "teacher_ppl": art.metrics["test_ppl"] if role == "teacher" else math.nan,
+            "floor": self.floor_for("student"), "teacher_floor": self.floor_for("teacher"),
+            "private": epsilon == 0, "accountant": "", "noise_multiplier": 0.0, "sample_rate": math.nan,
+            "steps": art.privacy.get("steps", 0) or 0, "mechanisms": "", "histogram": "", "synthetic_size": 0,
+            "wall_time_s": art.manifest["wall_time_s"], "run_time_s": round(time.time() - started, 1),
+        }
+
+    def floor_for(self, role: str) -> float:
+        if self.corpus.source is None:
+            return math.nan
+        tok = load_tokenizer(self.pretrained(role).path)
+        return self.floor(tok, role)
+
+
+class _BestOnHeldOut:
+    """on_step callback: every `every` steps, score held-out synthetic text and keep the best weights."""
+
+    def __init__(self, model, tok, texts: list[str], every: int):
+        self.model, self.tok, self.texts, self.every = model, tok, texts, every
+        self.best_ppl, self.best_step, self.best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step % self.every == 0:
+            self._check(step)
+
+    def finish(self, steps: int) -> None:
+        if steps % self.every:
+            self._check(steps)
+
+    def _check(self, step: int) -> None:
+        ppl = perplexity(self.model, self.tok, self.texts, progress=False).ppl
+        self.model.train()
+        if ppl < self.best_ppl:
+            self.best_ppl, self.best_step = ppl, step
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+
+def _kd_examples(tok, texts: list[str], prefixes: list[str], context: int) -> list[dict]:
+    """Student examples [eos]+text+[eos] with `prefix_ids`, short enough that the teacher's
+    [eos]+prefix+text+[eos] still fits its context (the student sees the same text tokens as the teacher)."""
+    prefix_ids = tok(prefixes, add_special_tokens=False)["input_ids"]
+    examples = encode_plain(tok, texts, context - max(len(ids) for ids in prefix_ids))
+    return [{**ex, "prefix_ids": ids} for ex, ids in zip(examples, prefix_ids)]
+
+
+def _no_private_data() -> dict:
+    return {"epsilon": 0.0, "private": True, "notes": ["trained on public data only: no private data used"]}
+
+
+def _nonprivate_record() -> dict:
+    return {"epsilon": math.inf, "private": False, "notes": []}
