@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GRID ?= quick
+PROFILE ?= $(GRID)
 JOBS ?= 2
 # pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
@@ -22,6 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 run: setup
+	$(PY) -m distildp.pipeline --profile $(PROFILE)
 	$(PY) benchmarks/run.py --grid $(GRID) --jobs $(JOBS)
 
 test: setup

@@ -17,3 +17,10 @@ torch.set_num_threads(1)
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory):
+    """One artifact store for the whole session: the smoke profile's pretrained models are built once and
+    shared by the pipeline tests and the notebook smoke runs."""
+    return tmp_path_factory.mktemp("smoke_store")

@@ -72,7 +72,7 @@ def load_corpus(name: str = "builtin", **options) -> Corpus:
 
 
 # ------------------------------------------------------------------------------- built-in corpus
-def _builtin(n_train: int = 4000, n_val: int = 500, n_test: int = 500, seed: int = 0, source_seed: int = 0,
+def _builtin(n_train: int = 2000, n_val: int = 300, n_test: int = 300, seed: int = 0, source_seed: int = 0,
              categories: list[str] | None = None, canaries: int = 0, canary_repeats: int = 1,
              source: ReviewSource | None = None) -> Corpus:
     """Private corpus from `ReviewSource`, restricted to the private categories.

@@ -27,7 +27,7 @@ import numpy as np
 from distildp import privacy
 from distildp.artifacts import Artifact, ArtifactStore
 from distildp.data import Corpus, control_prefix, load_corpus, public_texts
-from distildp.distill import check_compatible, collate_kd, make_kd_loss_fn
+from distildp.distill import check_compatible, collate_kd, make_kd_loss_fn, validate_kd_weights
 from distildp.dpsgd import PrivacyConfig, TrainConfig, poisson_schedule, train_causal_lm
 from distildp.evaluate import floor, perplexity
 from distildp.generate import CONFIG_CODES_ATTR, GenerationConfig, generate_synthetic, load_synthetic
@@ -44,16 +44,16 @@ class Settings:
     """Everything a run depends on besides (method, epsilon, seed). Defaults: the embedded default."""
 
     dataset: str = "builtin"
-    dataset_options: dict = field(default_factory=dict)
+    dataset_options: dict = field(default_factory=dict)  # passed to load_corpus (builtin: n_train, n_val, n_test)
     teacher_model: str = "tiny-teacher"  # a tiny preset, a hub name (gpt2-large) or a save_pretrained dir
     student_model: str = "tiny-student"
-    vocab_size: int = 4096  # tokenizer trained on public text (tiny presets only)
+    vocab_size: int = 2048  # tokenizer trained on public text (tiny presets only); the output layer dominates cost
     n_public_docs: int = 4000
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=2, batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=20, schedule="warmup_linear"))
+        epochs=3, batch_size=16, lr=5e-3, weight_decay=0.01, warmup_steps=50, schedule="warmup_linear"))
     # DP-SGD on the private data (teacher, dpsgd and dpkd students): large batches, few steps.
     private_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=3, batch_size=128, physical_batch_size=64, lr=2e-3, warmup_steps=5))
+        epochs=3, batch_size=200, physical_batch_size=100, lr=3e-3, warmup_steps=3))
     # Non-private distillation on the synthetic data.
     distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=3, batch_size=32, lr=1e-3, warmup_steps=10, schedule="warmup_linear"))
@@ -65,18 +65,20 @@ class Settings:
     histogram: str = "dp"  # 'dp' (Gaussian, composed with the teacher), 'exact' (paper; NOT private), 'uniform'
     histogram_share: float = 0.05  # share of epsilon spent on the DP histogram
     dpkd_teacher_share: float = 0.5
-    synthetic_size: int | None = None  # None: as many as private training records
+    synthetic_size: int | None = 2000  # None: as many as private training records
     synthetic_val_fraction: float = 0.1  # held-out synthetic text for the student's model selection
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     lam: float = 0.4
     temperature: float = 1.0
     alpha: float = 0.0
     teacher_context: str = "code_prefix"  # or 'none' (the paper's code-free teacher)
-    eval_stride: int | None = None  # sliding-window stride (None: half the context)
+    eval_per_document: bool = True  # each test document in its own window, as models are trained
+    eval_stride: int | None = None  # sliding-window stride over the joined test stream (None: half the context)
 
     def __post_init__(self) -> None:
         if self.histogram not in HISTOGRAMS:
             raise ValueError(f"histogram={self.histogram!r}; choose one of {HISTOGRAMS}")
+        validate_kd_weights(self.lam, self.temperature, self.alpha)
         for name in ("histogram_share", "dpkd_teacher_share"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1): it is a share of epsilon")
@@ -115,14 +117,24 @@ class Pipeline:
     def tokenizer(self) -> Artifact:
         """A byte-level BPE trained on public text (only used by the tiny presets)."""
         s = self.settings
-        config = {"vocab_size": s.vocab_size, "n_public_docs": s.n_public_docs}
+        config = {"vocab_size": s.vocab_size, "n_public_docs": s.n_public_docs, "schema_of": s.dataset}
 
         def build(out: Path) -> dict:
-            tok = train_tokenizer(public_texts(n_source_docs=s.n_public_docs), s.vocab_size)
+            tok = train_tokenizer(public_texts(n_source_docs=s.n_public_docs) + self._schema_texts(), s.vocab_size)
             tok.save_pretrained(out)
             return {"metrics": {"vocab_size": len(tok)}, "privacy": _no_private_data()}
 
         return self.store.build("tokenizer", config, build)
+
+    def _schema_texts(self, repeats: int = 20) -> list[str]:
+        """Control-code prefixes of every possible code (the public schema, not the data), so the tokenizer
+        gives them short encodings; the model itself never sees them in pretraining."""
+        source = self.corpus.source
+        if source is None:
+            return []
+        names = list(self.corpus.code_columns.values())
+        return [control_prefix(dict(zip(names, key)))
+                for key in itertools.product(source.categories, source.stars)] * repeats
 
     def pretrained(self, role: str) -> Artifact:
         """The public starting point of the teacher or student: a hub model, or a tiny preset pretrained here."""
@@ -324,7 +336,7 @@ class Pipeline:
         texts = self.corpus.texts("test")
         prefixes = self.corpus.prefixes("test") if role == "teacher" else None
         result = perplexity(model, tok, texts, prefixes=prefixes, stride=self.settings.eval_stride,
-                            progress=self.progress)
+                            per_document=self.settings.eval_per_document, progress=self.progress)
         metrics = {"test_ppl": result.ppl, "test_tokens": result.n_tokens}
         if self.corpus.source is not None:
             metrics["floor"] = self.floor(tok, role)
@@ -425,7 +437,7 @@ class _BestOnHeldOut:
             self._check(steps)
 
     def _check(self, step: int) -> None:
-        ppl = perplexity(self.model, self.tok, self.texts, progress=False).ppl
+        ppl = perplexity(self.model, self.tok, self.texts, per_document=True, progress=False).ppl
         self.model.train()
         if ppl < self.best_ppl:
             self.best_ppl, self.best_step = ppl, step
@@ -446,3 +458,86 @@ def _no_private_data() -> dict:
 
 def _nonprivate_record() -> dict:
     return {"epsilon": math.inf, "private": False, "notes": []}
+
+
+# ---------------------------------------------------------------------------------------- profiles
+# Named starting points; a notebook or grid picks one and overrides single fields.
+PROFILES: dict[str, dict[str, Any]] = {
+    # seconds on 2 cores: for tests and notebook smoke runs, not for conclusions
+    "smoke": {"dataset_options": {"n_train": 200, "n_val": 40, "n_test": 40}, "n_public_docs": 200,
+              "vocab_size": 512, "pretrain": {"epochs": 1, "warmup_steps": 2},
+              "private_train": {"epochs": 1, "batch_size": 50, "warmup_steps": 0},
+              "distill_train": {"epochs": 2, "batch_size": 16, "warmup_steps": 0}, "synthetic_size": 48,
+              "generation": {"batch_size": 16, "chunk_size": 24, "max_length": 64}},
+    # the embedded default (the README's `make run`): minutes on 2 cores
+    "quick": {},
+    # about an hour on a CPU: more data and longer training
+    "full": {"dataset_options": {"n_train": 8000, "n_val": 1000, "n_test": 1000}, "n_public_docs": 8000,
+             "private_train": {"epochs": 4, "batch_size": 400, "physical_batch_size": 100},
+             "distill_train": {"epochs": 4}, "synthetic_size": 16000},
+    # the paper's setting on a GPU: GPT-2 Large teacher, DistilGPT2 student, Yelp with category and stars
+    "paper": {"dataset": "yelp", "dataset_options": {}, "teacher_model": "gpt2-large", "student_model": "distilgpt2",
+              "private_train": {"epochs": 5, "batch_size": 1024, "physical_batch_size": 32, "lr": 5e-4},
+              "distill_train": {"epochs": 5, "batch_size": 32, "lr": 5e-5}, "synthetic_size": 100_000,
+              "generation": {"batch_size": 256, "chunk_size": 4096}},
+}
+NESTED = {"pretrain": TrainConfig, "private_train": TrainConfig, "distill_train": TrainConfig,
+          "generation": GenerationConfig}
+
+
+def make_settings(profile: str = "quick", overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings of a named profile with `overrides` applied (nested configs take dicts of their fields)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    merged = _merge(PROFILES[profile], overrides or {})
+    known = {f for f in Settings.__dataclass_fields__}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; settings are {sorted(known)}")
+    defaults = Settings()
+    kwargs = {}
+    for name, value in merged.items():
+        if name in NESTED:
+            cls = NESTED[name]
+            bad = sorted(set(value) - set(cls.__dataclass_fields__))
+            if bad:
+                raise ValueError(f"unknown field(s) {bad} in {name}; its fields are {sorted(cls.__dataclass_fields__)}")
+            value = replace(getattr(defaults, name), **value)
+        kwargs[name] = value
+    return Settings(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Recursive dict merge: `extra` wins, nested dicts are merged rather than replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distildp.pipeline [--profile quick]`: build the embedded default (tokenizer, pretrained
+    teacher and student) and print their test perplexities beside the exact floor."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    parser.add_argument("--store", default=None, help="artifact store directory (default: .artifacts/)")
+    args = parser.parse_args(argv)
+    pipe = Pipeline(make_settings(args.profile), ArtifactStore(args.store) if args.store else None)
+    corpus = pipe.corpus
+    print(f"private corpus {pipe.settings.dataset!r}: " + ", ".join(f"{split} {len(frame)}" for split, frame in
+                                                                 corpus.splits.items()))
+    for role in ("teacher", "student"):
+        art = pipe.pretrained(role)
+        floor_text = f"   floor {art.metrics['floor']:.2f}" if "floor" in art.metrics else ""
+        print(f"pretrained {role:8s} test perplexity {art.metrics['test_ppl']:8.2f}{floor_text}"
+              f"   ({'codes as context' if role == 'teacher' else 'plain text'}; {art.path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

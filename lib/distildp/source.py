@@ -212,8 +212,8 @@ class ReviewSource:
     `seed` fixes the source's structure (code, aspect and bigram weights); sampling takes its own seed.
     """
 
-    def __init__(self, seed: int = 0, *, lexicon: Lexicon | None = None, max_tokens: int = 72,
-                 min_tokens: int = 8, length_center: float = 38.0, length_scale: float = 5.0,
+    def __init__(self, seed: int = 0, *, lexicon: Lexicon | None = None, max_tokens: int = 60,
+                 min_tokens: int = 8, length_center: float = 30.0, length_scale: float = 5.0,
                  punct_base: float = 0.02, punct_slope: float = 0.035, punct_max: float = 0.6):
         if not 1 <= min_tokens <= max_tokens:
             raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {min_tokens=} {max_tokens=}")

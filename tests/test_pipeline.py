@@ -1,0 +1,133 @@
+"""The pipeline end to end on the smoke profile: every method's row, its privacy, the floor, the cache."""
+
+import json
+import math
+
+import pytest
+from dp_accounting import dp_event, pld
+
+from distildp import privacy
+from distildp.artifacts import ArtifactStore
+from distildp.pipeline import METHODS, REFERENCES, Pipeline, Settings, make_settings
+
+EPSILON = 4.0
+
+
+@pytest.fixture(scope="module")
+def pipe(smoke_store):
+    return Pipeline(make_settings("smoke"), ArtifactStore(smoke_store), progress=False)
+
+
+@pytest.fixture(scope="module")
+def rows(pipe):
+    return {m: pipe.run(m, EPSILON, seed=0) for m in METHODS} | {r: pipe.run(r, 0.0, seed=0) for r in REFERENCES}
+
+
+def _pld_epsilon(mechanisms, delta):
+    """Independent reference: dp_accounting's PLD accountant over the same releases."""
+    accountant = pld.PLDAccountant(value_discretization_interval=1e-3)
+    for m in mechanisms:
+        if isinstance(m, privacy.GaussianMechanism):
+            accountant.compose(dp_event.GaussianDpEvent(m.noise_multiplier), m.count)
+        else:
+            event = dp_event.PoissonSampledDpEvent(m.sample_rate, dp_event.GaussianDpEvent(m.noise_multiplier))
+            accountant.compose(event, m.steps)
+    return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_spends_exactly_its_budget(pipe, rows, method):
+    row = rows[method]
+    assert row["private"] and row["epsilon"] == EPSILON
+    assert row["delta"] < 1 / len(pipe.corpus.texts("train"))
+    plan = pipe.plan(method, EPSILON)
+    reference = _pld_epsilon(list(plan.mechanisms.values()), row["delta"])
+    # never reports less than spent, and the budget is used (not wasted on loose bounds)
+    assert reference <= row["epsilon_spent"] <= EPSILON + 0.01
+    assert row["epsilon_spent"] > 0.95 * EPSILON
+
+
+def test_rows_have_the_design_columns(rows):
+    design = {"dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
+              "noise_multiplier", "sample_rate", "steps", "synthetic_size", "wall_time_s"}
+    for row in rows.values():
+        assert design <= set(row)
+    assert rows["distildp"]["synthetic_size"] == make_settings("smoke").synthetic_size
+    assert rows["distildp"]["noise_multiplier"] > 0 and 0 < rows["dpsgd"]["sample_rate"] < 1
+
+
+def test_no_model_scores_below_the_floor(rows):
+    for name, row in rows.items():
+        if not math.isnan(row["student_ppl"]):
+            assert row["student_ppl"] > row["floor"], name
+        if not math.isnan(row["teacher_ppl"]):
+            assert row["teacher_ppl"] > row["teacher_floor"], name
+    assert rows["distildp"]["teacher_floor"] < rows["distildp"]["floor"]  # codes carry information
+
+
+def test_distildp_and_synthetic_only_share_teacher_and_synthetic_set(pipe, rows):
+    assert rows["distildp"]["teacher_ppl"] == rows["synthetic_only"]["teacher_ppl"]
+    assert rows["distildp"]["student_ppl"] != rows["synthetic_only"]["student_ppl"]
+    assert rows["synthetic_only"]["student_ppl"] != rows["pretrained_student"]["student_ppl"]  # it trained
+    teacher = pipe.private_model("teacher", 0, pipe.plan("distildp", EPSILON).noise_multipliers()["teacher"], EPSILON)
+    synthetic = [a for a in pipe.store.list("synthetic") if a.manifest["inputs"]["teacher"]["key"] == teacher.key]
+    assert len(synthetic) == 1  # built once, reused
+    record = synthetic[0].privacy
+    assert record["private"] and record["release"] == "DP histogram"
+
+
+def test_manifests_record_privacy(pipe, rows):
+    for art in pipe.store.list("private_teacher"):
+        rec = art.privacy
+        if rec["private"]:
+            for key in ("epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm"):
+                assert rec[key] is not None, key
+            assert json.loads((art.path / "manifest.json").read_text())["privacy"]["steps"] == rec["steps"]
+    for art in pipe.store.list("distilled_student"):
+        assert "held-out synthetic" in art.privacy["model_selection"]
+
+
+def test_second_run_reuses_every_stage(pipe, rows):
+    before = {a.path for a in pipe.store.list()}
+    again = pipe.run("dpkd", EPSILON, seed=0)
+    assert {a.path for a in pipe.store.list()} == before
+    assert again["student_ppl"] == rows["dpkd"]["student_ppl"]
+
+
+def test_non_private_row_is_labelled(pipe):
+    row = pipe.run("dpsgd", math.inf, seed=0)
+    assert not row["private"] and math.isinf(row["epsilon_spent"])
+
+
+def test_exact_histogram_is_flagged_not_private(tmp_path):
+    settings = make_settings("smoke", {"histogram": "exact"})
+    pipe = Pipeline(settings, ArtifactStore(tmp_path), progress=False)
+    teacher = pipe.private_model("teacher", 0, pipe.plan("distildp", EPSILON).noise_multipliers()["teacher"], EPSILON)
+    synthetic = pipe.synthetic(teacher, 0, None)
+    assert synthetic.privacy["private"] is False and synthetic.privacy["leak"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"histogram_share": 1.5}, "histogram_share"),
+    ({"histogram": "noisy"}, "histogram"),
+    ({"lam": 2.0}, "lam"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"privat_train": {}}, "unknown setting"),
+    ({"private_train": {"epoch": 1}}, "unknown field"),
+])
+def test_bad_settings_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_settings("smoke", bad)
+
+
+def test_bad_method_and_epsilon(pipe):
+    with pytest.raises(ValueError, match="unknown method"):
+        pipe.plan("distill", EPSILON)
+    with pytest.raises(ValueError, match="epsilon"):
+        pipe.run("dpsgd", -1.0)
+    with pytest.raises(ValueError, match="profile"):
+        make_settings("tiny")
+
+
+def test_settings_defaults_are_the_embedded_default():
+    assert Settings().dataset == "builtin" and Settings().teacher_model == "tiny-teacher"
