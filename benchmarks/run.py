@@ -1,0 +1,534 @@
+"""Run a benchmark grid: every point executes the benchmark notebook with papermill, in its own process.
+
+    python benchmarks/run.py --grid quick --jobs 2          # benchmarks/grids/quick.yaml
+    python benchmarks/run.py --grid smoke --dry-run         # list the points (and which are done)
+    python benchmarks/run.py --grid full --shard 3/8        # one task of a cluster job array
+    python benchmarks/run.py --grid full --tables-only      # rebuild tables from the finished points
+
+The whole grid is checked before any kernel starts: keys, parameter types (the notebook's annotated
+`parameters` cell), Settings overrides and method names; every error names the grid file and the key.
+
+Layout under --results (default results/):
+    runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json
+    tables/, figures/        for the quick grid (the committed results)
+    <grid>/tables/, <grid>/figures/   for every other grid, so a smoke run never overwrites them
+A point is finished when its row.json exists (the notebook writes it last, atomically) and its point.json
+asks for the same parameters; any other point directory is cleared and run again from scratch.
+Shared stages (pretrained models, DP teachers, synthetic sets) come from the artifact store (--store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import typing
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GRIDS_DIR = ROOT / "benchmarks" / "grids"
+NOTEBOOKS_DIR = ROOT / "notebooks"
+PUBLISHED_GRID = "quick"  # its tables go to results/tables (committed); other grids to results/<grid>/
+
+TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "ablations"}
+CORE_AXES = ("method", "epsilon", "seed")
+ABLATION_KEYS = {"values", "method", "epsilon", "seeds"}
+POINT_FILE, ROW_FILE, LOG_FILE = "point.json", "row.json", "run.log"
+
+
+class GridError(ValueError):
+    """The grid file is malformed; the message names the file and the key."""
+
+
+@dataclass
+class Point:
+    """One notebook run: its parameters (without store/row_path) and how it reads in the tables."""
+
+    point_id: str
+    kind: str  # 'main' | 'reference' | 'ablation'
+    params: dict
+    variant: str = ""  # the grid's other axes, e.g. 'dataset-yelp'
+    knob: str | None = None
+    value: Any = None
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    notebook: Path
+    points: list[Point] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- grid files
+def grid_path(name_or_path: str) -> Path:
+    """A grid name (benchmarks/grids/<name>.yaml) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise FileNotFoundError(f"grid file {path} does not exist")
+        return path.resolve()
+    path = GRIDS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no grid {name_or_path!r}: expected {path}; grids are {known} or a .yaml path")
+    return path
+
+
+def load_grid(name_or_path: str) -> Grid:
+    """Read, expand and check a grid file; raise GridError (naming file and key) before anything runs."""
+    from distildp.notebooks import ParameterError, validate_parameters
+    from distildp.pipeline import PROFILES, REFERENCES
+
+    path = grid_path(name_or_path)
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise GridError(f"{path}: not valid YAML ({err})") from err
+
+    def fail(key: str, message: str) -> typing.NoReturn:
+        raise GridError(f"{path}: {key}: {message}")
+
+    if not isinstance(spec, dict):
+        fail("(top level)", "must be a mapping of keys (profile, notebook, overrides, axes, references, ablations)")
+    for key in spec:
+        if key not in TOP_KEYS:
+            fail(key, f"unknown key; the keys of a grid are {sorted(TOP_KEYS)}")
+    profile = spec.get("profile", "quick")
+    if profile not in PROFILES:
+        fail("profile", f"{profile!r} is not a profile; choose one of {sorted(PROFILES)}")
+    notebook = Path(spec.get("notebook", "06_baselines.ipynb"))
+    notebook = notebook if notebook.is_absolute() else NOTEBOOKS_DIR / notebook
+    if not notebook.exists():
+        fail("notebook", f"{notebook} does not exist (relative names are looked up in {NOTEBOOKS_DIR})")
+    base = spec.get("overrides") or {}
+    if not isinstance(base, dict):
+        fail("overrides", "must be a mapping of Settings fields")
+    axes = spec.get("axes") or {}
+    if not isinstance(axes, dict):
+        fail("axes", "must be a mapping axis -> list of values")
+    for axis in CORE_AXES:
+        if axis not in axes:
+            fail(f"axes.{axis}", "missing; every grid sweeps method, epsilon and seed (a one-value list is fine)")
+    for axis, values in axes.items():
+        if not isinstance(values, list) or not values:
+            fail(f"axes.{axis}", "must be a non-empty list of values")
+
+    def check_param(key: str, name: str, value: Any) -> Any:
+        try:
+            return validate_parameters(notebook, {name: value})[name]
+        except ParameterError as err:
+            fail(key, str(err))
+
+    checked_axes = {axis: [check_param(f"axes.{axis}[{i}]", axis, v) if axis in CORE_AXES else v
+                           for i, v in enumerate(values)] for axis, values in axes.items()}
+    for i, method in enumerate(checked_axes["method"]):
+        _check_method(method, f"axes.method[{i}]", fail)
+    for i, epsilon in enumerate(checked_axes["epsilon"]):
+        if not epsilon > 0:
+            fail(f"axes.epsilon[{i}]", f"{epsilon} must be > 0 (.inf for non-private)")
+    _check_overrides(profile, base, "overrides", fail)
+    extra_axes = [a for a in checked_axes if a not in CORE_AXES]
+    for axis in extra_axes:
+        _check_setting_name(axis, f"axes.{axis}", fail)
+        for i, value in enumerate(checked_axes[axis]):
+            _check_overrides(profile, _merge(base, _nested(axis, value)), f"axes.{axis}[{i}]", fail)
+
+    references = spec.get("references") or []
+    if not isinstance(references, list):
+        fail("references", f"must be a list of {list(REFERENCES)}")
+    for i, ref in enumerate(references):
+        if ref not in REFERENCES:
+            fail(f"references[{i}]", f"{ref!r} is not a reference; choose from {list(REFERENCES)}")
+
+    ablations = spec.get("ablations") or {}
+    if not isinstance(ablations, dict):
+        fail("ablations", "must be a mapping knob -> {values, method, epsilon, seeds}")
+    for knob, abl in ablations.items():
+        where = f"ablations.{knob}"
+        _check_setting_name(knob, where, fail)
+        if not isinstance(abl, dict) or "values" not in abl:
+            fail(where, "must be a mapping with `values` (and optional method, epsilon, seeds)")
+        for key in abl:
+            if key not in ABLATION_KEYS:
+                fail(f"{where}.{key}", f"unknown key; an ablation has {sorted(ABLATION_KEYS)}")
+        if not isinstance(abl["values"], list) or not abl["values"]:
+            fail(f"{where}.values", "must be a non-empty list")
+        abl.setdefault("method", "distildp")
+        abl.setdefault("epsilon", checked_axes["epsilon"][0])
+        abl.setdefault("seeds", [checked_axes["seed"][0]])
+        abl["method"] = check_param(f"{where}.method", "method", abl["method"])
+        _check_method(abl["method"], f"{where}.method", fail)
+        abl["epsilon"] = check_param(f"{where}.epsilon", "epsilon", abl["epsilon"])
+        if not abl["epsilon"] > 0:
+            fail(f"{where}.epsilon", f"{abl['epsilon']} must be > 0 (.inf for non-private)")
+        if not isinstance(abl["seeds"], list) or not abl["seeds"]:
+            fail(f"{where}.seeds", "must be a non-empty list of ints")
+        abl["seeds"] = [check_param(f"{where}.seeds[{i}]", "seed", s) for i, s in enumerate(abl["seeds"])]
+        for i, value in enumerate(abl["values"]):
+            _check_overrides(profile, _merge(base, _nested(knob, value)), f"{where}.values[{i}]", fail)
+
+    points = _expand(profile, base, checked_axes, extra_axes, references, ablations)
+    seen: dict[str, Point] = {}
+    for point in points:
+        if point.point_id in seen:
+            fail(point.kind, f"point {point.point_id} appears twice; remove the duplicate value")
+        seen[point.point_id] = point
+        where = f"point {point.point_id}"
+        _check_overrides(profile, point.params["overrides"], where, fail)  # combinations of the above
+        try:
+            point.params = validate_parameters(notebook, point.params)
+        except ParameterError as err:
+            fail(where, str(err))
+    return Grid(name=path.stem, path=path, notebook=notebook, points=points)
+
+
+def _check_method(method: str, key: str, fail) -> None:
+    from distildp.pipeline import METHODS, REFERENCES
+
+    if method not in METHODS:
+        hint = " (references go under `references:`)" if method in REFERENCES else ""
+        fail(key, f"unknown method {method!r}; choose from {list(METHODS)}{hint}")
+
+
+def _check_setting_name(name: str, key: str, fail) -> None:
+    from distildp.pipeline import Settings
+
+    top = name.split(".", 1)[0]
+    if top not in {f.name for f in fields(Settings)}:
+        fail(key, f"{top!r} is not a Settings field (axes other than {list(CORE_AXES)} and ablation knobs are "
+                  f"Settings overrides, nested ones dotted like private_train.epochs); fields: "
+                  f"{sorted(f.name for f in fields(Settings))}")
+
+
+def _check_overrides(profile: str, overrides: dict, where: str, fail) -> None:
+    """Unknown fields (make_settings) and values of the wrong type (the Settings annotations)."""
+    from distildp.pipeline import Settings, make_settings
+
+    problem = _type_problem(overrides, Settings, "")
+    if problem:
+        fail(where, problem)
+    try:
+        make_settings(profile, overrides)
+    except (ValueError, TypeError) as err:
+        fail(where, f"overrides {overrides}: {err}")
+
+
+def _type_problem(values: dict, cls: type, prefix: str) -> str | None:
+    """The first override whose value does not fit the dataclass field's annotation, described; else None."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue  # unknown names: make_settings says which fields exist
+        if is_dataclass(hint) and isinstance(hint, type):
+            if not isinstance(value, dict):
+                return f"override {prefix}{name} must be a mapping of {hint.__name__} fields, got {value!r}"
+            problem = _type_problem(value, hint, f"{prefix}{name}.")
+            if problem:
+                return problem
+        elif not _fits(value, hint):
+            return (f"override {prefix}{name} must be {getattr(hint, '__name__', hint)}, got "
+                    f"{type(value).__name__} {value!r}")
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+# ---------------------------------------------------------------------------------------------- points
+def fmt(value: Any) -> str:
+    """A value as it reads in a point id: 2.0 -> '2', inf -> 'inf', 0.25 -> '0.25', 'csv:/x' -> 'csv-x'."""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-")
+
+
+def _nested(name: str, value: Any) -> dict:
+    """'private_train.epochs', 2 -> {'private_train': {'epochs': 2}}."""
+    head, _, rest = name.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = json.loads(json.dumps(base))
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], references: list[str],
+            ablations: dict) -> list[Point]:
+    """The points in a stable order: per variant and seed the references, then epsilon x method;
+    then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart)."""
+    points = []
+    variants = list(itertools.product(*(axes[a] for a in extra_axes)))
+    for combo in variants:
+        variant = "__".join(f"{axis}-{fmt(v)}" for axis, v in zip(extra_axes, combo))
+        prefix = f"{variant}__" if variant else ""
+        overrides = base
+        for axis, value in zip(extra_axes, combo):
+            overrides = _merge(overrides, _nested(axis, value))
+
+        def params(method: str, seed: int, epsilon: float | None = None, extra: dict | None = None) -> dict:
+            p = {"profile": profile, "overrides": _merge(overrides, extra or {}), "method": method, "seed": seed}
+            if epsilon is not None:
+                p["epsilon"] = epsilon
+            return p
+
+        for seed in axes["seed"]:
+            for ref in references:  # the pipeline ignores epsilon for references (rows carry 0 or inf)
+                points.append(Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant))
+            for epsilon in axes["epsilon"]:
+                for method in axes["method"]:
+                    points.append(Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
+                                        params(method, seed, epsilon), variant))
+        for knob, abl in ablations.items():
+            for value in abl["values"]:
+                for seed in abl["seeds"]:
+                    pid = f"abl-{knob}{fmt(value)}__{prefix}{abl['method']}__eps{fmt(abl['epsilon'])}__seed{seed}"
+                    points.append(Point(pid, "ablation", params(abl["method"], seed, abl["epsilon"],
+                                                                _nested(knob, value)), variant, knob, value))
+    return points
+
+
+def shard(points: list[Point], spec: str | None) -> list[Point]:
+    """'i/n': every point whose index % n == i (the grid's stable order)."""
+    if not spec:
+        return points
+    match = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if not match or not int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard {spec!r}: write i/n with 0 <= i < n, e.g. --shard 0/4")
+    i, n = int(match[1]), int(match[2])
+    return [p for index, p in enumerate(points) if index % n == i]
+
+
+def output_dirs(results: Path, grid_name: str) -> tuple[Path, Path, Path]:
+    """(runs, tables, figures) for a grid: the quick grid publishes to results/tables and results/figures."""
+    publish = results if grid_name == PUBLISHED_GRID else results / grid_name
+    return results / "runs" / grid_name, publish / "tables", publish / "figures"
+
+
+def _request(point: Point, grid: Grid, store: str) -> dict:
+    return {"point_id": point.point_id, "kind": point.kind, "knob": point.knob, "value": point.value,
+            "variant": point.variant, "grid": grid.name, "notebook": str(grid.notebook), "store": store,
+            "params": point.params}
+
+
+def is_finished(point_dir: Path, request: dict) -> bool:
+    """row.json present and point.json asking for the same notebook and parameters."""
+    if not (point_dir / ROW_FILE).exists() or not (point_dir / POINT_FILE).exists():
+        return False
+    try:
+        old = json.loads((point_dir / POINT_FILE).read_text())
+    except json.JSONDecodeError:
+        return False
+    keys = ("params", "notebook", "knob", "value", "kind")
+    return all(json.dumps(old.get(k), sort_keys=True) == json.dumps(request.get(k), sort_keys=True) for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------- running
+@dataclass
+class Outcome:
+    point_id: str
+    ok: bool
+    seconds: float
+    log: Path
+    error: str = ""
+
+
+class Runner:
+    """Executes points in child processes (one each, `jobs` at a time) and can stop them all on Ctrl-C."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.threads = max(1, cpus // jobs)
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        threads = str(self.threads)  # jobs x threads <= cores: kernels do not fight over them
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+                   TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+        return env
+
+    def run(self, point_dir: Path) -> Outcome:
+        started = time.time()
+        log = point_dir / LOG_FILE
+        with open(log, "w") as log_file:
+            child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--execute-point", str(point_dir)],
+                                     stdout=log_file, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT,
+                                     start_new_session=True)  # its own process group: the kernel dies with it
+            with self._lock:
+                self._children.add(child)
+            code = child.wait()
+            with self._lock:
+                self._children.discard(child)
+        seconds = time.time() - started
+        point_id = point_dir.name
+        if code == 0 and (point_dir / ROW_FILE).exists():
+            return Outcome(point_id, True, seconds, log)
+        reason = f"exit status {code}" if code else "the notebook finished without writing row.json"
+        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-15:])
+        return Outcome(point_id, False, seconds, log, f"{reason}; last lines of {log}:\n{tail}")
+
+    def stop_all(self) -> None:
+        with self._lock:
+            for child in self._children:
+                try:
+                    os.killpg(child.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+def execute_point(point_dir: Path) -> None:
+    """Child process: run the notebook of one point (reads point.json), streaming cell output to the log."""
+    import logging
+
+    from distildp.notebooks import execute
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    request = json.loads((point_dir / POINT_FILE).read_text())
+    params = dict(request["params"], store=request["store"], row_path=str((point_dir / ROW_FILE).resolve()))
+    notebook = Path(request["notebook"])
+    print(f"point {request['point_id']}: {notebook.name} with {params}", flush=True)
+    execute(notebook, point_dir / notebook.name, params, log_output=True)
+
+
+def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str,
+             progress: bool = True) -> list[Outcome]:
+    """Run the unfinished points; return their outcomes (finished ones are skipped)."""
+    from tqdm.auto import tqdm
+
+    todo = []
+    for point in points:
+        point_dir = runs_dir / point.point_id
+        request = _request(point, grid, store)
+        if is_finished(point_dir, request):
+            continue
+        if point_dir.exists():  # interrupted or asked with other parameters: start it again from scratch
+            shutil.rmtree(point_dir)
+        point_dir.mkdir(parents=True)
+        (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
+        todo.append(point_dir)
+    print(f"grid {grid.name}: {len(points)} points, {len(points) - len(todo)} already finished, "
+          f"{len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)", flush=True)
+    runner = Runner(jobs)
+    outcomes = []
+    bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="point", disable=not progress or not todo)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(runner.run, d) for d in todo]
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                status = "ok" if outcome.ok else "FAILED"
+                bar.write(f"{status:6} {outcome.point_id}  {outcome.seconds:.1f} s")
+                bar.update()
+    except KeyboardInterrupt:
+        runner.stop_all()
+        raise
+    finally:
+        bar.close()
+    return outcomes
+
+
+def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path) -> list[Path]:
+    from distildp.results import load_rows, write_report
+
+    rows = load_rows(runs_dir, only=[p.point_id for p in grid.points])
+    if rows.empty:
+        print("no finished points yet: no tables written")
+        return []
+    written = write_report(rows, tables_dir, figures_dir)
+    print(f"{len(rows)} rows -> " + ", ".join(str(p) for p in written))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="quick", help="grid name in benchmarks/grids/ or a .yaml path")
+    parser.add_argument("--jobs", type=int, default=1, help="points run at once (each in its own process)")
+    parser.add_argument("--shard", help="i/n: run only the points whose index %% n == i (cluster job arrays)")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
+    parser.add_argument("--store", default="", help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)")
+    parser.add_argument("--dry-run", action="store_true", help="check the grid and list its points; run nothing")
+    parser.add_argument("--tables-only", action="store_true", help="only rebuild tables/figures from finished points")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--execute-point", help=argparse.SUPPRESS)  # internal: the child process of one point
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.execute_point:
+        execute_point(Path(args.execute_point))
+        return 0
+    started = time.time()
+    try:
+        grid = load_grid(args.grid)
+        points = shard(grid.points, args.shard)
+    except (GridError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = Path(args.results).resolve()
+    store = str(Path(args.store).resolve()) if args.store else ""
+    runs_dir, tables_dir, figures_dir = output_dirs(results, grid.name)
+    if args.dry_run:
+        for point in points:
+            done = is_finished(runs_dir / point.point_id, _request(point, grid, store))
+            print(f"{'done' if done else 'todo'}  {point.point_id}")
+        print(f"{len(points)} points ({grid.path}); runs in {runs_dir}, tables in {tables_dir}")
+        return 0
+    outcomes = [] if args.tables_only else run_grid(grid, points, runs_dir, args.jobs, store, not args.no_progress)
+    write_tables(grid, runs_dir, tables_dir, figures_dir)
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        print(f"\nFAILED {outcome.point_id} ({outcome.seconds:.1f} s): {outcome.error}", file=sys.stderr)
+    print(f"total wall time {time.time() - started:.1f} s; {len(outcomes) - len(failed)} ran, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

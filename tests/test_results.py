@@ -1,0 +1,140 @@
+"""distildp.results: mean ± std tables over seeds, ∞, references and floors, Markdown, figures, round trips."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distildp import results
+
+INF = math.inf
+
+
+def rows() -> pd.DataFrame:
+    """Two methods x (eps 1, inf) x 3 seeds with known perplexities, two references, one ablation knob."""
+    records = []
+    ppl = {("distildp", 1.0): [10.0, 12.0, 14.0], ("distildp", INF): [8.0, 8.0, 8.0],
+           ("dpsgd", 1.0): [20.0, 21.0, 25.0], ("dpsgd", INF): [9.0, 9.5, 10.0]}
+    for (method, eps), values in ppl.items():
+        for seed, value in enumerate(values):
+            records.append({"dataset": "builtin", "method": method, "epsilon": eps, "seed": seed,
+                            "student_ppl": value, "teacher_ppl": value - 1, "floor": 5.0, "teacher_floor": 4.0})
+    for seed, value in enumerate([7.0, 7.5, 8.0]):
+        records.append({"dataset": "builtin", "method": "nonprivate_student", "epsilon": INF, "seed": seed,
+                        "student_ppl": value, "teacher_ppl": math.nan, "floor": 5.0, "teacher_floor": 4.0})
+    records.append({"dataset": "builtin", "method": "pretrained_teacher", "epsilon": 0.0, "seed": 0,
+                    "student_ppl": math.nan, "teacher_ppl": 50.0, "floor": 5.0, "teacher_floor": 4.0})
+    for value, ppls in ((0.0, [13.0, 15.0]), (0.8, [11.0, 11.0])):
+        for seed, p in enumerate(ppls):
+            records.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": seed,
+                            "student_ppl": p, "teacher_ppl": 9.0, "floor": 5.0, "kind": "ablation",
+                            "knob": "lam", "value": value})
+    return pd.DataFrame(records)
+
+
+def test_method_names_match_the_pipeline():
+    from distildp import pipeline
+
+    assert (results.METHODS, results.REFERENCES) == (pipeline.METHODS, pipeline.REFERENCES)
+
+
+def test_ppl_table_mean_std_over_seeds_and_infinity():
+    table = results.ppl_table(rows())
+    assert list(table.columns) == ["ε=0", "ε=1", "ε=∞", "seeds"]
+    assert table.loc["distildp", "ε=1"] == "12.00 ± 2.00"  # sample std of 10, 12, 14
+    assert table.loc["dpsgd", "ε=1"] == f"22.00 ± {np.std([20, 21, 25], ddof=1):.2f}"
+    assert table.loc["distildp", "ε=∞"] == "8.00 ± 0.00"
+    assert table.loc["distildp", "seeds"] == "3"
+    assert table.loc["nonprivate_student", "ε=∞"] == "7.50 ± 0.50"
+    assert table.loc["nonprivate_student", "ε=1"] == ""
+    assert table.loc["pretrained_teacher (teacher, codes given)", "ε=0"] == "50.00"  # one seed: no std
+    assert table.loc["floor (exact)", "ε=1"] == "5.00"
+    assert table.loc["teacher floor (exact, codes given)", "ε=∞"] == "4.00"
+    assert list(table.index[:2]) == ["distildp", "dpsgd"]  # METHODS order, references after
+    assert "lam" not in "".join(table.index)  # ablation rows stay out of the main table
+
+
+def test_uneven_seed_counts_are_shown():
+    df = rows()
+    df = df.drop(df[(df["method"] == "dpsgd") & (df["epsilon"] == 1.0) & (df["seed"] == 2)].index)
+    assert results.ppl_table(df).loc["dpsgd", "seeds"] == "2–3"
+
+
+def test_ablation_table_and_plot(tmp_path):
+    table = results.ablation_table(rows(), "lam")
+    assert table["lam"].tolist() == [0.0, 0.8]
+    assert table["student_ppl"].tolist() == [f"14.00 ± {np.std([13, 15], ddof=1):.2f}", "11.00 ± 0.00"]
+    assert table["seeds"].tolist() == [2, 2]
+    results.plot_ablation(rows(), "lam", tmp_path / "lam.png")
+    assert (tmp_path / "lam.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no ablation rows for knob 'alpha'; knobs present: \\['lam'\\]"):
+        results.ablation_table(rows(), "alpha")
+
+
+def test_markdown_has_a_header_rule_and_every_cell():
+    text = results.to_markdown(results.ppl_table(rows()))
+    lines = text.splitlines()
+    assert lines[0].startswith("| method") and "ε=∞" in lines[0]
+    assert set(lines[1]) <= {"|", "-"}
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+    assert "| distildp " in text and "12.00 ± 2.00" in text
+
+
+def test_plot_places_infinity_at_the_right_end(tmp_path):
+    fig = results.plot_ppl_vs_eps(rows())
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["1", "∞"] and ax.get_xscale() == "log"
+    distildp = next(c for c in ax.containers if c.get_label() == "distildp").lines[0]
+    np.testing.assert_allclose(distildp.get_xdata(), [1.0, 10.0])
+    np.testing.assert_allclose(distildp.get_ydata(), [12.0, 8.0])
+    floor = next(line for line in ax.get_lines() if line.get_label() == "floor (exact)")
+    assert floor.get_ydata()[0] == 5.0
+    fig.clf()
+    results.plot_ppl_vs_eps(rows(), tmp_path / "ppl.png")
+    assert (tmp_path / "ppl.png").stat().st_size > 1000
+
+
+def test_load_rows_reads_json_infinities_and_point_files(tmp_path):
+    for point_id, row, point in [
+        ("distildp__epsinf__seed0", {"method": "distildp", "epsilon": "inf", "seed": 0, "student_ppl": 9.0,
+                                    "teacher_ppl": "nan"}, {"kind": "main", "variant": ""}),
+        ("abl-lam0.2__distildp__eps2__seed0", {"method": "distildp", "epsilon": 2.0, "seed": 0, "student_ppl": 11.0},
+         {"kind": "ablation", "knob": "lam", "value": 0.2}),
+        ("unfinished", None, {"kind": "main"}),
+    ]:
+        (tmp_path / point_id).mkdir()
+        (tmp_path / point_id / "point.json").write_text(json.dumps(point))
+        if row is not None:
+            (tmp_path / point_id / "row.json").write_text(json.dumps(row))
+    df = results.load_rows(tmp_path)
+    assert list(df.columns[:len(results.COLUMNS)]) == results.COLUMNS
+    assert len(df) == 2
+    main = df[df["kind"] == "main"].iloc[0]
+    assert main["epsilon"] == INF and math.isnan(main["teacher_ppl"]) and main["point_id"] == "distildp__epsinf__seed0"
+    ablation = df[df["kind"] == "ablation"].iloc[0]
+    assert ablation["knob"] == "lam" and ablation["value"] == 0.2
+    assert len(results.load_rows(tmp_path, only=["distildp__epsinf__seed0"])) == 1
+
+
+def test_write_report_round_trips_through_csv(tmp_path):
+    written = results.write_report(rows(), tmp_path / "tables", tmp_path / "figures")
+    names = sorted(p.name for p in written)
+    assert names == ["ablation_lam.csv", "ablation_lam.md", "ablation_lam.png", "ppl_vs_eps.csv", "ppl_vs_eps.md",
+                     "ppl_vs_eps.png"]
+    again = results.read_csv(tmp_path / "tables" / "ppl_vs_eps.csv")
+    pd.testing.assert_frame_equal(results.ppl_table(again), results.ppl_table(rows()))
+    assert "12.00 ± 2.00" in (tmp_path / "tables" / "ppl_vs_eps.md").read_text()
+
+
+def test_variants_get_their_own_sections_and_figures(tmp_path):
+    df = rows()
+    other = df.copy()
+    other["dataset"], other["student_ppl"] = "yelp", other["student_ppl"] * 2
+    df["variant"], other["variant"] = "dataset-builtin", "dataset-yelp"
+    written = results.write_report(pd.concat([df, other]), tmp_path / "t", tmp_path / "f")
+    assert {"ppl_vs_eps_dataset-builtin.png", "ppl_vs_eps_dataset-yelp.png"} <= {p.name for p in written}
+    text = (tmp_path / "t" / "ppl_vs_eps.md").read_text()
+    assert "### dataset-yelp" in text and "24.00 ± 4.00" in text
