@@ -13,19 +13,20 @@ Every method at a given (epsilon, delta) spends exactly that total, composed in 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import itertools
 import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from distildp import privacy
-from distildp.artifacts import Artifact, ArtifactStore
+from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.data import Corpus, control_prefix, load_corpus, public_texts
 from distildp.distill import check_compatible, collate_kd, make_kd_loss_fn, validate_kd_weights
 from distildp.dpsgd import PrivacyConfig, TrainConfig, poisson_schedule, train_causal_lm
@@ -53,7 +54,7 @@ class Settings:
         epochs=3, batch_size=16, lr=5e-3, weight_decay=0.01, warmup_steps=50, schedule="warmup_linear"))
     # DP-SGD on the private data (teacher, dpsgd and dpkd students): large batches, few steps.
     private_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=3, batch_size=200, physical_batch_size=100, lr=3e-3, warmup_steps=3))
+        epochs=3, batch_size=200, physical_batch_size=100, lr=3e-3))  # no warm-up: a step at lr 0 wastes budget
     # Non-private distillation on the synthetic data.
     distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=3, batch_size=32, lr=1e-3, warmup_steps=10, schedule="warmup_linear"))
@@ -100,7 +101,7 @@ class Pipeline:
         self.progress = progress
 
     # ------------------------------------------------------------------------------------ data
-    @cached_property
+    @functools.cached_property
     def corpus(self) -> Corpus:
         return load_corpus(self.settings.dataset, **self.settings.dataset_options)
 
@@ -108,7 +109,7 @@ class Pipeline:
     def data_config(self) -> dict:
         return {"dataset": self.settings.dataset, "options": self.settings.dataset_options}
 
-    @cached_property
+    @functools.cached_property
     def delta(self) -> float:
         n = len(self.corpus.texts("train"))
         return privacy.resolve_delta(self.settings.delta, n, allow_one_over_n=self.settings.delta == "paper")
@@ -162,7 +163,7 @@ class Pipeline:
             model.save_pretrained(out)
             tok.save_pretrained(out)
             metrics = {"train_loss": report.losses[-1], "steps": report.steps, **self._evaluate(model, tok, role)}
-            return {"privacy": _no_private_data(), "metrics": metrics}
+            return {"privacy": _no_private_data(), "metrics": metrics, "extra": {"losses": report.losses}}
 
         return self.store.build("pretrained", config, build, inputs={"tokenizer": tokenizer_art})
 
@@ -170,24 +171,45 @@ class Pipeline:
     def dp_schedule(self, cfg: TrainConfig) -> tuple[float, int]:
         return poisson_schedule(len(self.corpus.texts("train")), cfg)
 
-    def plan(self, method: str, epsilon: float) -> privacy.ComposedCalibration:
-        """Noise for every DP release of `method` so that together they spend exactly `epsilon`."""
+    def budget_parts(self, method: str) -> list[privacy.BudgetPart]:
+        """The DP releases of `method`, each with its share of the budget."""
         s = self.settings
         q, steps = self.dp_schedule(s.private_train)
         if method in ("distildp", "synthetic_only"):
             if s.histogram == "dp":
-                parts = [privacy.BudgetPart("teacher", 1 - s.histogram_share, q, steps),
-                         privacy.BudgetPart.gaussian("histogram", s.histogram_share)]
-            else:
-                parts = [privacy.BudgetPart("teacher", 1.0, q, steps)]
-        elif method == "dpkd":
-            parts = [privacy.BudgetPart("teacher", s.dpkd_teacher_share, q, steps),
-                     privacy.BudgetPart("student", 1 - s.dpkd_teacher_share, q, steps)]
-        elif method == "dpsgd":
-            parts = [privacy.BudgetPart("student", 1.0, q, steps)]
-        else:
-            raise ValueError(f"unknown method {method!r}; choose one of {METHODS + REFERENCES}")
-        return privacy.calibrate_composed(epsilon, self.delta, parts, s.accountant, scheme=s.budget_scheme)
+                return [privacy.BudgetPart("teacher", 1 - s.histogram_share, q, steps),
+                        privacy.BudgetPart.gaussian("histogram", s.histogram_share)]
+            return [privacy.BudgetPart("teacher", 1.0, q, steps)]
+        if method == "dpkd":
+            return [privacy.BudgetPart("teacher", s.dpkd_teacher_share, q, steps),
+                    privacy.BudgetPart("student", 1 - s.dpkd_teacher_share, q, steps)]
+        if method == "dpsgd":
+            return [privacy.BudgetPart("student", 1.0, q, steps)]
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS + REFERENCES}")
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 (one Pipeline per process; cached in the store too)
+    def plan(self, method: str, epsilon: float) -> privacy.ComposedCalibration:
+        """Noise for every DP release of `method` so that together they spend exactly `epsilon`.
+
+        Calibration takes seconds, so the result is an artifact too: every grid point reuses it."""
+        s = self.settings
+        parts = self.budget_parts(method)
+        epsilon = privacy.check_epsilon(epsilon)
+        if math.isinf(epsilon):
+            return privacy.calibrate_composed(epsilon, self.delta, parts, s.accountant, scheme=s.budget_scheme)
+        config = {"epsilon": epsilon, "delta": self.delta, "accountant": s.accountant, "scheme": s.budget_scheme,
+                  "parts": [asdict(p) for p in parts]}
+
+        def build(out: Path) -> dict:
+            cal = privacy.calibrate_composed(epsilon, self.delta, parts, s.accountant, scheme=s.budget_scheme)
+            fields = {k: getattr(cal, k) for k in ("target_epsilon", "delta", "accountant", "scheme", "epsilon",
+                                                   "part_epsilons", "part_deltas")}
+            write_json_atomic(out / "plan.json", {**fields, "noise_multipliers": cal.noise_multipliers()})
+            return {"metrics": {"epsilon": cal.epsilon}}
+
+        saved = json.loads((self.store.build("plan", config, build).path / "plan.json").read_text())
+        noise = saved.pop("noise_multipliers")
+        return privacy.ComposedCalibration(mechanisms={p.name: p.mechanism(noise[p.name]) for p in parts}, **saved)
 
     # ------------------------------------------------------------------------------------ private training
     def private_model(self, role: str, seed: int, noise_multiplier: float | None, epsilon: float,
@@ -233,9 +255,10 @@ class Pipeline:
                 setattr(model.config, CONFIG_CODES_ATTR, list(self.corpus.code_columns.values()))
             model.save_pretrained(out)
             tok.save_pretrained(out)
-            record = report.privacy_record() if private else _nonprivate_record()
+            record = report.privacy_record() if private else {**_nonprivate_record(), "steps": report.steps}
             record["model_selection"] = "none: the final step is kept (selection on private data would cost privacy)"
-            return {"privacy": record, "metrics": {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)}}
+            return {"privacy": record, "metrics": {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)},
+                    "extra": {"losses": report.losses}}
 
         return self.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed)
 
@@ -249,7 +272,7 @@ class Pipeline:
                   "generation": asdict(s.generation), "data": self.data_config}
 
         def build(out: Path) -> dict:
-            keys, key_note = self._code_keys()
+            keys, key_note = self.code_keys()
             counts = Counter(tuple(c.values()) for c in self.corpus.codes("train"))
             if mode == "dp":
                 hist, record = privacy.dp_histogram(counts, size, histogram_noise, seed=seed, keys=keys)
@@ -268,7 +291,7 @@ class Pipeline:
 
         return self.store.build("synthetic", config, build, inputs={"teacher": teacher}, seed=seed)
 
-    def _code_keys(self) -> tuple[list[tuple[str, ...]], list[str]]:
+    def code_keys(self) -> tuple[list[tuple[str, ...]], list[str]]:
         """The public set of possible codes (zeros included): keys read off the data would leak."""
         source = self.corpus.source
         if source is not None:
@@ -317,7 +340,7 @@ class Pipeline:
             record["model_selection"] = (f"held-out synthetic text ({n_val} samples), checked once per epoch; "
                                          f"best at step {selector.best_step}")
             metrics = {"synthetic_val_ppl": selector.best_ppl, **self._evaluate(model, tok, "student")}
-            return {"privacy": record, "metrics": metrics}
+            return {"privacy": record, "metrics": metrics, "extra": {"losses": report.losses}}
 
         return self.store.build("distilled_student", config, build, inputs=inputs, seed=seed)
 
@@ -349,36 +372,40 @@ class Pipeline:
                      categories=self.corpus.info.get("categories")).ppl
 
     # ------------------------------------------------------------------------------------ methods
+    def artifacts(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Artifact]:
+        """Build (or reuse) every artifact of `method` at total budget `epsilon`, in order of the data flow:
+        some of 'teacher', 'synthetic', and always 'student'."""
+        epsilon = privacy.check_epsilon(epsilon)
+        noise = None if math.isinf(epsilon) else self.plan(method, epsilon).noise_multipliers()
+        if method in ("distildp", "synthetic_only"):
+            teacher = self.private_model("teacher", seed, noise and noise["teacher"], epsilon)
+            synthetic = self.synthetic(teacher, seed, noise.get("histogram") if noise else None)
+            student = self.distilled_student(teacher, synthetic, seed, hard_labels_only=method == "synthetic_only")
+            return {"teacher": teacher, "synthetic": synthetic, "student": student}
+        if method == "dpkd":
+            teacher = self.private_model("teacher", seed, noise and noise["teacher"], epsilon)
+            return {"teacher": teacher, "student": self.private_model("student", seed, noise and noise["student"],
+                                                                     epsilon, kd_teacher=teacher)}
+        if method == "dpsgd":
+            return {"student": self.private_model("student", seed, noise and noise["student"], epsilon)}
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS + REFERENCES}")
+
     def run(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Any]:
         """Train and evaluate one method at total budget `epsilon`; return its results row."""
         started = time.time()
         if method in REFERENCES:
             return self._reference_row(method, seed, started)
-        epsilon = privacy.check_epsilon(epsilon)
-        plan = self.plan(method, epsilon)
-        noise = None if math.isinf(epsilon) else plan.noise_multipliers()
-        teacher = None
-        if method in ("distildp", "synthetic_only"):
-            teacher = self.private_model("teacher", seed, noise and noise["teacher"], epsilon)
-            synthetic = self.synthetic(teacher, seed, noise.get("histogram") if noise else None)
-            student = self.distilled_student(teacher, synthetic, seed, hard_labels_only=method == "synthetic_only")
-            artifacts = [teacher, synthetic, student]
-        elif method == "dpkd":
-            teacher = self.private_model("teacher", seed, noise and noise["teacher"], epsilon)
-            student = self.private_model("student", seed, noise and noise["student"], epsilon, kd_teacher=teacher)
-            artifacts = [teacher, student]
-        else:
-            student = self.private_model("student", seed, noise and noise["student"], epsilon)
-            artifacts = [student]
-        return self._row(method, epsilon, seed, plan, student, teacher, artifacts, started)
+        arts = self.artifacts(method, epsilon, seed)
+        return self._row(method, epsilon, seed, self.plan(method, epsilon), arts, started)
 
-    def _row(self, method, epsilon, seed, plan, student, teacher, artifacts, started) -> dict[str, Any]:
+    def _row(self, method, epsilon, seed, plan, arts, started) -> dict[str, Any]:
+        artifacts, student, teacher = list(arts.values()), arts["student"], arts.get("teacher")
         leaks = [a.privacy.get("leak") for a in artifacts if a.privacy.get("leak")]
         mechanisms = [m for m in plan.mechanisms.values() if m.noise_multiplier > 0]
         total = privacy.privacy_record(mechanisms, self.delta, self.settings.accountant,
                                        target_epsilon=epsilon, leaks=leaks) if mechanisms else None
         first_dp = next((a.privacy for a in artifacts if a.privacy.get("private")), {})
-        synthetic = next((a for a in artifacts if a.stage == "synthetic"), None)
+        synthetic = arts.get("synthetic")
         return {
             "dataset": self.settings.dataset, "method": method, "epsilon": epsilon,
             "epsilon_spent": total["epsilon"] if total else math.inf, "delta": self.delta, "seed": seed,
