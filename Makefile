@@ -10,7 +10,7 @@ JOBS ?= 2
 # pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup run test test-slow lab strip check-notebooks clean-store
+.PHONY: setup run test test-slow lab strip check-notebooks clean-store bench
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ strip: setup
 
 check-notebooks: setup
 	$(PY) -m distildp.notebooks check notebooks/*.ipynb
+
+# speed and memory benchmarks (not tests): DP-SGD vs non-private steps, generation throughput
+bench: setup
+	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --batch 32 --seq 96 --steps 6
+	$(PY) benchmarks/bench_generate.py
 
 clean-store:
 	rm -rf .artifacts

@@ -282,13 +282,9 @@ def _nested(name: str, value: Any) -> dict:
 
 
 def _merge(base: dict, extra: dict) -> dict:
-    merged = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    from distildp.pipeline import merge_overrides
+
+    return merge_overrides(base, extra)
 
 
 def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], references: list[str],

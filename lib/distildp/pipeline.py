@@ -516,7 +516,7 @@ def make_settings(profile: str = "quick", overrides: dict[str, Any] | None = Non
     """Settings of a named profile with `overrides` applied (nested configs take dicts of their fields)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    merged = _merge(PROFILES[profile], overrides or {})
+    merged = merge_overrides(PROFILES[profile], overrides or {})
     known = {f for f in Settings.__dataclass_fields__}
     unknown = sorted(set(merged) - known)
     if unknown:
@@ -534,12 +534,12 @@ def make_settings(profile: str = "quick", overrides: dict[str, Any] | None = Non
     return Settings(**kwargs)
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_overrides(base: dict, extra: dict) -> dict:
     """Recursive dict merge: `extra` wins, nested dicts are merged rather than replaced."""
     merged = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_overrides(merged[key], value)
         else:
             merged[key] = value
     return merged
