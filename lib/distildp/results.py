@@ -237,6 +237,13 @@ def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
     ax.set_ylabel("student test perplexity")
     ax.set_title("Student perplexity vs ε" + (f" ({', '.join(sorted(set(df['dataset'].dropna())))})"
                                                if df["dataset"].notna().any() else ""))
+    return _finish(fig, ax, path)
+
+
+def _finish(fig, ax, path: str | Path | None):
+    """Legend and grid; saved (and closed) when a path is given."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     if path is not None:
@@ -275,13 +282,7 @@ def plot_ablation(df: pd.DataFrame, knob: str, path: str | Path | None = None, a
     ax.set_xlabel(knob)
     ax.set_ylabel("student test perplexity")
     ax.set_title(f"Ablation: {knob}")
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    if path is not None:
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
+    return _finish(fig, ax, path)
 
 
 # ---------------------------------------------------------------------------------------------- report
