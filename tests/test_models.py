@@ -7,6 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from distildp import models
+from distildp import hub
 from distildp.dpsgd import TrainConfig
 from distildp.models import (PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained,
                              pretrain, train_tokenizer)
@@ -115,7 +116,7 @@ def test_load_pretrained_unreachable_hub_fails_fast(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(models.socket, "create_connection", no_network)
+    monkeypatch.setattr(hub.socket, "create_connection", no_network)
     start = time.perf_counter()
     with pytest.raises(OSError, match="'gpt2'.*unreachable"):
         load_pretrained("gpt2")

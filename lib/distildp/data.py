@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from distildp import hub
 from distildp.source import CATEGORY, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, STARS, Record, ReviewSource
 
 __all__ = ["Record", "Corpus", "control_prefix", "load_corpus", "public_texts", "KNOWN_CORPORA",
@@ -273,24 +274,10 @@ def _as_frame(table) -> pd.DataFrame:
 def _hub_offline() -> bool:
     import datasets
 
-    flags = (os.environ.get("HF_DATASETS_OFFLINE", ""), os.environ.get("HF_HUB_OFFLINE", ""))
-    return any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags) or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    return hub.offline_mode() or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
 
 
-def _hub_host() -> str:
-    from urllib.parse import urlparse
-
-    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((_hub_host(), 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+_hub_host, _hub_reachable = hub.hub_host, hub.hub_reachable  # module-level names, so tests can stub them
 
 
 def _load_dataset(path: str, config: str | None = None, *, data_files=None, cache_dir=None, corpus: str):

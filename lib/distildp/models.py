@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,6 +23,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from distildp import hub
 
 if TYPE_CHECKING:  # dpsgd is imported inside pretrain() to keep `import distildp.models` light
     from distildp.dpsgd import TrainConfig
@@ -90,18 +90,6 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, 
     return GPT2LMHeadModel(config)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect; transformers itself would retry for ~50 s before failing offline."""
-    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_pretrained(name_or_path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a local `save_pretrained` directory or a hub name such as 'gpt2'."""
     name = str(name_or_path)
@@ -118,7 +106,7 @@ def load_pretrained(name_or_path: str | os.PathLike) -> tuple[PreTrainedModel, P
         return _load(name, local_files_only=True)
     except OSError:
         pass
-    if not _hub_reachable():
+    if hub.offline_mode() or not hub.hub_reachable():
         raise OSError(f"Cannot load '{name}': it is not in the local Hugging Face cache and the hub is unreachable "
                       "(offline). Fix: connect once to download it into the cache, or pass a local directory "
                       "written by save_pretrained().")
