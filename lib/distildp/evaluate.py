@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distildp.models import _tokens
+from distildp.models import _tokens, encode_with_prefix
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,13 @@ class PerplexityResult:
 
 def _document_streams(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                       prefixes: list[str] | None) -> list[tuple[list[int], list[bool]]]:
-    """Per document: ids [eos] + prefix + text + [eos] and whether each id is a scored target."""
-    if prefixes is not None and len(prefixes) != len(texts):
-        raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts; pass one prefix per text (or None).")
-    eos = tokenizer.eos_token_id
-    text_ids = _tokens(tokenizer, texts)
-    prefix_ids = _tokens(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
-    return [([eos] + p + t + [eos], [False] * (1 + len(p)) + [True] * (len(t) + 1))
-            for p, t in zip(prefix_ids, text_ids)]
+    """Per document: the training encoding [eos] + prefix + text + [eos] (`encode_with_prefix`, untruncated)
+    and whether each id is a scored target (the text and its closing [eos])."""
+    streams = []
+    for ex in encode_with_prefix(tokenizer, prefixes, texts):
+        context = 1 + ex["prefix_length"]
+        streams.append((ex["input_ids"], [False] * context + [True] * (len(ex["input_ids"]) - context)))
+    return streams
 
 
 def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: list[str],
