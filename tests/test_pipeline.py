@@ -87,6 +87,17 @@ def test_manifests_record_privacy(pipe, rows):
         assert "held-out synthetic" in art.privacy["model_selection"]
 
 
+def test_manifests_record_the_device_but_keys_ignore_it(pipe, rows):
+    trained = [a for stage in ("pretrained", "private_teacher", "synthetic", "distilled_student")
+               for a in pipe.store.list(stage)]
+    assert trained and all(a.manifest["extra"]["device"] == str(pipe.device) for a in trained)
+    elsewhere = Pipeline(make_settings("smoke", {"device": "cpu"}), pipe.store, progress=False)
+    assert elsewhere.plan("dpkd", EPSILON).noise_multipliers() == pipe.plan("dpkd", EPSILON).noise_multipliers()
+    before = {a.path for a in pipe.store.list()}
+    assert elsewhere.run("dpkd", EPSILON, seed=0)["student_ppl"] == rows["dpkd"]["student_ppl"]
+    assert {a.path for a in pipe.store.list()} == before  # same artifacts: the device is not in any key
+
+
 def test_second_run_reuses_every_stage(pipe, rows):
     before = {a.path for a in pipe.store.list()}
     again = pipe.run("dpkd", EPSILON, seed=0)

@@ -73,6 +73,7 @@ def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool
     for s, (ids, _) in enumerate(streams):
         jobs += [(s, *w) for w in _windows(len(ids) - 1, max_length, stride)]
     nll_sum, n_tokens = 0.0, 0
+    device = next(model.parameters()).device
     for i in tqdm(range(0, len(jobs), batch_size), desc="perplexity", disable=not progress):
         chunk = jobs[i:i + batch_size]
         width = max(end - begin for _, begin, end, _ in chunk)
@@ -82,13 +83,15 @@ def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool
             input_ids[row, :end - begin] = torch.tensor(streams[s][0][begin:end])
             attention_mask[row, :end - begin] = 1
         position_ids = torch.arange(width).repeat(len(chunk), 1)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        log_probs = torch.log_softmax(logits.double(), dim=-1)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       position_ids=position_ids.to(device)).logits
         for row, (s, begin, end, n_new) in enumerate(chunk):
             ids, scored = streams[s]
-            targets = torch.tensor(ids[end - n_new + 1:end + 1])
-            keep = torch.tensor(scored[end - n_new + 1:end + 1])
-            lp = log_probs[row, end - begin - n_new:end - begin].gather(1, targets[:, None])[:, 0]
+            targets = torch.tensor(ids[end - n_new + 1:end + 1], device=device)
+            keep = torch.tensor(scored[end - n_new + 1:end + 1], device=device)
+            # one row at a time in float64: a whole batch of float64 log-probs is GBs at GPT-2's vocabulary
+            log_probs = torch.log_softmax(logits[row, end - begin - n_new:end - begin].double(), dim=-1)
+            lp = log_probs.gather(1, targets[:, None])[:, 0]
             nll_sum -= lp[keep].sum().item()
             n_tokens += int(keep.sum())
     return nll_sum, n_tokens
@@ -142,7 +145,7 @@ def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     model.eval()
     losses = []
     for begin in range(0, len(ids), window):
-        chunk = torch.tensor(ids[begin:begin + window])[None]
+        chunk = torch.tensor(ids[begin:begin + window], device=next(model.parameters()).device)[None]
         if chunk.shape[1] < 2:  # a single token has nothing to predict
             continue
         losses.append(model(input_ids=chunk, labels=chunk).loss.item())

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from distildp import privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
@@ -33,7 +34,7 @@ from distildp.dpsgd import PrivacyConfig, TrainConfig, poisson_schedule, train_c
 from distildp.evaluate import floor, perplexity
 from distildp.generate import CONFIG_CODES_ATTR, GenerationConfig, generate_synthetic, load_synthetic
 from distildp.models import (build_model, encode_plain, encode_with_prefix, is_pretrained_name, load_pretrained,
-                             load_tokenizer, train_tokenizer)
+                             load_tokenizer, resolve_device, train_tokenizer)
 
 METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd")
 REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", "nonprivate_student")
@@ -75,6 +76,9 @@ class Settings:
     teacher_context: str = "code_prefix"  # or 'none' (the paper's code-free teacher)
     eval_per_document: bool = True  # each test document in its own window, as models are trained
     eval_stride: int | None = None  # sliding-window stride over the joined test stream (None: half the context)
+    # Where models train and run: 'auto' (a CUDA GPU if torch sees one), 'cpu', 'cuda', 'cuda:N'. Not part of
+    # any artifact's identity (the same recipe on another device is the same experiment); manifests record it.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.histogram not in HISTOGRAMS:
@@ -104,6 +108,15 @@ class Pipeline:
     @functools.cached_property
     def corpus(self) -> Corpus:
         return load_corpus(self.settings.dataset, **self.settings.dataset_options)
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.settings.device)
+
+    def _load(self, name_or_path) -> tuple:
+        """(model on this pipeline's device, tokenizer) from a save_pretrained directory or hub name."""
+        model, tok = load_pretrained(name_or_path)
+        return model.to(self.device), tok
 
     @property
     def data_config(self) -> dict:
@@ -145,7 +158,7 @@ class Pipeline:
             config = {"model": name}
 
             def build_hub(out: Path) -> dict:
-                model, tok = load_pretrained(name)
+                model, tok = self._load(name)
                 model.save_pretrained(out)
                 tok.save_pretrained(out)
                 return {"privacy": _no_private_data(), "metrics": self._evaluate(model, tok, role)}
@@ -156,14 +169,15 @@ class Pipeline:
 
         def build(out: Path) -> dict:
             tok = load_tokenizer(tokenizer_art.path)
-            model = build_model(name, tok, seed=s.pretrain.seed)
+            model = build_model(name, tok, seed=s.pretrain.seed).to(self.device)
             examples = encode_plain(tok, public_texts(n_source_docs=s.n_public_docs),
                                     model.config.n_positions, overflow="split")
             report = train_causal_lm(model, examples, s.pretrain, progress=self.progress)
             model.save_pretrained(out)
             tok.save_pretrained(out)
             metrics = {"train_loss": report.losses[-1], "steps": report.steps, **self._evaluate(model, tok, role)}
-            return {"privacy": _no_private_data(), "metrics": metrics, "extra": {"losses": report.losses}}
+            return {"privacy": _no_private_data(), "metrics": metrics,
+                    "extra": {"losses": report.losses, "device": str(self.device)}}
 
         return self.store.build("pretrained", config, build, inputs={"tokenizer": tokenizer_art})
 
@@ -230,7 +244,7 @@ class Pipeline:
             inputs["teacher"] = kd_teacher
 
         def build(out: Path) -> dict:
-            model, tok = load_pretrained(inputs["pretrained"].path)
+            model, tok = self._load(inputs["pretrained"].path)
             texts, prefixes = self.corpus.texts("train"), self.corpus.prefixes("train")
             context = model.config.n_positions
             if role == "teacher":
@@ -239,7 +253,7 @@ class Pipeline:
                 examples = encode_plain(tok, texts, context)
                 collate, loss_fn = None, None
                 if kd_teacher:
-                    teacher, teacher_tok = load_pretrained(kd_teacher.path)
+                    teacher, teacher_tok = self._load(kd_teacher.path)
                     check_compatible(teacher_tok, tok)
                     examples = _kd_examples(tok, texts, prefixes, context)
                     collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
@@ -258,7 +272,7 @@ class Pipeline:
             record = report.privacy_record() if private else {**_nonprivate_record(), "steps": report.steps}
             record["model_selection"] = "none: the final step is kept (selection on private data would cost privacy)"
             return {"privacy": record, "metrics": {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)},
-                    "extra": {"losses": report.losses}}
+                    "extra": {"losses": report.losses, "device": str(self.device)}}
 
         return self.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed)
 
@@ -283,11 +297,12 @@ class Pipeline:
             record.setdefault("notes", []).extend(key_note)
             names = list(self.corpus.code_columns.values())
             code_counts = [(dict(zip(names, key)), n) for key, n in hist.items() if n > 0]
-            model, tok = load_pretrained(teacher.path)
+            model, tok = self._load(teacher.path)
             result = generate_synthetic(model, tok, code_counts, out / "data", s.generation, seed=seed,
                                         progress=self.progress, code_columns=self.corpus.code_columns)
             return {"privacy": record, "metrics": {"n_samples": result.n_samples},
-                    "extra": {"histogram": {"|".join(k): n for k, n in hist.items()}, "generation": result.summary}}
+                    "extra": {"histogram": {"|".join(k): n for k, n in hist.items()}, "generation": result.summary,
+                              "device": str(self.device)}}
 
         return self.store.build("synthetic", config, build, inputs={"teacher": teacher}, seed=seed)
 
@@ -309,7 +324,7 @@ class Pipeline:
         inputs = {"pretrained": self.pretrained("student"), "teacher": teacher, "synthetic": synthetic}
 
         def build(out: Path) -> dict:
-            model, tok = load_pretrained(inputs["pretrained"].path)
+            model, tok = self._load(inputs["pretrained"].path)
             frame = load_synthetic(synthetic.path / "data")
             texts = frame["text"].tolist()
             prefixes = [control_prefix(dict(zip(self.corpus.code_columns.values(), row)))
@@ -320,7 +335,7 @@ class Pipeline:
             train_texts = [texts[i] for i in train_idx]
             examples = encode_plain(tok, train_texts, model.config.n_positions)
             if kd:
-                teacher_model, teacher_tok = load_pretrained(teacher.path)
+                teacher_model, teacher_tok = self._load(teacher.path)
                 check_compatible(teacher_tok, tok)
                 examples = _kd_examples(tok, train_texts, [prefixes[i] for i in train_idx], model.config.n_positions)
                 collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
@@ -340,7 +355,8 @@ class Pipeline:
             record["model_selection"] = (f"held-out synthetic text ({n_val} samples), checked once per epoch; "
                                          f"best at step {selector.best_step}")
             metrics = {"synthetic_val_ppl": selector.best_ppl, **self._evaluate(model, tok, "student")}
-            return {"privacy": record, "metrics": metrics, "extra": {"losses": report.losses}}
+            return {"privacy": record, "metrics": metrics,
+                    "extra": {"losses": report.losses, "device": str(self.device)}}
 
         return self.store.build("distilled_student", config, build, inputs=inputs, seed=seed)
 
