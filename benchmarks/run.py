@@ -65,6 +65,7 @@ class Point:
     variant: str = ""  # the grid's other axes, e.g. 'dataset-yelp'
     knob: str | None = None
     value: Any = None
+    same_as: str | None = None  # an ablation value that IS the grid's setting: reuse that main point's row
 
 
 @dataclass
@@ -306,20 +307,38 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
                 p["epsilon"] = epsilon
             return p
 
+        main = {}
         for seed in axes["seed"]:
             for ref in references:  # the pipeline ignores epsilon for references (rows carry 0 or inf)
+                if ref.startswith("pretrained") and seed != axes["seed"][0]:
+                    continue  # public pretraining does not depend on the seed: one point
                 points.append(Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant))
             for epsilon in axes["epsilon"]:
                 for method in axes["method"]:
-                    points.append(Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
-                                        params(method, seed, epsilon), variant))
+                    main[method, epsilon, seed] = Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
+                                                        params(method, seed, epsilon), variant)
+                    points.append(main[method, epsilon, seed])
         for knob, abl in ablations.items():
             for value in abl["values"]:
                 for seed in abl["seeds"]:
                     pid = f"abl-{knob}{fmt(value)}__{prefix}{abl['method']}__eps{fmt(abl['epsilon'])}__seed{seed}"
-                    points.append(Point(pid, "ablation", params(abl["method"], seed, abl["epsilon"],
-                                                                _nested(knob, value)), variant, knob, value))
+                    point = Point(pid, "ablation", params(abl["method"], seed, abl["epsilon"], _nested(knob, value)),
+                                  variant, knob, value)
+                    twin = main.get((abl["method"], abl["epsilon"], seed))
+                    if twin and _same_settings(profile, point.params["overrides"], twin.params["overrides"]):
+                        point.same_as = twin.point_id
+                    points.append(point)
     return points
+
+
+def _same_settings(profile: str, overrides: dict, other: dict) -> bool:
+    """Whether two override sets give the same Settings (e.g. an ablation value equal to the default)."""
+    from distildp.pipeline import make_settings
+
+    try:
+        return make_settings(profile, overrides) == make_settings(profile, other)
+    except (ValueError, TypeError):
+        return False  # invalid overrides are reported by _check_overrides
 
 
 def shard(points: list[Point], spec: str | None) -> list[Point]:
@@ -342,7 +361,7 @@ def output_dirs(results: Path, grid_name: str) -> tuple[Path, Path, Path]:
 def _request(point: Point, grid: Grid, store: str) -> dict:
     return {"point_id": point.point_id, "kind": point.kind, "knob": point.knob, "value": point.value,
             "variant": point.variant, "grid": grid.name, "notebook": str(grid.notebook), "store": store,
-            "params": point.params}
+            "params": point.params, "same_as": point.same_as}
 
 
 def is_finished(point_dir: Path, request: dict) -> bool:
@@ -353,7 +372,7 @@ def is_finished(point_dir: Path, request: dict) -> bool:
         old = json.loads((point_dir / POINT_FILE).read_text())
     except json.JSONDecodeError:
         return False
-    keys = ("params", "notebook", "knob", "value", "kind")
+    keys = ("params", "notebook", "knob", "value", "kind", "same_as")
     return all(json.dumps(old.get(k), sort_keys=True) == json.dumps(request.get(k), sort_keys=True) for k in keys)
 
 
@@ -432,10 +451,13 @@ def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: 
     """Run the unfinished points; return their outcomes (finished ones are skipped)."""
     from tqdm.auto import tqdm
 
-    todo = []
+    todo, twins = [], []
     for point in points:
         point_dir = runs_dir / point.point_id
         request = _request(point, grid, store)
+        if point.same_as:
+            twins.append((point_dir, request))
+            continue
         if is_finished(point_dir, request):
             continue
         if point_dir.exists():  # interrupted or asked with other parameters: start it again from scratch
@@ -443,8 +465,9 @@ def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: 
         point_dir.mkdir(parents=True)
         (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
         todo.append(point_dir)
-    print(f"grid {grid.name}: {len(points)} points, {len(points) - len(todo)} already finished, "
-          f"{len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)", flush=True)
+    print(f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins)} already finished, "
+          f"{len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
+          + (f", {len(twins)} reusing a main point's row" if twins else ""), flush=True)
     runner = Runner(jobs)
     outcomes = []
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="point", disable=not progress or not todo)
@@ -462,7 +485,23 @@ def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: 
         raise
     finally:
         bar.close()
+    for point_dir, request in twins:
+        _copy_twin(point_dir, request, runs_dir / request["same_as"])
     return outcomes
+
+
+def _copy_twin(point_dir: Path, request: dict, source_dir: Path) -> None:
+    """An ablation value equal to the grid's own setting: its row is the main point's (no kernel run).
+    Rewritten on every run, so it follows its main point; absent while that point is unfinished."""
+    from distildp.artifacts import write_json_atomic
+
+    if point_dir.exists():
+        shutil.rmtree(point_dir)
+    if not (source_dir / ROW_FILE).exists():
+        return
+    point_dir.mkdir(parents=True)
+    (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
+    write_json_atomic(point_dir / ROW_FILE, json.loads((source_dir / ROW_FILE).read_text()))
 
 
 def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path) -> list[Path]:

@@ -174,3 +174,15 @@ def test_pretrain_lowers_loss_and_is_seeded(tok):
     assert metrics["examples"] > len(texts)  # long texts were split into 32-token windows
     assert torch.equal(runs[0][1], runs[1][1])
     assert not model.training
+
+
+# ------------------------------------------------------------------------------------------- devices
+def test_resolve_device():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert models.resolve_device("auto").type == expected
+    assert models.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        models.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            models.resolve_device("cuda")

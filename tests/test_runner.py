@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from distildp.pipeline import make_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("benchmarks_run", ROOT / "benchmarks" / "run.py")
 run = importlib.util.module_from_spec(spec)
@@ -143,7 +145,9 @@ def test_committed_grids_are_valid(tmp_path):
     assert {"smoke", "quick", "full", "paper"} <= set(sizes)
     quick = yaml.safe_load((ROOT / "benchmarks" / "grids" / "quick.yaml").read_text())
     n_ablation_points = sum(len(a["values"]) * len(a["seeds"]) for a in quick["ablations"].values())
-    assert sizes["quick"] == 4 * 3 * 2 + 4 * 2 + n_ablation_points
+    n_seeds, n_eps = len(quick["axes"]["seed"]), len(quick["axes"]["epsilon"])
+    # pretrained references are seed-independent (one point each); non-private ones run per seed
+    assert sizes["quick"] == 4 * n_eps * n_seeds + 2 + 2 * n_seeds + n_ablation_points
     assert sizes["paper"] == 3 * (4 * 2 + 4)
 
 
@@ -157,6 +161,29 @@ def test_points_have_readable_stable_ids_and_overrides(tmp_path):
     assert ablation.params["overrides"] == {"dataset": "builtin", "lam": 0.0}
     assert ablation.kind == "ablation" and ablation.knob == "lam" and ablation.value == 0.0
     assert points["dataset-builtin__pretrained_student__seed0"].kind == "reference"
+
+
+def test_ablation_value_equal_to_the_grid_setting_reuses_the_main_row(tmp_path):
+    default_lam = make_settings("smoke").lam
+    grid = write_grid(tmp_path, make_notebook(tmp_path), references=[],
+                      ablations={"lam": {"values": [0.0, default_lam], "method": "distildp", "epsilon": 2.0}})
+    points = {p.point_id: p for p in run.load_grid(str(grid)).points}
+    twin = points[f"abl-lam{run.fmt(default_lam)}__distildp__eps2__seed0"]
+    assert twin.same_as == "distildp__eps2__seed0" and points["abl-lam0__distildp__eps2__seed0"].same_as is None
+    assert cli(grid, tmp_path / "results") == 0
+    runs = tmp_path / "results" / "runs" / "tiny"
+    assert twin.point_id not in executions(tmp_path)  # no kernel for it
+    assert (json.loads((runs / twin.point_id / "row.json").read_text())
+            == json.loads((runs / "distildp__eps2__seed0" / "row.json").read_text()))
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / "ablation_lam.csv")
+    assert sorted(table["value"].tolist()) == [0.0, default_lam]
+
+
+def test_pretrained_references_run_once_and_non_private_ones_per_seed(tmp_path):
+    grid = write_grid(tmp_path, make_notebook(tmp_path), references=["pretrained_student", "nonprivate_student"],
+                      axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}, ablations={})
+    ids = {p.point_id for p in run.load_grid(str(grid)).points if p.kind == "reference"}
+    assert ids == {"pretrained_student__seed0", "nonprivate_student__seed0", "nonprivate_student__seed1"}
 
 
 def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):
