@@ -69,6 +69,13 @@ def test_unannotated_or_missing_parameters_cell_is_an_error(tmp_path):
         declared_parameters(_notebook(tmp_path, "x: float | None = None\n"))
 
 
+def test_parameter_lines_papermill_cannot_parse_are_flagged(tmp_path):
+    assert convention_problems(_notebook(tmp_path)) == []
+    bad = _notebook(tmp_path, PARAMS_CELL + 'lam: float = 0.4  # e.g. lam=0.2\n')
+    (problem,) = convention_problems(bad)
+    assert "['lam']" in problem and "Unable to parse" in problem
+
+
 def test_strip_outputs_makes_a_clean_notebook(tmp_path):
     path = _notebook(tmp_path)
     nb = nbformat.read(path, as_version=4)

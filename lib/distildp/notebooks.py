@@ -126,10 +126,29 @@ def convention_problems(notebook: str | Path) -> list[str]:
     if nb.metadata.get("papermill") or any("papermill" in c.metadata for c in nb.cells):
         problems.append("has papermill run metadata: run `make strip`")
     try:
-        declared_parameters(notebook)
+        declared = declared_parameters(notebook)
     except ParameterError as err:
         problems.append(str(err))
+    else:
+        unread = sorted(set(declared) - _papermill_parameter_names(nb, notebook))
+        if unread:
+            problems.append(f"papermill cannot parse the parameter line(s) of {unread} (it warns 'Unable to parse "
+                            "line'): keep one '=' per line, none in the comment")
     return problems
+
+
+def _papermill_parameter_names(nb, notebook) -> set[str]:
+    """The parameters papermill's own inspector reads (what `papermill --help-notebook` shows)."""
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    papermill_log = logging.getLogger("papermill")
+    level, papermill_log.level = papermill_log.level, logging.ERROR  # we report it ourselves, once
+    try:
+        return {p.name for p in PythonTranslator.inspect(_parameters_cell(nb, notebook))}
+    finally:
+        papermill_log.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
