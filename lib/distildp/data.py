@@ -144,20 +144,12 @@ def public_texts(seed: int = 0, n_source_docs: int = 4000, source_seed: int = 0,
     return (pydoc_paragraphs() if include_prose else []) + reviews
 
 
-def pydoc_paragraphs(min_words: int = 8) -> list[str]:
-    """English prose paragraphs of `pydoc_data.topics`: code, tables and indented blocks left out."""
-    from pydoc_data.topics import topics
+def pydoc_paragraphs() -> list[str]:
+    """English prose paragraphs of Python's docs (code, tables and indented blocks left out), as frozen in
+    `distildp.public_text` so that the public corpus does not change with the Python version."""
+    from distildp.public_text import frozen
 
-    out = []
-    for key in sorted(topics):
-        for block in re.split(r"\n\s*\n", topics[key]):
-            lines = block.split("\n")
-            if any(line.startswith((" ", "\t", ">>>", "*", "+", "=", "-")) for line in lines):
-                continue
-            para = " ".join(line.strip() for line in lines)
-            if len(para.split()) >= min_words and sum(ch.isalpha() or ch == " " for ch in para) > 0.9 * len(para):
-                out.append(para)
-    return out
+    return list(frozen()["paragraphs"])
 
 
 # ------------------------------------------------------------------------------- CSV folders

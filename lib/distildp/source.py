@@ -21,15 +21,14 @@ Text is rendered reversibly: words joined by single spaces, a punctuation mark g
 word before it, the first word of a sentence capitalised and "i" written "I". ``log_prob``
 parses the text back, re-renders it and returns ``-inf`` unless the two match exactly.
 
-Caveat: the general vocabulary and bigrams come from ``pydoc_data.topics``, which changes between
-Python versions; ``ReviewSource.fingerprint`` hashes the built tables so manifests can tell.
+The general vocabulary and bigrams were counted in ``pydoc_data.topics`` once and frozen into the package
+(``distildp.public_text``): that module changes between Python versions, the corpus must not.
+``ReviewSource.fingerprint`` hashes the built tables so manifests can tell sources apart.
 Canaries (digits) are not in the vocabulary: text containing them has ``log_prob == -inf``.
 """
 from __future__ import annotations
 
 import hashlib
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,21 +147,12 @@ class Lexicon:
     glue: list[str]
 
 
-def pydoc_lexicon(min_count: int = 2, max_successors: int = 24) -> Lexicon:
-    """The default lexicon: general words and bigrams counted in `pydoc_data.topics`."""
-    from pydoc_data.topics import topics
+def pydoc_lexicon() -> Lexicon:
+    """The default lexicon: general words and bigrams counted in Python's docs (frozen: `distildp.public_text`)."""
+    from distildp.public_text import frozen
 
-    text = "\n".join(topics[k] for k in sorted(topics)).lower()
-    counts = Counter(re.findall(r"[a-z]+", text))
-    general = {w: float(n) for w, n in counts.items() if n >= min_count and (len(w) > 1 or w in ("a", "i"))}
-    pair_counts: dict[str, Counter] = {}
-    for run in re.findall(r"[a-z]+(?: [a-z]+)+", text):  # words separated by single spaces only
-        words = run.split(" ")
-        for a, b in zip(words, words[1:]):
-            if a in general and b in general:
-                pair_counts.setdefault(a, Counter())[b] += 1
-    bigrams = {a: {b: float(n) for b, n in c.most_common(max_successors)} for a, c in pair_counts.items()}
-    return Lexicon(CATEGORY_ASPECTS, SENTIMENT, general, bigrams, STARTERS, AFTER_COMMA, GLUE)
+    tables = frozen()
+    return Lexicon(CATEGORY_ASPECTS, SENTIMENT, tables["general"], tables["bigrams"], STARTERS, AFTER_COMMA, GLUE)
 
 
 def tiny_lexicon() -> Lexicon:

@@ -1,0 +1,24 @@
+"""The frozen public text: the built-in corpus must not change with the Python version."""
+import platform
+
+import pytest
+
+from distildp import data, public_text
+from distildp.source import ReviewSource
+
+
+def test_frozen_tables_are_what_pydoc_gives_on_the_python_that_froze_them():
+    frozen = public_text.frozen()
+    if platform.python_version() != frozen["python"]:
+        pytest.skip(f"frozen from Python {frozen['python']}; this is {platform.python_version()}, whose "
+                    "pydoc_data may differ (which is why the tables are frozen)")
+    assert public_text.read_pydoc() == frozen
+    assert list(public_text.read_pydoc()["general"]) == list(frozen["general"])  # order matters to the source
+
+
+def test_public_corpus_and_source_come_from_the_frozen_tables():
+    frozen = public_text.frozen()
+    assert data.pydoc_paragraphs() == frozen["paragraphs"] and len(frozen["paragraphs"]) > 500
+    # The source's identity on every Python. It changes only when ReviewSource's defaults or the frozen
+    # tables change, and then results/ and the README's expected numbers must be regenerated with it.
+    assert ReviewSource(0).fingerprint == "35ed04590d1d2ae7"
