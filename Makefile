@@ -5,12 +5,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GRID ?= quick
-PROFILE ?= $(GRID)
+# the profile the grid file names (its pretrained models are built and printed before the grid starts)
+GRID_FILE = $(if $(filter %.yaml,$(GRID)),$(GRID),benchmarks/grids/$(GRID).yaml)
+PROFILE ?= $(shell sed -n 's/^profile: *\([a-z]*\).*/\1/p' $(GRID_FILE) 2>/dev/null)
 JOBS ?= 2
 # pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup run test test-slow lab strip check-notebooks clean-store bench
+.PHONY: setup run test test-slow test-gpu lab strip check-notebooks clean-store bench
 
 setup: $(VENV)/.installed
 
@@ -23,14 +25,20 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 run: setup
-	$(PY) -m distildp.pipeline --profile $(PROFILE)
-	$(PY) benchmarks/run.py --grid $(GRID) --jobs $(JOBS)
+	@start=$$(date +%s); \
+	$(PY) -m distildp.pipeline --profile $(PROFILE) && \
+	$(PY) benchmarks/run.py --grid $(GRID) --jobs $(JOBS); status=$$?; \
+	echo "make run: $$(( $$(date +%s) - start )) s in all (pretraining included)"; exit $$status
 
 test: setup
 	$(PY) -m pytest
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# on a machine with a CUDA GPU (and a CUDA build of torch): the device tests, GPU side
+test-gpu: setup
+	$(PY) -m pytest -m gpu tests/test_devices.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
