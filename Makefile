@@ -51,7 +51,7 @@ check-notebooks: setup
 
 # speed and memory benchmarks (not tests): DP-SGD vs non-private steps, generation throughput
 bench: setup
-	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --batch 32 --seq 96 --steps 6
+	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 6
 	$(PY) benchmarks/bench_generate.py
 
 clean-store:

@@ -514,7 +514,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "generation": {"batch_size": 16, "chunk_size": 24, "max_length": 64}},
     # the embedded default (the README's `make run`): minutes on 2 cores
     "quick": {},
-    # about an hour on a CPU: more data and longer training
+    # 4x the private data, longer training: about 4x the quick profile per grid point (hours on a CPU)
     "full": {"dataset_options": {"n_train": 8000, "n_val": 1000, "n_test": 1000}, "n_public_docs": 8000,
              "private_train": {"epochs": 4, "batch_size": 400, "physical_batch_size": 100},
              "distill_train": {"epochs": 4}, "synthetic_size": 16000},
