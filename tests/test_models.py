@@ -67,6 +67,8 @@ def test_presets_share_width_and_set_special_ids(tok):
         assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (tok.eos_token_id,) * 3
         assert c.vocab_size == len(tok) and c.n_positions == 128
     assert models.n_params(student) < models.n_params(teacher)
+    big = build_model("small-teacher", tok)  # the capacity-gap teacher: same vocabulary, wider and deeper
+    assert models.n_params(big) > 4 * models.n_params(student) and big.config.vocab_size == len(tok)
 
 
 def test_build_model_is_seeded(tok):
