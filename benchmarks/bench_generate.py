@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from distildp.data import control_prefix, pydoc_paragraphs
 from distildp.generate import GenerationConfig, generate_synthetic
@@ -33,13 +32,12 @@ CODES = [{"Business Category": c, "Review Stars": s}
 
 
 def tiny_teacher():
-    """The tiny-teacher shape (n_embd 128, 4 layers, 4 heads, vocab 4096, 128 positions), random weights."""
-    tokenizer = train_tokenizer(pydoc_paragraphs(), vocab_size=4096)
-    torch.manual_seed(0)
-    eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=128, n_layer=4, n_head=4, n_positions=128,
-                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
-    return GPT2LMHeadModel(config).eval(), tokenizer
+    """The tiny-teacher preset at the embedded default's vocabulary (Settings.vocab_size), random weights."""
+    from distildp.models import build_model
+    from distildp.pipeline import Settings
+
+    tokenizer = train_tokenizer(pydoc_paragraphs(), vocab_size=Settings().vocab_size)
+    return build_model("tiny-teacher", tokenizer, seed=0).eval(), tokenizer
 
 
 @torch.no_grad()
