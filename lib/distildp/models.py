@@ -40,7 +40,8 @@ PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(n_embd=64, n_layer=4, n_head=4, n_positions=TINY_CONTEXT, **_NO_DROPOUT),
     "tiny-student": dict(n_embd=64, n_layer=2, n_head=4, n_positions=TINY_CONTEXT, **_NO_DROPOUT),
     # ~6x the student's parameters (the paper's GPT-2 Large / DistilGPT2 is ~9x): a real capacity gap,
-    # at ~5x the tiny teacher's cost. Widths differ, so hidden-state alignment goes through a projection.
+    # at ~5x the tiny teacher's cost. Widths differ: the pipeline runs it with alpha = 0 (hidden-state alignment
+    # would need distill.StudentWithProjection, and kd_loss says so if alpha > 0).
     "small-teacher": dict(n_embd=128, n_layer=6, n_head=4, n_positions=TINY_CONTEXT, **_NO_DROPOUT),
 }
 # The paper's models, downloaded from the Hugging Face hub (cached after the first download).

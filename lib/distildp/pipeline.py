@@ -161,7 +161,8 @@ class Pipeline:
                 model, tok = self._load(name)
                 model.save_pretrained(out)
                 tok.save_pretrained(out)
-                return {"privacy": _no_private_data(), "metrics": self._evaluate(model, tok, role)}
+                return {"privacy": _no_private_data(), "metrics": self._evaluate(model, tok, role),
+                        "extra": {"device": str(self.device)}}
 
             return self.store.build("pretrained", config, build_hub)
         config = {"model": name, "train": asdict(s.pretrain), "n_public_docs": s.n_public_docs}
