@@ -144,8 +144,9 @@ def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     was_training = model.training
     model.eval()
     losses = []
+    device = next(model.parameters()).device
     for begin in range(0, len(ids), window):
-        chunk = torch.tensor(ids[begin:begin + window], device=next(model.parameters()).device)[None]
+        chunk = torch.tensor(ids[begin:begin + window], device=device)[None]
         if chunk.shape[1] < 2:  # a single token has nothing to predict
             continue
         losses.append(model(input_ids=chunk, labels=chunk).loss.item())

@@ -144,7 +144,8 @@ def _papermill_parameter_names(nb, notebook) -> set[str]:
     from papermill.translators import PythonTranslator
 
     papermill_log = logging.getLogger("papermill")
-    level, papermill_log.level = papermill_log.level, logging.ERROR  # we report it ourselves, once
+    level = papermill_log.level
+    papermill_log.setLevel(logging.ERROR)  # we report unparsed lines ourselves, once
     try:
         return {p.name for p in PythonTranslator.inspect(_parameters_cell(nb, notebook))}
     finally:
