@@ -2,12 +2,15 @@
 
 import json
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from dp_accounting import dp_event, pld
 
 from distildp import privacy
-from distildp.artifacts import ArtifactStore
+from distildp.artifacts import ArtifactStore, config_hash
+from distildp.models import PRESETS
 from distildp.pipeline import METHODS, REFERENCES, Pipeline, Settings, make_settings
 
 EPSILON = 4.0
@@ -142,3 +145,39 @@ def test_bad_method_and_epsilon(pipe):
 
 def test_settings_defaults_are_the_embedded_default():
     assert Settings().dataset == "builtin" and Settings().teacher_model == "tiny-teacher"
+
+
+
+class KeyRecorder(ArtifactStore):
+    """A view of a store that records the key of every stage asked for and builds nothing new."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.asked: list[tuple[str, str]] = []
+
+    def build(self, stage, config, builder, inputs=None, seed=None):
+        key = config_hash(stage, config, inputs)
+        self.asked.append((stage, key))
+        return self.find(stage, config, inputs) or SimpleNamespace(stage=stage, key=key, path=self.path_for(stage, key))
+
+
+def test_keys_follow_the_preset_and_the_corpus_generator(pipe, rows, monkeypatch):
+    """A store built before a preset or the built-in corpus generator changed must not be reused as current."""
+    def keys(corpus_info=None, **presets):
+        for name, fields in presets.items():
+            monkeypatch.setitem(PRESETS, name, {**PRESETS[name], **fields})
+        view = Pipeline(pipe.settings, KeyRecorder(pipe.store.root), progress=False)
+        if corpus_info:
+            view.__dict__["corpus"] = replace(pipe.corpus, info={**pipe.corpus.info, **corpus_info})
+        view.pretrained("teacher")
+        view.private_model("teacher", 0, None, math.inf)
+        return dict(view.store.asked)
+
+    current = keys()
+    assert current["pretrained"] == pipe.pretrained("teacher").key  # the recorder computes the real keys
+    assert current["private_teacher"] == pipe.private_model("teacher", 0, None, math.inf).key
+    regenerated = keys(corpus_info={"source_fingerprint": "0" * 16})
+    assert regenerated["private_teacher"] != current["private_teacher"]
+    assert regenerated["pretrained"] == current["pretrained"]  # public text: its own fingerprint
+    deeper = keys(**{"tiny-teacher": {"n_layer": PRESETS["tiny-teacher"]["n_layer"] + 1}})
+    assert deeper["pretrained"] != current["pretrained"] and deeper["private_teacher"] != current["private_teacher"]

@@ -51,6 +51,9 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None  # cap on optimizer steps (privacy is accounted for the steps taken)
     optimizer: str = "adamw"  # 'adamw', or 'sgd' (plain DP-SGD, as in the teaching notebooks)
+    # Non-private training only: batches of similar lengths (transformers' Trainer group_by_length), so less
+    # padding is computed. DP-SGD ignores it: its batches are Poisson samples (and sorted within, exactly).
+    group_by_length: bool = False
 
 
 @dataclass
@@ -227,11 +230,18 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
     return get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, steps)
 
 
-def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[list[int]]:
-    """Non-private sampling: a fresh permutation per epoch, cut into batches (the last may be short)."""
+def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
+                      lengths: list[int] | None = None) -> Iterator[list[int]]:
+    """Non-private sampling: a fresh permutation per epoch, cut into batches (the last may be short).
+    With `lengths`, each epoch's order groups similar lengths (transformers' get_length_grouped_indices)."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
     taken = 0
     while True:
-        order = torch.randperm(n, generator=generator).tolist()
+        if lengths is None:
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = get_length_grouped_indices(lengths, batch_size, generator=generator)
         for start in range(0, n, batch_size):
             if taken == steps:
                 return
@@ -321,9 +331,11 @@ def train_causal_lm(
             on_step(report.steps, loss)
 
     if not p.private:
-        for indices in _shuffled_batches(n, train_cfg.batch_size, steps, sampler_rng):
+        lengths = [len(ex["input_ids"]) for ex in examples] if train_cfg.group_by_length else None
+        for indices in _shuffled_batches(n, train_cfg.batch_size, steps, sampler_rng, lengths):
             optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
+            indices = sorted(indices, key=lambda i: len(examples[i]["input_ids"]))  # pads less; same sum
             for chunk in _split(indices, physical):  # gradient accumulation over physical batches
                 per_seq = loss_fn(model, _to_device(collate_fn([examples[i] for i in chunk]), device))
                 (per_seq.sum() / len(indices)).backward()
@@ -365,9 +377,10 @@ def _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p
 
     # Poisson sampling with q = batch_size / N exactly, for all the steps in one pass. Empty index
     # lists reach the loop as None (GPT-2 cannot run a forward pass on zero rows).
+    poisson = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=sampler_rng, steps=steps)
     loader = DataLoader(
         list(examples),
-        batch_sampler=UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=sampler_rng, steps=steps),
+        batch_sampler=_ShortestFirst(poisson, [len(ex["input_ids"]) for ex in examples]),
         collate_fn=lambda exs: collate_fn(exs) if exs else None,
     )
     noise_rng = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
@@ -422,6 +435,22 @@ def _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p
     report.epsilon_spent, notes = _epsilon_spent(engine.accountant, sigma, q, report.steps, delta, p.accountant)
     report.notes += notes + [f"Poisson sampling, q = {train_cfg.batch_size}/{n}", "conv1d grad sampler: "
                              + ("on" if p.conv1d_sampler else "off (functorch)")]
+
+
+class _ShortestFirst:
+    """Each Poisson batch with its indices sorted by example length, so that the physical batches it is cut
+    into (BatchMemoryManager) hold similar lengths and pad less. A logical batch's noisy gradient is the sum
+    of its clipped per-example gradients: the order, and so this sort, changes neither it nor the privacy."""
+
+    def __init__(self, poisson_sampler, lengths: list[int]):
+        self.poisson_sampler, self.lengths = poisson_sampler, lengths
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for indices in self.poisson_sampler:
+            yield sorted(indices, key=self.lengths.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.poisson_sampler)
 
 
 def _empty_gradients(dp_optimizer, ghost: bool) -> None:
