@@ -60,7 +60,8 @@ def reference_lm_loss_per_sequence(model, batch) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_kd_loss_matches_hand_computation_with_padding():
+@pytest.mark.parametrize("t", [1.0, 2.0])  # t = 1 shares the CE's log-softmax with the KL
+def test_kd_loss_matches_hand_computation_with_padding(t):
     B, T, V, D = 3, 6, 7, 4
     s_logits, t_logits = torch.randn(B, T, V) * 2, torch.randn(B, T, V) * 2
     targets = torch.randint(0, V, (B, T))
@@ -70,7 +71,7 @@ def test_kd_loss_matches_hand_computation_with_padding():
         loss_mask[b, 1:n] = 1.0
     s_hidden = [torch.randn(B, T, D) for _ in range(2)]
     t_hidden = [torch.randn(B, T, D) for _ in range(2)]
-    lam, t, alpha = 0.3, 2.0, 0.5
+    lam, alpha = 0.3, 0.5
 
     parts = kd_loss(s_logits, t_logits, targets, loss_mask, lam=lam, temperature=t,
                     student_hidden=s_hidden, teacher_hidden=t_hidden, alpha=alpha)

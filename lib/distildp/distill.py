@@ -117,8 +117,11 @@ def kd_loss(
     s_logits = student_logits[:, :-1].float()
     t_logits = teacher_logits[:, :-1].float().detach()
 
-    ce_tok = F.cross_entropy(s_logits.transpose(1, 2), targets[:, 1:], reduction="none")
     log_p_s = F.log_softmax(s_logits / temperature, dim=-1)
+    if temperature == 1.0:  # the CE's log-softmax is the KL's: computed once (B x T x V is the big tensor)
+        ce_tok = -log_p_s.gather(-1, targets[:, 1:].unsqueeze(-1)).squeeze(-1)
+    else:
+        ce_tok = F.cross_entropy(s_logits.transpose(1, 2), targets[:, 1:], reduction="none")
     log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
     kl_tok = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
     ce, kl = per_sequence(ce_tok), per_sequence(kl_tok)
