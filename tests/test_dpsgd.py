@@ -223,6 +223,9 @@ def test_group_by_length_visits_every_example_once_per_epoch_and_pads_less():
     padded = {name: sum(max(b) * len(b) for b in batches) for name, batches in
               (("grouped", grouped), ("shuffled", shuffled))}
     assert padded["grouped"] < 0.8 * padded["shuffled"]
+    # 16 batches in 4 mega-batches of 4: taken in random order, not each mega-batch longest first
+    longest = [max(batch) for batch in grouped]
+    assert any(longest[k:k + 4] != sorted(longest[k:k + 4], reverse=True) for k in range(0, 16, 4))
     # DP-SGD ignores it: its batches stay Poisson samples
     private = PrivacyConfig(noise_multiplier=1.0)
     assert recorded_batches(examples, TrainConfig(**base, group_by_length=True), private) == \

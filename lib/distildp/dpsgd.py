@@ -233,7 +233,10 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
 def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
                       lengths: list[int] | None = None) -> Iterator[list[int]]:
     """Non-private sampling: a fresh permutation per epoch, cut into batches (the last may be short).
-    With `lengths`, each epoch's order groups similar lengths (transformers' get_length_grouped_indices)."""
+
+    With `lengths`, each epoch's batches hold similar lengths (transformers' get_length_grouped_indices: a
+    permutation sorted by length within mega-batches of 50 batches) and are then taken in random order:
+    sorted mega-batches alone would run every quarter-epoch from long documents to short ones."""
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     taken = 0
@@ -242,11 +245,14 @@ def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Gene
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = get_length_grouped_indices(lengths, batch_size, generator=generator)
-        for start in range(0, n, batch_size):
+        batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+        if lengths is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        for batch in batches:
             if taken == steps:
                 return
             taken += 1
-            yield order[start:start + batch_size]
+            yield batch
 
 
 def _split(batch: list[int], size: int) -> list[list[int]]:
