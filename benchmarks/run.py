@@ -45,7 +45,7 @@ GRIDS_DIR = ROOT / "benchmarks" / "grids"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 PUBLISHED_GRID = "quick"  # its tables go to results/tables (committed); other grids to results/<grid>/
 
-TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "ablations"}
+TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "reference_seeds", "ablations"}
 CORE_AXES = ("method", "epsilon", "seed")
 ABLATION_KEYS = {"values", "method", "epsilon", "seeds"}
 POINT_FILE, ROW_FILE, LOG_FILE = "point.json", "row.json", "run.log"
@@ -156,6 +156,10 @@ def load_grid(name_or_path: str) -> Grid:
     for i, ref in enumerate(references):
         if ref not in REFERENCES:
             fail(f"references[{i}]", f"{ref!r} is not a reference; choose from {list(REFERENCES)}")
+    reference_seeds = spec.get("reference_seeds", checked_axes["seed"])
+    if not isinstance(reference_seeds, list) or not reference_seeds:
+        fail("reference_seeds", "must be a non-empty list of ints (the seeds the references run at)")
+    reference_seeds = [check_param(f"reference_seeds[{i}]", "seed", s) for i, s in enumerate(reference_seeds)]
 
     ablations = spec.get("ablations") or {}
     if not isinstance(ablations, dict):
@@ -184,7 +188,7 @@ def load_grid(name_or_path: str) -> Grid:
         for i, value in enumerate(abl["values"]):
             _check_overrides(profile, _merge(base, _nested(knob, value)), f"{where}.values[{i}]", fail)
 
-    points = _expand(profile, base, checked_axes, extra_axes, references, ablations)
+    points = _expand(profile, base, checked_axes, extra_axes, references, ablations, reference_seeds)
     seen: dict[str, Point] = {}
     for point in points:
         if point.point_id in seen:
@@ -289,9 +293,11 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], references: list[str],
-            ablations: dict) -> list[Point]:
+            ablations: dict, reference_seeds: list[int] | None = None) -> list[Point]:
     """The points in a stable order: per variant and seed the references, then epsilon x method;
-    then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart)."""
+    then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart).
+    References run at `reference_seeds` (default: the seed axis); pretrained ones at the first only."""
+    reference_seeds = reference_seeds or axes["seed"]
     points = []
     variants = list(itertools.product(*(axes[a] for a in extra_axes)))
     for combo in variants:
@@ -308,12 +314,12 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
             return p
 
         main = {}
-        for seed in axes["seed"]:
-            for ref in references:  # the pipeline ignores epsilon for references (rows carry 0 or inf)
-                if ref.startswith("pretrained") and seed != axes["seed"][0]:
+        for seed in list(dict.fromkeys(reference_seeds + axes["seed"])):
+            for ref in references if seed in reference_seeds else []:  # epsilon does not apply: rows carry 0 or inf
+                if ref.startswith("pretrained") and seed != reference_seeds[0]:
                     continue  # public pretraining does not depend on the seed: one point
                 points.append(Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant))
-            for epsilon in axes["epsilon"]:
+            for epsilon in axes["epsilon"] if seed in axes["seed"] else []:
                 for method in axes["method"]:
                     main[method, epsilon, seed] = Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
                                                         params(method, seed, epsilon), variant)

@@ -146,8 +146,9 @@ def test_committed_grids_are_valid(tmp_path):
     quick = yaml.safe_load((ROOT / "benchmarks" / "grids" / "quick.yaml").read_text())
     n_ablation_points = sum(len(a["values"]) * len(a["seeds"]) for a in quick["ablations"].values())
     n_seeds, n_eps = len(quick["axes"]["seed"]), len(quick["axes"]["epsilon"])
-    # pretrained references are seed-independent (one point each); non-private ones run per seed
-    assert sizes["quick"] == 4 * n_eps * n_seeds + 2 + 2 * n_seeds + n_ablation_points
+    n_reference_seeds = len(quick.get("reference_seeds", quick["axes"]["seed"]))
+    # pretrained references are seed-independent (one point each); non-private ones run per reference seed
+    assert sizes["quick"] == 4 * n_eps * n_seeds + 2 + 2 * n_reference_seeds + n_ablation_points
     assert sizes["paper"] == 3 * (4 * 2 + 4)
 
 
@@ -184,6 +185,20 @@ def test_pretrained_references_run_once_and_non_private_ones_per_seed(tmp_path):
                       axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}, ablations={})
     ids = {p.point_id for p in run.load_grid(str(grid)).points if p.kind == "reference"}
     assert ids == {"pretrained_student__seed0", "nonprivate_student__seed0", "nonprivate_student__seed1"}
+
+
+def test_reference_seeds_choose_where_references_run(tmp_path):
+    refs = ["pretrained_student", "nonprivate_student"]
+    axes = {"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}
+    grid = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, ablations={},
+                      reference_seeds=[1])
+    points = run.load_grid(str(grid)).points
+    assert [p.point_id for p in points if p.kind == "reference"] == ["pretrained_student__seed1",
+                                                                     "nonprivate_student__seed1"]
+    assert {p.point_id for p in points if p.kind == "main"} == {"dpsgd__eps2__seed0", "dpsgd__eps2__seed1"}
+    bad = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, reference_seeds=[0.5])
+    with pytest.raises(run.GridError, match=r"reference_seeds\[0\]: .*must be int"):
+        run.load_grid(str(bad))
 
 
 def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):

@@ -4,8 +4,9 @@ One loop serves both. With a privacy budget the model, optimizer and data go thr
 `opacus.PrivacyEngine`: batches are Poisson-sampled (each example joins each step independently with
 probability q = batch_size / N, the accountant's assumption), every example's gradient is clipped to
 `max_grad_norm`, Gaussian noise is added once per logical batch, and large logical batches are split
-into physical ones by `BatchMemoryManager`. With epsilon = inf the same loop runs on shuffled batches
-with no Opacus at all.
+into physical ones by `BatchMemoryManager` (each Poisson batch sorted by length first, so the physical
+batches pad little; the sum of clipped gradients does not depend on the order). With epsilon = inf the same
+loop runs on shuffled batches with no Opacus at all.
 
 The privacy unit is one example (one sequence), so a loss function returns one number per sequence:
 `loss_fn(model, batch) -> (B,)`, the mean over that sequence's scored tokens. A token-weighted batch
