@@ -181,3 +181,11 @@ def test_keys_follow_the_preset_and_the_corpus_generator(pipe, rows, monkeypatch
     assert regenerated["pretrained"] == current["pretrained"]  # public text: its own fingerprint
     deeper = keys(**{"tiny-teacher": {"n_layer": PRESETS["tiny-teacher"]["n_layer"] + 1}})
     assert deeper["pretrained"] != current["pretrained"] and deeper["private_teacher"] != current["private_teacher"]
+
+
+def test_a_student_reference_row_builds_only_the_student(tmp_path):
+    """The teacher floor needs the tokenizer, not the teacher: grid points pretraining the two run side by side."""
+    pipe = Pipeline(make_settings("smoke"), ArtifactStore(tmp_path), progress=False)
+    row = pipe.run("pretrained_student", 0.0)
+    assert [a.manifest["config"]["model"] for a in pipe.store.list("pretrained")] == ["tiny-student"]
+    assert 1 < row["teacher_floor"] < row["floor"] < row["student_ppl"]

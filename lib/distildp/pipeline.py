@@ -479,8 +479,10 @@ class Pipeline:
     def floor_for(self, role: str) -> float:
         if self.corpus.source is None:
             return math.nan
-        tok = load_tokenizer(self.pretrained(role).path)
-        return self.floor(tok, role)
+        name = self.settings.teacher_model if role == "teacher" else self.settings.student_model
+        # a tiny preset's tokenizer is its own artifact: no need to wait for (or build) the other role's model
+        path = self.tokenizer().path if name in PRESETS else self.pretrained(role).path
+        return self.floor(load_tokenizer(path), role)
 
 
 class _BestOnHeldOut:
