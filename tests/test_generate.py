@@ -248,3 +248,34 @@ def test_prompts_of_different_lengths_share_a_batch_only_when_positions_allow(mo
     assert gen._next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 5, None) == [0, 0, 0, 2, 2]
     with pytest.raises(ValueError, match="positions"):
         gen.sample_batch(tight, [prompts[0], prompts[2]], small_cfg(), eos)
+
+
+# ---------------------------------------------------------------------------------------------- the sampler
+@pytest.mark.parametrize("top_k, top_p, temperature", [(50, 0.9, 1.0), (10, 0.5, 0.7), (300, 1.0, 1.3), (1, 0.9, 1.0)])
+def test_sampler_distribution_equals_transformers_warpers(top_k, top_p, temperature):
+    """Reference: transformers' own temperature -> top-k -> top-p chain, softmaxed over the whole vocabulary."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = torch.randn(6, 300, generator=torch.Generator().manual_seed(top_k)) * 3
+    scores[0, :40] = -float("inf")  # banned by an earlier processor (no-repeat n-grams)
+    ids = torch.zeros(6, 1, dtype=torch.long)
+    expected = scores.clone()
+    for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)):
+        expected = warper(ids, expected)
+    candidates, probs = gen.TopKTopPSampler(top_k, top_p, temperature).distribution(scores)
+    got = torch.zeros_like(scores).scatter_(1, candidates, probs)
+    torch.testing.assert_close(got, expected.softmax(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_sampler_draws_by_those_probabilities_and_greedy_search_takes_the_draw():
+    sampler = gen.TopKTopPSampler(top_k=5, top_p=0.95, temperature=1.0)
+    scores = torch.log(torch.tensor([[0.05, 0.4, 0.3, 0.02, 0.2, 0.03]]))
+    candidates, probs = sampler.distribution(scores)
+    expected = torch.zeros(6).scatter_(0, candidates[0], probs[0])
+    torch.manual_seed(0)
+    draws = [int(sampler(None, scores.clone()).argmax()) for _ in range(4000)]
+    for token in range(6):
+        share, p = draws.count(token) / len(draws), float(expected[token])
+        assert abs(share - p) < 4 * (p * (1 - p) / len(draws)) ** 0.5 + 1e-9, (token, share, p)
+    out = sampler(None, scores.clone())
+    assert (out == 0).sum() == 1 and torch.isinf(out).sum() == 5  # one finite score: greedy search takes it
