@@ -258,7 +258,6 @@ class TopKTopPSampler(LogitsProcessor):
         return torch.full_like(scores, -math.inf).scatter_(-1, chosen, 0.0)
 
 
-
 @torch.no_grad()
 def sample_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerationConfig,
                  eos_id: int) -> list[list[int]]:
