@@ -169,7 +169,7 @@ class Pipeline:
     def pretrained(self, role: str) -> Artifact:
         """The public starting point of the teacher or student: a hub model, or a tiny preset pretrained here."""
         s = self.settings
-        name = s.teacher_model if role == "teacher" else s.student_model
+        name = self._model_name(role)
         if is_pretrained_name(name):
             config = {"model": name}
 
@@ -479,10 +479,12 @@ class Pipeline:
     def floor_for(self, role: str) -> float:
         if self.corpus.source is None:
             return math.nan
-        name = self.settings.teacher_model if role == "teacher" else self.settings.student_model
         # a tiny preset's tokenizer is its own artifact: no need to wait for (or build) the other role's model
-        path = self.tokenizer().path if name in PRESETS else self.pretrained(role).path
+        path = self.pretrained(role).path if is_pretrained_name(self._model_name(role)) else self.tokenizer().path
         return self.floor(load_tokenizer(path), role)
+
+    def _model_name(self, role: str) -> str:
+        return self.settings.teacher_model if role == "teacher" else self.settings.student_model
 
 
 class _BestOnHeldOut:
