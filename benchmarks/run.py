@@ -293,11 +293,10 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], references: list[str],
-            ablations: dict, reference_seeds: list[int] | None = None) -> list[Point]:
+            ablations: dict, reference_seeds: list[int]) -> list[Point]:
     """The points in a stable order: per variant and seed the references, then epsilon x method;
     then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart).
-    References run at `reference_seeds` (default: the seed axis); pretrained ones at the first only."""
-    reference_seeds = reference_seeds or axes["seed"]
+    References run at `reference_seeds`; pretrained ones at the first only."""
     points = []
     variants = list(itertools.product(*(axes[a] for a in extra_axes)))
     for combo in variants:

@@ -299,7 +299,8 @@ def train_causal_lm(
         pad = pad if pad is not None else getattr(config, "eos_token_id", None) or 0
         collate_fn = lambda exs: collate_lm(exs, pad)  # noqa: E731
     context = getattr(getattr(model, "config", None), "n_positions", None)
-    longest = max(len(ex["input_ids"]) for ex in examples)
+    lengths = [len(ex["input_ids"]) for ex in examples]  # for the context check and length-sorted batches
+    longest = max(lengths)
     if context is not None and longest > context:
         raise ValueError(f"an example has {longest} tokens but the model's context is {context}; "
                          f"split or truncate documents to at most {context} tokens.")
@@ -338,11 +339,11 @@ def train_causal_lm(
             on_step(report.steps, loss)
 
     if not p.private:
-        lengths = [len(ex["input_ids"]) for ex in examples] if train_cfg.group_by_length else None
-        for indices in _shuffled_batches(n, train_cfg.batch_size, steps, sampler_rng, lengths):
+        grouping = lengths if train_cfg.group_by_length else None
+        for indices in _shuffled_batches(n, train_cfg.batch_size, steps, sampler_rng, grouping):
             optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
-            indices = sorted(indices, key=lambda i: len(examples[i]["input_ids"]))  # pads less; same sum
+            indices = sorted(indices, key=lengths.__getitem__)  # pads less; same sum
             for chunk in _split(indices, physical):  # gradient accumulation over physical batches
                 per_seq = loss_fn(model, _to_device(collate_fn([examples[i] for i in chunk]), device))
                 (per_seq.sum() / len(indices)).backward()
@@ -350,7 +351,7 @@ def train_causal_lm(
             optimizer.step()
             finish_step(loss_sum, len(indices))
     else:
-        _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
+        _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
                        physical, sampler_rng, device, finish_step)
     bar.close()
     model.eval()
@@ -367,7 +368,7 @@ class _PerSequenceLoss:
         return per_sequence
 
 
-def _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
+def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
                    physical, sampler_rng, device, finish_step) -> None:
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -387,7 +388,7 @@ def _train_private(model, examples, optimizer, collate_fn, loss_fn, train_cfg, p
     poisson = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=sampler_rng, steps=steps)
     loader = DataLoader(
         list(examples),
-        batch_sampler=_ShortestFirst(poisson, [len(ex["input_ids"]) for ex in examples]),
+        batch_sampler=_ShortestFirst(poisson, lengths),
         collate_fn=lambda exs: collate_fn(exs) if exs else None,
     )
     noise_rng = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
