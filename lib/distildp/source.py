@@ -29,6 +29,7 @@ Canaries (digits) are not in the vocabulary: text containing them has ``log_prob
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,7 +169,10 @@ def tiny_lexicon() -> Lexicon:
 
 
 def _normalise(weights: dict[str, float] | np.ndarray, power: float = 1.0) -> np.ndarray:
-    w = np.asarray(list(weights.values()) if isinstance(weights, dict) else weights, dtype=np.float64) ** power
+    values = list(weights.values()) if isinstance(weights, dict) else np.asarray(weights, dtype=np.float64).tolist()
+    # math.pow, not numpy's `**`: numpy's SIMD power differs in the last bit between CPUs (AVX-512 or not),
+    # and the source's tables must be the same on every machine.
+    w = np.array([math.pow(v, power) for v in values], dtype=np.float64)
     return w / w.sum()
 
 
@@ -275,9 +279,23 @@ class ReviewSource:
         self.punct = _Table([(np.arange(4), p) for p in PUNCT_BY_STARS], V)
         n = np.arange(max_tokens + 1)
         centre = length_center + STAR_LENGTH_SHIFT[:, None] * length_center / 38.0
-        self.hazard = 1.0 / (1.0 + np.exp(-(n[None, :] - centre) / length_scale))  # (stars, n)
-        self.fingerprint = hashlib.sha256(
-            "|".join(self.tokens).encode() + self.bigram.probs.tobytes() + self.p_category.tobytes()).hexdigest()[:16]
+        # math.exp for the same reason as math.pow in _normalise
+        self.hazard = 1.0 / (1.0 + np.vectorize(math.exp, otypes=[float])(-(n[None, :] - centre) / length_scale))
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        """Identifies the source by what it is, not by float bits: the vocabulary, every table written to 9
+        significant digits, and 64 documents drawn from it. Equal on any machine whose arithmetic agrees to
+        far better than 9 digits, so artifact keys and golden values do not depend on the CPU."""
+        tables = (self.p_category, self.p_stars, self.p_topic, self.topic.probs, self.category.probs,
+                  self.sentiment.probs, self.general.probs, self.bigram.probs, self.p_punct, self.punct.probs,
+                  self.hazard)
+        digest = hashlib.sha256("|".join(self.tokens).encode())
+        for table in tables:
+            digest.update(" ".join(f"{x:.9g}" for x in np.ravel(table).tolist()).encode())
+        for record in self.sample(64, np.random.SeedSequence([self.seed, 0xF1]), categories=None):
+            digest.update(f"{record.codes}{record.text}".encode())
+        return digest.hexdigest()[:16]
 
     @staticmethod
     def _lexicon_row(aspects, ids, rng):
