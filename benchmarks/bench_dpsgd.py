@@ -31,6 +31,7 @@ CONFIGS = {
     "hooks+conv1d": (True, "hooks", True, False, False),
     "ghost+conv1d": (True, "ghost", True, False, True),
     "ghost": (True, "ghost", False, False, True),
+    "bookkeeping": (True, "bookkeeping", False, False, False),  # one backward pass, tied lm_head kept
     "non-private untied": (False, None, False, False, True),  # ghost's baseline: same parameter count
     "hooks+conv1d frozen-emb": (True, "hooks", True, True, False),  # what the embeddings' grads cost
     "non-private frozen-emb": (False, None, False, True, False),

@@ -243,6 +243,13 @@ def test_non_private_gradient_accumulation_is_exact():
         torch.testing.assert_close(value, params(whole)[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_on_step_returning_true_stops_non_private_training():
+    seen = []
+    report = train_causal_lm(tiny_model(), make_examples(16, seed=3), TrainConfig(epochs=4, batch_size=4),
+                             progress=False, on_step=lambda step, loss: seen.append(step) or step == 3)
+    assert report.steps == 3 and seen == [1, 2, 3] and len(report.losses) == 3
+
+
 def test_ghost_unties_embeddings_and_hooks_keeps_them_tied():
     examples, privacy = make_examples(8, seed=8), dict(noise_multiplier=1.0, accountant="rdp")
     tied = tiny_model()

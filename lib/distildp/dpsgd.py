@@ -32,7 +32,7 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("hooks", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "ghost", "bookkeeping")
 SCHEDULES = ("constant", "warmup_linear")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -66,7 +66,9 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     noise_multiplier: float | None = None  # None: calibrated so the run spends target_epsilon
-    grad_sample_mode: str = "hooks"  # 'hooks' (handles tied embeddings) or 'ghost' (unties them)
+    # 'hooks' (handles tied embeddings), 'ghost' (unties them) or 'bookkeeping' (one backward pass, keeps
+    # them tied; distildp.bookkeeping)
+    grad_sample_mode: str = "hooks"
     conv1d_sampler: bool = True  # use distildp.conv1d_grad_sampler for GPT-2's Conv1D layers
     allow_delta_one_over_n: bool = False  # the paper's delta = 1/N (weaker than the default)
 
@@ -288,7 +290,8 @@ def train_causal_lm(
 
     `collate_fn(list_of_examples) -> batch dict` defaults to `collate_lm` with `pad_id` (default: the
     model config's pad or eos id); extra keys flow to `loss_fn(model, batch) -> (B,)`.
-    `on_step(step, loss)` is called after every optimizer step. Returns a TrainReport.
+    `on_step(step, loss)` is called after every optimizer step; in non-private training a True return stops it
+    (e.g. once a held-out perplexity has converged). Returns a TrainReport.
     """
     privacy_cfg = privacy_cfg or PrivacyConfig()
     n = len(examples)
@@ -328,15 +331,14 @@ def train_causal_lm(
     model.train()
     bar = tqdm(total=steps, desc="DP-SGD" if p.private else "train", disable=not progress)
 
-    def finish_step(loss_sum: float, count: int) -> None:
+    def finish_step(loss_sum: float, count: int) -> bool:
         scheduler.step()
         report.steps += 1
         loss = loss_sum / count if count else math.nan
         report.losses.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
-        if on_step is not None:
-            on_step(report.steps, loss)
+        return bool(on_step(report.steps, loss)) if on_step is not None else False
 
     if not p.private:
         grouping = lengths if train_cfg.group_by_length else None
@@ -349,7 +351,8 @@ def train_causal_lm(
                 (per_seq.sum() / len(indices)).backward()
                 loss_sum += per_seq.detach().sum().item()
             optimizer.step()
-            finish_step(loss_sum, len(indices))
+            if finish_step(loss_sum, len(indices)):
+                break
     else:
         _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
                        physical, sampler_rng, device, finish_step)
@@ -382,6 +385,7 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
     if sigma is None:
         sigma = privacy.calibrate_noise(p.target_epsilon, delta, q, steps, p.accountant)
     ghost = p.grad_sample_mode == "ghost"
+    bookkeeping = p.grad_sample_mode == "bookkeeping"
 
     # Poisson sampling with q = batch_size / N exactly, for all the steps in one pass. Empty index
     # lists reach the loop as None (GPT-2 cannot run a forward pass on zero rows).
@@ -397,14 +401,18 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs are token ids
         engine = PrivacyEngine(accountant=p.accountant)
-        made = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-            max_grad_norm=p.max_grad_norm, poisson_sampling=False,  # our loader already samples
-            grad_sample_mode=p.grad_sample_mode, criterion=_PerSequenceLoss(), wrap_model=False,
-            noise_generator=noise_rng,
-        )
-        hooks, dp_optimizer = made[0], made[1]
-        criterion = made[2] if ghost else None
+        criterion = None
+        if bookkeeping:
+            hooks, dp_optimizer = _bookkeeping_private(engine, model, optimizer, sigma, p.max_grad_norm, noise_rng)
+        else:
+            made = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+                max_grad_norm=p.max_grad_norm, poisson_sampling=False,  # our loader already samples
+                grad_sample_mode=p.grad_sample_mode, criterion=_PerSequenceLoss(), wrap_model=False,
+                noise_generator=noise_rng,
+            )
+            hooks, dp_optimizer = made[0], made[1]
+            criterion = made[2] if ghost else None
         # make_private infers q as 1/len(loader) (= 1/steps here); point the averaging and the
         # accountant at the true q = batch_size / N instead.
         dp_optimizer.expected_batch_size = train_cfg.batch_size
@@ -422,10 +430,13 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
                                     optimizer=dp_optimizer) as physical_loader:
                 for batch in physical_loader:
                     if batch is None:
-                        _empty_gradients(dp_optimizer, ghost)
+                        _empty_gradients(dp_optimizer, ghost or bookkeeping)
                     else:
                         per_seq = loss_fn(model, _to_device(batch, device))
-                        (criterion(per_seq) if ghost else per_seq.mean()).backward()
+                        if bookkeeping:
+                            hooks.backward(per_seq)  # p.grad = this physical batch's clipped sum
+                        else:
+                            (criterion(per_seq) if ghost else per_seq.mean()).backward()
                         loss_sum += per_seq.detach().sum().item()
                         count += per_seq.shape[0]
                     dp_optimizer.step()  # clips; at a logical batch's end also adds noise and steps
@@ -441,8 +452,25 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
     report.noise_multiplier, report.delta, report.accountant = float(sigma), delta, p.accountant
     report.max_grad_norm, report.grad_sample_mode = p.max_grad_norm, p.grad_sample_mode
     report.epsilon_spent, notes = _epsilon_spent(engine.accountant, sigma, q, report.steps, delta, p.accountant)
-    report.notes += notes + [f"Poisson sampling, q = {train_cfg.batch_size}/{n}", "conv1d grad sampler: "
-                             + ("on" if p.conv1d_sampler else "off (functorch)")]
+    sampler_note = "conv1d grad sampler: " + ("on" if p.conv1d_sampler else "off (functorch)")
+    report.notes += notes + [f"Poisson sampling, q = {train_cfg.batch_size}/{n}",
+                             "bookkeeping clipping" if bookkeeping else sampler_note]
+
+
+def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_rng):
+    """Book-keeping clipping's hooks and Opacus' optimizer for summed clipped gradients (ghost mode's):
+    it accumulates each physical batch's `p.grad` over a logical batch, adds noise once and scales by the
+    expected batch size. Sampling and accounting stay with the caller, as for make_private."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    from distildp.bookkeeping import BookkeepingClipper
+
+    engine.validate(module=model, optimizer=None, data_loader=None)  # no layers that mix examples
+    clipper = BookkeepingClipper(model, max_grad_norm)
+    dp_optimizer = DPOptimizerFastGradientClipping(
+        optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm, expected_batch_size=1,  # set by the caller
+        loss_reduction="mean", generator=noise_rng)
+    return clipper, dp_optimizer
 
 
 class _ShortestFirst:
