@@ -1,9 +1,13 @@
 """Tests of distildp.generate on a tiny random GPT-2 and a tokenizer trained here (seconds in all)."""
 import copy
+import math
+from collections import Counter
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import chi2
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -251,31 +255,160 @@ def test_prompts_of_different_lengths_share_a_batch_only_when_positions_allow(mo
 
 
 # ---------------------------------------------------------------------------------------------- the sampler
-@pytest.mark.parametrize("top_k, top_p, temperature", [(50, 0.9, 1.0), (10, 0.5, 0.7), (300, 1.0, 1.3), (1, 0.9, 1.0)])
-def test_sampler_distribution_equals_transformers_warpers(top_k, top_p, temperature):
-    """Reference: transformers' own temperature -> top-k -> top-p chain, softmaxed over the whole vocabulary."""
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+def transformers_probs(logits, ids, cfg):
+    """Reference: transformers' own chain (no-repeat n-gram processor, then temperature, top-k and top-p
+    warpers) on `ids` as they stand, softmaxed over the whole vocabulary."""
+    from transformers import (NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
 
-    scores = torch.randn(6, 300, generator=torch.Generator().manual_seed(top_k)) * 3
-    scores[0, :40] = -float("inf")  # banned by an earlier processor (no-repeat n-grams)
-    ids = torch.zeros(6, 1, dtype=torch.long)
-    expected = scores.clone()
-    for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)):
-        expected = warper(ids, expected)
-    candidates, probs = gen.TopKTopPSampler(top_k, top_p, temperature).distribution(scores)
-    got = torch.zeros_like(scores).scatter_(1, candidates, probs)
-    torch.testing.assert_close(got, expected.softmax(-1), atol=1e-6, rtol=1e-5)
+    chain = [TemperatureLogitsWarper(cfg.temperature), TopKLogitsWarper(cfg.top_k), TopPLogitsWarper(cfg.top_p)]
+    if cfg.no_repeat_ngram_size:
+        chain.insert(0, NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
+    scores = logits.float()
+    for processor in chain:
+        scores = processor(ids, scores)
+    return scores.softmax(-1)
 
 
-def test_sampler_draws_by_those_probabilities_and_greedy_search_takes_the_draw():
-    sampler = gen.TopKTopPSampler(top_k=5, top_p=0.95, temperature=1.0)
-    scores = torch.log(torch.tensor([[0.05, 0.4, 0.3, 0.02, 0.2, 0.03]]))
-    candidates, probs = sampler.distribution(scores)
-    expected = torch.zeros(6).scatter_(0, candidates[0], probs[0])
+def tiny_gpt2(n_layer=2, init=0.02):
+    """init: the weights' std; a large one makes every part of the network move the logits."""
     torch.manual_seed(0)
-    draws = [int(sampler(None, scores.clone()).argmax()) for _ in range(4000)]
-    for token in range(6):
-        share, p = draws.count(token) / len(draws), float(expected[token])
-        assert abs(share - p) < 4 * (p * (1 - p) / len(draws)) ** 0.5 + 1e-9, (token, share, p)
-    out = sampler(None, scores.clone())
-    assert (out == 0).sum() == 1 and torch.isinf(out).sum() == 5  # one finite score: greedy search takes it
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=n_layer, n_head=2, n_positions=32,
+                                      initializer_range=init, bos_token_id=0, eos_token_id=0)).eval()
+
+
+@pytest.mark.parametrize("top_k, top_p, temperature, n", [
+    (50, 0.9, 1.0, 2), (10, 0.5, 0.7, 3), (300, 1.0, 1.3, 1), (1, 0.9, 1.0, 2), (5, 0.8, 1.0, 0)])
+def test_next_token_distribution_equals_transformers_processors(top_k, top_p, temperature, n):
+    """On a left-padded batch, each row's distribution equals transformers' chain on that row alone."""
+    cfg = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, no_repeat_ngram_size=n)
+    g = torch.Generator().manual_seed(top_k + n)
+    pad, vocab = 0, 300
+    # Rows start with the pad token, as our prompts start with [eos]; few distinct tokens, so n-grams repeat,
+    # and those tokens are the likeliest, so the ban changes the distribution.
+    rows = [[pad] + torch.randint(1, 4, (length - 1,), generator=g).tolist() for length in (9, 4, 12, 1, 2, 12)]
+    width = max(map(len, rows))
+    tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    n_pad = torch.tensor([width - len(r) for r in rows])
+    logits = torch.randn(len(rows), vocab, generator=g) * 3
+    logits[:, :4] = 10 + torch.randn(len(rows), 4, generator=g)
+
+    def ours(cfg):
+        candidates, probs = gen.next_token_distribution(logits, tokens, n_pad, cfg)
+        return torch.zeros(len(rows), vocab).scatter_(1, candidates, probs)
+
+    got = ours(cfg)
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(got[i], transformers_probs(logits[i:i + 1], torch.tensor([row]), cfg)[0],
+                                   atol=1e-6, rtol=1e-5, msg=f"row {i}")
+    # transformers on the padded batch counts the pads as text: for rows that start with the pad token and
+    # hold at least n tokens (our prompts) that bans nothing more
+    full = [i for i, r in enumerate(rows) if len(r) >= n]
+    torch.testing.assert_close(got[full], transformers_probs(logits, tokens, cfg)[full], atol=1e-6, rtol=1e-5)
+    if n:
+        assert not torch.allclose(got, ours(replace(cfg, no_repeat_ngram_size=0)))  # the ban bites
+
+
+def test_cached_decoding_with_left_padding_and_dropped_rows_equals_full_forward(monkeypatch):
+    """Script the tokens; at every step each row's logits must equal a full forward of its unpadded text,
+    while rows of different prompt lengths end (by [eos] or by max_length) and leave the batch."""
+    model, eos = tiny_gpt2(init=0.5), 0
+    prompts = [[eos, 1, 7, 9], [eos, 2, 3, 4, 5, 6, 8, 9], [eos, 3, 11], [eos, 4, 12, 13, 14, 15],
+               [eos, 5, 9, 8, 7, 6, 5, 4]]
+    stop = [2, None, 0, 3, None]  # the step at which each row emits [eos]; None: runs to max_length
+    cfg = GenerationConfig(max_length=14)
+    by_second_token = {p[1]: i for i, p in enumerate(prompts)}
+    batch_sizes = []
+
+    def scripted(logits, tokens, n_pad, cfg):
+        batch_sizes.append(len(tokens))
+        chosen = []
+        for i in range(len(tokens)):
+            text = tokens[i, int(n_pad[i]):]
+            torch.testing.assert_close(logits[i], model(text[None]).logits[0, -1], atol=1e-5, rtol=1e-4)
+            row = by_second_token[int(text[1])]
+            step = len(text) - len(prompts[row])
+            chosen.append(eos if step == stop[row] else 20 + (3 * row + step) % 25)
+        return torch.tensor(chosen)
+
+    monkeypatch.setattr(gen, "_next_token", scripted)
+    got = gen.sample_batch(model, prompts, cfg, eos)
+    budgets = [cfg.max_length - len(p) for p in prompts]
+    assert got == [[20 + (3 * row + step) % 25 for step in range(budgets[row] if stop[row] is None else stop[row])]
+                   for row in range(len(prompts))]
+    # rows left as they ended; at the end only unpadded rows were left
+    assert batch_sizes == [5, 4, 4, 3, 2, 2]
+
+
+@pytest.mark.parametrize("n, prompt, banned", [(2, [0, 5, 6, 5], 6), (3, [0, 5, 6, 5, 6], 5)])
+def test_first_two_tokens_follow_the_exact_distribution(n, prompt, banned):
+    """4000 samples of two tokens against their exact probabilities (transformers' chain on full forwards).
+    Biased logits make the prompt's likeliest next token one that no-repeat n-grams ban."""
+    model, eos = tiny_gpt2(n_layer=1), 0
+    bias = torch.zeros(50)
+    bias[[5, 6, 7, 8]] = torch.tensor([2.0, 1.5, 1.0, 0.5])
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+    cfg = GenerationConfig(top_k=3, top_p=0.95, temperature=0.8, no_repeat_ngram_size=n, max_length=len(prompt) + 2)
+
+    def probs(ids):
+        with torch.no_grad():
+            return transformers_probs(model(torch.tensor([ids])).logits[:, -1], torch.tensor([ids]), cfg)[0]
+
+    exact, first = {}, probs(prompt)
+    for t1 in first.nonzero().flatten().tolist():
+        if t1 == eos:
+            exact[(eos,)] = float(first[t1])
+            continue
+        second = probs(prompt + [t1])
+        for t2 in second.nonzero().flatten().tolist():
+            exact[(t1, t2)] = float(first[t1] * second[t2])
+    assert banned not in {key[0] for key in exact}
+    torch.manual_seed(0)
+    samples = gen.sample_batch(model, [prompt] * 4000, cfg, eos)
+    counts = Counter(tuple(s) + (eos,) * (len(s) < 2) if s else (eos,) for s in samples)
+    assert set(counts) <= set(exact), set(counts) - set(exact)
+    expected = {key: p * len(samples) for key, p in exact.items()}
+    statistic = sum((counts[key] - e) ** 2 / e for key, e in expected.items())
+    assert chi2.sf(statistic, len(exact) - 1) > 1e-3, (statistic, counts, expected)
+
+
+def test_sample_batch_is_seeded(model, tokenizer):
+    eos = tokenizer.eos_token_id
+    prompts = [[eos] + tokenizer(control_prefix(c), add_special_tokens=False)["input_ids"] for c in CODES] * 3
+    biased = GPT2LMHeadModel(model.config).eval()
+    biased.load_state_dict(model.state_dict())  # [eos] likelier, so rows end at different steps
+    biased.lm_head.register_forward_hook(lambda m, i, out: out + torch.nn.functional.one_hot(
+        torch.tensor(eos), out.shape[-1]) * 2.0)
+
+    def sample(seed):
+        torch.manual_seed(seed)
+        return gen.sample_batch(biased, prompts, small_cfg(max_length=40), eos)
+
+    first = sample(5)
+    assert sample(5) == first and sample(6) != first
+    assert len({len(ids) for ids in first}) > 3
+
+
+@pytest.mark.parametrize("vocab, k", [(2048, 50), (2049, 50), (300, 7), (1000, 1), (50, 50)])
+def test_top_k_over_blocks_equals_torch_topk(vocab, k):
+    scores = torch.randn(4, vocab, generator=torch.Generator().manual_seed(vocab)) * 3
+    scores[0, 3:] = -math.inf  # fewer allowed tokens than k: the rest are -inf ties
+    values, ids = gen._top_k(scores, k)
+    expected = torch.topk(scores, k)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(ids[1:], expected.indices[1:]) and torch.equal(ids[0, :3], expected.indices[0, :3])
+    assert torch.equal(scores.gather(1, ids), values)  # ids in range, each with its value
+
+
+def test_draw_follows_the_probabilities():
+    candidates = torch.tensor([[4, 1, 2, 0]])
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    torch.manual_seed(0)
+    draws = Counter(int(gen.draw(candidates, probs)) for _ in range(4000))
+    for token, p in zip(candidates[0].tolist(), probs[0].tolist()):
+        assert abs(draws[token] / 4000 - p) < 4 * (p * (1 - p) / 4000) ** 0.5, (token, draws)
+
+
+def test_sampling_needs_a_gpt2():
+    with pytest.raises(TypeError, match="GPT2LMHeadModel"):
+        gen.sample_batch(torch.nn.Linear(2, 2), [[0, 1]], small_cfg(), 0)
