@@ -8,6 +8,9 @@ GRID ?= quick
 # the profile the grid file names (its pretrained models are built and printed before the grid starts)
 GRID_FILE = $(if $(filter %.yaml,$(GRID)),$(GRID),benchmarks/grids/$(GRID).yaml)
 PROFILE ?= $(shell sed -n 's/^profile: *\([a-z]*\).*/\1/p' $(GRID_FILE) 2>/dev/null)
+# where the runner writes the grid's tables (the quick grid's are the committed ones)
+GRID_NAME = $(basename $(notdir $(GRID_FILE)))
+TABLES = $(if $(filter quick,$(GRID_NAME)),results/tables,results/$(GRID_NAME)/tables)
 JOBS ?= 2
 # pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
@@ -31,6 +34,8 @@ run: setup
 	@start=$$(date +%s); status=0; \
 	$(PY) benchmarks/run.py --grid $(GRID) --jobs $(JOBS) || status=$$?; \
 	[ $$status -ne 0 ] || $(PY) -m distildp.pipeline --profile $(PROFILE) || status=$$?; \
+	[ $$status -ne 0 ] || $(PY) -m distildp.results $(TABLES) || status=$$?; \
+	[ $$status -ne 0 ] || $(PY) benchmarks/grid_profile.py --grid $(GRID_NAME) --jobs $(JOBS) || status=$$?; \
 	echo "make run: $$(( $$(date +%s) - start )) s in all (pretraining included)"; exit $$status
 
 test: setup

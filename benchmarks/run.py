@@ -9,7 +9,8 @@ The whole grid is checked before any kernel starts: keys, parameter types (the n
 `parameters` cell), Settings overrides and method names; every error names the grid file and the key.
 
 Layout under --results (default results/):
-    runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json
+    runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json,
+                             timing.json (the point's wall time, kernel start included)
     tables/, figures/        for the quick grid (the committed results)
     <grid>/tables/, <grid>/figures/   for every other grid, so a smoke run never overwrites them
 A point is finished when its row.json exists (the notebook writes it last, atomically) and its point.json
@@ -45,10 +46,11 @@ GRIDS_DIR = ROOT / "benchmarks" / "grids"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 PUBLISHED_GRID = "quick"  # its tables go to results/tables (committed); other grids to results/<grid>/
 
-TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "reference_seeds", "ablations"}
+TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "reference_seeds", "ablations",
+            "regime_map"}
 CORE_AXES = ("method", "epsilon", "seed")
-ABLATION_KEYS = {"values", "method", "epsilon", "seeds"}
-POINT_FILE, ROW_FILE, LOG_FILE = "point.json", "row.json", "run.log"
+ABLATION_KEYS = {"values", "method", "epsilon", "seeds", "knob", "with"}
+POINT_FILE, ROW_FILE, LOG_FILE, TIMING_FILE = "point.json", "row.json", "run.log", "timing.json"
 
 
 class GridError(ValueError):
@@ -74,6 +76,7 @@ class Grid:
     path: Path
     notebook: Path
     points: list[Point] = field(default_factory=list)
+    regime_map: bool = False  # report the ablations as a regime map (results.regime_table)
 
 
 # ---------------------------------------------------------------------------------------------- grid files
@@ -164,29 +167,44 @@ def load_grid(name_or_path: str) -> Grid:
     ablations = spec.get("ablations") or {}
     if not isinstance(ablations, dict):
         fail("ablations", "must be a mapping knob -> {values, method, epsilon, seeds}")
-    for knob, abl in ablations.items():
-        where = f"ablations.{knob}"
-        _check_setting_name(knob, where, fail)
+    for label, abl in ablations.items():
+        where = f"ablations.{label}"
         if not isinstance(abl, dict) or "values" not in abl:
-            fail(where, "must be a mapping with `values` (and optional method, epsilon, seeds)")
+            fail(where, "must be a mapping with `values` (and optional method, epsilon, seeds, knob, with)")
         for key in abl:
             if key not in ABLATION_KEYS:
                 fail(f"{where}.{key}", f"unknown key; an ablation has {sorted(ABLATION_KEYS)}")
+        abl.setdefault("knob", label)
+        _check_setting_name(abl["knob"], f"{where}.knob" if abl["knob"] != label else where, fail)
         if not isinstance(abl["values"], list) or not abl["values"]:
             fail(f"{where}.values", "must be a non-empty list")
+        # `with`: Settings fields fixed for every point of this ablation, or a list of them, one per value
+        abl.setdefault("with", {})
+        if isinstance(abl["with"], dict):
+            abl["with"] = [abl["with"]] * len(abl["values"])
+        if (not isinstance(abl["with"], list) or len(abl["with"]) != len(abl["values"])
+                or not all(isinstance(w, dict) for w in abl["with"])):
+            fail(f"{where}.with", "must be a mapping of Settings fields fixed for every point of this ablation, "
+                                  f"or a list of {len(abl['values'])} such mappings, one per value")
         abl.setdefault("method", "distildp")
         abl.setdefault("epsilon", checked_axes["epsilon"][0])
         abl.setdefault("seeds", [checked_axes["seed"][0]])
-        abl["method"] = check_param(f"{where}.method", "method", abl["method"])
-        _check_method(abl["method"], f"{where}.method", fail)
+        methods = abl["method"] if isinstance(abl["method"], list) else [abl["method"]]
+        if not methods:
+            fail(f"{where}.method", "must be a method or a non-empty list of methods and references")
+        abl["method"] = [check_param(f"{where}.method", "method", m) for m in methods]
+        for i, method in enumerate(abl["method"]):
+            if method not in REFERENCES:
+                _check_method(method, f"{where}.method" + (f"[{i}]" if len(methods) > 1 else ""), fail)
         abl["epsilon"] = check_param(f"{where}.epsilon", "epsilon", abl["epsilon"])
         if not abl["epsilon"] > 0:
             fail(f"{where}.epsilon", f"{abl['epsilon']} must be > 0 (.inf for non-private)")
         if not isinstance(abl["seeds"], list) or not abl["seeds"]:
             fail(f"{where}.seeds", "must be a non-empty list of ints")
         abl["seeds"] = [check_param(f"{where}.seeds[{i}]", "seed", s) for i, s in enumerate(abl["seeds"])]
-        for i, value in enumerate(abl["values"]):
-            _check_overrides(profile, _merge(base, _nested(knob, value)), f"{where}.values[{i}]", fail)
+        for i, (value, fixed) in enumerate(zip(abl["values"], abl["with"])):
+            _check_overrides(profile, _merge(_merge(base, fixed), _nested(abl["knob"], value)),
+                             f"{where}.values[{i}]", fail)
 
     points = _expand(profile, base, checked_axes, extra_axes, references, ablations, reference_seeds)
     seen: dict[str, Point] = {}
@@ -200,7 +218,10 @@ def load_grid(name_or_path: str) -> Grid:
             point.params = validate_parameters(notebook, point.params)
         except ParameterError as err:
             fail(where, str(err))
-    return Grid(name=path.stem, path=path, notebook=notebook, points=points)
+    regime_map = spec.get("regime_map", False)
+    if not isinstance(regime_map, bool):
+        fail("regime_map", f"must be true or false, got {regime_map!r}")
+    return Grid(name=path.stem, path=path, notebook=notebook, points=points, regime_map=regime_map)
 
 
 def _check_method(method: str, key: str, fail) -> None:
@@ -296,7 +317,9 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
             ablations: dict, reference_seeds: list[int]) -> list[Point]:
     """The points in a stable order: per variant and seed the references, then epsilon x method;
     then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart).
-    References run at `reference_seeds`; pretrained ones at the first only."""
+    References run at `reference_seeds`; pretrained ones at the first only, unless each seed pretrains its own."""
+    from distildp.pipeline import REFERENCES
+
     points = []
     variants = list(itertools.product(*(axes[a] for a in extra_axes)))
     for combo in variants:
@@ -313,27 +336,42 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
             return p
 
         main = {}
+        per_seed_pretraining = _pretrains_per_seed(profile, overrides)
         for seed in list(dict.fromkeys(reference_seeds + axes["seed"])):
             for ref in references if seed in reference_seeds else []:  # epsilon does not apply: rows carry 0 or inf
-                if ref.startswith("pretrained") and seed != reference_seeds[0]:
+                if ref.startswith("pretrained") and seed != reference_seeds[0] and not per_seed_pretraining:
                     continue  # public pretraining does not depend on the seed: one point
-                points.append(Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant))
+                main[ref, None, seed] = Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant)
+                points.append(main[ref, None, seed])
             for epsilon in axes["epsilon"] if seed in axes["seed"] else []:
                 for method in axes["method"]:
                     main[method, epsilon, seed] = Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
                                                         params(method, seed, epsilon), variant)
                     points.append(main[method, epsilon, seed])
-        for knob, abl in ablations.items():
-            for value in abl["values"]:
-                for seed in abl["seeds"]:
-                    pid = f"abl-{knob}{fmt(value)}__{prefix}{abl['method']}__eps{fmt(abl['epsilon'])}__seed{seed}"
-                    point = Point(pid, "ablation", params(abl["method"], seed, abl["epsilon"], _nested(knob, value)),
-                                  variant, knob, value)
-                    twin = main.get((abl["method"], abl["epsilon"], seed))
+        for label, abl in ablations.items():
+            for value, fixed in zip(abl["values"], abl["with"]):
+                extra = _merge(fixed, _nested(abl["knob"], value))
+                for method, seed in itertools.product(abl["method"], abl["seeds"]):
+                    reference = method in REFERENCES
+                    epsilon = None if reference else abl["epsilon"]
+                    at = "" if reference else f"__eps{fmt(epsilon)}"
+                    point = Point(f"abl-{label}{fmt(value)}__{prefix}{method}{at}__seed{seed}", "ablation",
+                                  params(method, seed, epsilon, extra), variant, label, value)
+                    twin = main.get((method, epsilon, seed))
                     if twin and _same_settings(profile, point.params["overrides"], twin.params["overrides"]):
                         point.same_as = twin.point_id
                     points.append(point)
     return points
+
+
+def _pretrains_per_seed(profile: str, overrides: dict) -> bool:
+    """Whether these settings pretrain the public models once per seed (Settings.pretrain_seed = 'seed')."""
+    from distildp.pipeline import make_settings
+
+    try:
+        return make_settings(profile, overrides).pretrain_seed == "seed"
+    except (ValueError, TypeError):
+        return False  # invalid overrides are reported by _check_overrides
 
 
 def _same_settings(profile: str, overrides: dict, other: dict) -> bool:
@@ -364,9 +402,14 @@ def output_dirs(results: Path, grid_name: str) -> tuple[Path, Path, Path]:
 
 
 def _request(point: Point, grid: Grid, store: str) -> dict:
+    from distildp.artifacts import jsonable
+    from distildp.pipeline import make_settings
+
+    # the settings the point resolves to: a default changed in the code makes its old row stale
+    settings = make_settings(point.params["profile"], point.params["overrides"]).as_config()
     return {"point_id": point.point_id, "kind": point.kind, "knob": point.knob, "value": point.value,
             "variant": point.variant, "grid": grid.name, "notebook": str(grid.notebook), "store": store,
-            "params": point.params, "same_as": point.same_as}
+            "params": point.params, "same_as": point.same_as, "settings": jsonable(settings)}
 
 
 def is_finished(point_dir: Path, request: dict) -> bool:
@@ -377,7 +420,7 @@ def is_finished(point_dir: Path, request: dict) -> bool:
         old = json.loads((point_dir / POINT_FILE).read_text())
     except json.JSONDecodeError:
         return False
-    keys = ("params", "notebook", "knob", "value", "kind", "same_as")
+    keys = ("params", "notebook", "knob", "value", "kind", "same_as", "settings")
     return all(json.dumps(old.get(k), sort_keys=True) == json.dumps(request.get(k), sort_keys=True) for k in keys)
 
 
@@ -422,6 +465,8 @@ class Runner:
                 self._children.discard(child)
         seconds = time.time() - started
         point_id = point_dir.name
+        (point_dir / TIMING_FILE).write_text(json.dumps({"seconds": round(seconds, 2), "exit_status": code,
+                                                         "started": started}))
         if code == 0 and (point_dir / ROW_FILE).exists():
             return Outcome(point_id, True, seconds, log)
         reason = f"exit status {code}" if code else "the notebook finished without writing row.json"
@@ -516,7 +561,7 @@ def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path
     if rows.empty:
         print("no finished points yet: no tables written")
         return []
-    written = write_report(rows, tables_dir, figures_dir)
+    written = write_report(rows, tables_dir, figures_dir, regime_map=grid.regime_map)
     print(f"{len(rows)} rows -> " + ", ".join(str(p) for p in written))
     return written
 

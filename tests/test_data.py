@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from distildp import data
-from distildp.data import Corpus, control_prefix, load_corpus, public_texts
-from distildp.source import CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
+from distildp.data import Corpus, control_prefix, load_corpus, load_public
+from distildp.source import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = dict(n_train=60, n_val=20, n_test=20)
@@ -75,20 +75,46 @@ def test_canaries_are_recorded_and_only_in_train(source):
         load_corpus("builtin", source=source, canaries=30, canary_repeats=5, **SMALL)
 
 
-def test_public_texts_are_disjoint_and_lack_private_wording(source, builtin):
-    pub = public_texts(seed=0, n_source_docs=300, source=source)
-    assert pub == public_texts(seed=0, n_source_docs=300, source=source)
-    assert len(pub) > 300 and any("Python" in t for t in pub)  # prose paragraphs included
+def test_builtin_public_corpus_covers_the_private_domain_but_not_its_categories_or_texts(source, builtin):
+    public = load_public("builtin", n_docs=3000, n_val=300, source=source)
+    assert public.train == load_public("builtin", n_docs=3000, n_val=300, source=source).train
+    assert any("Python" in t for t in public.train) and any("Python" in t for t in public.validation)  # prose
+    assert not set(public.train) & set(public.validation)
     private = {t for s in builtin.splits for t in builtin.texts(s)}
-    assert not private & set(pub)
-    # words only the private categories' lexicons use never appear in the public reviews
+    assert not private & (set(public.train) | set(public.validation))
+    assert not set(PUBLIC_CATEGORIES) & set(PRIVATE_CATEGORIES)
+    # every word of a private category's aspects is written about in public reviews (in-domain pretraining),
+    # and the public categories borrow each private aspect exactly once
     words = lambda texts: {w.strip(".,!?").lower() for t in texts for w in t.split()}  # noqa: E731
     lexicon = lambda cats: {w for c in cats for ws in CATEGORY_ASPECTS[c].values() for w in ws}  # noqa: E731
-    general = {source.tokens[i] for i in source.general.ids[0]}
-    private_only = lexicon(PRIVATE_CATEGORIES) - lexicon(PUBLIC_CATEGORIES) - general
-    reviews = pub[len(data.pydoc_paragraphs()):]
-    assert len(private_only) > 100 and not (private_only & words(reviews))
-    assert lexicon(PUBLIC_CATEGORIES) & words(reviews)
+    assert lexicon(PRIVATE_CATEGORIES) <= words(public.train)
+    borrowed = [pair for pairs in BORROWED_ASPECTS.values() for pair in pairs]
+    assert sorted(borrowed) == sorted((c, a) for c in PRIVATE_CATEGORIES for a in CATEGORY_ASPECTS[c]
+                                      if not a.endswith(")"))
+
+
+def test_prose_public_corpus_is_python_docs_only():
+    prose = load_public("prose")
+    assert sorted(prose.train + prose.validation) == sorted(set(data.pydoc_paragraphs()))
+    assert prose.info["n_reviews"] == 0
+
+
+def test_public_corpus_from_csv_and_hub_files(tmp_path):
+    csv_public = load_public(f"csv:{FIXTURES / 'public_csv'}", text_column="body", n_val=1)
+    assert len(csv_public.validation) == 1 and len(csv_public.train) == 7
+    assert "The library extended its opening hours." in csv_public.train + csv_public.validation
+    with pytest.raises(ValueError, match="no `text` column"):
+        load_public(f"csv:{FIXTURES / 'public_csv'}")
+    with pytest.raises(FileNotFoundError, match="train.csv"):
+        load_public(f"csv:{tmp_path}")
+    files = {s: str(FIXTURES / "wikitext" / f"{s}.jsonl") for s in ("train", "validation")}
+    hub = load_public("hub:wikitext:wikitext-2-raw-v1", data_files=files, cache_dir=str(tmp_path), n_docs=4)
+    assert len(hub.train) == 4 and "" not in hub.train  # empty lines dropped
+    assert hub.validation[0] == "Volunteers cleaned the beach on Saturday morning."
+    with pytest.raises(ValueError, match="unknown public corpus"):
+        load_public("wikipedia")
+    with pytest.raises(ValueError, match="takes no options"):
+        load_public("builtin", text_column="body")
 
 
 def test_csv_dir_happy_path():

@@ -60,8 +60,9 @@ def reference_lm_loss_per_sequence(model, batch) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("weighting", ["token_mean", "paper_sum"])
 @pytest.mark.parametrize("t", [1.0, 2.0])  # t = 1 shares the CE's log-softmax with the KL
-def test_kd_loss_matches_hand_computation_with_padding(t):
+def test_kd_loss_matches_hand_computation_with_padding(t, weighting):
     B, T, V, D = 3, 6, 7, 4
     s_logits, t_logits = torch.randn(B, T, V) * 2, torch.randn(B, T, V) * 2
     targets = torch.randint(0, V, (B, T))
@@ -74,7 +75,7 @@ def test_kd_loss_matches_hand_computation_with_padding(t):
     lam, alpha = 0.3, 0.5
 
     parts = kd_loss(s_logits, t_logits, targets, loss_mask, lam=lam, temperature=t,
-                    student_hidden=s_hidden, teacher_hidden=t_hidden, alpha=alpha)
+                    student_hidden=s_hidden, teacher_hidden=t_hidden, alpha=alpha, weighting=weighting)
 
     def softmax(row, temp):
         m = max(row)
@@ -96,7 +97,8 @@ def test_kd_loss_matches_hand_computation_with_padding(t):
                 sum((sh[b, j - 1, d].item() - th[b, j - 1, d].item()) ** 2 for d in range(D)) / D
                 for sh, th in zip(s_hidden, t_hidden)
             ) / len(s_hidden)
-        ce, kl, mse = ce / scored, kl / scored, mse / scored
+        # the paper's code sums the KL over positions; everything else is a mean over scored tokens
+        ce, kl, mse = ce / scored, kl / scored if weighting == "token_mean" else kl, mse / scored
         total = (1 - lam) * ce + lam * t**2 * kl + alpha * mse
         assert parts.ce[b].item() == pytest.approx(ce, rel=1e-5)
         assert parts.kl[b].item() == pytest.approx(kl, rel=1e-5)
@@ -305,6 +307,7 @@ def test_teacher_context_none_uses_the_students_input():
         ({"temperature": -1.0}, "temperature"),
         ({"alpha": -0.5}, "alpha"),
         ({"teacher_context": "prefix"}, "teacher_context"),
+        ({"weighting": "sum"}, "weighting"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, match):
@@ -364,7 +367,7 @@ def test_kd_loss_fn_trains_through_train_causal_lm(privacy):
     model = StudentWithProjection(student, teacher_width=32)
     before = model.projection.linear.weight.detach().clone()
     data = examples() * 4
-    privacy_cfg = None if privacy is None else PrivacyConfig(noise_multiplier=0.5, grad_sample_mode=privacy, delta=1e-3)
+    privacy_cfg = None if privacy is None else PrivacyConfig(secret_randomness=False, noise_multiplier=0.5, grad_sample_mode=privacy, delta=1e-3)
     report = train_causal_lm(
         model, data, TrainConfig(batch_size=8, epochs=2, max_steps=3, lr=1e-2), privacy_cfg,
         loss_fn=make_kd_loss_fn(teacher, lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True),

@@ -162,7 +162,7 @@ def test_noise_free_unclipped_dp_step_is_plain_sgd_on_the_poisson_batch():
     reference = tiny_model()
     expected = reference_step(reference, examples, batch, batch_size, clip=math.inf)
     model = tiny_model()
-    report = one_step(model, examples, batch_size, PrivacyConfig(noise_multiplier=0.0, max_grad_norm=1e6), seed=seed)
+    report = one_step(model, examples, batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=1e6), seed=seed)
     assert report.steps == 1 and report.epsilon_spent == math.inf
     for name, value in params(model).items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
@@ -174,7 +174,7 @@ def test_clipped_noise_free_step_matches_hand_clipping(mode):
     batch = poisson_batch(len(examples), batch_size / len(examples), seed)
     expected = reference_step(tiny_model(untie=True), examples, batch, batch_size, clip=clip)
     model = tiny_model(untie=True)
-    one_step(model, examples, batch_size, PrivacyConfig(noise_multiplier=0.0, max_grad_norm=clip,
+    one_step(model, examples, batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=clip,
                                                         grad_sample_mode=mode), seed=seed)
     for name, value in params(model).items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
@@ -183,7 +183,7 @@ def test_clipped_noise_free_step_matches_hand_clipping(mode):
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_physical_batches_give_the_same_dp_update(mode):
     examples = make_examples(24, seed=6)
-    privacy = PrivacyConfig(noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode=mode)
+    privacy = PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode=mode)
     whole, split = tiny_model(), tiny_model()
     one_step(whole, examples, 12, privacy)
     one_step(split, examples, 12, privacy, physical=2)  # BatchMemoryManager: virtual steps
@@ -207,7 +207,7 @@ def recorded_batches(examples, cfg, privacy_cfg=None) -> list[list[int]]:
 def test_physical_batches_are_cut_from_a_length_sorted_batch(private):
     examples = make_examples(60, seed=8, max_len=20)
     cfg = TrainConfig(epochs=1, batch_size=30, physical_batch_size=8, max_steps=1, lr=1e-3)
-    chunks = recorded_batches(examples, cfg, PrivacyConfig(noise_multiplier=1.0) if private else None)
+    chunks = recorded_batches(examples, cfg, PrivacyConfig(secret_randomness=False, noise_multiplier=1.0) if private else None)
     assert len(chunks) >= 3
     for shorter, longer in zip(chunks, chunks[1:]):
         assert max(shorter) <= min(longer)  # each physical batch pads only to lengths like its own
@@ -227,7 +227,7 @@ def test_group_by_length_visits_every_example_once_per_epoch_and_pads_less():
     longest = [max(batch) for batch in grouped]
     assert any(longest[k:k + 4] != sorted(longest[k:k + 4], reverse=True) for k in range(0, 16, 4))
     # DP-SGD ignores it: its batches stay Poisson samples
-    private = PrivacyConfig(noise_multiplier=1.0)
+    private = PrivacyConfig(secret_randomness=False, noise_multiplier=1.0)
     assert recorded_batches(examples, TrainConfig(**base, group_by_length=True), private) == \
         recorded_batches(examples, TrainConfig(**base), private)
 
@@ -253,10 +253,10 @@ def test_on_step_returning_true_stops_non_private_training():
 def test_ghost_unties_embeddings_and_hooks_keeps_them_tied():
     examples, privacy = make_examples(8, seed=8), dict(noise_multiplier=1.0, accountant="rdp")
     tied = tiny_model()
-    report = one_step(tied, examples, 4, PrivacyConfig(**privacy))
+    report = one_step(tied, examples, 4, PrivacyConfig(secret_randomness=False, **privacy))
     assert tied.lm_head.weight is tied.transformer.wte.weight and not report.tied_embeddings_untied
     ghost = tiny_model()
-    report = one_step(ghost, examples, 4, PrivacyConfig(**privacy, grad_sample_mode="ghost"))
+    report = one_step(ghost, examples, 4, PrivacyConfig(secret_randomness=False, **privacy, grad_sample_mode="ghost"))
     assert ghost.lm_head.weight is not ghost.transformer.wte.weight
     assert report.tied_embeddings_untied and report.privacy_record()["tied_embeddings_untied"]
     assert not ghost.config.tie_word_embeddings
@@ -281,7 +281,7 @@ def test_batches_are_poisson_and_empty_batches_still_step():
     # One physical batch per step (by default Poisson batches above batch_size are split for memory).
     cfg = TrainConfig(epochs=100, batch_size=batch_size, physical_batch_size=n, max_steps=steps, lr=1e-3)
     report = train_causal_lm(tiny_fast_model(), make_examples(n, seed=9, max_len=3), cfg,
-                             PrivacyConfig(noise_multiplier=1.0, accountant="rdp"), loss_fn=recording_loss,
+                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, accountant="rdp"), loss_fn=recording_loss,
                              progress=False)
     assert report.steps == steps
     empty = steps - len(sizes)
@@ -305,7 +305,7 @@ def test_empty_poisson_batches_do_not_crash(mode):
     before = params(model)
     cfg = TrainConfig(epochs=100, batch_size=1, physical_batch_size=20, max_steps=12, lr=1e-3)  # q = 1/20
     report = train_causal_lm(model, make_examples(20, seed=10, max_len=3), cfg,
-                             PrivacyConfig(noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
+                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
                              loss_fn=counting_loss, progress=False)
     assert report.steps == 12 and len(calls) < 12
     assert sum(math.isnan(loss) for loss in report.losses) == 12 - len(calls)  # NaN marks an empty step
@@ -327,7 +327,7 @@ def test_reported_epsilon_matches_an_independent_accountant_over_steps_taken():
     examples = make_examples(20, seed=11, max_len=3)
     cfg = TrainConfig(epochs=10, batch_size=5, max_steps=7, lr=1e-3)  # stop early: 7 of 40 steps
     report = train_causal_lm(tiny_fast_model(), examples, cfg,
-                             PrivacyConfig(noise_multiplier=1.2, delta=1e-3, accountant="rdp"), progress=False)
+                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.2, delta=1e-3, accountant="rdp"), progress=False)
     assert (report.steps, report.sample_rate, report.delta) == (7, 0.25, 1e-3)
     reference = dp_accounting_rdp_epsilon(1.2, 0.25, 7, 1e-3)
     assert report.epsilon_spent == pytest.approx(reference, rel=1e-2)
@@ -341,7 +341,7 @@ def test_calibrated_noise_spends_at_most_the_target():
     examples = make_examples(20, seed=12, max_len=3)
     cfg = TrainConfig(epochs=2, batch_size=5, lr=1e-3)  # q = 0.25, 8 steps
     report = train_causal_lm(tiny_fast_model(), examples, cfg,
-                             PrivacyConfig(target_epsilon=4.0, delta=1e-3, accountant="rdp"), progress=False)
+                             PrivacyConfig(secret_randomness=False, target_epsilon=4.0, delta=1e-3, accountant="rdp"), progress=False)
     assert report.steps == 8
     reference = dp_accounting_rdp_epsilon(report.noise_multiplier, 0.25, 8, 1e-3)
     assert report.epsilon_spent <= 4.0 and 4.0 * 0.97 <= reference <= 4.0 * 1.001
@@ -365,7 +365,7 @@ def test_calibrated_noise_spends_at_most_the_target():
 def test_bad_input_raises_clear_errors(train, privacy, match):
     cfg = TrainConfig(**{"batch_size": 4, **train})
     with pytest.raises(ValueError, match=match):
-        train_causal_lm(tiny_fast_model(), make_examples(10), cfg, PrivacyConfig(**privacy), progress=False)
+        train_causal_lm(tiny_fast_model(), make_examples(10), cfg, PrivacyConfig(secret_randomness=False, **privacy), progress=False)
 
 
 def test_too_small_dataset_and_too_long_examples_raise():
@@ -376,4 +376,22 @@ def test_too_small_dataset_and_too_long_examples_raise():
                         progress=False)
     with pytest.raises(ValueError, match="1/N"):  # delta >= 1/N needs the named option
         train_causal_lm(tiny_fast_model(), make_examples(10), TrainConfig(batch_size=2),
-                        PrivacyConfig(noise_multiplier=1.0, delta=0.2), progress=False)
+                        PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, delta=0.2), progress=False)
+
+
+def test_dp_randomness_is_secret_by_default_and_reproducible_on_request():
+    examples, cfg = make_examples(20, seed=4), TrainConfig(epochs=1, batch_size=5, lr=0.1, max_steps=3, seed=7)
+
+    def run(**privacy):
+        model = tiny_model()
+        report = train_causal_lm(model, examples, cfg, PrivacyConfig(noise_multiplier=1.0, **privacy), progress=False)
+        return params(model), report
+
+    secret_a, report = run()
+    secret_b, _ = run()
+    assert report.privacy_record()["randomness"].startswith("secret")
+    assert any(not torch.equal(secret_a[k], secret_b[k]) for k in secret_a)  # same seed, other noise
+    same_a, report = run(secret_randomness=False)
+    same_b, _ = run(secret_randomness=False)
+    assert report.privacy_record()["randomness"].startswith("reproducible")
+    assert all(torch.equal(same_a[k], same_b[k]) for k in same_a)

@@ -6,7 +6,8 @@ import pydoc_data.topics
 import pytest
 import torch
 
-from distildp.evaluate import PerplexityResult, encode_documents, floor, paper_perplexity, perplexity
+from distildp.evaluate import (PerplexityResult, encode_documents, floor, marginal_perplexity, paper_perplexity,
+                                perplexity)
 from distildp.dpsgd import TrainConfig
 from distildp.models import build_model, pretrain, train_tokenizer
 
@@ -227,3 +228,43 @@ def test_trained_model_stays_above_the_floor(tok):
     assert isinstance(after, PerplexityResult)
     assert after.ppl < before.ppl / 5  # it learned something
     assert conditional.ppl < marginal.ppl < after.ppl  # codes carry information; nobody beats the source
+
+
+# ------------------------------------------------------------------------------------------- marginal perplexity
+def hand_document_logp(model, tok, text, prefix):
+    """log p(text + [eos] | [eos] + prefix), token by token."""
+    eos = tok.eos_token_id
+    context = [eos] + tok(prefix)["input_ids"]
+    total = 0.0
+    for target in tok(text)["input_ids"] + [eos]:
+        total += logp_next(model, context, target)
+        context = context + [target]
+    return total
+
+
+def test_marginal_perplexity_is_the_code_mixture_computed_by_hand(tok):
+    model = build_model("tiny-student", tok, seed=4, n_embd=32, n_layer=2, n_head=2, n_positions=128).eval()
+    codes, weights, texts = PREFIXES[:3], [0.5, 0.3, 0.2], TEXTS
+    result = marginal_perplexity(model, tok, texts, codes, weights, progress=False)
+    nats = 0.0
+    for text in texts:
+        terms = [math.log(w) + hand_document_logp(model, tok, text, p) for p, w in zip(codes, weights)]
+        nats -= math.log(sum(math.exp(t) for t in terms))
+    plain = perplexity(model, tok, texts, per_document=True, progress=False)
+    assert result.n_tokens == plain.n_tokens  # the same tokens a code-free student is scored on
+    assert result.nll_sum == pytest.approx(nats, rel=1e-6)
+    assert result.ppl == pytest.approx(math.exp(nats / plain.n_tokens), rel=1e-6)
+
+
+def test_marginal_perplexity_of_one_code_is_the_prefixed_perplexity(model, tok):
+    one = marginal_perplexity(model, tok, TEXTS, [PREFIXES[0], PREFIXES[1]], [1.0, 0.0], progress=False)
+    prefixed = perplexity(model, tok, TEXTS, prefixes=[PREFIXES[0]] * len(TEXTS), per_document=True, progress=False)
+    assert one.ppl == pytest.approx(prefixed.ppl, rel=1e-9)
+
+
+@pytest.mark.parametrize("prefixes, weights, match", [([], [], "one weight"), (["a"], [1.0, 2.0], "one weight"),
+                                                      (["a", "b"], [0.0, 0.0], "positive sum"),
+                                                      (["a"], [-1.0], "positive sum")])
+def test_marginal_perplexity_rejects_bad_weights(model, tok, prefixes, weights, match):
+    with pytest.raises(ValueError, match=match):
+        marginal_perplexity(model, tok, TEXTS, prefixes, weights, progress=False)

@@ -261,7 +261,9 @@ def transformers_probs(logits, ids, cfg):
     from transformers import (NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                               TopPLogitsWarper)
 
-    chain = [TemperatureLogitsWarper(cfg.temperature), TopKLogitsWarper(cfg.top_k), TopPLogitsWarper(cfg.top_p)]
+    chain = [TemperatureLogitsWarper(cfg.temperature), TopPLogitsWarper(cfg.top_p)]
+    if cfg.top_k:  # transformers leaves the top-k warper out at top_k = 0
+        chain.insert(1, TopKLogitsWarper(cfg.top_k))
     if cfg.no_repeat_ngram_size:
         chain.insert(0, NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
     scores = logits.float()
@@ -278,7 +280,8 @@ def tiny_gpt2(n_layer=2, init=0.02):
 
 
 @pytest.mark.parametrize("top_k, top_p, temperature, n", [
-    (50, 0.9, 1.0, 2), (10, 0.5, 0.7, 3), (300, 1.0, 1.3, 1), (1, 0.9, 1.0, 2), (5, 0.8, 1.0, 0)])
+    (50, 0.9, 1.0, 2), (10, 0.5, 0.7, 3), (300, 1.0, 1.3, 1), (1, 0.9, 1.0, 2), (5, 0.8, 1.0, 0),
+    (0, 1.0, 1.0, 0), (0, 1.0, 0.8, 2), (0, 0.9, 1.0, 0)])
 def test_next_token_distribution_equals_transformers_processors(top_k, top_p, temperature, n):
     """On a left-padded batch, each row's distribution equals transformers' chain on that row alone."""
     cfg = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, no_repeat_ngram_size=n)

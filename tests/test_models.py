@@ -4,6 +4,7 @@ import time
 import pydoc_data.topics
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 from transformers import AutoTokenizer
 
 from distildp import models
@@ -58,17 +59,24 @@ def test_tokenizer_rejects_bad_input():
 
 
 # ------------------------------------------------------------------------------------------- presets
-def test_presets_share_width_and_set_special_ids(tok):
-    teacher, student = build_model("tiny-teacher", tok), build_model("tiny-student", tok)
-    assert teacher.config.n_embd == student.config.n_embd  # hidden-state alignment applies
-    assert student.config.n_layer < teacher.config.n_layer
-    for m in (teacher, student):
-        c = m.config
+def test_presets_set_special_ids_and_have_the_documented_sizes(tok):
+    for name in models.PRESETS:
+        c = build_model(name, tok).config
         assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (tok.eos_token_id,) * 3
         assert c.vocab_size == len(tok) and c.n_positions == 128
-    assert models.n_params(student) < models.n_params(teacher)
-    big = build_model("small-teacher", tok)  # the capacity-gap teacher: same vocabulary, wider and deeper
-    assert models.n_params(big) > 4 * models.n_params(student) and big.config.vocab_size == len(tok)
+
+    def sizes(name: str) -> tuple[int, int]:  # (total, without embeddings) at the default vocabulary
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, **models.PRESETS[name]))
+        embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+        return models.n_params(model), models.n_params(model) - embeddings
+
+    student = sizes("tiny-student")
+    # the ratios models.py documents: total, and without the embeddings (never the smaller of the two)
+    for name, total_ratio in (("teacher-1.6x", 1.6), ("teacher-4x", 4.0), ("tiny-teacher", 8.2), ("teacher-16x", 15.9)):
+        total, core = sizes(name)
+        assert total / student[0] == pytest.approx(total_ratio, abs=0.05), name
+        assert core / student[1] > total / student[0], name
+    assert sizes("tiny-teacher")[0] >= 6 * student[0]  # the embedded default's capacity gap
 
 
 def test_build_model_is_seeded(tok):

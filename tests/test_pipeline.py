@@ -127,7 +127,7 @@ def test_exact_histogram_is_flagged_not_private(tmp_path):
     ({"lam": 2.0}, "lam"),
     ({"temperature": 0.0}, "temperature"),
     ({"privat_train": {}}, "unknown setting"),
-    ({"private_train": {"epoch": 1}}, "unknown field"),
+    ({"teacher_train": {"epoch": 1}}, "unknown field"),
 ])
 def test_bad_settings_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -143,8 +143,27 @@ def test_bad_method_and_epsilon(pipe):
         make_settings("tiny")
 
 
-def test_settings_defaults_are_the_embedded_default():
-    assert Settings().dataset == "builtin" and Settings().teacher_model == "tiny-teacher"
+def test_embedded_default_noise_per_step_is_within_a_few_times_the_papers(tmp_path):
+    """sigma / batch at epsilon = 2 (the noise on each averaged gradient coordinate, per unit of clipping norm):
+    the paper's is about 5e-4; the embedded default stays within 4x of it."""
+    settings = make_settings("quick")
+    assert settings.dataset == "builtin" and Settings().dp_randomness == "secret"
+    pipe = Pipeline(settings, ArtifactStore(tmp_path), progress=False)
+    for method, part in (("dpsgd", "student"), ("distildp", "teacher")):
+        sigma = pipe.plan(method, 2.0).noise_multipliers()[part]
+        batch = pipe.private_train_config(part).batch_size
+        assert 5e-4 < sigma / batch <= 4 * 5e-4, (method, sigma, batch)
+
+
+def test_secret_dp_randomness_draws_new_noise_and_rows_say_which(tmp_path, smoke_store):
+    secret = [Pipeline(make_settings("smoke", {"dp_randomness": "secret"}), ArtifactStore(tmp_path / str(i)),
+                       progress=False).run("dpsgd", 2.0, seed=0) for i in range(2)]
+    assert secret[0]["dp_randomness"] == "secret" and secret[0]["student_ppl"] != secret[1]["student_ppl"]
+    reproducible = Pipeline(make_settings("smoke"), ArtifactStore(smoke_store), progress=False).run("dpsgd", 2.0, 0)
+    assert reproducible["dp_randomness"] == "reproducible"
+    art = Pipeline(make_settings("smoke", {"dp_randomness": "secret"}), ArtifactStore(tmp_path / "0"),
+                   progress=False).artifacts("dpsgd", 2.0, 0)["student"]
+    assert art.privacy["randomness"].startswith("secret") and art.manifest["config"]["dp_randomness"] == "secret"
 
 
 

@@ -20,12 +20,15 @@ def rows() -> pd.DataFrame:
     for (method, eps), values in ppl.items():
         for seed, value in enumerate(values):
             records.append({"dataset": "builtin", "method": method, "epsilon": eps, "seed": seed,
-                            "student_ppl": value, "teacher_ppl": value - 1, "floor": 5.0, "teacher_floor": 4.0})
+                            "student_ppl": value, "teacher_ppl": value - 1, "floor": 5.0, "teacher_floor": 4.0,
+                            "teacher_marginal_ppl": value - 0.5 if method == "distildp" else math.nan})
     for seed, value in enumerate([7.0, 7.5, 8.0]):
         records.append({"dataset": "builtin", "method": "nonprivate_student", "epsilon": INF, "seed": seed,
                         "student_ppl": value, "teacher_ppl": math.nan, "floor": 5.0, "teacher_floor": 4.0})
     records.append({"dataset": "builtin", "method": "pretrained_teacher", "epsilon": 0.0, "seed": 0,
                     "student_ppl": math.nan, "teacher_ppl": 50.0, "floor": 5.0, "teacher_floor": 4.0})
+    records.append({"dataset": "builtin", "method": "pretrained_student", "epsilon": 0.0, "seed": 0,
+                    "student_ppl": 70.0, "teacher_ppl": math.nan, "floor": 5.0, "teacher_floor": 4.0})
     for value, ppls in ((0.0, [13.0, 15.0]), (0.8, [11.0, 11.0])):
         for seed, p in enumerate(ppls):
             records.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": seed,
@@ -49,11 +52,38 @@ def test_ppl_table_mean_std_over_seeds_and_infinity():
     assert table.loc["distildp", "seeds"] == "3"
     assert table.loc["nonprivate_student", "ε=∞"] == "7.50 ± 0.50"
     assert table.loc["nonprivate_student", "ε=1"] == ""
-    assert table.loc["pretrained_teacher (teacher, codes given)", "ε=0"] == "50.00"  # one seed: no std
+    assert table.loc["pretrained_teacher (plain text)", "ε=0"] == "50.00"  # one seed: no std
+    assert table.loc["distildp's DP teacher (codes from the DP histogram)", "ε=1"] == "11.50 ± 2.00"
     assert table.loc["floor (exact)", "ε=1"] == "5.00"
     assert table.loc["teacher floor (exact, codes given)", "ε=∞"] == "4.00"
     assert list(table.index[:2]) == ["distildp", "dpsgd"]  # METHODS order, references after
     assert "lam" not in "".join(table.index)  # ablation rows stay out of the main table
+
+
+def test_gates_and_verdict():
+    gates = results.gates_table(rows()).set_index(["check", "ε"])["result"]
+    assert gates[("gate 1: pretrained teacher <= 0.8 x pretrained student", "")] == "PASS"  # 50 / 70
+    # DistilDP's teacher (11.5 at eps 1) against the DP-SGD student (22): passes
+    assert gates[("gate 2: DP teacher (as sampled) < DP-SGD student", "1")] == "PASS"
+    # 22 - 12 = 10 > 2 x the larger std (dpsgd's 2.65): a win; at inf 9.5 - 8 = 1.5 > 2 x 0.5
+    assert gates[("DistilDP student vs the best baseline", "1")] == "WIN"
+    assert gates[("DistilDP student vs the best baseline", "∞")] == "WIN"
+    df = rows()
+    df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0  # 50 / 55 = 0.91 > 0.8
+    df.loc[(df["method"] == "dpsgd") & (df["epsilon"] == INF), "student_ppl"] = [8.0, 8.6, 9.2]  # gap 0.6 < 1.2
+    gates = results.gates_table(df).set_index(["check", "ε"])["result"]
+    assert gates[("gate 1: pretrained teacher <= 0.8 x pretrained student", "")] == "FAIL"
+    assert gates[("DistilDP student vs the best baseline", "∞")] == "TIE"
+
+
+def test_a_failed_gate_is_written_next_to_the_results(tmp_path):
+    df = rows()
+    df.loc[df["method"] == "distildp", "teacher_marginal_ppl"] = 30.0  # worse than the DP-SGD student
+    results.write_report(df, tmp_path / "t", tmp_path / "f")
+    text = (tmp_path / "t" / "ppl_vs_eps.md").read_text()
+    assert text.index("**Gate failed** (gate 2") < text.index("| gate 2") < text.index("| distildp ")
+    gate_2 = [line for line in text.splitlines() if line.startswith("| gate 2")]
+    assert gate_2 and all(line.rstrip(" |").endswith("FAIL") for line in gate_2)
 
 
 def test_uneven_seed_counts_are_shown():
@@ -138,3 +168,30 @@ def test_variants_get_their_own_sections_and_figures(tmp_path):
     assert {"ppl_vs_eps_dataset-builtin.png", "ppl_vs_eps_dataset-yelp.png"} <= {p.name for p in written}
     text = (tmp_path / "t" / "ppl_vs_eps.md").read_text()
     assert "### dataset-yelp" in text and "24.00 ± 4.00" in text
+
+
+def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_path):
+    df = rows()
+    # a cell that reruns DistilDP only (the baselines cannot change): they come from the main grid at eps 1
+    extra = []
+    for seed, p in enumerate([30.0, 31.0, 32.0]):
+        extra.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": seed, "student_ppl": p,
+                      "teacher_marginal_ppl": 25.0, "floor": 5.0, "kind": "ablation", "knob": "synthetic_factor",
+                      "value": 1.0})
+    # a cell that reruns a reference: its own pretrained teacher (gate 1 fails there)
+    extra.append({"dataset": "builtin", "method": "pretrained_teacher", "epsilon": 0.0, "seed": 0, "teacher_ppl": 69.0,
+                  "kind": "ablation", "knob": "teacher_model", "value": "tiny-teacher"})
+    extra.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": 0, "student_ppl": 15.0,
+                  "teacher_marginal_ppl": 14.0, "kind": "ablation", "knob": "teacher_model", "value": "tiny-teacher"})
+    table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)).set_index(["axis", "value"])
+    eps1 = table.loc[("epsilon", "1")]
+    assert eps1["distildp"] == 12.0 and eps1["best baseline"] == "dpsgd" and eps1["Δ distildp - best"] == -10.0
+    assert eps1["gate 1"] == "PASS" and eps1["gate 2"] == "PASS"
+    small = table.loc[("synthetic_factor", 1.0)]
+    assert small["dpsgd"] == 22.0 and small["Δ distildp - best"] == 9.0 and small["gate 2"] == "FAIL"
+    tiny = table.loc[("teacher_model", "tiny-teacher")]
+    assert tiny["gate 1 (teacher/student)"] == round(69 / 70, 3) and tiny["gate 1"] == "FAIL"
+    assert tiny["seeds"] == 1 and tiny["dpsgd"] == 20.0  # the main grid's dpsgd at the same seed
+    written = results.write_report(pd.concat([df, pd.DataFrame(extra)], ignore_index=True), tmp_path / "t",
+                                   tmp_path / "f", regime_map=True)
+    assert {"regime.md", "regime.png"} <= {p.name for p in written}

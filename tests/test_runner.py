@@ -107,16 +107,22 @@ def finished(tmp_path_factory):
      "not a Settings field"),
     ({"overrides": {"lamda": 0.2}}, "overrides", "lamda"),
     ({"overrides": {"lam": "0.2"}}, "overrides", "lam must be float"),
-    ({"overrides": {"private_train": {"epoch": 2}}}, "overrides", "epoch"),
+    ({"overrides": {"teacher_train": {"epoch": 2}}}, "overrides", "epoch"),
     ({"references": ["pretrained_students"]}, r"references\[0\]", "not a reference"),
     ({"ablations": {"temp": {"values": [1.0]}}}, "ablations.temp", "not a Settings field"),
     ({"ablations": {"lam": {"values": [0.1], "seeds": [0.5]}}}, r"ablations.lam.seeds\[0\]", "must be int"),
-    ({"ablations": {"lam": {"values": [0.1], "method": "nonprivate_student"}}}, "ablations.lam.method",
-     "references go under"),
+    ({"ablations": {"lam": {"values": [0.1], "method": ["dpsgd", "distilDP"]}}}, r"ablations.lam.method\[1\]",
+     "unknown method"),
+    ({"ablations": {"lam": {"values": [0.1], "with": [1]}}}, "ablations.lam.with", "must be a mapping"),
+    ({"ablations": {"lam": {"values": [0.1, 0.2], "with": [{}]}}}, "ablations.lam.with", "list of 2"),
+    ({"ablations": {"lam_paper": {"knob": "lamb", "values": [0.1]}}}, "ablations.lam_paper.knob",
+     "not a Settings field"),
+    ({"ablations": {"lam_paper": {"knob": "lam", "values": [0.1], "with": {"kd_weighting": "sum"}}}},
+     r"ablations.lam_paper.values\[0\]", "kd_weighting"),
     ({"ablations": {"synthetic_size": {"values": [100, "big"]}}}, r"ablations.synthetic_size.values\[1\]",
      "synthetic_size must be"),
-    ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "private_train.batch_size": [8, 2.5]}},
-     r"axes.private_train.batch_size\[1\]", "private_train.batch_size must be int"),
+    ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "student_train.batch_size": [8, 2.5]}},
+     r"axes.student_train.batch_size\[1\]", "student_train.batch_size must be int"),
     ({"profile": "fast"}, "profile", "not a profile"),
 ])
 def test_bad_grid_is_refused_before_any_kernel(tmp_path, capsys, change, key, message):
@@ -185,6 +191,32 @@ def test_pretrained_references_run_once_and_non_private_ones_per_seed(tmp_path):
                       axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}, ablations={})
     ids = {p.point_id for p in run.load_grid(str(grid)).points if p.kind == "reference"}
     assert ids == {"pretrained_student__seed0", "nonprivate_student__seed0", "nonprivate_student__seed1"}
+
+
+def test_pretrained_references_run_per_seed_when_each_seed_pretrains(tmp_path):
+    grid = write_grid(tmp_path, make_notebook(tmp_path), references=["pretrained_student"],
+                      overrides={"pretrain_seed": "seed"}, axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]},
+                      ablations={})
+    ids = {p.point_id for p in run.load_grid(str(grid)).points if p.kind == "reference"}
+    assert ids == {"pretrained_student__seed0", "pretrained_student__seed1"}
+
+
+def test_regime_ablations_run_several_methods_and_references_with_fixed_overrides(tmp_path):
+    """A regime-map cell: one knob value, run for every method it can change (and its references)."""
+    grid = write_grid(tmp_path, make_notebook(tmp_path), regime_map=True, ablations={
+        "teacher_model": {"values": ["tiny-teacher"], "method": ["distildp", "pretrained_teacher"], "epsilon": 2.0},
+        "lam_paper": {"knob": "lam", "values": [1.0], "with": {"kd_weighting": "paper_sum"}}})
+    loaded = run.load_grid(str(grid))
+    points = {p.point_id: p for p in loaded.points}
+    assert loaded.regime_map
+    teacher = points["abl-teacher_modeltiny-teacher__pretrained_teacher__seed0"]
+    assert "epsilon" not in teacher.params and teacher.params["overrides"] == {"teacher_model": "tiny-teacher"}
+    assert points["abl-teacher_modeltiny-teacher__distildp__eps2__seed0"].params["epsilon"] == 2.0
+    paper = points["abl-lam_paper1__distildp__eps2__seed0"]
+    assert paper.knob == "lam_paper" and paper.params["overrides"] == {"kd_weighting": "paper_sum", "lam": 1.0}
+    assert cli(grid, tmp_path / "results") == 0
+    tables = tmp_path / "results" / "tiny" / "tables"
+    assert (tables / "regime.md").exists() and not list(tables.glob("ablation_*"))
 
 
 def test_reference_seeds_choose_where_references_run(tmp_path):

@@ -43,20 +43,20 @@ def default_root() -> Path:
     return Path.home() / ".cache" / "distildp"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Canonical JSON-friendly form: infinities as strings so manifests stay standard JSON."""
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     raise TypeError(f"{value!r} ({type(value).__name__}) cannot go into an artifact config or manifest; "
@@ -65,7 +65,7 @@ def _jsonable(value: Any) -> Any:
 
 def config_hash(stage: str, config: Mapping[str, Any], inputs: Mapping[str, "Artifact"] | None = None) -> str:
     """A short, stable hash of a stage's name, config and its inputs' keys."""
-    payload = {"stage": stage, "config": _jsonable(dict(config)),
+    payload = {"stage": stage, "config": jsonable(dict(config)),
                "inputs": {name: art.key for name, art in sorted((inputs or {}).items())}}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -188,12 +188,12 @@ class ArtifactStore:
                 manifest = {
                     "stage": stage,
                     "key": key,
-                    "config": _jsonable(dict(config)),
+                    "config": jsonable(dict(config)),
                     "inputs": {name: {"stage": art.stage, "key": art.key} for name, art in (inputs or {}).items()},
                     "seed": seed,
-                    "privacy": _jsonable(result.pop("privacy", None)),
-                    "metrics": _jsonable(result.pop("metrics", {})),
-                    "extra": _jsonable(result.pop("extra", {})),
+                    "privacy": jsonable(result.pop("privacy", None)),
+                    "metrics": jsonable(result.pop("metrics", {})),
+                    "extra": jsonable(result.pop("extra", {})),
                     "versions": library_versions(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "wall_time_s": round(time.time() - start, 3),
@@ -238,4 +238,4 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
-    _write_json_atomic(Path(path), _jsonable(data))
+    _write_json_atomic(Path(path), jsonable(data))

@@ -20,7 +20,8 @@ import pandas as pd
 from distildp import hub
 from distildp.source import CATEGORY, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, STARS, Record, ReviewSource
 
-__all__ = ["Record", "Corpus", "control_prefix", "load_corpus", "public_texts", "KNOWN_CORPORA",
+__all__ = ["Record", "Corpus", "control_prefix", "load_corpus", "load_public", "PublicText",
+           "KNOWN_CORPORA", "PUBLIC_CORPORA",
            "yelp_to_columns", "big_patent_to_columns", "dbpedia_to_columns", "BIG_PATENT_SECTIONS",
            "DBPEDIA_CLASSES"]
 
@@ -73,10 +74,12 @@ def load_corpus(name: str = "builtin", **options) -> Corpus:
 
 
 # ------------------------------------------------------------------------------- built-in corpus
-def _builtin(n_train: int = 2000, n_val: int = 300, n_test: int = 300, seed: int = 0, source_seed: int = 0,
+def _builtin(n_train: int = 4000, n_val: int = 400, n_test: int = 400, seed: int = 0, source_seed: int = 0,
              categories: list[str] | None = None, canaries: int = 0, canary_repeats: int = 1,
              source: ReviewSource | None = None) -> Corpus:
-    """Private corpus from `ReviewSource`, restricted to the private categories.
+    """Private corpus from `ReviewSource`, restricted to the private categories. The default N = 4,000 training
+    documents make DP-SGD's noise per step (sigma / batch) at epsilon = 2 about 4x the paper's at the embedded
+    default's batch of 1,000; 400 validation documents (where learning rates are chosen) and 400 test.
 
     Splits are sampled from separate seed streams (the test split depends only on `seed` and
     `n_test`) and made disjoint: a validation text that is also in test, or a train text that is in
@@ -131,17 +134,126 @@ def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int, seed: in
     return out
 
 
-def public_texts(seed: int = 0, n_source_docs: int = 4000, source_seed: int = 0, include_prose: bool = True,
-                 source: ReviewSource | None = None) -> list[str]:
-    """Public pretraining text: prose paragraphs of Python's docs plus reviews of the PUBLIC categories.
+PUBLIC_CORPORA = ("builtin", "prose", "csv:<dir>", "hub:<dataset>[:<config>]")
 
-    The reviews carry no control codes and none of the private categories' lexicons, so a model
-    pretrained on this leaves a gap that fine-tuning on the private corpus closes.
+
+@dataclass
+class PublicText:
+    """Public pretraining text, with a held-out split to tell convergence. A document may come behind a control
+    code prefix (`*_prefixes`, '' for none), tokenized apart from its text as in private fine-tuning."""
+    name: str
+    train: list[str]
+    validation: list[str]
+    info: dict = field(default_factory=dict)
+    train_prefixes: list[str] = field(default_factory=list)
+    validation_prefixes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.train_prefixes = self.train_prefixes or [""] * len(self.train)
+        self.validation_prefixes = self.validation_prefixes or [""] * len(self.validation)
+
+
+def load_public(name: str = "builtin", n_docs: int | None = 4000, n_val: int = 500, seed: int = 0,
+                source: ReviewSource | None = None, coded_share: float = 0.5, **options) -> PublicText:
+    """The public corpus that tokenizer and models are pretrained on, by name:
+
+    - 'builtin': reviews of the PUBLIC categories (no codes; they write about every private aspect, see
+      `distildp.source.BORROWED_ASPECTS`) plus Python's documentation as general prose: the domain is covered,
+      as web text covers Yelp for GPT-2. `n_docs` reviews for training, `n_val` more held out. A share
+      `coded_share` of them is written behind its public control codes (`control_prefix`), as web text holds
+      labelled text: a pretrained model has seen the format, and fine-tuning only has to learn the private
+      codes' values.
+    - 'prose': Python's documentation only: off-domain public text (the regime map's far end).
+    - 'csv:<dir>': train.csv (and val.csv or validation.csv; else 5% of train is held out) with a `text` column
+      (`text_column=` to name another): public text to pair with a `csv:` private corpus.
+    - 'hub:<dataset>[:<config>]': a hub dataset's `text` column (`text_column=`, `data_files=` for local files in
+      the hub's schema, `cache_dir=`).
+    Distinct prose paragraphs are split 9:1 into train and validation. For csv and hub corpora `n_docs` caps the training
+    documents (None: all) and `n_val` the validation ones.
     """
-    src = source or ReviewSource(source_seed)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9B1]))
-    reviews = [r.text for r in src.sample(n_source_docs, rng, categories=PUBLIC_CATEGORIES)]
-    return (pydoc_paragraphs() if include_prose else []) + reviews
+    if name in ("builtin", "prose"):
+        if options:
+            raise ValueError(f"public corpus {name!r} takes no options, got {sorted(options)}")
+        prose = list(dict.fromkeys(pydoc_paragraphs()))  # a few paragraphs repeat in the docs
+        order = np.random.default_rng(np.random.SeedSequence([seed, 0x9B0])).permutation(len(prose))
+        cut = len(prose) * 9 // 10
+        train, validation = [prose[i] for i in order[:cut]], [prose[i] for i in order[cut:]]
+        train_prefixes, validation_prefixes = [""] * len(train), [""] * len(validation)
+        if name == "builtin":
+            if not 0 <= coded_share <= 1:
+                raise ValueError(f"coded_share={coded_share} must lie in [0, 1]")
+            src = source or ReviewSource(0)
+            reviews = _public_reviews(src, n_docs or 0, seed, 0x9B1, coded_share)
+            train += [text for text, _ in reviews]
+            train_prefixes += [prefix for _, prefix in reviews]
+            held_out = [(t, p) for t, p in _public_reviews(src, n_val, seed, 0x9B2, coded_share) if t not in set(train)]
+            validation += [text for text, _ in held_out]
+            validation_prefixes += [prefix for _, prefix in held_out]
+        return PublicText(name, train, validation,
+                          {"n_reviews": n_docs if name == "builtin" else 0,
+                           "coded_share": coded_share if name == "builtin" else 0.0},
+                          train_prefixes, validation_prefixes)
+    if name.startswith("csv:"):
+        return _public_csv(Path(name[4:]), n_docs, n_val, seed, **options)
+    if name.startswith("hub:"):
+        return _public_hub(name, n_docs, n_val, seed, **options)
+    raise ValueError(f"unknown public corpus {name!r}; known: {', '.join(PUBLIC_CORPORA)}")
+
+
+def _public_reviews(src: ReviewSource, n: int, seed: int, stream: int, coded_share: float) -> list[tuple[str, str]]:
+    """n reviews of the public categories as (text, prefix): a share `coded_share` behind its codes, else ''."""
+    if not n:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
+    records = src.sample(n, rng, categories=PUBLIC_CATEGORIES)
+    coded = rng.random(n) < coded_share
+    return [(r.text, control_prefix(r.codes) if c else "") for r, c in zip(records, coded)]
+
+
+def _public_texts_of(frame: pd.DataFrame, where: str, text_column: str) -> list[str]:
+    if text_column not in frame.columns:
+        raise ValueError(f"{where} has no `{text_column}` column (columns: {list(frame.columns)}); name the text "
+                         f"column with public_options={{'text_column': ...}}")
+    texts = [t for t in frame[text_column].tolist() if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError(f"{where} has no non-empty text in column `{text_column}`")
+    return texts
+
+
+def _split_public(name: str, train: list[str], validation: list[str] | None, n_docs, n_val, seed,
+                  info: dict) -> PublicText:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9B3]))
+    if validation is None:  # hold out 5% of train
+        order = rng.permutation(len(train))
+        cut = max(1, len(train) // 20)
+        validation, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+    if not train:
+        raise ValueError(f"public corpus {name!r} has too few documents to hold out a validation split")
+    if n_docs is not None:
+        train = train[:n_docs]
+    return PublicText(name, train, validation[:n_val], info)
+
+
+def _public_csv(folder: Path, n_docs, n_val, seed, text_column: str = "text") -> PublicText:
+    if not (folder / "train.csv").exists():
+        raise FileNotFoundError(f"public corpus csv:{folder} needs {folder / 'train.csv'} (and optionally "
+                                f"val.csv) with a `{text_column}` column")
+    train = _public_texts_of(_read_csv(folder / "train.csv"), str(folder / "train.csv"), text_column)
+    vals = [folder / n for n in ("val.csv", "validation.csv") if (folder / n).exists()]
+    validation = _public_texts_of(_read_csv(vals[0]), str(vals[0]), text_column) if vals else None
+    return _split_public(f"csv:{folder}", train, validation, n_docs, n_val, seed, {"folder": str(folder)})
+
+
+def _public_hub(name: str, n_docs, n_val, seed, text_column: str = "text", data_files=None,
+                cache_dir=None) -> PublicText:
+    path, _, config = name[4:].partition(":")
+    raw = _load_dataset(path, config or None, data_files=data_files, cache_dir=cache_dir, corpus=name)
+    if "train" not in raw:
+        raise ValueError(f"public corpus {name!r} has no train split (splits: {list(raw)})")
+    train = _public_texts_of(_as_frame(raw["train"]), f"{name} train", text_column)
+    val_split = next((s for s in ("validation", "val", "valid") if s in raw), None)
+    validation = _public_texts_of(_as_frame(raw[val_split]), f"{name} {val_split}", text_column) if val_split else None
+    return _split_public(name, train, validation, n_docs, n_val, seed, {"dataset": path, "config": config})
 
 
 def pydoc_paragraphs() -> list[str]:

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 TEACHER_CONTEXTS = ("code_prefix", "none")
+# How the soft-label term is weighed against the hard-label CE (see kd_loss).
+KD_WEIGHTINGS = ("token_mean", "paper_sum")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +87,7 @@ def kd_loss(
     teacher_hidden: torch.Tensor | Sequence[torch.Tensor] | None = None,
     alpha: float = 0.0,
     projection: nn.Module | None = None,
+    weighting: str = "token_mean",
 ) -> KDLossParts:
     """Per-sequence KD loss.
 
@@ -93,8 +96,13 @@ def kd_loss(
     student_hidden / teacher_hidden: a (B, T, D) tensor or equally long lists of them, paired in order.
     projection: maps student width to teacher width (e.g. HiddenProjection) before the MSE.
     MSE is the mean over the hidden dimension and over the paired layers, then over scored tokens.
+    weighting: 'token_mean' averages every term over the sequence's scored tokens; 'paper_sum' is the paper's
+    code, whose KL (KLDivLoss 'batchmean' on (B, T, V)) is summed over positions while its CE is a token mean,
+    so the soft term weighs ~T times more per token (padding stays masked here; the paper's code scores it).
     """
     validate_kd_weights(lam, temperature, alpha)
+    if weighting not in KD_WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r}; choose one of {KD_WEIGHTINGS}.")
     if student_logits.dim() != 3 or student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
@@ -124,7 +132,8 @@ def kd_loss(
         ce_tok = F.cross_entropy(s_logits.transpose(1, 2), targets[:, 1:], reduction="none")
     log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
     kl_tok = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
-    ce, kl = per_sequence(ce_tok), per_sequence(kl_tok)
+    ce = per_sequence(ce_tok)
+    kl = per_sequence(kl_tok) if weighting == "token_mean" else (kl_tok * weights).sum(dim=1)
 
     mse = torch.zeros_like(ce)
     if alpha > 0:
@@ -324,6 +333,7 @@ def make_kd_loss_fn(
     layer_map: Mapping[int, int] | None = None,
     teacher_context: str = "code_prefix",
     hidden_projection: bool = False,
+    weighting: str = "token_mean",
 ) -> Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]:
     """A `loss_fn(model, batch) -> (B,)` for train_causal_lm; batches come from `collate_kd`.
 
@@ -333,6 +343,8 @@ def make_kd_loss_fn(
     """
     validate_kd_weights(lam, temperature, alpha)
     _check_context(teacher_context)
+    if weighting not in KD_WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r}; choose one of {KD_WEIGHTINGS}.")
     teacher.eval()  # soft labels without dropout; the teacher is never trained here
     want_hidden = alpha > 0
 
@@ -361,7 +373,7 @@ def make_kd_loss_fn(
                 raise _width_error(s_width, t_width)
         return kd_loss(
             out.logits, teach.logits, batch["input_ids"], batch["loss_mask"], lam=lam, temperature=temperature,
-            student_hidden=student_hidden, teacher_hidden=teacher_hidden, alpha=alpha,
+            student_hidden=student_hidden, teacher_hidden=teacher_hidden, alpha=alpha, weighting=weighting,
         ).total
 
     return loss_fn

@@ -15,6 +15,7 @@ mean would scale each example's gradient by its share of the batch's tokens (see
 from __future__ import annotations
 
 import math
+import secrets
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,9 +33,17 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 ACCOUNTANTS = ("prv", "rdp")
+# What a manifest says about where the DP randomness came from.
+RANDOMNESS = {"secret": "secret: Poisson batches and noise drawn from OS entropy",
+              "reproducible": "reproducible: noise derived from the published seed, not a releasable model"}
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "bookkeeping")
 SCHEDULES = ("constant", "warmup_linear")
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def secret_seed() -> int:
+    """A seed from the OS's entropy pool: no published seed determines it."""
+    return secrets.randbits(63)
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -71,6 +80,10 @@ class PrivacyConfig:
     grad_sample_mode: str = "hooks"
     conv1d_sampler: bool = True  # use distildp.conv1d_grad_sampler for GPT-2's Conv1D layers
     allow_delta_one_over_n: bool = False  # the paper's delta = 1/N (weaker than the default)
+    # The (epsilon, delta) guarantee assumes the Poisson batches and the noise are secret. True: both are drawn
+    # from OS entropy, never from the training seed. False: derived from the seed, for teaching and benchmarks on
+    # synthetic data (anyone with the seed can regenerate the noise: not a releasable model).
+    secret_randomness: bool = True
 
     @property
     def private(self) -> bool:
@@ -94,6 +107,7 @@ class TrainReport:
     batch_size: int
     epochs: float
     n_examples: int
+    randomness: str = ""  # how the Poisson batches and the noise were drawn (RANDOMNESS), for DP runs
     losses: list[float] = field(default_factory=list)  # mean training loss per step (not private)
     wall_time_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -115,6 +129,7 @@ class TrainReport:
             "max_grad_norm": self.max_grad_norm,
             "private": self.private,
             "grad_sample_mode": self.grad_sample_mode,
+            "randomness": self.randomness,
             "tied_embeddings_untied": self.tied_embeddings_untied,
             "notes": list(self.notes),
         }
@@ -310,9 +325,10 @@ def train_causal_lm(
     sample_rate, steps = poisson_schedule(n, train_cfg)
     physical = train_cfg.physical_batch_size or train_cfg.batch_size
 
-    torch.manual_seed(train_cfg.seed)  # dropout
-    sampler_rng = torch.Generator().manual_seed(train_cfg.seed)
     p = privacy_cfg
+    torch.manual_seed(train_cfg.seed)  # dropout
+    secret = p.private and p.secret_randomness
+    sampler_rng = torch.Generator().manual_seed(secret_seed() if secret else train_cfg.seed)
     untied = p.private and p.grad_sample_mode == "ghost" and untie_embeddings(model)
     device = next(model.parameters()).device
     trainable = [param for param in model.parameters() if param.requires_grad]
@@ -395,7 +411,7 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
         batch_sampler=_ShortestFirst(poisson, lengths),
         collate_fn=lambda exs: collate_fn(exs) if exs else None,
     )
-    noise_rng = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
+    noise_rng = torch.Generator(device=device).manual_seed(secret_seed() if p.secret_randomness else train_cfg.seed + 1)
     with conv1d_sampler(p.conv1d_sampler), warnings.catch_warnings():
         # Seeded noise is for reproducible research; Opacus' secure_mode is the production switch.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -453,6 +469,7 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
     report.max_grad_norm, report.grad_sample_mode = p.max_grad_norm, p.grad_sample_mode
     report.epsilon_spent, notes = _epsilon_spent(engine.accountant, sigma, q, report.steps, delta, p.accountant)
     sampler_note = "conv1d grad sampler: " + ("on" if p.conv1d_sampler else "off (functorch)")
+    report.randomness = RANDOMNESS["secret" if p.secret_randomness else "reproducible"]
     report.notes += notes + [f"Poisson sampling, q = {train_cfg.batch_size}/{n}",
                              "bookkeeping clipping" if bookkeeping else sampler_note]
 

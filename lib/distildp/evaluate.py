@@ -68,11 +68,12 @@ def _windows(n_inputs: int, max_length: int, stride: int) -> list[tuple[int, int
 
 @torch.inference_mode()
 def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool]]], max_length: int,
-                stride: int, batch_size: int, pad_id: int, progress: bool) -> tuple[float, int]:
+                stride: int, batch_size: int, pad_id: int, progress: bool) -> tuple[list[float], list[int]]:
+    """(nats, scored tokens) of every stream."""
     jobs = []  # (stream index, begin, end, n_new)
     for s, (ids, _) in enumerate(streams):
         jobs += [(s, *w) for w in _windows(len(ids) - 1, max_length, stride)]
-    nll_sum, n_tokens = 0.0, 0
+    nll, n_tokens = [0.0] * len(streams), [0] * len(streams)
     device = next(model.parameters()).device
     for i in tqdm(range(0, len(jobs), batch_size), desc="perplexity", disable=not progress):
         chunk = jobs[i:i + batch_size]
@@ -92,9 +93,9 @@ def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool
             # one row at a time in float64: a whole batch of float64 log-probs is GBs at GPT-2's vocabulary
             log_probs = torch.log_softmax(logits[row, end - begin - n_new:end - begin].double(), dim=-1)
             lp = log_probs.gather(1, targets[:, None])[:, 0]
-            nll_sum -= lp[keep].sum().item()
-            n_tokens += int(keep.sum())
-    return nll_sum, n_tokens
+            nll[s] -= lp[keep].sum().item()
+            n_tokens[s] += int(keep.sum())
+    return nll, n_tokens
 
 
 def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
@@ -119,15 +120,46 @@ def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts
         raise ValueError(f"stride={stride} must lie in [1, max_length={max_length}].")
     streams = (_document_streams(tokenizer, texts, prefixes) if per_document
                else [encode_documents(tokenizer, texts, prefixes)])
+    nll, n_tokens = _nll_in_eval_mode(model, tokenizer, streams, max_length, stride, batch_size, progress)
+    return PerplexityResult(math.exp(sum(nll) / sum(n_tokens)), sum(nll), sum(n_tokens))
+
+
+def _nll_in_eval_mode(model, tokenizer, streams, max_length, stride, batch_size, progress):
     was_training = model.training
     model.eval()
     try:
-        nll_sum, n_tokens = _stream_nll(model, streams, max_length, stride, batch_size,
-                                        tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                        else tokenizer.eos_token_id, progress)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return _stream_nll(model, streams, max_length, stride, batch_size, pad, progress)
     finally:
         model.train(was_training)
-    return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens)
+
+
+def marginal_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                        prefixes: list[str], weights: list[float], batch_size: int = 16,
+                        progress: bool = True) -> PerplexityResult:
+    """Perplexity of a code-conditioned model used as a model of plain text: each document's probability is
+    sum_c w_c p(text | prefix_c), the mixture the synthetic text is sampled from when codes are drawn with
+    weights w. It scores the same tokens as `perplexity(..., per_document=True)` without prefixes, so a teacher
+    and a student (which sees no codes) are compared on equal terms; its floor is the student's floor.
+    """
+    if not texts:
+        raise ValueError("marginal_perplexity got no texts; pass a non-empty list of strings.")
+    if len(prefixes) != len(weights) or not prefixes:
+        raise ValueError(f"{len(prefixes)} prefixes and {len(weights)} weights: pass one weight per code prefix.")
+    w = torch.tensor(weights, dtype=torch.float64)
+    if bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
+    keep = [i for i in range(len(prefixes)) if weights[i] > 0]
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    log_p, n_tokens = [], None
+    for i in tqdm(keep, desc="marginal perplexity", disable=not progress):
+        streams = _document_streams(tokenizer, texts, [prefixes[i]] * len(texts))
+        nll, n_tokens = _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size,
+                                          progress=False)
+        log_p.append(-torch.tensor(nll, dtype=torch.float64))
+    mixture = torch.logsumexp(torch.stack(log_p, 1) + (w[keep] / w.sum()).log(), dim=1)  # (documents,)
+    nats = -float(mixture.sum())
+    return PerplexityResult(math.exp(nats / sum(n_tokens)), nats, sum(n_tokens))
 
 
 @torch.inference_mode()

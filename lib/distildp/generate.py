@@ -49,7 +49,7 @@ CONFIG_CODES_ATTR = "distildp_control_codes"
 class GenerationConfig:
     """Sampling settings (the paper's defaults) and how the work is cut up."""
 
-    top_k: int = 50
+    top_k: int = 50  # 0: no top-k cut
     top_p: float = 0.9
     temperature: float = 1.0
     no_repeat_ngram_size: int = 2
@@ -59,9 +59,11 @@ class GenerationConfig:
     max_attempts_factor: float = 4.0  # give up on a code after this many attempts per requested sample
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "max_length", "batch_size", "chunk_size"):
+        for name in ("max_length", "batch_size", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"GenerationConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.top_k < 0:
+            raise ValueError(f"GenerationConfig.top_k must be >= 0 (0 turns it off), got {self.top_k}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"GenerationConfig.top_p must be in (0, 1], got {self.top_p}.")
         if self.temperature <= 0:
@@ -247,7 +249,11 @@ def next_token_distribution(logits: torch.Tensor, tokens: torch.Tensor, n_pad: t
         hit &= torch.arange(windows.shape[1], device=tokens.device) >= n_pad.unsqueeze(1)
         ban = torch.where(hit, -math.inf, math.inf).to(scores.dtype)
         scores = scores.scatter_reduce(1, windows[..., -1], ban, "amin")
-    values, candidates = _top_k(scores, min(cfg.top_k, scores.shape[-1]))
+    if cfg.top_k == 0 and cfg.top_p == 1.0:  # the model's own distribution: every token a candidate
+        candidates = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
+        return candidates, (scores / cfg.temperature).softmax(-1)
+    k = scores.shape[-1] if cfg.top_k == 0 else min(cfg.top_k, scores.shape[-1])
+    values, candidates = _top_k(scores, k)
     probs = (values / cfg.temperature).softmax(-1)
     if cfg.top_p < 1.0:
         # as transformers: drop the least likely tokens while their cumulative mass is <= 1 - top_p

@@ -25,10 +25,15 @@ REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", 
 # The DESIGN.md columns first, then the extras the pipeline and the runner add.
 COLUMNS = ["dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
            "noise_multiplier", "sample_rate", "steps", "synthetic_size", "wall_time_s"]
-EXTRA_COLUMNS = ["epsilon_spent", "teacher_floor", "private", "mechanisms", "histogram", "run_time_s",
-                 "kind", "knob", "value", "variant", "point_id"]
-NUMERIC = ["epsilon", "epsilon_spent", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "teacher_floor",
-           "noise_multiplier", "sample_rate", "steps", "synthetic_size", "wall_time_s", "run_time_s"]
+EXTRA_COLUMNS = ["epsilon_spent", "teacher_floor", "teacher_marginal_ppl", "val_ppl", "teacher_val_ppl", "private",
+                 "dp_randomness", "mechanisms", "histogram", "run_time_s", "kind", "knob", "value", "variant",
+                 "point_id"]
+NUMERIC = ["epsilon", "epsilon_spent", "delta", "seed", "student_ppl", "teacher_ppl", "teacher_marginal_ppl",
+           "val_ppl", "teacher_val_ppl", "floor", "teacher_floor", "noise_multiplier", "sample_rate", "steps",
+           "synthetic_size", "wall_time_s", "run_time_s"]
+# Gate 1 of the embedded default: the public teacher must be clearly better than the public student.
+GATE_1_RATIO = 0.8
+BASELINES = ("dpsgd", "dpkd", "synthetic_only")
 ROW_FILE, POINT_FILE = "row.json", "point.json"
 
 
@@ -125,10 +130,14 @@ def ppl_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     ordered = [m for m in METHODS if m in set(main["method"])] + sorted(set(main["method"]) - set(METHODS))
     for method in ordered:
         add(method, main[main["method"] == method], "student_ppl")
+    distildp = main[main["method"] == "distildp"]
+    if distildp["teacher_marginal_ppl"].notna().any():
+        add("distildp's DP teacher (codes from the DP histogram)", distildp, "teacher_marginal_ppl")
+    labels = {"pretrained_teacher": "pretrained_teacher (plain text)",
+              "nonprivate_teacher": "nonprivate_teacher (codes given)"}
     for method in [r for r in REFERENCES if r in set(refs["method"])]:
-        teacher = method.endswith("teacher")
-        add(f"{method} (teacher, codes given)" if teacher else method, refs[refs["method"] == method],
-            "teacher_ppl" if teacher else "student_ppl")
+        add(labels.get(method, method), refs[refs["method"] == method],
+            "teacher_ppl" if method.endswith("teacher") else "student_ppl")
     for column, label in (("floor", "floor (exact)"), ("teacher_floor", "teacher floor (exact, codes given)")):
         if label.startswith("teacher") and not any(m.endswith("teacher") for m in refs["method"]):
             continue
@@ -140,20 +149,154 @@ def ppl_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return table
 
 
+def gates_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The two premises DistilDP needs, each measured on the same test text the same way for both models:
+
+    gate 1: the pretrained teacher's perplexity <= GATE_1_RATIO x the pretrained student's (plain text);
+    gate 2, at each epsilon: DistilDP's DP teacher, as the synthetic text is drawn from it (codes from the DP
+    histogram, scored like a student), below the DP-SGD student.
+    Then, per epsilon, the verdict: DistilDP's student against the best baseline, a win counted only when the
+    gap exceeds twice the larger seed std.
+    """
+    df = normalise(df)
+    records = []
+    refs = df[df["kind"] == "reference"]
+    teacher = refs.loc[refs["method"] == "pretrained_teacher", "teacher_ppl"].dropna()
+    student = refs.loc[refs["method"] == "pretrained_student", "student_ppl"].dropna()
+    if not teacher.empty and not student.empty:
+        ratio = teacher.mean() / student.mean()
+        records.append({"check": f"gate 1: pretrained teacher <= {GATE_1_RATIO} x pretrained student", "ε": "",
+                        "DistilDP side": f"teacher {mean_std(teacher, digits)}",
+                        "other side": f"student {mean_std(student, digits)}", "margin": f"ratio {ratio:.3f}",
+                        "result": "PASS" if ratio <= GATE_1_RATIO else "FAIL"})
+    main = df[df["kind"] == "main"]
+    for epsilon in sorted(main["epsilon"].unique()):
+        at = main[main["epsilon"] == epsilon]
+        dp_teacher = at.loc[at["method"] == "distildp", "teacher_marginal_ppl"].dropna()
+        dpsgd = at.loc[at["method"] == "dpsgd", "student_ppl"].dropna()
+        if not dp_teacher.empty and not dpsgd.empty:
+            records.append({"check": "gate 2: DP teacher (as sampled) < DP-SGD student", "ε": eps_label(epsilon)[2:],
+                            "DistilDP side": f"teacher {mean_std(dp_teacher, digits)}",
+                            "other side": f"dpsgd {mean_std(dpsgd, digits)}",
+                            "margin": f"{dp_teacher.mean() - dpsgd.mean():+.{digits}f}",
+                            "result": "PASS" if dp_teacher.mean() < dpsgd.mean() else "FAIL"})
+        ours = at.loc[at["method"] == "distildp", "student_ppl"].dropna()
+        others = {m: at.loc[at["method"] == m, "student_ppl"].dropna() for m in BASELINES}
+        others = {m: v for m, v in others.items() if not v.empty}
+        if ours.empty or not others:
+            continue
+        best = min(others, key=lambda m: others[m].mean())
+        gap = others[best].mean() - ours.mean()
+        stds = [v.std(ddof=1) for v in (ours, *others.values()) if len(v) > 1]
+        noise = 2 * max(stds) if stds else math.nan
+        result = ("WIN" if gap > noise else "LOSS" if -gap > noise else "TIE") if stds else \
+            ("ahead (1 seed)" if gap > 0 else "behind (1 seed)")
+        records.append({"check": "DistilDP student vs the best baseline", "ε": eps_label(epsilon)[2:],
+                        "DistilDP side": f"distildp {mean_std(ours, digits)}",
+                        "other side": f"{best} {mean_std(others[best], digits)}",
+                        "margin": f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if stds else f"{-gap:+.{digits}f}",
+                        "result": result})
+    return pd.DataFrame(records, columns=["check", "ε", "DistilDP side", "other side", "margin", "result"])
+
+
+def regime_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The regime map: one row per cell (the main grid's epsilons, then each ablation value), with both gates and
+    DistilDP's student minus the best baseline's (negative: DistilDP wins). A cell takes what it lacks from the
+    main grid at its epsilon and seed: an axis that cannot change a baseline (lam, synthetic_factor) does not rerun
+    it, and references come from the main grid unless the axis reruns them (pretraining, teacher size)."""
+    df = normalise(df)
+    main = df[df["kind"] == "main"]
+    refs = df[df["kind"] == "reference"]
+    cells = [("epsilon", eps_label(e)[2:], main[main["epsilon"] == e]) for e in sorted(main["epsilon"].unique())]
+    ablations = df[df["kind"] == "ablation"]
+    for knob in dict.fromkeys(ablations["knob"]):
+        rows = ablations[ablations["knob"] == knob]
+        for key, group in rows.groupby(_value_key(rows), sort=False):
+            cells.append((knob, group["value"].iloc[0], group))
+    records = []
+    for axis, value, cell in cells:
+        methods = cell[cell["method"].isin(METHODS)]
+        if methods.empty:
+            continue
+        epsilon, seeds = methods["epsilon"].iloc[0], set(methods["seed"])
+        fallback = main[(main["epsilon"] == epsilon) & main["seed"].isin(seeds)]
+        have = set(methods["method"])
+        cell_main = pd.concat([methods, fallback[~fallback["method"].isin(have)]])
+        cell_refs = cell[cell["method"].isin(REFERENCES)]
+        cell_refs = pd.concat([cell_refs, refs[~refs["method"].isin(set(cell_refs["method"]))]])
+
+        def ppl(frame: pd.DataFrame, method: str, metric: str = "student_ppl") -> float:
+            return frame.loc[frame["method"] == method, metric].mean()
+
+        ratio = ppl(cell_refs, "pretrained_teacher", "teacher_ppl") / ppl(cell_refs, "pretrained_student")
+        teacher, dpsgd, ours = (ppl(cell_main, "distildp", "teacher_marginal_ppl"), ppl(cell_main, "dpsgd"),
+                                ppl(cell_main, "distildp"))
+        baselines = {m: ppl(cell_main, m) for m in BASELINES if m in set(cell_main["method"])}
+        best = min(baselines, key=baselines.get) if baselines else ""
+        records.append({
+            "axis": axis, "value": value, "ε": eps_label(epsilon)[2:],
+            "gate 1 (teacher/student)": round(ratio, 3),
+            "gate 1": "" if math.isnan(ratio) else "PASS" if ratio <= GATE_1_RATIO else "FAIL",
+            "DP teacher": round(teacher, digits), "dpsgd": round(dpsgd, digits),
+            "gate 2": "" if math.isnan(teacher) or math.isnan(dpsgd) else "PASS" if teacher < dpsgd else "FAIL",
+            "distildp": round(ours, digits), "best baseline": best,
+            "Δ distildp - best": round(ours - baselines[best], digits) if best else math.nan,
+            "seeds": len(seeds)})
+    return pd.DataFrame(records)
+
+
+def plot_regime(table: pd.DataFrame, path: str | Path | None = None):
+    """One panel per axis: DistilDP's student minus the best baseline's (below 0: DistilDP wins), with the
+    cells where a gate fails hatched."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    axes_names = list(dict.fromkeys(table["axis"]))
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(3.2 * len(axes_names), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], axes_names):
+        part = table[table["axis"] == name]
+        delta = part["Δ distildp - best"].to_numpy(float)
+        failed = ((part["gate 1"] == "FAIL") | (part["gate 2"] == "FAIL")).to_numpy()
+        bars = ax.bar([str(v) for v in part["value"]], delta, color=["tab:green" if d < 0 else "tab:red" for d in delta])
+        for bar, fail in zip(bars, failed):
+            if fail:
+                bar.set_hatch("//")
+        ax.axhline(0, color="black", linewidth=1)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("DistilDP − best baseline (PPL)\nbelow 0: DistilDP wins")
+    fig.suptitle("Where DistilDP wins (green) or loses (red); hatched: a gate fails", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
 def ablation_table(df: pd.DataFrame, knob: str, digits: int = 2) -> pd.DataFrame:
     """One row per value of `knob`: student (and teacher) perplexity 'mean ± std' over seeds."""
     df = normalise(df)
     rows = df[(df["kind"] == "ablation") & (df["knob"] == knob)]
     if rows.empty:
         raise ValueError(f"no ablation rows for knob {knob!r}; knobs present: {ablation_knobs(df)}")
+    # what a learning rate is chosen by: the validation split of the stage it trains (never the test split)
+    selection = "teacher_val_ppl" if str(rows["knob"].iloc[0]).startswith("teacher_train") else "val_ppl"
     records = []
     for (method, epsilon, value), group in rows.groupby(["method", "epsilon", _value_key(rows)], sort=False):
         records.append({knob: group["value"].iloc[0], "method": method, "epsilon": eps_label(epsilon)[2:],
                         "student_ppl": mean_std(group["student_ppl"], digits),
-                        "teacher_ppl": mean_std(group["teacher_ppl"], digits), "seeds": group["seed"].nunique(),
-                        "_order": _sortable(group["value"].iloc[0])})
-    table = pd.DataFrame(records).sort_values(["method", "epsilon", "_order"]).drop(columns="_order")
-    return table.reset_index(drop=True)
+                        "teacher_ppl": mean_std(group["teacher_ppl"], digits),
+                        "val_ppl": mean_std(group["val_ppl"], digits),
+                        "teacher_val_ppl": mean_std(group["teacher_val_ppl"], digits), "seeds": group["seed"].nunique(),
+                        "_order": _sortable(group["value"].iloc[0]), "_selection": group[selection].mean()})
+    table = pd.DataFrame(records).sort_values(["method", "epsilon", "_order"])
+    best = table.groupby(["method", "epsilon"])["_selection"].transform("min")
+    table[f"best {selection}"] = np.where(table["_selection"] == best, "✓", "")
+    return table.drop(columns=["_order", "_selection"]).reset_index(drop=True)
 
 
 def ablation_knobs(df: pd.DataFrame) -> list[str]:
@@ -286,7 +429,8 @@ def plot_ablation(df: pd.DataFrame, knob: str, path: str | Path | None = None, a
 
 
 # ---------------------------------------------------------------------------------------------- report
-def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:
+def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Path,
+                 regime_map: bool = False) -> list[Path]:
     """Write every table and figure for these rows; return the paths written.
 
     tables/ppl_vs_eps.csv (main and reference rows), ppl_vs_eps.md (the mean ± std table),
@@ -300,13 +444,14 @@ def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Pa
     figures_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    def sections(rows: pd.DataFrame, name: str, note: str, table_fn, plot_fn) -> None:
+    def sections(rows: pd.DataFrame, name: str, note: str, table_fn, plot_fn, as_markdown: bool = False) -> None:
         rows.to_csv(tables_dir / f"{name}.csv", index=False)
         variants = sorted(rows["variant"].unique())
         text = note
         for variant in variants:
             part = rows[rows["variant"] == variant]
-            text += (f"### {variant}\n\n" if len(variants) > 1 else "") + to_markdown(table_fn(part)) + "\n"
+            body = table_fn(part) if as_markdown else to_markdown(table_fn(part))
+            text += (f"### {variant}\n\n" if len(variants) > 1 else "") + body + "\n"
             figure = figures_dir / (f"{name}_{variant}.png" if len(variants) > 1 else f"{name}.png")
             plot_fn(part, figure)
             written.append(figure)
@@ -315,10 +460,53 @@ def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Pa
 
     main = df[df["kind"].isin(["main", "reference"])]
     if not main.empty:
-        sections(main, "ppl_vs_eps", "Student test perplexity, mean ± std over seeds (lower is better).\n\n",
-                 ppl_table, plot_ppl_vs_eps)
+        def table_with_gates(part: pd.DataFrame) -> str:
+            gates = gates_table(part)
+            failed = gates[gates["result"] == "FAIL"]["check"].tolist()
+            warning = (f"**Gate failed** ({'; '.join(failed)}): the method's premise does not hold here; read the "
+                       f"results with that in mind.\n\n" if failed else "")
+            gates_md = to_markdown(gates, index=False) + "\n" if len(gates) else ""
+            reproducible = (part["dp_randomness"] == "reproducible").any()
+            note = ("\nDP noise reproducible from the public seed (`dp_randomness: reproducible`, a benchmark on a "
+                    "synthetic corpus): not a releasable model.\n" if reproducible else "")
+            return warning + gates_md + to_markdown(ppl_table(part)) + note
+
+        sections(main, "ppl_vs_eps", "The gates (DistilDP's premises, see the README) and the verdict, then the "
+                 "student test perplexity, mean ± std over seeds (lower is better).\n\n", table_with_gates,
+                 plot_ppl_vs_eps, as_markdown=True)
+    if regime_map:
+        df.to_csv(tables_dir / "rows.csv", index=False)  # every cell's rows: what the map is computed from
+        table = regime_table(df)
+        table.to_csv(tables_dir / "regime.csv", index=False)
+        (tables_dir / "regime.md").write_text(
+            "The regime map: each cell moves one axis from the embedded default. Δ = DistilDP's student minus the "
+            "best baseline's test perplexity (below 0: DistilDP wins); gate 1: pretrained teacher / student "
+            f"(pass at <= {GATE_1_RATIO}); gate 2: DistilDP's DP teacher (as sampled) below the DP-SGD student.\n\n"
+            + to_markdown(table, index=False))
+        plot_regime(table, figures_dir / "regime.png")
+        written += [tables_dir / "rows.csv", tables_dir / "regime.csv", tables_dir / "regime.md",
+                    figures_dir / "regime.png"]
+        return written  # its cells are the ablations: no separate ablation tables
     for knob in ablation_knobs(df):
         rows = df[(df["kind"] == "ablation") & (df["knob"] == knob)]
         sections(rows, f"ablation_{knob}", f"Ablation of `{knob}` (other settings at their defaults).\n\n",
                  lambda part, k=knob: ablation_table(part, k), lambda part, path, k=knob: plot_ablation(part, k, path))
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distildp.results [TABLES_DIR]`: print the gates, the verdict and the perplexity table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("tables", nargs="?", default="results/tables", help="a tables directory written by the runner")
+    path = Path(parser.parse_args(argv).tables) / "ppl_vs_eps.md"
+    if not path.exists():
+        print(f"no {path}: run the grid first (make run)")
+        return 1
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

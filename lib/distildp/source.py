@@ -105,6 +105,22 @@ CATEGORY_ASPECTS: dict[str, dict[str, list[str]]] = {
 }
 PRIVATE_CATEGORIES = ["Restaurants", "Hotels & Travel", "Automotive", "Beauty & Spas", "Health & Medical", "Pets"]
 PUBLIC_CATEGORIES = ["Shopping", "Home Services", "Nightlife", "Active Life"]
+# Public reviews cover the private domain the way web text covers Yelp for GPT-2: every aspect of a private
+# category is also written about in exactly one public category (same words, the public category's own word
+# weights and aspect mix). What stays private: the private categories themselves (their combinations of aspects,
+# star skews and word weights) and the control codes.
+BORROWED_ASPECTS: dict[str, list[tuple[str, str]]] = {
+    "Nightlife": [("Restaurants", a) for a in ("food", "service", "price", "ambience")]
+    + [("Hotels & Travel", "location"), ("Hotels & Travel", "amenities")],
+    "Shopping": [("Pets", "store"), ("Pets", "grooming"), ("Beauty & Spas", "hair"), ("Beauty & Spas", "nails"),
+                 ("Beauty & Spas", "booking"), ("Automotive", "dealership")],
+    "Home Services": [("Automotive", a) for a in ("repair", "cost", "wait")]
+    + [("Hotels & Travel", "room"), ("Hotels & Travel", "staff"), ("Health & Medical", "office")],
+    "Active Life": [("Health & Medical", a) for a in ("dentist", "doctor", "care")]
+    + [("Beauty & Spas", "massage"), ("Pets", "vet"), ("Pets", "boarding")],
+}
+for _public, _borrowed in BORROWED_ASPECTS.items():
+    CATEGORY_ASPECTS[_public].update({f"{a} ({c})": CATEGORY_ASPECTS[c][a] for c, a in _borrowed})
 
 SENTIMENT = {
     "negative": ("terrible awful rude dirty worst horrible disappointing disgusting slow unprofessional "
@@ -232,8 +248,9 @@ class ReviewSource:
 
         # Codes: category weights and a Yelp-like star skew per category; aspects per category.
         self.p_category = rng.dirichlet(np.full(len(self.categories), 20.0))
-        base_stars = np.array([0.14, 0.09, 0.12, 0.24, 0.41])
-        self.p_stars = np.stack([rng.dirichlet(60 * base_stars) for _ in self.categories])
+        # Yelp-like star skews; public categories are more polarised (a shifted star distribution)
+        base_stars = {True: np.array([0.22, 0.10, 0.08, 0.18, 0.42]), False: np.array([0.14, 0.09, 0.12, 0.24, 0.41])}
+        self.p_stars = np.stack([rng.dirichlet(60 * base_stars[c in PUBLIC_CATEGORIES]) for c in self.categories])
         self.p_topic = np.zeros((len(self.categories), self.n_topics))  # unused aspect slots keep p = 0
         topic_rows = []
         for c, name in enumerate(self.categories):
