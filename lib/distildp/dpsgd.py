@@ -10,7 +10,8 @@ loop runs on shuffled batches with no Opacus at all.
 
 The privacy unit is one example (one sequence), so a loss function returns one number per sequence:
 `loss_fn(model, batch) -> (B,)`, the mean over that sequence's scored tokens. A token-weighted batch
-mean would scale each example's gradient by its share of the batch's tokens (see STACK-NOTES).
+mean would scale each example's gradient by its share of the batch's tokens, which depends on the other
+examples in the batch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DistilDP pipeline: each stage of DESIGN.md as a cached artifact, and one results row per method.
+"""The DistilDP pipeline: each stage as a cached artifact, and one results row per method.
 
     public text -> tokenizer -> pretrained teacher / student               (non-private, free)
     private train -> DP teacher (+ DP code histogram) -> synthetic text   (DistilDP's budget)
@@ -48,7 +48,7 @@ class Settings:
     """Everything a run depends on besides (method, epsilon, seed). Defaults: the embedded default.
 
     The embedded default is a miniature of the paper's regime (see the README's "embedded default" section):
-    public pretraining that covers the private domain, a teacher with ~6x the student's parameters, a private
+    public pretraining that covers the private domain, a teacher with 8.2x the student's parameters, a private
     set large enough for DP-SGD's noise per step (sigma / batch) to be within a few times the paper's, and a
     synthetic set of 4x the private training set.
     """

@@ -22,7 +22,7 @@ import pandas as pd
 METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd")
 REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", "nonprivate_student")
 
-# The DESIGN.md columns first, then the extras the pipeline and the runner add.
+# The core columns (method, budget, perplexities, privacy spent) first, then the extras the pipeline and runner add.
 COLUMNS = ["dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
            "noise_multiplier", "sample_rate", "steps", "synthetic_size", "wall_time_s"]
 EXTRA_COLUMNS = ["epsilon_spent", "teacher_floor", "teacher_marginal_ppl", "val_ppl", "teacher_val_ppl", "private",
