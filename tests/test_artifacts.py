@@ -12,6 +12,11 @@ import pytest
 from distildp.artifacts import MANIFEST, ArtifactStore, CorruptArtifactError, config_hash, read_artifact
 
 
+@pytest.fixture(autouse=True)
+def _full_verification(monkeypatch):
+    monkeypatch.setenv("DISTILDP_VERIFY", "full")
+
+
 def _write_weights(directory: Path, value: str = "weights") -> dict:
     (directory / "model.bin").write_text(value)
     return {"metrics": {"ppl": 12.5}, "privacy": {"epsilon": math.inf, "private": False}}

@@ -5,6 +5,15 @@ file lock instead of computing it twice. Writes are atomic: a stage builds into 
 the finished directory is renamed into place with `manifest.json` written last, so a killed run leaves
 no half-written artifact behind. An artifact whose manifest is missing, unreadable or inconsistent with
 its files is moved aside (never deleted: it may hold something you want) and rebuilt.
+
+Integrity: the manifest records every file's size (`files`) and sha256 (`sha256`; for files over
+`FULL_HASH_LIMIT` also `sha256_head_tail`, a hash of their first and last `HEAD_TAIL_BYTES`). Reading an
+artifact checks them, at the level `verify` asks (parameter, else `$DISTILDP_VERIFY`):
+- "quick" (default): sizes of all files, the full sha256 of files up to FULL_HASH_LIMIT (64 MiB: every
+  file of the tiny models, tokenizers and synthetic sets; well under a second each), and the head-and-tail
+  hash of bigger files (hub weights): cheap, but damage in the middle of a big file goes unseen;
+- "full": the full sha256 of every file (seconds per GiB). Tests use it.
+A mismatch counts as a corrupt artifact: it is set aside and rebuilt, with a warning naming the file.
 """
 
 from __future__ import annotations
@@ -27,6 +36,10 @@ from filelock import FileLock
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("stage", "key", "config", "inputs", "files", "versions", "wall_time_s")
 STORE_ENV = "DISTILDP_STORE"
+VERIFY_ENV = "DISTILDP_VERIFY"
+VERIFY_LEVELS = ("quick", "full")
+FULL_HASH_LIMIT = 64 << 20  # bytes: quick verification hashes files up to this size in full
+HEAD_TAIL_BYTES = 1 << 20  # bytes hashed at each end of a bigger file by quick verification
 
 
 class CorruptArtifactError(RuntimeError):
@@ -89,6 +102,61 @@ def _file_table(directory: Path) -> dict[str, int]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_head_tail(path: Path) -> str:
+    """sha256 of a file's first and last HEAD_TAIL_BYTES (the size is checked separately)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(HEAD_TAIL_BYTES))
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - HEAD_TAIL_BYTES, 0))
+        digest.update(f.read(HEAD_TAIL_BYTES))
+    return digest.hexdigest()
+
+
+def _hash_tables(directory: Path, sizes: Mapping[str, int]) -> dict[str, dict[str, str]]:
+    """The manifest's `sha256` of every file and `sha256_head_tail` of those quick verification won't hash in full."""
+    return {"sha256": {name: _sha256(directory / name) for name in sizes},
+            "sha256_head_tail": {name: _sha256_head_tail(directory / name)
+                                 for name, size in sizes.items() if size > FULL_HASH_LIMIT}}
+
+
+def verify_level(verify: str | None = None) -> str:
+    """`verify` if given, else `$DISTILDP_VERIFY`, else "quick"; anything but quick or full is an error."""
+    level = verify or os.environ.get(VERIFY_ENV) or "quick"
+    if level not in VERIFY_LEVELS:
+        source = "verify" if verify else f"${VERIFY_ENV}"
+        raise ValueError(f"{source}={level!r} is not a verification level; use one of {list(VERIFY_LEVELS)} "
+                         f"(quick: sizes and hashes of files up to {FULL_HASH_LIMIT >> 20} MiB; full: every byte)")
+    return level
+
+
+def _check_hashes(path: Path, manifest: dict, level: str) -> None:
+    """Raise CorruptArtifactError naming the first file whose content differs from the manifest's hash."""
+    if "sha256" not in manifest:
+        # Built before the store recorded hashes: trusted on the size check alone, as it was then, rather
+        # than rebuilt (that could mean retraining a model, or spending privacy budget again).
+        return
+    hashes, head_tail = manifest["sha256"], manifest.get("sha256_head_tail") or {}
+    if not isinstance(hashes, dict) or set(hashes) != set(manifest["files"]):
+        raise CorruptArtifactError(f"{path / MANIFEST}: its sha256 table does not list the same files as 'files'")
+    for name, expected in sorted(hashes.items()):
+        if level == "quick" and name in head_tail and manifest["files"][name] > FULL_HASH_LIMIT:
+            actual, expected, what = _sha256_head_tail(path / name), head_tail[name], "first or last bytes"
+        else:
+            actual, what = _sha256(path / name), "content"
+        if actual != expected:
+            raise CorruptArtifactError(f"{path / name}: its {what} changed since the build (sha256 differs "
+                                       f"from the manifest's)")
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A finished stage output: its directory and its manifest."""
@@ -113,8 +181,12 @@ class Artifact:
         return self.manifest.get("metrics") or {}
 
 
-def read_artifact(path: Path, expected_key: str | None = None) -> Artifact:
-    """Load and check an artifact directory; raise CorruptArtifactError naming what is wrong."""
+def read_artifact(path: Path, expected_key: str | None = None, verify: str | None = None) -> Artifact:
+    """Load and check an artifact directory; raise CorruptArtifactError naming what is wrong.
+
+    verify: "quick" or "full" (see the module's docstring); None: `$DISTILDP_VERIFY`, else quick.
+    """
+    level = verify_level(verify)
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.exists():
         raise CorruptArtifactError(f"{path} has no {MANIFEST}: it was never finished")
@@ -131,14 +203,20 @@ def read_artifact(path: Path, expected_key: str | None = None) -> Artifact:
     if actual != manifest["files"]:
         changed = sorted(set(actual.items()) ^ set(manifest["files"].items()))
         raise CorruptArtifactError(f"{path}: files differ from the manifest ({changed[:5]})")
+    _check_hashes(Path(path), manifest, level)
     return Artifact(Path(path), manifest)
 
 
 class ArtifactStore:
-    """Directory of artifacts, `<root>/<stage>/<key>/`, built at most once each."""
+    """Directory of artifacts, `<root>/<stage>/<key>/`, built at most once each.
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    verify: how reading an artifact checks its files, "quick" or "full" (see the module's docstring);
+    None: `$DISTILDP_VERIFY` at each read, else quick.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, verify: str | None = None):
         self.root = Path(root) if root is not None else default_root()
+        self.verify = verify_level(verify) if verify else None
 
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -147,7 +225,7 @@ class ArtifactStore:
         """The finished artifact for this config and inputs, or None (a corrupt one counts as absent)."""
         key = config_hash(stage, config, inputs)
         try:
-            return read_artifact(self.path_for(stage, key), key)
+            return read_artifact(self.path_for(stage, key), key, self.verify)
         except CorruptArtifactError:
             return None
 
@@ -168,14 +246,14 @@ class ArtifactStore:
         final = self.path_for(stage, key)
         if final.exists():
             try:
-                return read_artifact(final, key)
+                return read_artifact(final, key, self.verify)
             except CorruptArtifactError:
                 pass  # decided under the lock below, where no one else is writing it
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final.parent / f".{key}.lock")):
             if final.exists():
                 try:
-                    return read_artifact(final, key)  # built by another process while we waited
+                    return read_artifact(final, key, self.verify)  # built by another process while we waited
                 except CorruptArtifactError as err:
                     self._set_aside(final, err)
             for stale in final.parent.glob(f".tmp-{key}-*"):
@@ -185,6 +263,7 @@ class ArtifactStore:
             try:
                 start = time.time()
                 result = dict(builder(tmp) or {})
+                files = _file_table(tmp)
                 manifest = {
                     "stage": stage,
                     "key": key,
@@ -197,7 +276,8 @@ class ArtifactStore:
                     "versions": library_versions(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "wall_time_s": round(time.time() - start, 3),
-                    "files": _file_table(tmp),
+                    "files": files,
+                    **_hash_tables(tmp, files),
                 }
                 if result:
                     raise ValueError(f"builder for {stage!r} returned unknown keys {sorted(result)}; "
@@ -207,7 +287,7 @@ class ArtifactStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        return read_artifact(final, key)
+        return read_artifact(final, key, self.verify)
 
     def _set_aside(self, path: Path, reason: Exception) -> None:
         """Move a corrupt artifact to `<root>/.corrupt/` (kept for inspection), then it is rebuilt."""
@@ -225,7 +305,7 @@ class ArtifactStore:
         for stage_dir in stage_dirs:
             for path in sorted(stage_dir.glob("[!.]*")):
                 try:
-                    yield read_artifact(path)
+                    yield read_artifact(path, verify=self.verify)
                 except CorruptArtifactError:
                     continue
 
