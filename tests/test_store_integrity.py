@@ -1,6 +1,7 @@
-"""The artifact store's content hashes: a changed byte means a rebuild."""
+"""The artifact store's content hashes (a changed byte means a rebuild) and its error when it cannot be written."""
 import hashlib
 import json
+import os
 import re
 import warnings
 from types import SimpleNamespace
@@ -10,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import distildp.artifacts as artifacts
-from distildp.artifacts import MANIFEST, ArtifactStore, CorruptArtifactError, config_hash, read_artifact
+from distildp.artifacts import (MANIFEST, ArtifactStore, CorruptArtifactError, StoreNotWritableError, config_hash,
+                                read_artifact)
 
 CONFIG = {"epsilon": 2.0, "seed": 0}
 FILES = ["model.safetensors", "tokenizer.json", "data/chunk-00000.parquet", "data/samples.jsonl"]
@@ -134,3 +136,44 @@ def test_unknown_verification_level_is_a_clear_error(tmp_path, monkeypatch):
         ArtifactStore(tmp_path).find("teacher", CONFIG)
     with pytest.raises(ValueError, match="verify='paranoid'"):
         ArtifactStore(tmp_path, verify="paranoid")
+
+
+# ---------------------------------------------------------------------------------------------- unwritable stores
+
+
+def test_store_path_that_is_a_regular_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "store"
+    path.write_text("not a directory")
+    store = ArtifactStore(path)
+    with pytest.raises(StoreNotWritableError) as info:
+        store.build("teacher", CONFIG, build_stage)
+    message = str(info.value)
+    assert f"{path} is a file, not a directory" in message and "DISTILDP_STORE" in message
+    with pytest.raises(StoreNotWritableError, match="DISTILDP_STORE"):
+        list(store.list())
+    assert path.read_text() == "not a directory"
+
+
+def test_read_only_store_is_a_clear_error_and_still_serves_what_it_holds(tmp_path):
+    root = tmp_path / "store"
+    store = ArtifactStore(root)
+    art = store.build("teacher", CONFIG, build_stage)
+    read_only = [root, root / "teacher"]
+    for directory in read_only:
+        directory.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+
+        def must_not_run(directory):
+            raise AssertionError("a finished artifact is read, not rebuilt")
+
+        assert store.build("teacher", CONFIG, must_not_run).path == art.path  # reading needs no writes
+        for stage, config in [("teacher", {"epsilon": 8.0}), ("student", CONFIG)]:  # existing, new stage dir
+            with pytest.raises(StoreNotWritableError) as info:
+                store.build(stage, config, build_stage)
+            message = str(info.value)
+            assert str(root) in message and "Permission denied" in message and "DISTILDP_STORE" in message
+    finally:
+        for directory in read_only:
+            directory.chmod(0o755)

@@ -46,6 +46,10 @@ class CorruptArtifactError(RuntimeError):
     """An artifact directory exists but cannot be trusted (see the message for why)."""
 
 
+class StoreNotWritableError(OSError):
+    """The store's directory cannot be created or written (the message says where and how to move it)."""
+
+
 def default_root() -> Path:
     """`$DISTILDP_STORE`, else `.artifacts/` at the project root (ignored by git), else ~/.cache/distildp."""
     if os.environ.get(STORE_ENV):
@@ -249,7 +253,7 @@ class ArtifactStore:
                 return read_artifact(final, key, self.verify)
             except CorruptArtifactError:
                 pass  # decided under the lock below, where no one else is writing it
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._writable_dir(final.parent)
         with FileLock(str(final.parent / f".{key}.lock")):
             if final.exists():
                 try:
@@ -289,17 +293,42 @@ class ArtifactStore:
                 raise
         return read_artifact(final, key, self.verify)
 
+    def _writable_dir(self, directory: Path) -> None:
+        """Create `directory` and check that files can be made in it; StoreNotWritableError if not."""
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise self._not_writable(err) from err
+
+    def _not_writable(self, err: OSError | None = None) -> StoreNotWritableError:
+        if self.root.is_file() or err is None:
+            why = f"{self.root} is a file, not a directory"
+        else:
+            why = f"{err.strerror or err}: {err.filename or self.root}"
+        return StoreNotWritableError(
+            f"cannot write to the artifact store at {self.root} ({why}). Move the store: set the {STORE_ENV} "
+            f"environment variable to a writable directory (e.g. export {STORE_ENV}=$HOME/distildp-store), "
+            f"or pass another root to ArtifactStore / --store.")
+
     def _set_aside(self, path: Path, reason: Exception) -> None:
         """Move a corrupt artifact to `<root>/.corrupt/` (kept for inspection), then it is rebuilt."""
         target = self.root / ".corrupt" / f"{path.parent.name}-{path.name}-{int(time.time())}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except OSError as err:
+            raise self._not_writable(err) from err
         warnings.warn(f"corrupt artifact: {reason}; moved to {target} and rebuilding", stacklevel=3)
-        os.replace(path, target)
 
     def list(self, stage: str | None = None) -> Iterable[Artifact]:
         """Every finished artifact (of one stage, if given)."""
         if not self.root.exists():
             return
+        if not self.root.is_dir():
+            raise self._not_writable()  # a regular file where the store should be
         stage_dirs = ([self.root / stage] if stage else
                       sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")))
         for stage_dir in stage_dirs:
