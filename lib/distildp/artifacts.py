@@ -14,6 +14,12 @@ artifact checks them, at the level `verify` asks (parameter, else `$DISTILDP_VER
   hash of bigger files (hub weights): cheap, but damage in the middle of a big file goes unseen;
 - "full": the full sha256 of every file (seconds per GiB). Tests use it.
 A mismatch counts as a corrupt artifact: it is set aside and rebuilt, with a warning naming the file.
+
+Resumable work: a builder may mark a folder of its build directory with `mark_resumable`. When that build
+fails or is killed, the folder is kept in `<stage>/.resume-<key>/` and handed back, at the same place in the
+build directory, to the next build of the same artifact (`restored_by_store` tells the builder so: it must
+check that the work fits before continuing from it). A finished artifact carries no markers. To throw kept
+work away, delete `<stage>/.resume-<key>/`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ VERIFY_ENV = "DISTILDP_VERIFY"
 VERIFY_LEVELS = ("quick", "full")
 FULL_HASH_LIMIT = 64 << 20  # bytes: quick verification hashes files up to this size in full
 HEAD_TAIL_BYTES = 1 << 20  # bytes hashed at each end of a bigger file by quick verification
+RESUMABLE = ".resumable"  # marker file: this folder holds work a retried build may continue
+_RESTORED = "restored"  # the marker's content once the store has handed the folder to a new build
 
 
 class CorruptArtifactError(RuntimeError):
@@ -244,7 +252,8 @@ class ArtifactStore:
         """Return the artifact for (stage, config, inputs), building it with `builder(tmp_dir)` if needed.
 
         `builder` writes its files into the directory it is given and may return a dict with any of
-        `privacy`, `metrics` and `extra`, which go into the manifest.
+        `privacy`, `metrics` and `extra`, which go into the manifest. Folders it marks with
+        `mark_resumable` outlive a failed or killed build (see the module's docstring).
         """
         key = config_hash(stage, config, inputs)
         final = self.path_for(stage, key)
@@ -260,13 +269,18 @@ class ArtifactStore:
                     return read_artifact(final, key, self.verify)  # built by another process while we waited
                 except CorruptArtifactError as err:
                     self._set_aside(final, err)
-            for stale in final.parent.glob(f".tmp-{key}-*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build of this key
+            resume = final.parent / f".resume-{key}"
+            for stale in final.parent.glob(f".tmp-{key}-*"):  # left by a killed build of this key
+                _keep_resumable(stale, resume)
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
+            _restore_resumable(resume, tmp)
             try:
                 start = time.time()
                 result = dict(builder(tmp) or {})
+                for marker in tmp.rglob(RESUMABLE):
+                    marker.unlink()  # a finished artifact has nothing to resume
                 files = _file_table(tmp)
                 manifest = {
                     "stage": stage,
@@ -289,6 +303,10 @@ class ArtifactStore:
                 _write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
             except BaseException:
+                try:
+                    _keep_resumable(tmp, resume)
+                except OSError:
+                    pass  # losing the partial work must not hide why the build failed
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         return read_artifact(final, key, self.verify)
@@ -337,6 +355,46 @@ class ArtifactStore:
                     yield read_artifact(path, verify=self.verify)
                 except CorruptArtifactError:
                     continue
+
+
+def mark_resumable(folder: str | os.PathLike) -> None:
+    """Ask the store to keep `folder`, part of a build directory, if the build fails or is killed, and to hand
+    it back at the same place to the next build of the same artifact. Harmless outside a store."""
+    marker = Path(folder) / RESUMABLE
+    if not marker.exists():
+        marker.touch()
+
+
+def restored_by_store(folder: str | os.PathLike) -> bool:
+    """True when `folder` is work a failed build of the same artifact left: the builder must check that it
+    fits (its arguments may differ, e.g. after a secret noise draw) before continuing from it."""
+    marker = Path(folder) / RESUMABLE
+    return marker.is_file() and marker.read_text() == _RESTORED
+
+
+def _keep_resumable(build_dir: Path, resume: Path) -> None:
+    """Move the folders a builder marked resumable out of `build_dir` into `resume`, at the same relative place."""
+    if not build_dir.is_dir():
+        return
+    for marker in sorted(build_dir.rglob(RESUMABLE), key=lambda p: len(p.parts)):
+        if not marker.exists():
+            continue  # moved with a marked folder above it
+        target = resume / marker.parent.relative_to(build_dir)
+        if target.exists():
+            shutil.rmtree(target)  # an older try's work; this one continued from it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(marker.parent, target)
+
+
+def _restore_resumable(resume: Path, build_dir: Path) -> None:
+    """Hand kept work to a new build (at the same relative places), marked as restored."""
+    if not resume.is_dir():
+        return
+    for entry in resume.iterdir():
+        os.replace(entry, build_dir / entry.name)
+    resume.rmdir()
+    for marker in build_dir.rglob(RESUMABLE):
+        marker.write_text(_RESTORED)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
