@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from distildp.artifacts import MANIFEST, ArtifactStore, CorruptArtifactError, config_hash, read_artifact
+from distildp.artifacts import (MANIFEST, RESUMABLE, ArtifactStore, CorruptArtifactError, config_hash,
+                                mark_resumable, read_artifact, restored_by_store)
+
+
+@pytest.fixture(autouse=True)
+def _full_verification(monkeypatch):
+    monkeypatch.setenv("DISTILDP_VERIFY", "full")
 
 
 def _write_weights(directory: Path, value: str = "weights") -> dict:
@@ -139,3 +145,50 @@ def test_list_skips_unfinished(tmp_path):
 def test_default_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILDP_STORE", str(tmp_path / "elsewhere"))
     assert ArtifactStore().root == tmp_path / "elsewhere"
+
+
+def _resumable_builder(log: list, fail_after: int | None = None):
+    """Writes parts 0..2 into a resumable folder, skipping those already there; raises after `fail_after` new ones."""
+    def builder(d):
+        work = d / "work"
+        work.mkdir(exist_ok=True)
+        log.append({"restored": restored_by_store(work), "found": sorted(p.name for p in work.glob("part-*"))})
+        mark_resumable(work)
+        (d / "scratch.bin").write_text("not resumable")
+        for i in range(3):
+            if not (work / f"part-{i}").exists():
+                if fail_after is not None and len(list(work.glob("part-*"))) == fail_after:
+                    raise KeyboardInterrupt("killed")
+                (work / f"part-{i}").write_text(str(i))
+        return {}
+    return builder
+
+
+def test_resumable_folder_survives_a_failed_build_and_is_handed_to_the_retry(tmp_path):
+    store, log = ArtifactStore(tmp_path), []
+    key = config_hash("synthetic", {"n": 3})
+    with pytest.raises(KeyboardInterrupt):
+        store.build("synthetic", {"n": 3}, _resumable_builder(log, fail_after=2))
+    resume = tmp_path / "synthetic" / f".resume-{key}"
+    assert sorted(p.name for p in (resume / "work").iterdir()) == [RESUMABLE, "part-0", "part-1"]
+    assert not list((tmp_path / "synthetic").glob(".tmp-*")) and not (resume / "scratch.bin").exists()
+    assert store.find("synthetic", {"n": 3}) is None
+    art = store.build("synthetic", {"n": 3}, _resumable_builder(log))
+    assert log == [{"restored": False, "found": []}, {"restored": True, "found": ["part-0", "part-1"]}]
+    assert sorted(art.manifest["files"]) == ["scratch.bin", "work/part-0", "work/part-1", "work/part-2"]  # no marker
+    assert not resume.exists()
+
+
+def test_resumable_folder_of_a_killed_build_is_kept_the_rest_cleaned(tmp_path):
+    """A killed process runs no cleanup: its temporary directory is found by the next build of the key."""
+    store, log = ArtifactStore(tmp_path), []
+    key = config_hash("synthetic", {"n": 3})
+    stale = tmp_path / "synthetic" / f".tmp-{key}-deadbeef"
+    (stale / "work").mkdir(parents=True)
+    (stale / "work" / "part-0").write_text("0")
+    (stale / "work" / RESUMABLE).touch()
+    (stale / "half-written.bin").write_text("half")
+    art = store.build("synthetic", {"n": 3}, _resumable_builder(log))
+    assert log == [{"restored": True, "found": ["part-0"]}]
+    assert not stale.exists() and not (art.path / "half-written.bin").exists()
+    assert not list((tmp_path / "synthetic").glob(".resume-*"))

@@ -1,6 +1,9 @@
 """Tests of distildp.generate on a tiny random GPT-2 and a tokenizer trained here (seconds in all)."""
 import copy
+import json
 import math
+import multiprocessing as mp
+import os
 from collections import Counter
 from dataclasses import replace
 
@@ -11,6 +14,7 @@ from scipy.stats import chi2
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from distildp.artifacts import ArtifactStore, config_hash
 from distildp.data import control_prefix
 import distildp.generate as gen
 from distildp.generate import GenerationConfig, generate_synthetic, load_synthetic
@@ -146,6 +150,104 @@ def _recording(fn, calls):
         calls.append(1)
         return fn(*args, **kwargs)
     return wrapper
+
+
+def _synthetic_stage(model, tokenizer, counts):
+    """The pipeline's synthetic stage in small: generate into the store's build directory."""
+    def build(out):
+        return {"metrics": {"n_samples": run(model, tokenizer, out / "data", counts=counts).n_samples}}
+    return build
+
+
+def _crash_after(k, crash):
+    """A _write_chunk that writes k chunks, then calls crash()."""
+    real_write, written = gen._write_chunk, []
+
+    def write(path, frame, metadata):
+        if len(written) == k:
+            crash()
+        real_write(path, frame, metadata)
+        written.append(path.name)
+    return write
+
+
+def _interrupt():
+    raise KeyboardInterrupt("simulated crash")
+
+
+def _die():
+    os._exit(3)  # no exception handler, no cleanup: as SIGKILL
+
+
+@pytest.mark.parametrize("kill", ["exception", "process_killed"])
+def test_store_build_of_a_killed_generation_resumes_at_the_next_chunk(model, tokenizer, tmp_path, monkeypatch, kill):
+    """Killed after 2 of 4 chunks, the retried store build generates chunks 2 and 3 only, and the artifact
+    holds exactly what an uninterrupted run gives."""
+    monkeypatch.setenv("DISTILDP_VERIFY", "full")
+    counts, config = (4, 5, 8), {"counts": [4, 5, 8]}
+    run(model, tokenizer, tmp_path / "uninterrupted", counts=counts)
+    store, key = ArtifactStore(tmp_path / "store"), config_hash("synthetic", config)
+    stage_dir = tmp_path / "store" / "synthetic"
+    if kill == "exception":
+        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
+            store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
+        assert sorted(p.name for p in (stage_dir / f".resume-{key}" / "data").glob("chunk-*")) == [
+            "chunk-00000.parquet", "chunk-00001.parquet"]
+    else:
+        def killed_build():
+            gen._write_chunk = _crash_after(2, _die)  # in the child only
+            store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
+
+        child = mp.get_context("fork").Process(target=killed_build)
+        child.start()
+        child.join(timeout=300)
+        assert child.exitcode == 3
+        [stale] = stage_dir.glob(f".tmp-{key}-*")  # what the store's cleanup used to delete
+        assert len(list((stale / "data").glob("chunk-*"))) == 2
+    generated = []
+    monkeypatch.setattr(gen, "_generate_chunk", _recording(gen._generate_chunk, generated))
+    art = store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
+    assert len(generated) == 2
+    summary = json.loads((art.path / "data" / gen.PROGRESS_FILE).read_text())["summary"]
+    assert summary["chunks_generated_this_call"] == 2 and summary["resumed"]
+    pd.testing.assert_frame_equal(load_synthetic(art.path / "data"), load_synthetic(tmp_path / "uninterrupted"))
+    assert not any(name.endswith(".resumable") for name in art.manifest["files"])
+    assert sorted(p.name for p in stage_dir.iterdir() if p.name.startswith(".")) == [f".{key}.lock"]
+    assert store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts)).path == art.path  # verified
+
+
+def test_kept_chunks_made_with_other_counts_are_discarded_not_refused(model, tokenizer, tmp_path, monkeypatch):
+    """Under secret DP noise the retry draws another histogram, so the kept chunks do not fit: start over."""
+    monkeypatch.setenv("DISTILDP_VERIFY", "full")
+    store, draws = ArtifactStore(tmp_path / "store"), iter([(4, 5, 8), (6, 3, 8)])
+
+    def build(out):
+        return {"metrics": {"n_samples": run(model, tokenizer, out / "data", counts=next(draws)).n_samples}}
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
+        store.build("synthetic", {"histogram": "dp"}, build)
+    with pytest.warns(UserWarning, match="different arguments.*discarding"):
+        art = store.build("synthetic", {"histogram": "dp"}, build)
+    run(model, tokenizer, tmp_path / "uninterrupted", counts=(6, 3, 8))
+    pd.testing.assert_frame_equal(load_synthetic(art.path / "data"), load_synthetic(tmp_path / "uninterrupted"))
+
+
+def test_damaged_kept_chunk_is_discarded_so_the_retry_cannot_fail_forever(model, tokenizer, tmp_path, monkeypatch):
+    """Kept work that cannot be read would fail every retry the same way: it is dropped instead."""
+    monkeypatch.setenv("DISTILDP_VERIFY", "full")
+    store, config = ArtifactStore(tmp_path / "store"), {"counts": [4, 5, 8]}
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
+        store.build("synthetic", config, _synthetic_stage(model, tokenizer, (4, 5, 8)))
+    kept = tmp_path / "store" / "synthetic" / f".resume-{config_hash('synthetic', config)}" / "data"
+    chunk = kept / "chunk-00001.parquet"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="chunk-00001.parquet belongs to a different run \\(or is unreadable\\)"):
+        art = store.build("synthetic", config, _synthetic_stage(model, tokenizer, (4, 5, 8)))
+    run(model, tokenizer, tmp_path / "uninterrupted", counts=(4, 5, 8))
+    pd.testing.assert_frame_equal(load_synthetic(art.path / "data"), load_synthetic(tmp_path / "uninterrupted"))
 
 
 def test_out_dir_of_another_run_is_refused(model, tokenizer, tmp_path):

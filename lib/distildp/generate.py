@@ -11,7 +11,9 @@ On disk the synthetic set is a folder of parquet chunks plus `progress.json`:
 - the chunk plan (which codes, how many samples, in which chunk) is a pure function of the inputs;
 - every chunk has its own seed, derived from (seed, chunk index), and is written atomically, so a
   killed run, re-run with the same arguments, generates only the missing chunks and ends with exactly
-  the data an uninterrupted run gives. Only one chunk is ever held in memory.
+  the data an uninterrupted run gives. Only one chunk is ever held in memory;
+- the folder is marked resumable for the artifact store (`distildp.artifacts.mark_resumable`), so inside a
+  store build the chunks of a killed build survive the store's cleanup and its retry resumes from them.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import operator
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
+from distildp.artifacts import mark_resumable, restored_by_store
 from distildp.data import control_prefix
 
 PROGRESS_FILE = "progress.json"
@@ -536,7 +540,9 @@ def generate_synthetic(
     known_codes: the teacher's training fields (ordered), or a mapping field -> allowed values; unknown
         codes raise. Defaults to `model.config.distildp_control_codes` when the lead has set it.
     trained_with_codes: False (or `model.config.distildp_control_codes == []`) refuses a plain-text teacher.
-    Re-running with the same arguments resumes: completed chunks are kept, missing ones generated.
+    Re-running with the same arguments resumes: completed chunks are kept, missing ones generated. An
+    out_dir made with other arguments is refused, unless it is partial work the artifact store kept from
+    a killed build (then it is discarded and generation starts over).
     """
     started = time.perf_counter()
     cfg = cfg or GenerationConfig()
@@ -554,9 +560,11 @@ def generate_synthetic(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    restored = restored_by_store(out_dir)
+    mark_resumable(out_dir)  # a store build killed midway keeps the chunks for its retry
     fingerprint = _fingerprint(model, tokenizer, counts, cfg, seed, columns)
     plan = plan_chunks([n for _, n in counts], cfg.chunk_size)
-    state = _start_or_resume(out_dir, fingerprint, plan, counts, cfg, seed, columns)
+    state = _start_or_resume(out_dir, fingerprint, plan, counts, cfg, seed, columns, restored)
 
     done = set(state["chunks_done"])
     total = sum(n for _, n in counts)
@@ -625,23 +633,30 @@ def _check_lengths(model, prompts: list[list[int]], counts, cfg: GenerationConfi
             )
 
 
-def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, columns) -> dict:
-    """Load progress.json if it describes this very run; trust chunk files over it (they are atomic)."""
+def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, columns, restored: bool) -> dict:
+    """Load progress.json if it describes this very run; trust chunk files over it (they are atomic).
+
+    restored: out_dir is partial work the artifact store kept from a killed build. If that was made with
+    other arguments (a secret noise draw gives another histogram) it is discarded rather than refused.
+    """
+    for leftover in out_dir.glob(".*.tmp-*"):
+        leftover.unlink()  # a chunk or progress file a killed run was writing (one run per folder at a time)
     path = out_dir / PROGRESS_FILE
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"{out_dir} holds a synthetic set made with different arguments (fingerprint "
-                f"{old.get('fingerprint')} != {fingerprint}); use a fresh out_dir or delete that one."
-            )
-    done = []
+    other_run = None
+    if path.exists() and (old := _recorded_fingerprint(path)) != fingerprint:
+        other_run = (f"{out_dir} holds a synthetic set made with different arguments (fingerprint {old} != "
+                     f"{fingerprint})")
     for index in range(len(plan)):
         chunk = _chunk_path(out_dir, index)
-        if chunk.exists():
-            if _read_chunk_metadata(chunk).get("fingerprint") != fingerprint:
-                raise ValueError(f"{chunk} belongs to a different run; use a fresh out_dir or delete that one.")
-            done.append(index)
+        if not other_run and chunk.exists() and _recorded_fingerprint(chunk) != fingerprint:
+            other_run = f"{chunk} belongs to a different run (or is unreadable)"
+    if other_run and not restored:
+        raise ValueError(f"{other_run}; use a fresh out_dir or delete that one.")
+    if other_run:
+        warnings.warn(f"{other_run}: discarding this partial work of a killed build and generating from the start")
+        for chunk in out_dir.glob("chunk-*.parquet"):
+            chunk.unlink()
+    done = [index for index in range(len(plan)) if _chunk_path(out_dir, index).exists()]
     state = {
         "fingerprint": fingerprint,
         "complete": False,
@@ -655,6 +670,15 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
     }
     _atomic_write_json(path, state)
     return state
+
+
+def _recorded_fingerprint(path: Path) -> str | None:
+    """The fingerprint a progress file or chunk records; None when it cannot be read (damaged)."""
+    try:
+        record = json.loads(path.read_text()) if path.name == PROGRESS_FILE else _read_chunk_metadata(path)
+        return record.get("fingerprint")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # pyarrow's errors are ValueErrors
+        return None
 
 
 def _summarise(out_dir: Path, plan, counts, cfg, seed, columns, fingerprint) -> dict:
