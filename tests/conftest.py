@@ -6,6 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every artifact read hashes every byte (the store's quick level skips the middle of files over 64 MiB).
+os.environ.setdefault("DISTILDP_VERIFY", "full")
 
 import pytest
 import torch
