@@ -192,3 +192,12 @@ def test_resumable_folder_of_a_killed_build_is_kept_the_rest_cleaned(tmp_path):
     assert log == [{"restored": True, "found": ["part-0"]}]
     assert not stale.exists() and not (art.path / "half-written.bin").exists()
     assert not list((tmp_path / "synthetic").glob(".resume-*"))
+
+
+def test_manifest_records_where_it_was_built(tmp_path):
+    import torch
+
+    art = ArtifactStore(tmp_path).build("stage", {"a": 1}, lambda out: (out / "f.txt").write_text("x") and None)
+    built_on = art.manifest["built_on"]
+    assert built_on["torch_threads"] == torch.get_num_threads()
+    assert built_on["machine"] and isinstance(built_on["cpu_features"], list)

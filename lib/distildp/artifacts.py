@@ -108,6 +108,27 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def machine_info() -> dict:
+    """Where an artifact was built: what decides a trained model's last bits. Not part of its key: on another
+    CPU or thread count a model agrees with this one to a tolerance, not bit for bit (see the README)."""
+    import torch
+
+    flags: set[str] = set()
+    model = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.partition(":")[::2] for line in f if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = set((info.get("flags") or info.get("Features") or "").split())
+        model = info.get("model name") or model
+    except OSError:
+        pass  # not Linux: the architecture alone
+    return {"machine": platform.machine(), "processor": model,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_features": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile",
+                                            "asimd", "sve"})}
+
+
 def _file_table(directory: Path) -> dict[str, int]:
     """Relative path -> size in bytes, for every file except the manifest."""
     return {str(p.relative_to(directory)): p.stat().st_size
@@ -292,6 +313,7 @@ class ArtifactStore:
                     "metrics": jsonable(result.pop("metrics", {})),
                     "extra": jsonable(result.pop("extra", {})),
                     "versions": library_versions(),
+                    "built_on": machine_info(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "wall_time_s": round(time.time() - start, 3),
                     "files": files,
