@@ -154,7 +154,10 @@ def test_committed_grids_are_valid(tmp_path):
     n_seeds, n_eps = len(quick["axes"]["seed"]), len(quick["axes"]["epsilon"])
     n_reference_seeds = len(quick.get("reference_seeds", quick["axes"]["seed"]))
     # pretrained references are seed-independent (one point each); non-private ones run per reference seed
-    assert sizes["quick"] == 4 * n_eps * n_seeds + 2 + 2 * n_reference_seeds + n_ablation_points
+    refs = quick["references"]
+    n_pretrained = sum(r.startswith("pretrained_") for r in refs)
+    n_reference_points = n_pretrained + (len(refs) - n_pretrained) * n_reference_seeds
+    assert sizes["quick"] == len(quick["axes"]["method"]) * n_eps * n_seeds + n_reference_points + n_ablation_points
     assert sizes["paper"] == 3 * (4 * 2 + 4)
 
 
