@@ -6,7 +6,12 @@
     python benchmarks/run.py --grid full --tables-only      # rebuild tables from the finished points
 
 The whole grid is checked before any kernel starts: keys, parameter types (the notebook's annotated
-`parameters` cell), Settings overrides and method names; every error names the grid file and the key.
+`parameters` cell), method names, and every point's Settings, built as its notebook builds them and checked
+by the library (distildp.pipeline: field types, with a hint for numbers YAML 1.1 reads as text such as 1e-5;
+accountant and other names; dataset_options against the dataset loader's parameters; delta against the
+private training set's size N; csv folders present). Every error names the grid file and the key. A profile's
+dataset_options that the grid's dataset does not take (smoke's n_train with dataset: csv:...) are left out,
+with a note; the grid's own are refused.
 
 Layout under --results (default results/):
     runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json,
@@ -32,10 +37,10 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import typing
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,7 @@ class Grid:
     notebook: Path
     points: list[Point] = field(default_factory=list)
     regime_map: bool = False  # report the ablations as a regime map (results.regime_table)
+    notes: list[str] = field(default_factory=list)  # what the checks adjusted (e.g. a profile's options left out)
 
 
 # ---------------------------------------------------------------------------------------------- grid files
@@ -95,7 +101,21 @@ def grid_path(name_or_path: str) -> Path:
 
 
 def load_grid(name_or_path: str) -> Grid:
-    """Read, expand and check a grid file; raise GridError (naming file and key) before anything runs."""
+    """Read, expand and check a grid file; raise GridError (naming file and key) before anything runs.
+
+    Every point's Settings are built as its notebook builds them and checked by the library (Settings, and
+    Settings.validate for delta against the private set's size); the library's warnings become `Grid.notes`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        grid = _load_grid(name_or_path)
+    grid.notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    for w in caught:  # anything else goes on as usual
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return grid
+
+
+def _load_grid(name_or_path: str) -> Grid:
     from distildp.notebooks import ParameterError, validate_parameters
     from distildp.pipeline import PROFILES, REFERENCES
 
@@ -243,52 +263,14 @@ def _check_setting_name(name: str, key: str, fail) -> None:
 
 
 def _check_overrides(profile: str, overrides: dict, where: str, fail) -> None:
-    """Unknown fields (make_settings) and values of the wrong type (the Settings annotations)."""
-    from distildp.pipeline import Settings, make_settings
+    """The Settings these overrides give, built as the notebook builds them (make_settings) and checked by the
+    library (Settings' own checks, then Settings.validate: the data's size against delta, a csv folder there)."""
+    from distildp.pipeline import make_settings
 
-    problem = _type_problem(overrides, Settings, "")
-    if problem:
-        fail(where, problem)
     try:
-        make_settings(profile, overrides)
-    except (ValueError, TypeError) as err:
+        make_settings(profile, overrides).validate()
+    except (ValueError, TypeError, FileNotFoundError) as err:
         fail(where, f"overrides {overrides}: {err}")
-
-
-def _type_problem(values: dict, cls: type, prefix: str) -> str | None:
-    """The first override whose value does not fit the dataclass field's annotation, described; else None."""
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        hint = hints.get(name)
-        if hint is None:
-            continue  # unknown names: make_settings says which fields exist
-        if is_dataclass(hint) and isinstance(hint, type):
-            if not isinstance(value, dict):
-                return f"override {prefix}{name} must be a mapping of {hint.__name__} fields, got {value!r}"
-            problem = _type_problem(value, hint, f"{prefix}{name}.")
-            if problem:
-                return problem
-        elif not _fits(value, hint):
-            return (f"override {prefix}{name} must be {getattr(hint, '__name__', hint)}, got "
-                    f"{type(value).__name__} {value!r}")
-    return None
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is not None:
-        return isinstance(value, origin)
-    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 # ---------------------------------------------------------------------------------------------- points
@@ -406,7 +388,9 @@ def _request(point: Point, grid: Grid, store: str) -> dict:
     from distildp.pipeline import make_settings
 
     # the settings the point resolves to: a default changed in the code makes its old row stale
-    settings = make_settings(point.params["profile"], point.params["overrides"]).as_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # load_grid has reported the library's notes once
+        settings = make_settings(point.params["profile"], point.params["overrides"]).as_config()
     return {"point_id": point.point_id, "kind": point.kind, "knob": point.knob, "value": point.value,
             "variant": point.variant, "grid": grid.name, "notebook": str(grid.notebook), "store": store,
             "params": point.params, "same_as": point.same_as, "settings": jsonable(settings)}
@@ -597,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for note in grid.notes:
+        print(f"note: {note}", file=sys.stderr)
     results = Path(args.results).resolve()
     store = str(Path(args.store).resolve()) if args.store else ""
     runs_dir, tables_dir, figures_dir = output_dirs(results, grid.name)

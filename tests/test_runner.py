@@ -158,9 +158,11 @@ def test_committed_grids_are_valid(tmp_path):
     assert sizes["paper"] == 3 * (4 * 2 + 4)
 
 
-def test_points_have_readable_stable_ids_and_overrides(tmp_path):
+def test_points_have_readable_stable_ids_and_overrides(tmp_path, monkeypatch):
+    shutil.copytree(ROOT / "tests" / "fixtures" / "csv_corpus", tmp_path / "x y")  # csv folders must exist
+    monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, make_notebook(tmp_path), axes={
-        "method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:/x y"]})
+        "method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:x y"]})
     points = {p.point_id: p for p in run.load_grid(str(grid)).points}
     assert "dataset-builtin__distildp__eps2__seed0" in points
     assert "dataset-csv-x-y__distildp__epsinf__seed0" in points

@@ -239,6 +239,16 @@ def load_public(name: str = "builtin", n_docs: int | None = 4000, n_val: int = 5
     raise ValueError(f"unknown public corpus {name!r}; known: {', '.join(PUBLIC_CORPORA)}")
 
 
+def public_options(name: str) -> dict[str, inspect.Parameter]:
+    """The options (Settings.public_options) public corpus `name` takes, by name: none for 'builtin' and 'prose'."""
+    if name in ("builtin", "prose"):
+        return {}
+    if not name.startswith(("csv:", "hub:")):
+        raise ValueError(f"unknown public corpus {name!r}; known: {', '.join(PUBLIC_CORPORA)}")
+    loader = _public_csv if name.startswith("csv:") else _public_hub
+    return {k: p for k, p in inspect.signature(loader).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
 def _public_reviews(src: ReviewSource, n: int, seed: int, stream: int, coded_share: float) -> list[tuple[str, str]]:
     """n reviews of the public categories as (text, prefix): a share `coded_share` behind its codes, else ''."""
     if not n:
