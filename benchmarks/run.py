@@ -1,7 +1,7 @@
 """Run a benchmark grid: every point executes the benchmark notebook with papermill, in its own process.
 
     python benchmarks/run.py --grid quick --jobs 2          # benchmarks/grids/quick.yaml
-    python benchmarks/run.py --grid smoke --dry-run         # list the points (and which are done)
+    python benchmarks/run.py --grid smoke --dry-run         # check the grid, list its points: todo/done/busy
     python benchmarks/run.py --grid full --shard 3/8        # one task of a cluster job array
     python benchmarks/run.py --grid full --tables-only      # rebuild tables from the finished points
 
@@ -15,11 +15,15 @@ with a note; the grid's own are refused.
 
 Layout under --results (default results/):
     runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json,
-                             timing.json (the point's wall time, kernel start included)
+                             timing.json (the point's wall time, kernel start included), point.lock
     tables/, figures/        for the quick grid (the committed results)
     <grid>/tables/, <grid>/figures/   for every other grid, so a smoke run never overwrites them
 A point is finished when its row.json exists (the notebook writes it last, atomically) and its point.json
-asks for the same parameters; any other point directory is cleared and run again from scratch.
+asks for the same parameters; any other point directory is cleared and run again from scratch, unless a
+live process owns it: point.lock is held (flock) by the runner that queued the point and then by the point's
+process. Another runner on the same results skips such a point with a message (it does not wait: a point may
+run for hours); rerun once the owner is done. Points are processes of their own (a Ctrl-C reaches the runner,
+which stops them) that die with their runner even when it is killed with SIGKILL, taking their kernels along.
 Shared stages (pretrained models, DP teachers, synthetic sets) come from the artifact store (--store).
 """
 
