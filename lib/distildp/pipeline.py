@@ -24,9 +24,9 @@ import types
 import typing
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
