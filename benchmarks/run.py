@@ -1,26 +1,36 @@
 """Run a benchmark grid: every point executes the benchmark notebook with papermill, in its own process.
 
     python benchmarks/run.py --grid quick --jobs 2          # benchmarks/grids/quick.yaml
-    python benchmarks/run.py --grid smoke --dry-run         # list the points (and which are done)
+    python benchmarks/run.py --grid smoke --dry-run         # check the grid, list its points: todo/done/busy
     python benchmarks/run.py --grid full --shard 3/8        # one task of a cluster job array
     python benchmarks/run.py --grid full --tables-only      # rebuild tables from the finished points
 
 The whole grid is checked before any kernel starts: keys, parameter types (the notebook's annotated
-`parameters` cell), Settings overrides and method names; every error names the grid file and the key.
+`parameters` cell), method names, and every point's Settings, built as its notebook builds them and checked
+by the library (distildp.pipeline: field types, with a hint for numbers YAML 1.1 reads as text such as 1e-5;
+accountant and other names; dataset_options against the dataset loader's parameters; delta against the
+private training set's size N; csv folders present). Every error names the grid file and the key. A profile's
+dataset_options that the grid's dataset does not take (smoke's n_train with dataset: csv:...) are left out,
+with a note; the grid's own are refused.
 
 Layout under --results (default results/):
     runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json,
-                             timing.json (the point's wall time, kernel start included)
+                             timing.json (the point's wall time, kernel start included), point.lock
     tables/, figures/        for the quick grid (the committed results)
     <grid>/tables/, <grid>/figures/   for every other grid, so a smoke run never overwrites them
 A point is finished when its row.json exists (the notebook writes it last, atomically) and its point.json
-asks for the same parameters; any other point directory is cleared and run again from scratch.
+asks for the same parameters; any other point directory is cleared and run again from scratch, unless a
+live process owns it: point.lock is held (flock) by the runner that queued the point and then by the point's
+process. Another runner on the same results skips such a point with a message (it does not wait: a point may
+run for hours); rerun once the owner is done. Points are processes of their own (a Ctrl-C reaches the runner,
+which stops them) that die with their runner even when it is killed with SIGKILL, taking their kernels along.
 Shared stages (pretrained models, DP teachers, synthetic sets) come from the artifact store (--store).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import math
@@ -32,10 +42,10 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import typing
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +61,8 @@ TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "referenc
 CORE_AXES = ("method", "epsilon", "seed")
 ABLATION_KEYS = {"values", "method", "epsilon", "seeds", "knob", "with"}
 POINT_FILE, ROW_FILE, LOG_FILE, TIMING_FILE = "point.json", "row.json", "run.log", "timing.json"
+LOCK_FILE = "point.lock"  # flock-ed while a live runner or point process owns the point (never deleted)
+ABANDONED = signal.SIGHUP  # what a point process gets when its runner dies (nbclient handles SIGTERM itself)
 
 
 class GridError(ValueError):
@@ -77,6 +89,7 @@ class Grid:
     notebook: Path
     points: list[Point] = field(default_factory=list)
     regime_map: bool = False  # report the ablations as a regime map (results.regime_table)
+    notes: list[str] = field(default_factory=list)  # what the checks adjusted (e.g. a profile's options left out)
 
 
 # ---------------------------------------------------------------------------------------------- grid files
@@ -95,7 +108,21 @@ def grid_path(name_or_path: str) -> Path:
 
 
 def load_grid(name_or_path: str) -> Grid:
-    """Read, expand and check a grid file; raise GridError (naming file and key) before anything runs."""
+    """Read, expand and check a grid file; raise GridError (naming file and key) before anything runs.
+
+    Every point's Settings are built as its notebook builds them and checked by the library (Settings, and
+    Settings.validate for delta against the private set's size); the library's warnings become `Grid.notes`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        grid = _load_grid(name_or_path)
+    grid.notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    for w in caught:  # anything else goes on as usual
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return grid
+
+
+def _load_grid(name_or_path: str) -> Grid:
     from distildp.notebooks import ParameterError, validate_parameters
     from distildp.pipeline import PROFILES, REFERENCES
 
@@ -243,52 +270,14 @@ def _check_setting_name(name: str, key: str, fail) -> None:
 
 
 def _check_overrides(profile: str, overrides: dict, where: str, fail) -> None:
-    """Unknown fields (make_settings) and values of the wrong type (the Settings annotations)."""
-    from distildp.pipeline import Settings, make_settings
+    """The Settings these overrides give, built as the notebook builds them (make_settings) and checked by the
+    library (Settings' own checks, then Settings.validate: the data's size against delta, a csv folder there)."""
+    from distildp.pipeline import make_settings
 
-    problem = _type_problem(overrides, Settings, "")
-    if problem:
-        fail(where, problem)
     try:
-        make_settings(profile, overrides)
-    except (ValueError, TypeError) as err:
+        make_settings(profile, overrides).validate()
+    except (ValueError, TypeError, FileNotFoundError) as err:
         fail(where, f"overrides {overrides}: {err}")
-
-
-def _type_problem(values: dict, cls: type, prefix: str) -> str | None:
-    """The first override whose value does not fit the dataclass field's annotation, described; else None."""
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        hint = hints.get(name)
-        if hint is None:
-            continue  # unknown names: make_settings says which fields exist
-        if is_dataclass(hint) and isinstance(hint, type):
-            if not isinstance(value, dict):
-                return f"override {prefix}{name} must be a mapping of {hint.__name__} fields, got {value!r}"
-            problem = _type_problem(value, hint, f"{prefix}{name}.")
-            if problem:
-                return problem
-        elif not _fits(value, hint):
-            return (f"override {prefix}{name} must be {getattr(hint, '__name__', hint)}, got "
-                    f"{type(value).__name__} {value!r}")
-    return None
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is not None:
-        return isinstance(value, origin)
-    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 # ---------------------------------------------------------------------------------------------- points
@@ -406,7 +395,9 @@ def _request(point: Point, grid: Grid, store: str) -> dict:
     from distildp.pipeline import make_settings
 
     # the settings the point resolves to: a default changed in the code makes its old row stale
-    settings = make_settings(point.params["profile"], point.params["overrides"]).as_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # load_grid has reported the library's notes once
+        settings = make_settings(point.params["profile"], point.params["overrides"]).as_config()
     return {"point_id": point.point_id, "kind": point.kind, "knob": point.knob, "value": point.value,
             "variant": point.variant, "grid": grid.name, "notebook": str(grid.notebook), "store": store,
             "params": point.params, "same_as": point.same_as, "settings": jsonable(settings)}
@@ -443,6 +434,7 @@ class Runner:
         self.threads = max(1, cpus // jobs)
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._stopping = False  # set by stop_all: no new point starts after it
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -451,22 +443,32 @@ class Runner:
                    TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
         return env
 
-    def run(self, point_dir: Path) -> Outcome:
+    def run(self, point_dir: Path, lock_fd: int) -> Outcome:
+        """Run one point in a child process that inherits the point's lock (`lock_fd`, closed here at the end)."""
         started = time.time()
         log = point_dir / LOG_FILE
-        with open(log, "w") as log_file:
-            child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--execute-point", str(point_dir)],
-                                     stdout=log_file, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT,
-                                     start_new_session=True)  # its own process group: the kernel dies with it
-            with self._lock:
-                self._children.add(child)
-            code = child.wait()
-            with self._lock:
-                self._children.discard(child)
-        seconds = time.time() - started
+        try:
+            with open(log, "w") as log_file:
+                command = [sys.executable, str(Path(__file__).resolve()), "--execute-point", str(point_dir),
+                           "--runner-pid", str(os.getpid()), "--lock-fd", str(lock_fd)]
+                # its own session: a Ctrl-C in the terminal reaches the runner, which stops the points (stop_all).
+                # The child asks to die with this runner (see _die_with_runner); Popen is called in the thread that
+                # waits for it, which matters since Linux's parent-death signal follows the forking thread.
+                with self._lock:  # started and registered at once, so stop_all sees every child
+                    if self._stopping:
+                        return Outcome(point_dir.name, False, 0.0, log, "not started: the grid was stopped")
+                    child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env(),
+                                             cwd=ROOT, start_new_session=True, pass_fds=(lock_fd,))
+                    self._children.add(child)
+                code = child.wait()
+                with self._lock:
+                    self._children.discard(child)
+            seconds = time.time() - started
+            (point_dir / TIMING_FILE).write_text(json.dumps({"seconds": round(seconds, 2), "exit_status": code,
+                                                             "started": started}))
+        finally:
+            os.close(lock_fd)  # after timing.json: another runner may take the point from here on
         point_id = point_dir.name
-        (point_dir / TIMING_FILE).write_text(json.dumps({"seconds": round(seconds, 2), "exit_status": code,
-                                                         "started": started}))
         if code == 0 and (point_dir / ROW_FILE).exists():
             return Outcome(point_id, True, seconds, log)
         reason = f"exit status {code}" if code else "the notebook finished without writing row.json"
@@ -475,6 +477,7 @@ class Runner:
 
     def stop_all(self) -> None:
         with self._lock:
+            self._stopping = True
             for child in self._children:
                 try:
                     os.killpg(child.pid, signal.SIGTERM)
@@ -482,12 +485,19 @@ class Runner:
                     pass
 
 
-def execute_point(point_dir: Path) -> None:
-    """Child process: run the notebook of one point (reads point.json), streaming cell output to the log."""
+def execute_point(point_dir: Path, runner_pid: int | None = None, lock_fd: int | None = None) -> None:
+    """Child process: run the notebook of one point (reads point.json), streaming cell output to the log.
+
+    It holds the point's lock (the inherited `lock_fd`) while it lives, and dies with its runner, taking its
+    kernel with it: papermill starts the kernel in a session of its own, so no process-group kill reaches it."""
     import logging
 
     from distildp.notebooks import execute
 
+    if runner_pid is not None:
+        _die_with_runner(runner_pid)
+    if lock_fd is not None:
+        _write_owner(lock_fd)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     request = json.loads((point_dir / POINT_FILE).read_text())
     params = dict(request["params"], store=request["store"], row_path=str((point_dir / ROW_FILE).resolve()))
@@ -496,12 +506,113 @@ def execute_point(point_dir: Path) -> None:
     execute(notebook, point_dir / notebook.name, params, log_output=True)
 
 
+def _die_with_runner(runner_pid: int) -> None:
+    """Receive ABANDONED when the runner dies, even by SIGKILL, and then kill the kernel and exit.
+
+    Linux: the kernel sends it (prctl PR_SET_PDEATHSIG). Elsewhere: a thread polls for the parent to change.
+    Set here rather than in a Popen preexec_fn, which is unsafe in the runner's threads; the runner may have
+    died before this call, hence the parent check after it."""
+    signal.signal(ABANDONED, _abandon)
+    if sys.platform.startswith("linux") and _set_parent_death_signal(ABANDONED):
+        if os.getppid() != runner_pid:
+            _abandon(ABANDONED, None)
+        return
+
+    def watch() -> None:
+        while os.getppid() == runner_pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), ABANDONED)  # handled in the main thread, like the Linux signal
+
+    threading.Thread(target=watch, name="runner-watch", daemon=True).start()
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _abandon(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    """The runner is gone: kill every descendant (the kernel leads its own process group: kill that group, so
+    whatever the notebook started goes too), then exit without cleanup."""
+    try:
+        import psutil  # a dependency of ipykernel, so present wherever a kernel runs
+    except ImportError:  # ipykernel's parent poller still stops the kernel within a second of this exit
+        os._exit(128 + signum)
+    own_group = os.getpgid(0)
+    for process in psutil.Process().children(recursive=True):
+        try:
+            group = os.getpgid(process.pid)
+            if group != own_group:
+                os.killpg(group, signal.SIGKILL)
+            os.kill(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # gone already
+    os._exit(128 + signum)
+
+
+# ---------------------------------------------------------------------------------------------- point locks
+# A point is owned by one live process at a time: a runner from when it claims the point (before clearing it)
+# until it starts the point's process, which inherits the lock and holds it until it exits (however it exits:
+# the kernel drops a dead process's flock). A second runner skips an owned point, so it never clears or reruns
+# one that is still running; it does not wait, since a point may run for hours.
+def _claim(point_dir: Path) -> int | None:
+    """An open descriptor holding the point's lock, or None when a live process holds it."""
+    fd = os.open(point_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    _write_owner(fd)
+    return fd
+
+
+def _write_owner(fd: int) -> None:
+    """The owner's pid in the lock file: for the message of a runner that finds the point taken."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _owner(point_dir: Path) -> str:
+    try:
+        return (point_dir / LOCK_FILE).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def is_busy(point_dir: Path) -> bool:
+    """Whether a live process owns the point (its lock is held)."""
+    if not (point_dir / LOCK_FILE).exists():
+        return False
+    fd = os.open(point_dir / LOCK_FILE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+
+
+def _clear(point_dir: Path) -> None:
+    """Empty a point directory for a fresh run, keeping its lock file (deleting a held lock file would let the
+    next runner lock a new file of the same name)."""
+    for path in point_dir.iterdir():
+        if path.name != LOCK_FILE:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str,
              progress: bool = True) -> list[Outcome]:
     """Run the unfinished points; return their outcomes (finished ones are skipped)."""
     from tqdm.auto import tqdm
 
-    todo, twins = [], []
+    todo, twins, busy = [], [], []
     for point in points:
         point_dir = runs_dir / point.point_id
         request = _request(point, grid, store)
@@ -510,29 +621,41 @@ def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: 
             continue
         if is_finished(point_dir, request):
             continue
-        if point_dir.exists():  # interrupted or asked with other parameters: start it again from scratch
-            shutil.rmtree(point_dir)
-        point_dir.mkdir(parents=True)
+        point_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _claim(point_dir)
+        if lock_fd is None:  # another runner has it queued or its point process is running
+            busy.append(f"{point.point_id} (process {_owner(point_dir)})")
+            continue
+        if is_finished(point_dir, request):  # finished while we looked
+            os.close(lock_fd)
+            continue
+        _clear(point_dir)  # interrupted or asked with other parameters: start it again from scratch
         (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
-        todo.append(point_dir)
-    print(f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins)} already finished, "
-          f"{len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
+        todo.append((point_dir, lock_fd))
+    print(f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
+          f"finished, {len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
           + (f", {len(twins)} reusing a main point's row" if twins else ""), flush=True)
+    for entry in busy:
+        print(f"skipped {entry}: a live process owns this point (another runner); rerun when it is done",
+              flush=True)
     runner = Runner(jobs)
     outcomes = []
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="point", disable=not progress or not todo)
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(runner.run, d) for d in todo]
-            for future in as_completed(futures):
-                outcome = future.result()
-                outcomes.append(outcome)
-                status = "ok" if outcome.ok else "FAILED"
-                bar.write(f"{status:6} {outcome.point_id}  {outcome.seconds:.1f} s")
-                bar.update()
-    except KeyboardInterrupt:
-        runner.stop_all()
-        raise
+            futures = [pool.submit(runner.run, d, fd) for d, fd in todo]
+            try:
+                for future in as_completed(futures):
+                    outcome = future.result()
+                    outcomes.append(outcome)
+                    status = "ok" if outcome.ok else "FAILED"
+                    bar.write(f"{status:6} {outcome.point_id}  {outcome.seconds:.1f} s")
+                    bar.update()
+            except KeyboardInterrupt:  # inside the pool: leaving it waits for every queued point otherwise
+                for future in futures:
+                    future.cancel()
+                runner.stop_all()
+                raise
     finally:
         bar.close()
     for point_dir, request in twins:
@@ -579,6 +702,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tables-only", action="store_true", help="only rebuild tables/figures from finished points")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--execute-point", help=argparse.SUPPRESS)  # internal: the child process of one point
+    parser.add_argument("--runner-pid", type=int, help=argparse.SUPPRESS)  # internal: ...which dies with this pid
+    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # internal: ...and holds this lock
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
@@ -588,7 +713,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.execute_point:
-        execute_point(Path(args.execute_point))
+        execute_point(Path(args.execute_point), args.runner_pid, args.lock_fd)
         return 0
     started = time.time()
     try:
@@ -597,13 +722,15 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for note in grid.notes:
+        print(f"note: {note}", file=sys.stderr)
     results = Path(args.results).resolve()
     store = str(Path(args.store).resolve()) if args.store else ""
     runs_dir, tables_dir, figures_dir = output_dirs(results, grid.name)
     if args.dry_run:
         for point in points:
             done = is_finished(runs_dir / point.point_id, _request(point, grid, store))
-            print(f"{'done' if done else 'todo'}  {point.point_id}")
+            print(f"{'done' if done else 'busy' if is_busy(runs_dir / point.point_id) else 'todo'}  {point.point_id}")
         print(f"{len(points)} points ({grid.path}); runs in {runs_dir}, tables in {tables_dir}")
         return 0
     outcomes = [] if args.tables_only else run_grid(grid, points, runs_dir, args.jobs, store, not args.no_progress)

@@ -6,12 +6,17 @@ row in a blink and logs each execution, so these tests time the runner, not the 
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -161,9 +166,11 @@ def test_committed_grids_are_valid(tmp_path):
     assert sizes["paper"] == 3 * (4 * 2 + 4)
 
 
-def test_points_have_readable_stable_ids_and_overrides(tmp_path):
+def test_points_have_readable_stable_ids_and_overrides(tmp_path, monkeypatch):
+    shutil.copytree(ROOT / "tests" / "fixtures" / "csv_corpus", tmp_path / "x y")  # csv folders must exist
+    monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, make_notebook(tmp_path), axes={
-        "method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:/x y"]})
+        "method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:x y"]})
     points = {p.point_id: p for p in run.load_grid(str(grid)).points}
     assert "dataset-builtin__distildp__eps2__seed0" in points
     assert "dataset-csv-x-y__distildp__epsinf__seed0" in points
@@ -327,3 +334,108 @@ def test_smoke_grid_with_the_real_notebook(tmp_path):
     table = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "ppl_vs_eps.csv")
     assert set(table["method"]) == {"distildp", "dpsgd", "pretrained_student"}
     assert (table["student_ppl"] >= table["floor"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- processes
+# The point's kernel reports its pid, then beats until RELEASE exists (at most a minute), then writes its row.
+SLEEPER = """
+import json, os, time
+with open(os.path.join(HERE, "kernel.pid"), "w") as f:
+    f.write(str(os.getpid()))
+deadline = time.time() + 60
+while not os.path.exists(os.path.join(HERE, "release")) and time.time() < deadline:
+    with open(os.path.join(HERE, "beats"), "a") as f:
+        f.write("beat\\n")
+    time.sleep(0.2)
+with open(row_path, "w") as f:
+    json.dump({"method": method, "epsilon": epsilon, "seed": seed, "student_ppl": 1.0}, f)
+"""
+
+
+def sleeper_grid(directory: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell(PARAMETERS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(f"HERE = {str(directory)!r}\n" + SLEEPER)]
+    nbformat.write(nb, directory / "sleeper.ipynb")
+    return write_grid(directory, directory / "sleeper.ipynb", references=[], ablations={},
+                      axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0]})
+
+
+def start_runner(grid: Path, results: Path) -> subprocess.Popen:
+    """benchmarks/run.py in a process of its own, as from a shell; returns once its point's kernel beats."""
+    runner = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--grid", str(grid),
+                               "--results", str(results), "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    beats = grid.parent / "beats"
+    deadline = time.time() + 180  # two busy cores: a kernel can take a while to start
+    while not beats.exists():
+        assert runner.poll() is None, f"the runner exited with {runner.returncode} before the kernel started"
+        assert time.time() < deadline, "the point's kernel did not start"
+        time.sleep(0.2)
+    return runner
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_and_wait(runner: subprocess.Popen, timeout: float = 10.0) -> list[int]:
+    """SIGKILL the runner; return the pids of its descendants still alive `timeout` seconds later."""
+    descendants = [p.pid for p in psutil.Process(runner.pid).children(recursive=True)]
+    assert len(descendants) >= 2  # the point process and its kernel
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.time() + timeout
+    while any(alive(pid) for pid in descendants) and time.time() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in descendants if alive(pid)]
+
+
+@pytest.mark.slow
+def test_killed_runner_takes_its_points_and_their_kernels_down(tmp_path):
+    grid = sleeper_grid(tmp_path)
+    runner = start_runner(grid, tmp_path / "results")
+    kernel = int((tmp_path / "kernel.pid").read_text())
+    survivors = [kernel, *(p.pid for p in psutil.Process(runner.pid).children(recursive=True))]
+    try:
+        survivors = kill_and_wait(runner)
+        assert survivors == [] and not alive(kernel)
+        beats = (tmp_path / "beats").read_text()
+        time.sleep(1.0)
+        assert (tmp_path / "beats").read_text() == beats  # nothing writes any more
+    finally:  # whatever this test started and is still alive, by pid
+        if runner.poll() is None:
+            runner.kill()
+        for pid in survivors:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_point_owned_by_a_live_process_is_skipped_never_cleared(tmp_path, capsys):
+    grid = sleeper_grid(tmp_path)
+    results = tmp_path / "results"
+    point_dir = results / "runs" / "tiny" / "dpsgd__eps2__seed0"
+    first = start_runner(grid, results)
+    try:
+        # a second runner on the same grid: the point is running, so it is left alone
+        assert cli(grid, results) == 0
+        out = capsys.readouterr().out
+        assert "skipped dpsgd__eps2__seed0 (process " in out and "0 to run" in out
+        assert (point_dir / "point.json").exists() and (point_dir / "run.log").exists()  # not cleared
+        assert alive(int((tmp_path / "kernel.pid").read_text()))
+        assert cli(grid, results, "--dry-run") == 0
+        assert "busy  dpsgd__eps2__seed0" in capsys.readouterr().out
+    finally:
+        assert kill_and_wait(first) == []
+    # its owner gone, the point is free: the next runner clears it and runs it to the end
+    (tmp_path / "release").write_text("")
+    (tmp_path / "kernel.pid").unlink()
+    assert cli(grid, results) == 0
+    assert (point_dir / "row.json").exists() and (tmp_path / "kernel.pid").exists()
+    assert not run.is_busy(point_dir)

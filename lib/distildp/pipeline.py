@@ -18,9 +18,14 @@ import hashlib
 import json
 import itertools
 import math
+import numbers
 import time
+import types
+import typing
+import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,12 @@ import torch
 
 from distildp import privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
-from distildp.data import Corpus, PublicText, control_prefix, load_corpus, load_public
-from distildp.distill import (KD_WEIGHTINGS, StudentWithProjection, check_compatible, collate_kd, make_kd_loss_fn,
-                              validate_kd_weights)
-from distildp.dpsgd import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed, train_causal_lm
+from distildp.data import (Corpus, PublicText, control_prefix, corpus_loader, corpus_options, load_corpus,
+                           load_public, public_options, train_size)
+from distildp.distill import (KD_WEIGHTINGS, TEACHER_CONTEXTS, StudentWithProjection, check_compatible, collate_kd,
+                              make_kd_loss_fn, validate_kd_weights)
+from distildp.dpsgd import (GRAD_SAMPLE_MODES, RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed,
+                            train_causal_lm)
 from distildp.evaluate import floor, marginal_perplexity, perplexity
 from distildp.generate import CONFIG_CODES_ATTR, GenerationConfig, generate_synthetic, load_synthetic
 from distildp.models import (PRESETS, build_model, encode_plain, encode_with_prefix, is_pretrained_name,
@@ -120,6 +127,10 @@ class Settings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        # types first: a number that YAML read as text would otherwise fail below with a bare TypeError
+        problem = fields_problem(asdict_shallow(self), Settings)
+        if problem:
+            raise ValueError(problem)
         if self.histogram not in HISTOGRAMS:
             raise ValueError(f"histogram={self.histogram!r}; choose one of {HISTOGRAMS}")
         validate_kd_weights(self.lam, self.temperature, self.alpha)
@@ -138,9 +149,137 @@ class Settings:
         for name in ("pretrain_tolerance", "distill_tolerance"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1) (0: run every epoch)")
+        for name, known in (("accountant", privacy.ACCOUNTANTS), ("budget_scheme", privacy.SCHEMES),
+                            ("grad_sample_mode", GRAD_SAMPLE_MODES), ("teacher_context", TEACHER_CONTEXTS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {tuple(known)}")
+        _check_delta_form(self.delta)
+        _check_options("dataset", self.dataset, "dataset_options", self.dataset_options, corpus_options, corpus_loader)
+        _check_options("public_corpus", self.public_corpus, "public_options", self.public_options, public_options)
+
+    def validate(self) -> Settings:
+        """The checks that need the private data's size N (field values are checked on construction): a csv
+        folder must exist, and `delta` must resolve as the pipeline resolves it (privacy.resolve_delta: a number
+        below 1/N). N is read cheaply (data.train_size: the built-in corpus's n_train, train.csv's rows); for a
+        hub dataset it is unknown until downloaded, and delta is checked when the pipeline loads it. Returns self."""
+        n = train_size(self.dataset, self.dataset_options)
+        if n is not None:
+            try:
+                privacy.resolve_delta(self.delta, n, allow_one_over_n=self.delta == "paper")
+            except ValueError as err:
+                raise ValueError(f"dataset {self.dataset!r} has {n} training documents: {err}") from err
+        return self
 
     def as_config(self) -> dict:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------- validation
+def yaml_number_hint(text: str) -> str:
+    """How to write `text`, a number that YAML read as a string, so that it reads as a number ('' if not one)."""
+    try:
+        float(text.replace("_", ""))
+    except ValueError:
+        return ""
+    if "e" in text.lower() and "inf" not in text.lower():
+        return ("; YAML 1.1 (PyYAML, which reads grids) takes 1e-5 and 1.0e5 for text: write a dot and a signed "
+                "exponent (1.0e-5, 1.0e+5) or a plain decimal (0.00001)")
+    return "; a quoted number (or inf/nan without YAML's leading dot: .inf) is text in YAML: drop the quotes"
+
+
+def asdict_shallow(obj) -> dict:
+    """A dataclass's fields as a dict, nested dataclasses left as they are (unlike dataclasses.asdict)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(obj) -> dict[str, Any]:
+    return typing.get_type_hints(obj)
+
+
+def fields_problem(values: Mapping[str, Any], cls: Any, prefix: str = "") -> str | None:
+    """The first value that does not fit its annotation in `cls` (a dataclass or a function), described with the
+    fix; None when all fit. Nested config dataclasses are checked field by field, as instances or as mappings."""
+    hints = _hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue  # unknown names are reported by whoever knows the field list (make_settings)
+        if is_dataclass(hint) and isinstance(hint, type):
+            if isinstance(value, hint):
+                value = asdict_shallow(value)
+            elif not isinstance(value, Mapping):
+                return f"{prefix}{name} must be a mapping of {hint.__name__} fields, got {value!r}"
+            problem = fields_problem(value, hint, f"{prefix}{name}.")
+        else:
+            problem = type_problem(f"{prefix}{name}", value, hint)
+        if problem:
+            return problem
+    return None
+
+
+def type_problem(name: str, value: Any, hint: Any) -> str | None:
+    """Why `value` does not fit annotation `hint` of setting `name` (with the YAML hint for a number read as
+    text); None when it fits. ints fit floats; bools fit neither."""
+    if _fits(value, hint):
+        return None
+    message = f"{name} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
+    return message + yaml_number_hint(value) if isinstance(value, str) and _wants_number(hint) else message
+
+
+def _union_args(hint: Any) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if len(_union_args(hint)) > 1:
+        return any(_fits(value, arg) for arg in _union_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    origin = typing.get_origin(hint)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    return " or ".join("None" if a is type(None) else getattr(a, "__name__", str(a)) for a in _union_args(hint))
+
+
+def _wants_number(hint: Any) -> bool:
+    return any(a in (int, float) for a in _union_args(hint))
+
+
+def _check_delta_form(delta: Any) -> None:
+    """delta is None (below 1/N), 'paper' (1/N) or a number in (0, 1); whether it is below 1/N needs N
+    (Settings.validate)."""
+    if isinstance(delta, str) and delta != "paper":
+        raise ValueError(f"delta={delta!r}: use a number below 1/N, None (the default: the largest power of ten "
+                         f"below 1/N) or 'paper' (1/N, as the paper){yaml_number_hint(delta)}")
+    if delta is not None and delta != "paper" and not 0 < delta < 1:
+        raise ValueError(f"delta={delta!r} must lie strictly between 0 and 1 (and below 1/N); or use None (the "
+                         f"default) or 'paper'")
+
+
+def _check_options(key: str, name: str, options_key: str, options: dict, accepted_of, loader=None) -> None:
+    """Every option is a parameter of the loader that `name` chooses (and of the type it declares, given `loader`)."""
+    try:
+        accepted = accepted_of(name)
+    except ValueError as err:
+        raise ValueError(f"{key}={name!r}: {err}") from err
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{options_key} {unknown} do not apply to {key} {name!r}: it takes "
+                         f"{sorted(accepted) or 'no options'}")
+    problem = fields_problem(options, loader(name), f"{options_key}.") if loader else None
+    if problem:
+        raise ValueError(problem)
 
 
 def _seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
@@ -723,7 +862,8 @@ def make_settings(profile: str = "quick", overrides: dict[str, Any] | None = Non
     """Settings of a named profile with `overrides` applied (nested configs take dicts of their fields)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    merged = merge_overrides(PROFILES[profile], overrides or {})
+    merged = _without_foreign_profile_options(profile, merge_overrides(PROFILES[profile], overrides or {}),
+                                              overrides or {})
     known = {f for f in Settings.__dataclass_fields__}
     unknown = sorted(set(merged) - known)
     if unknown:
@@ -733,12 +873,42 @@ def make_settings(profile: str = "quick", overrides: dict[str, Any] | None = Non
     for name, value in merged.items():
         if name in NESTED:
             cls = NESTED[name]
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a mapping of {cls.__name__} fields, got {value!r}")
             bad = sorted(set(value) - set(cls.__dataclass_fields__))
             if bad:
                 raise ValueError(f"unknown field(s) {bad} in {name}; its fields are {sorted(cls.__dataclass_fields__)}")
+            problem = fields_problem(value, cls, f"{name}.")  # before the config's own checks compare a str to 0
+            if problem:
+                raise ValueError(problem)
             value = replace(getattr(defaults, name), **value)
         kwargs[name] = value
     return Settings(**kwargs)
+
+
+def _without_foreign_profile_options(profile: str, merged: dict, overrides: dict) -> dict:
+    """`merged` without the profile's dataset_options that the chosen dataset does not take, with a warning.
+
+    A profile's dataset_options size its own dataset (smoke's n_train, n_val, n_test are the built-in corpus's);
+    with another dataset (csv:<dir>) they would make its loader fail, and overrides cannot remove them (they are
+    merged, not replaced). So they are dropped. The user's own dataset_options are never dropped: ones that do not
+    apply are refused by Settings with the options the dataset takes."""
+    from_profile = PROFILES[profile].get("dataset_options") or {}
+    options = merged.get("dataset_options")
+    if not from_profile or not isinstance(options, dict):
+        return merged
+    dataset = merged.get("dataset", Settings.__dataclass_fields__["dataset"].default)
+    try:
+        accepted = corpus_options(dataset)
+    except (ValueError, AttributeError):
+        return merged  # an unknown dataset (or not a name): Settings says so
+    own = overrides.get("dataset_options") if isinstance(overrides.get("dataset_options"), dict) else {}
+    dropped = sorted(k for k in from_profile if k not in accepted and k not in own)
+    if dropped:
+        warnings.warn(f"profile {profile!r}: its dataset_options {dropped} do not apply to dataset {dataset!r} "
+                      f"(which takes {sorted(accepted)}) and are left out", stacklevel=3)
+        merged = {**merged, "dataset_options": {k: v for k, v in options.items() if k not in dropped}}
+    return merged
 
 
 def merge_overrides(base: dict, extra: dict) -> dict:
