@@ -6,6 +6,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+import torch
 from dp_accounting import dp_event, pld
 
 from distildp import privacy
@@ -208,3 +209,20 @@ def test_a_student_reference_row_builds_only_the_student(tmp_path):
     row = pipe.run("pretrained_student", 0.0)
     assert [a.manifest["config"]["model"] for a in pipe.store.list("pretrained")] == ["tiny-student"]
     assert 1 < row["teacher_floor"] < row["floor"] < row["student_ppl"]
+
+
+@pytest.mark.parametrize("tolerance, stops_at", [(0.0, None), (None, None), (0.01, 3)])
+def test_held_out_selection_stops_only_with_a_positive_tolerance(tolerance, stops_at):
+    """tolerance 0 (distillation's default, as the paper: every epoch runs, the best is kept) never stops
+    training, not even after an epoch that got worse; a positive tolerance stops at the first flat check."""
+    from distildp.pipeline import _BestOnHeldOut
+
+    improvements = iter([math.inf, 0.05, -0.02, 0.03])  # the third check is worse than the best
+
+    class Scripted(_BestOnHeldOut):
+        def _check(self, step):
+            return next(improvements)
+
+    selector = Scripted(torch.nn.Linear(1, 1), tok=None, texts=[], every=1, tolerance=tolerance)
+    stopped = [step for step in range(1, 5) if selector(step, loss=0.0)]
+    assert (stopped[:1] or [None])[0] == stops_at

@@ -88,11 +88,12 @@ class Settings:
     dpkd_train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3))
     # Non-private distillation on the synthetic data, grouped by length (samples vary in length, so random
-    # batches would be mostly padding). It runs until the held-out synthetic text's perplexity improves by less
-    # than `distill_tolerance` (relative) in an epoch, or `distill_train.epochs` run out; the best epoch is kept.
+    # batches would be mostly padding). As in the paper, it runs every epoch and keeps the one with the best
+    # held-out synthetic perplexity (distill_tolerance = 0). A tolerance > 0 stops at the first epoch that improves
+    # on the best by less than that (relative): cheaper, but one noisy epoch can stop a student that still learns.
     distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=8, batch_size=64, lr=1e-2, warmup_steps=20, schedule="warmup_linear", group_by_length=True))
-    distill_tolerance: float = 0.01
+    distill_tolerance: float = 0.0
     max_grad_norm: float = 1.0
     # 'secret': DP randomness (Poisson batches, DP-SGD noise, histogram noise) from OS entropy, as the guarantee
     # assumes; 'reproducible': derived from the seed, for teaching and benchmarks on synthetic corpora, and every
@@ -779,12 +780,12 @@ class Pipeline:
 
 class _BestOnHeldOut:
     """on_step callback: every `every` steps, score held-out text and keep the best weights. With a
-    `tolerance`, it also asks training to stop (returns True) once a check improves on the best one by less
-    than that relative amount: the held-out perplexity has flattened."""
+    `tolerance` > 0, it also asks training to stop (returns True) once a check improves on the best one by less
+    than that relative amount: the held-out perplexity has flattened. None or 0: it never stops training."""
 
     def __init__(self, model, tok, texts: list[str], every: int, tolerance: float | None = None,
                  prefixes: list[str] | None = None):
-        self.model, self.tok, self.texts, self.every, self.tolerance = model, tok, texts, every, tolerance
+        self.model, self.tok, self.texts, self.every, self.tolerance = model, tok, texts, every, tolerance or None
         self.prefixes = prefixes
         self.best_ppl, self.best_step, self.best_state = math.inf, 0, copy.deepcopy(model.state_dict())
         self.curve: list[tuple[int, float]] = []
