@@ -57,9 +57,12 @@ strip: setup
 check-notebooks: setup
 	$(PY) -m distildp.notebooks check notebooks/*.ipynb
 
-# speed and memory benchmarks (not tests): DP-SGD vs non-private steps, generation throughput
+# speed and memory benchmarks (not tests; run them on a quiet machine): DP-SGD's clipping modes side by side
+# against non-private steps, how that grows with batch, length and model size, and generation throughput
 bench: setup
-	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 6
+	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 6 \
+		--configs hooks+conv1d ghost bookkeeping
+	$(PY) benchmarks/bench_dpsgd_sweep.py
 	$(PY) benchmarks/bench_generate.py
 
 clean-store:
