@@ -517,3 +517,17 @@ def test_draw_follows_the_probabilities():
 def test_sampling_needs_a_gpt2():
     with pytest.raises(TypeError, match="GPT2LMHeadModel"):
         gen.sample_batch(torch.nn.Linear(2, 2), [[0, 1]], small_cfg(), 0)
+
+
+def test_resume_fingerprint_does_not_depend_on_where_the_teacher_was_loaded_from(model, tokenizer):
+    """A store reached by another path (moved, another mount) must still resume its kept chunks."""
+    from distildp.generate import _fingerprint
+
+    args = ([("a", 2)], GenerationConfig(), 0, {})
+    before = _fingerprint(model, tokenizer, *args)
+    original = model.config._name_or_path
+    try:
+        model.config._name_or_path = "/somewhere/else/teacher"
+        assert _fingerprint(model, tokenizer, *args) == before
+    finally:
+        model.config._name_or_path = original

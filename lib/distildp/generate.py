@@ -215,12 +215,15 @@ def _fingerprint(model: torch.nn.Module, tokenizer: Any, code_counts: list, cfg:
     """What must match for an existing folder to be resumed. Weights are not hashed (too slow for large
     teachers): the artifact store already keys the folder by the teacher's hash."""
     config = getattr(model, "config", None)
+    model_config = config.to_dict() if hasattr(config, "to_dict") else repr(config)
+    if isinstance(model_config, dict):
+        model_config.pop("_name_or_path", None)  # where the teacher was loaded from: not what it samples
     description = {
         "code_counts": code_counts,
         "cfg": asdict(cfg),
         "seed": seed,
         "code_columns": code_columns,
-        "model_config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
+        "model_config": model_config,
         "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token_id],
     }
     text = json.dumps(description, sort_keys=True, default=str)
