@@ -8,7 +8,7 @@ where p^t = softmax(logits / t). Every term is averaged over the sequence's scor
 positions for all three), so padding never rescales one example's loss. The hard-label CE is taken at
 temperature 1. The t^2 factor keeps the KL gradient's size roughly independent of t (Hinton et al. 2015).
 
-Position conventions (see the brief): `loss_mask[b, j] = 1` marks token j as a scored target; it is
+Position conventions (shared with dpsgd.collate_lm): `loss_mask[b, j] = 1` marks token j as a scored target; it is
 predicted by the logits (and hidden state) at position j - 1. That standard causal shift is the only one.
 
 Teachers model `[eos] + prefix + text + [eos]`, students `[eos] + text + [eos]`, so student position i
@@ -92,7 +92,7 @@ def kd_loss(
     """Per-sequence KD loss.
 
     student_logits, teacher_logits: (B, T, V), aligned position by position (teacher already gathered).
-    targets: (B, T) the student's input_ids; loss_mask: (B, T) marks scored targets (brief convention).
+    targets: (B, T) the student's input_ids; loss_mask: (B, T) marks scored targets (the module docstring).
     student_hidden / teacher_hidden: a (B, T, D) tensor or equally long lists of them, paired in order.
     projection: maps student width to teacher width (e.g. HiddenProjection) before the MSE.
     MSE is the mean over the hidden dimension and over the paired layers, then over scored tokens.

@@ -118,7 +118,7 @@ class TrainReport:
         return math.isfinite(self.epsilon_spent)
 
     def privacy_record(self) -> dict[str, Any]:
-        """The manifest's `privacy` record (see the brief's shared conventions)."""
+        """The manifest's `privacy` record: epsilon, delta, accountant, sigma, sampling rate and steps."""
         return {
             "epsilon": self.epsilon_spent,
             "target_epsilon": self.target_epsilon,

@@ -1,6 +1,6 @@
 """Tokenizer, model presets, and non-private pretraining.
 
-Conventions (see the brief): the tokenizer's `<|endoftext|>` is bos = eos = pad = unk (GPT-2 style).
+Conventions: the tokenizer's `<|endoftext|>` is bos = eos = pad = unk (GPT-2 style).
 A student example is [eos] + tok(text) + [eos]; a teacher example is [eos] + tok(prefix) + tok(text) + [eos],
 with prefix and text tokenized separately so the student's tokens are a suffix-aligned slice of the teacher's.
 Every token after the leading [eos] is a target of the language-model loss.
@@ -150,7 +150,7 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 def _load(name: str, local_files_only: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local_files_only)
-    if tokenizer.pad_token is None:  # hub GPT-2 has no pad token: pad with eos, as the brief's convention
+    if tokenizer.pad_token is None:  # hub GPT-2 has no pad token: pad with eos, as the built-in tokenizer does
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
