@@ -509,8 +509,7 @@ class Pipeline:
             record["model_selection"] = "none: the final step is kept (selection on private data would cost privacy)"
             metrics = {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)}
             if role == "teacher" and not private:  # as a model of plain text, codes drawn as in the data
-                counts = Counter(tuple(c.values()) for c in self.corpus.codes("train"))
-                metrics["test_ppl_marginal"] = self.marginal_ppl(model, tok, counts)
+                metrics["test_ppl_marginal"] = self.marginal_ppl(model, tok, self.train_code_counts)
             return {"privacy": record, "metrics": metrics,
                     "extra": {"losses": report.losses, "device": str(self.device)}}
 
@@ -541,6 +540,11 @@ class Pipeline:
 
         return self.store.build("synthetic", config, build, inputs={"teacher": teacher}, seed=seed)
 
+    @functools.cached_property
+    def train_code_counts(self) -> Counter:
+        """How many private training documents carry each code tuple (the histogram's private input)."""
+        return Counter(tuple(c.values()) for c in self.corpus.codes("train"))
+
     def synthetic_count(self) -> int:
         """How many synthetic documents to sample: synthetic_size, else synthetic_factor x the private records."""
         s = self.settings
@@ -555,7 +559,7 @@ class Pipeline:
         """(code tuple -> number of synthetic documents, privacy record) as Settings.histogram says."""
         size, mode = self.synthetic_count(), self.histogram_mode(histogram_noise)
         keys, key_note = self.code_keys()
-        counts = Counter(tuple(c.values()) for c in self.corpus.codes("train"))
+        counts = self.train_code_counts
         if mode == "dp":
             secret = self.settings.dp_randomness == "secret"
             noise_seed = np.random.default_rng(secret_seed()) if secret else seed
