@@ -14,15 +14,23 @@ checks compute the usual wrong answers too (batch-level clipping, KL without t^2
 """
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import sys
+import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Opacus divides by (norm + 1e-6) when clipping, and so do notebook 02 and the references here.
 CLIP_EPSILON = 1e-6
@@ -224,7 +232,7 @@ def check_sigma_for_epsilon(sigma_for_epsilon: Callable, hidden: bool = False) -
 
     cases = [(2.0, 1e-4, 0.25, 12, "rdp")]
     if hidden:
-        cases += [(0.5, 1e-5, 0.01, 200, "rdp"), (8.0, 1e-4, 0.1, 50, "rdp"), (2.0, 1e-4, 0.25, 12, "prv")]
+        cases += [(0.5, 1e-5, 0.01, 200, "rdp"), (8.0, 1e-4, 0.1, 50, "rdp")]  # PRV works alike, 5x slower
         inf = _call(sigma_for_epsilon, "sigma_for_epsilon", math.inf, 1e-4, 0.25, 12, "rdp")
         if inf != 0:
             _fail(f"sigma_for_epsilon(inf, ...) returned {inf!r}: an infinite budget needs no noise, return 0.0.")
@@ -697,3 +705,168 @@ def run_question(question: Question, solution: str, hidden: bool = True) -> dict
         except AssertionError as err:
             outcome[test] = str(err)
     return outcome
+
+
+# ------------------------------------------------------------------------ building and grading (otter)
+IGNORE_TAG = "otter_ignore"  # otter drops cells with this tag when it executes a submission to grade it
+
+
+def grading_copy(notebook: str | Path) -> Any:
+    """The source notebook with every code cell outside a question tagged `otter_ignore`.
+
+    Grading then runs the exercise cells alone (each imports what it needs), not the pipeline around them: a
+    submission is graded in seconds, without models, while the student's own notebook still runs top to bottom.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    inside = False
+    for cell in nb.cells:
+        marker = _raw_marker(cell)
+        if marker in ("# BEGIN QUESTION", "# END QUESTION"):
+            inside = marker == "# BEGIN QUESTION"
+        elif cell.cell_type == "code" and not inside:
+            tags = cell.metadata.setdefault("tags", [])
+            if IGNORE_TAG not in tags:
+                tags.append(IGNORE_TAG)
+    return nb
+
+
+def _otter(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "otter", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def build(out: str | Path, notebooks_dir: str | Path, names: tuple[str, ...] = EXERCISE_NOTEBOOKS) -> Path:
+    """`otter assign` each exercise notebook: out/student/*.ipynb, out/autograder/*-autograder.zip, out/solutions/."""
+    import nbformat
+
+    out, notebooks_dir = Path(out), Path(notebooks_dir)
+    for part in ("student", "autograder", "solutions", "assign"):
+        shutil.rmtree(out / part, ignore_errors=True)
+        (out / part).mkdir(parents=True)
+    for name in names:
+        source = notebooks_dir / f"{name}.ipynb"
+        if not source.exists():
+            raise FileNotFoundError(f"{source} is missing: the exercise notebooks are {list(names)}.")
+        work = out / "assign" / name
+        work.mkdir()
+        nbformat.write(grading_copy(source), work / source.name)
+        done = _otter("assign", source.name, "dist", cwd=work)
+        zips = sorted((work / "dist" / "autograder").glob("*-autograder_*.zip"))
+        if done.returncode != 0 or not zips:
+            raise RuntimeError(f"otter assign failed on {source}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        shutil.copy(work / "dist" / "student" / source.name, out / "student" / source.name)
+        shutil.copy(work / "dist" / "autograder" / source.name, out / "solutions" / source.name)
+        shutil.copy(zips[-1], out / "autograder" / f"{name}-autograder.zip")
+        print(f"{name}: student notebook, solutions and autograder built (otter assign ran the solution's tests)")
+    return out
+
+
+def _assignment_of(zip_path: Path) -> str:
+    with zipfile.ZipFile(zip_path) as archive:
+        return json.loads(archive.read("otter_config.json"))["assignment_name"]
+
+
+def _autograder_for(submission: Path, autograders: dict[str, Path]) -> Path | None:
+    """The autograder of the submission's assignment: its otter metadata, else its file name (e.g. 02_dp_sgd*.ipynb)."""
+    try:
+        name = json.loads(submission.read_text()).get("metadata", {}).get("otter", {}).get("assignment_name")
+    except (OSError, ValueError):
+        name = None
+    if name in autograders:
+        return autograders[name]
+    for assignment, zip_path in autograders.items():
+        if submission.stem.startswith(zip_path.name.removesuffix("-autograder.zip")):
+            return zip_path
+    return None
+
+
+def scores_from_results(results: Mapping[str, Any]) -> dict[str, float]:
+    """{question: score} from otter run's results.json (the per-question entries; 'Public Tests' is a summary)."""
+    return {test["name"]: float(test["score"]) for test in results.get("tests", []) if "score" in test}
+
+
+def grade(submissions: str | Path, autograders_dir: str | Path, csv: str | Path) -> pd.DataFrame:
+    """Grade every notebook under `submissions` with `otter run` (no Docker) into `csv`, one row per notebook.
+
+    Columns: submission (its path under `submissions`), assignment, one column per question (points), total,
+    possible, error (why a notebook could not be graded; it then scores nothing).
+    """
+    import pandas as pd
+
+    submissions, autograders_dir = Path(submissions), Path(autograders_dir)
+    if not submissions.is_dir():
+        raise FileNotFoundError(f"SUBMISSIONS={submissions} is not a folder: pass the folder of submitted notebooks.")
+    autograders = {_assignment_of(z): z for z in sorted(autograders_dir.glob("*-autograder.zip"))}
+    if not autograders:
+        raise FileNotFoundError(f"no autograders in {autograders_dir}: run `make exercises` first.")
+    notebooks = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    if not notebooks:
+        raise FileNotFoundError(f"no .ipynb files under {submissions}.")
+    rows = []
+    for notebook in notebooks:
+        row: dict[str, Any] = {"submission": str(notebook.relative_to(submissions)), "assignment": "", "error": ""}
+        zip_path = _autograder_for(notebook, autograders)
+        if zip_path is None:
+            row["error"] = f"no autograder matches (assignments: {sorted(autograders)})"
+            rows.append(row)
+            continue
+        row["assignment"] = _assignment_of(zip_path)
+        possible = _possible_points(zip_path)
+        with tempfile.TemporaryDirectory() as out:
+            done = _otter("run", "--no-logo", "-a", str(zip_path.resolve()), "-o", out, str(notebook.resolve()))
+            results_file = Path(out) / "results.json"
+            scores = scores_from_results(json.loads(results_file.read_text())) if results_file.exists() else {}
+        if not scores:
+            row["error"] = f"otter run gave no scores: {(done.stderr or done.stdout).strip()[-300:]}"
+        row.update({q: scores.get(q, 0.0) for q in possible})
+        row["total"], row["possible"] = sum(scores.get(q, 0.0) for q in possible), sum(possible.values())
+        print(f"{row['submission']}: {row['assignment']} {row['total']:g} / {row['possible']:g}"
+              + (f" ({row['error']})" if row["error"] else ""))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    questions_ = sorted(c for c in frame.columns if c.startswith("q"))
+    frame = frame[["submission", "assignment", *questions_, "total", "possible", "error"]]
+    Path(csv).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(csv, index=False)
+    return frame
+
+
+def _possible_points(zip_path: Path) -> dict[str, float]:
+    """{question: points} of the autograded questions in an autograder zip (its tests/*.py, OK format)."""
+    points = {}
+    with zipfile.ZipFile(zip_path) as archive:
+        for name in archive.namelist():
+            if name.startswith("tests/") and name.endswith(".py"):
+                namespace: dict[str, Any] = {}
+                exec(archive.read(name).decode(), namespace)  # otter's own test file: `test = {...}`
+                points[namespace["test"]["name"]] = float(namespace["test"]["points"])
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`build OUT` makes the student notebooks and autograders; `grade SUBMISSIONS --csv FILE` grades a folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distildp.exercises", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_cmd = commands.add_parser("build", help="otter assign every exercise notebook")
+    build_cmd.add_argument("out", help="e.g. build/exercises")
+    build_cmd.add_argument("--notebooks", default="notebooks")
+    grade_cmd = commands.add_parser("grade", help="otter run every notebook of a folder into a CSV")
+    grade_cmd.add_argument("submissions")
+    grade_cmd.add_argument("--autograders", default="build/exercises/autograder")
+    grade_cmd.add_argument("--csv", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.out, args.notebooks)
+    else:
+        frame = grade(args.submissions, args.autograders, args.csv)
+        print(f"wrote {args.csv}: {len(frame)} notebooks, {int((frame['error'] != '').sum())} not graded")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
