@@ -319,3 +319,23 @@ def test_make_exercises_then_make_grade(tmp_path):
         assert float(row["possible"]) == 6 and not row["error"]
     assert float(rows["perfect/05_distillation.ipynb"]["q5_kd_loss"]) == 2
     assert float(rows["blank/05_distillation.ipynb"]["q5_kd_loss"]) == 0
+
+
+def test_dp_sgd_references_agree_with_opacus():
+    """The references exercise 1 is graded against are what the library's DP-SGD (Opacus) computes."""
+    from opacus import GradSampleModule
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    inputs, targets = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    expected = exercises.reference_per_example_gradients(model, inputs, targets)
+    sampled = GradSampleModule(model, loss_reduction="sum")  # so each row is that example's own gradient
+    F.cross_entropy(sampled(inputs), targets, reduction="sum").backward()
+    opacus_rows = torch.cat([p.grad_sample.flatten(1) for p in sampled.parameters()], dim=1)
+    torch.testing.assert_close(opacus_rows, expected)
+    for seed in range(5):
+        sampler = UniformWithReplacementSampler(num_samples=24, sample_rate=0.25,
+                                                generator=torch.Generator().manual_seed(seed))
+        assert sorted(next(iter(sampler))) == exercises.reference_poisson_batch(24, 0.25,
+                                                                                torch.Generator().manual_seed(seed))
