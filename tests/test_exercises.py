@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

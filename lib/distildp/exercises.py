@@ -9,14 +9,15 @@ checks compute the usual wrong answers too (batch-level clipping, KL without t^2
 ...) and say which one the student's output matches.
 
 `python -m distildp.exercises build OUT` makes the student notebooks and the autograders with `otter assign`;
-`python -m distildp.exercises grade SUBMISSIONS AUTOGRADERS CSV` grades a folder of notebooks with `otter run`
-(no Docker) into one CSV row per submission, one column per question.
+`python -m distildp.exercises grade SUBMISSIONS --autograders DIR --csv FILE` grades a folder of notebooks with
+`otter run` (no Docker) into one CSV row per submitted notebook, one column per question (`make grade`).
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -595,7 +595,7 @@ def check_verdict(verdict: Callable, hidden: bool = False) -> None:
             got = _call(verdict, "verdict", case.copy(), float(epsilon))
             if not isinstance(got, Mapping) or set(want) - set(got):
                 _fail(f"verdict must return a dict with keys {sorted(want)}, got {got!r}.")
-            which = "the committed table" if number == 0 else f"a changed table (DistilDP's students moved up)"
+            which = "the committed table" if number == 0 else "a changed table (DistilDP's students moved up)"
             if got["best_baseline"] != want["best_baseline"]:
                 _fail(f"best_baseline = {got['best_baseline']!r} at epsilon {epsilon:g} in {which}; the baseline "
                       f"with the lowest MEAN student perplexity over seeds is {want['best_baseline']!r} (DistilDP "
@@ -731,8 +731,6 @@ def grading_copy(notebook: str | Path) -> Any:
 
 
 def _otter(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    import subprocess
-
     return subprocess.run([sys.executable, "-m", "otter", *args], cwd=cwd, capture_output=True, text=True)
 
 
