@@ -18,13 +18,13 @@ from transformers import PreTrainedTokenizerFast
 
 from distildp import mia
 from distildp.artifacts import ArtifactStore
-from distildp.audit import (DEFAULT_SPACE, AuditError, SecretSpace, canary_exposure, check_encodable,
-                            exposure_from_rank, extrapolated_fraction, rank_among, secrets_in_texts, sequence_nll,
-                            synthetic_texts, training_set)
+from distildp.audit import (DEFAULT_SPACE, AuditError, SecretSpace, canary_exposure, canary_exposures, check_encodable,
+                            exposure_from_rank, extrapolated_fraction, rank_among, secrets_in_texts, sequence_nll)
 from distildp.data import control_prefix, load_corpus
 from distildp.evaluate import perplexity
 from distildp.generate import GenerationConfig, generate_synthetic
 from distildp.models import build_model, train_tokenizer
+from distildp.provenance import synthetic_texts, training_set
 from distildp.source import ReviewSource
 
 SPACE = SecretSpace(groups=(3,))  # 1,000 candidates: enumerable in a second with a tiny model
@@ -327,6 +327,22 @@ def test_training_set_is_rebuilt_from_manifests_through_the_teacher(tmp_path, to
                                                 for r in c["rows"])
         assert found.chain[0].startswith(stage) and found.chain[-1] == f"private_teacher/{teacher.key}"
     assert training_set(teacher.path).direct and not training_set(student.path).direct
+    assert training_set(student.path).privacy[f"private_teacher/{teacher.key}"] == {"epsilon": 2.0, "private": True}
+
+
+def test_canary_exposures_of_a_training_set_score_each_canary_with_its_row_codes(tmp_path, tok):
+    found = training_set(ArtifactStore(tmp_path).build("private_teacher", {"data": data_config()}, save_model(tok)).path)
+    model = tiny(tok, seed=6).eval()
+    plain = canary_exposures(model, tok, found, method="extrapolated", n_samples=40)
+    coded = canary_exposures(model, tok, found, with_codes=True, method="extrapolated", n_samples=40)
+    assert [e.secret for e in plain] == [c["secret"] for c in found.canaries] and len(plain) == 2
+    prefix = found.member_prefixes[found.canaries[0]["rows"][0]]
+    expected = sequence_nll(model, tok, [found.canaries[0]["sentence"]], [prefix])[0]
+    assert coded[0].secret_nll == pytest.approx(expected) and coded[0].secret_nll != pytest.approx(plain[0].secret_nll)
+    assert all(0 <= e.exposure <= e.max_exposure == pytest.approx(math.log2(1e8)) for e in plain + coded)
+    found.canaries = []
+    with pytest.raises(AuditError, match="holds no canaries.*canary_repeats"):
+        canary_exposures(model, tok, found)
 
 
 def test_audit_refuses_a_model_without_a_manifest(tmp_path, tok):

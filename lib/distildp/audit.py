@@ -2,15 +2,17 @@
 
 How the audit fits together (part 2, membership inference and the epsilon lower bound, is `distildp.mia`):
 
-    training_set(artifact_dir)     the private training documents (canaries included) and held-out documents of a
+    provenance.training_set(artifact_dir)
+                                   the private training documents (canaries included) and held-out documents of a
                                    pipeline model, rebuilt from its manifest; refuses when they cannot be rebuilt
-    canary_exposure(model, tok, canary)
+    canary_exposure(model, tok, canary), canary_exposures(model, tok, training_set)
                                    the "secret sharer" exposure (Carlini et al. 2019) of one inserted secret:
                                    log2(#candidates) - log2(rank of the secret among them by model likelihood),
                                    enumerated when the candidate space is small, else extrapolated from a sample
     secrets_in_texts(canaries, texts)
                                    which secrets a text set (the synthetic text) reproduces verbatim
-    synthetic_texts(artifact_dir)  the synthetic text a DistilDP / synthetic-only student was trained on
+    provenance.synthetic_texts(artifact_dir)
+                                   the synthetic text a DistilDP / synthetic-only student was trained on
     mia.attack_scores / mia.roc_metrics / mia.epsilon_lower_bound / mia.check_lower_bound
                                    loss and reference-model attacks on training_set's members versus
                                    non-members, their ROC metrics with confidence intervals, and the empirical
@@ -18,24 +20,22 @@ How the audit fits together (part 2, membership inference and the epsilon lower 
 
 Canaries are inserted by the corpus (`load_corpus('builtin', canaries=..., canary_repeats=...)`, see
 `distildp.data.insert_canaries`), so a pipeline run with those dataset options trains every method on them and
-`training_set` finds them again.
+`provenance.training_set` finds them again.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from scipy import stats
 
-from distildp.artifacts import MANIFEST, CorruptArtifactError, read_artifact
 from distildp.evaluate import _document_streams, _nll_in_eval_mode
 
-# Stages trained directly on the private training split, and stages whose private data is their teacher's.
-PRIVATE_STAGES = ("private_teacher", "private_student", "synthetic")
-DERIVED_STAGES = ("distilled_student",)
+if TYPE_CHECKING:
+    from distildp.provenance import TrainingSet
+
 ENUMERATE_LIMIT = 100_000  # candidate spaces up to this size are scored in full
 
 
@@ -260,6 +260,19 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
                     len(other_nll), sample_exposure)
 
 
+def canary_exposures(model, tokenizer, found: TrainingSet, space: SecretSpace = DEFAULT_SPACE,
+                     with_codes: bool = False, **options) -> list[Exposure]:
+    """The exposure of every canary of a training set (`provenance.training_set(...)`) in `model`. with_codes: a teacher,
+    scored with the control codes of the first training row that holds the canary as context. `options` go to
+    `canary_exposure` (method, n_samples, seed, batch_size)."""
+    if not found.canaries:
+        raise AuditError(f"the training set of {found.artifact} holds no canaries: build the models with "
+                         f"dataset_options {{'canaries': n, 'canary_repeats': r}} (built-in corpus) to audit exposure")
+    return [canary_exposure(model, tokenizer, canary, space,
+                            prefix=found.member_prefixes[canary["rows"][0]] if with_codes else None, **options)
+            for canary in found.canaries]
+
+
 def secrets_in_texts(canaries: Sequence[dict | str], texts: Sequence[str]) -> list[dict]:
     """Per canary: how many of `texts` contain its secret verbatim (and its whole sentence), and the first one
     that does. Synthetic text that reproduces a secret has leaked it outright."""
@@ -281,103 +294,3 @@ def _secret_of(canary: str | dict) -> str:
         return canary["secret"]
     raise AuditError(f"a canary is a secret string or a dict with a 'secret' string (as insert_canaries returns), "
                      f"got {canary!r}")
-
-
-# ---------------------------------------------------------------------------------------------- training sets
-@dataclass
-class TrainingSet:
-    """The private documents behind a pipeline model, rebuilt from manifests. `members` are the private training
-    documents (canaries inserted), `nonmembers` the private test split (disjoint from train); the prefixes are
-    their control codes (context for a teacher, unused by a student)."""
-
-    artifact: Path
-    stage: str  # the audited artifact's stage
-    data: dict
-    members: list[str]
-    member_prefixes: list[str]
-    nonmembers: list[str]
-    nonmember_prefixes: list[str]
-    canaries: list[dict]
-    chain: list[str] = field(default_factory=list)  # '<stage>/<key>' from the audited artifact to the private one
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def direct(self) -> bool:
-        """True when the audited model was trained on the members themselves (not only on text derived from them)."""
-        return self.stage in ("private_teacher", "private_student")
-
-
-def training_set(artifact_dir: str | Path, verify: str | None = None) -> TrainingSet:
-    """Rebuild the private training and held-out documents of a pipeline artifact from its manifest: a
-    private_teacher or private_student (DP-SGD, DPKD or non-private) directly, a synthetic set or a
-    distilled_student through the teacher it came from. Refuses, with the reason, an artifact without a
-    manifest, one trained on public data only, and one whose data cannot be rebuilt as it was."""
-    from distildp.data import load_corpus
-
-    path = Path(artifact_dir)
-    art = _read(path, verify, audited=path)
-    audited_stage, chain = art.stage, [f"{art.stage}/{art.key}"]
-    while art.stage in DERIVED_STAGES:
-        teacher = art.manifest["inputs"].get("teacher")
-        if not teacher:
-            raise AuditError(f"{art.path / MANIFEST} lists no 'teacher' input: cannot tell which private data "
-                             f"{path} derives from")
-        art = _read(art.path.parent.parent / teacher["stage"] / teacher["key"], verify, audited=path)
-        chain.append(f"{art.stage}/{art.key}")
-    if art.stage not in PRIVATE_STAGES:
-        raise AuditError(f"{path} is a {art.stage!r} artifact: it was not trained on private data (or its "
-                         f"manifest does not say which), so there is no private training set to audit. Audit a "
-                         f"{' or '.join(PRIVATE_STAGES + DERIVED_STAGES)} artifact")
-    data = art.manifest["config"].get("data")
-    if not isinstance(data, dict) or "dataset" not in data:
-        raise AuditError(f"{art.path / MANIFEST} records no private data config ('data' with 'dataset' and "
-                         f"'options'): the training set of {path} cannot be rebuilt; rebuild the artifact with the "
-                         f"current pipeline")
-    try:
-        corpus = load_corpus(data["dataset"], **(data.get("options") or {}))
-    except Exception as err:  # noqa: BLE001 - any failure means the data is not there as it was
-        raise AuditError(f"cannot rebuild the training set of {path}: dataset {data['dataset']!r} with options "
-                         f"{data.get('options')} does not load ({type(err).__name__}: {err}); make that dataset "
-                         f"available as it was when the model was built") from err
-    notes = []
-    recorded, rebuilt = data.get("source_fingerprint"), corpus.info.get("source_fingerprint")
-    if recorded != rebuilt:
-        raise AuditError(f"cannot rebuild the training set of {path}: its manifest records data source "
-                         f"fingerprint {recorded!r}, but loading {data['dataset']!r} now gives {rebuilt!r}: the "
-                         f"corpus generator changed since the build. Audit a model rebuilt with this version, or "
-                         f"check out the version it was built with")
-    if recorded is None:
-        notes.append(f"dataset {data['dataset']!r} has no source fingerprint: the rebuilt training set is the "
-                     f"one its files give now, which the manifest cannot confirm")
-    return TrainingSet(path, audited_stage, data, corpus.texts("train"), corpus.prefixes("train"), corpus.texts("test"),
-                       corpus.prefixes("test"), list(corpus.canaries), chain, notes)
-
-
-def synthetic_texts(artifact_dir: str | Path, verify: str | None = None) -> list[str]:
-    """The synthetic text of a synthetic artifact, or the one a distilled_student was trained on."""
-    from distildp.generate import load_synthetic
-
-    path = Path(artifact_dir)
-    art = _read(path, verify, audited=path)
-    if art.stage == "distilled_student":
-        ref = art.manifest["inputs"].get("synthetic")
-        if not ref:
-            raise AuditError(f"{art.path / MANIFEST} lists no 'synthetic' input")
-        art = _read(art.path.parent.parent / ref["stage"] / ref["key"], verify, audited=path)
-    if art.stage != "synthetic":
-        raise AuditError(f"{path} is a {art.stage!r} artifact, which has no synthetic text; pass a synthetic or "
-                         f"distilled_student artifact")
-    return load_synthetic(art.path / "data")["text"].tolist()
-
-
-def _read(path: Path, verify: str | None, audited: Path):
-    if not (path / MANIFEST).is_file():
-        why = "it does not exist" if not path.exists() else f"it has no {MANIFEST}"
-        raise AuditError(f"cannot audit {audited}: {path} is not a finished pipeline artifact ({why}). The audit "
-                         f"needs a model built by the pipeline's artifact store (<store>/<stage>/<key>/), whose "
-                         f"manifest records the data it was trained on; a model saved by hand cannot be matched to "
-                         f"its training set")
-    try:
-        return read_artifact(path, verify=verify)
-    except CorruptArtifactError as err:
-        raise AuditError(f"cannot audit {audited}: {err}") from err

@@ -16,7 +16,7 @@
     check_lower_bound(bound, accounted_epsilon)       PrivacyBugError when a lower bound exceeds the accounted
                                                       epsilon: the model leaks more than its guarantee allows
 
-Members and non-members come from `distildp.audit.training_set` (private train versus the disjoint test split).
+Members and non-members come from `distildp.provenance.training_set` (private train versus the disjoint test split).
 A caveat of this bound for models trained on whole datasets: it audits membership of *documents drawn from the
 same distribution*, not worst-case neighbouring datasets, so it is a loose lower bound (far below the accounted
 epsilon); the canaries of `distildp.audit` are the stronger test.
@@ -210,7 +210,9 @@ def epsilon_lower_bound(member_scores, nonmember_scores, delta: float, confidenc
 
 
 def check_lower_bound(bound: EpsilonLowerBound | float, accounted_epsilon: float, what: str = "the model") -> None:
-    """Raise PrivacyBugError when the empirical lower bound exceeds the accounted epsilon."""
+    """Raise PrivacyBugError when the empirical lower bound exceeds the accounted epsilon: the total the method
+    spent (Pipeline.plan(method, epsilon).epsilon, the results row's epsilon_spent), which bounds every model of
+    the method; not one artifact's privacy record (a distilled student's says inf: it is post-processing)."""
     lower = bound.epsilon if isinstance(bound, EpsilonLowerBound) else float(bound)
     if not accounted_epsilon >= 0:
         raise AuditError(f"accounted_epsilon={accounted_epsilon} must be >= 0 (math.inf for a non-private model)")
