@@ -395,3 +395,40 @@ def test_synthetic_text_of_a_student_is_found_and_searched_for_secrets(tmp_path,
     assert secrets_in_texts([SECRET, "999"], texts)[1]["texts_with_secret"] == 0
     with pytest.raises(AuditError, match="has no synthetic text"):
         synthetic_texts(teacher_art.path)
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+@pytest.mark.slow
+def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
+    """End to end on real artifacts (minutes): the training set of each method's models is found from their
+    manifests, with the canaries the corpus inserted, and the audit runs beside the accounted epsilon."""
+    from distildp.models import load_pretrained
+    from distildp.pipeline import Pipeline, make_settings
+
+    settings = make_settings("smoke", {"dataset_options": {"canaries": 2, "canary_repeats": 4}})
+    pipe = Pipeline(settings, ArtifactStore(smoke_store), progress=False)
+    epsilon = 4.0
+    for method in ("dpsgd", "dpkd", "distildp"):
+        accounted = pipe.plan(method, epsilon).epsilon
+        for role, art in pipe.artifacts(method, epsilon).items():
+            found = training_set(art.path)
+            assert found.members == pipe.corpus.texts("train") and found.nonmembers == pipe.corpus.texts("test")
+            assert found.canaries == pipe.corpus.canaries and len(found.canaries) == 2
+            if role == "synthetic":
+                leaks = secrets_in_texts(found.canaries, synthetic_texts(art.path))
+                assert [leak["secret"] for leak in leaks] == [c["secret"] for c in found.canaries]
+                continue
+            model, tok = load_pretrained(art.path)
+            teacher = role == "teacher"
+            exposures = canary_exposures(model, tok, found, with_codes=teacher, method="extrapolated", n_samples=200)
+            assert all(0 <= e.exposure <= e.max_exposure for e in exposures)
+            reference, reference_tok = load_pretrained(pipe.pretrained("teacher" if teacher else "student").path)
+            scores = [mia.attack_scores(model, tok, texts, prefixes if teacher else None, reference=reference,
+                                        reference_tokenizer=reference_tok)
+                      for texts, prefixes in ((found.members, found.member_prefixes),
+                                              (found.nonmembers, found.nonmember_prefixes))]
+            row = mia.membership_audit(*scores, accounted_epsilon=accounted, delta=pipe.delta, n_bootstrap=100,
+                                       what=f"{method}'s {role}")
+            assert 0 <= row["auc"] <= 1 and 0 <= row["epsilon_lower_bound"] <= accounted
+    with pytest.raises(AuditError, match="not trained on private data"):
+        training_set(pipe.pretrained("student").path)

@@ -64,6 +64,9 @@ class SecretSpace:
             raise AuditError(f"alphabet {self.alphabet!r} needs at least 2 distinct characters, none repeated")
         if self.separator and set(self.separator) & set(self.alphabet):
             raise AuditError(f"separator {self.separator!r} shares characters with the alphabet; secrets would be ambiguous")
+        if self.size >= 2 ** 63:  # candidates are indexed by int64 when sampled
+            raise AuditError(f"a space of {len(self.alphabet)}^{sum(self.groups)} candidates is too large to index; "
+                             f"use fewer or shorter groups")
 
     @property
     def size(self) -> int:
@@ -146,7 +149,7 @@ def check_encodable(tokenizer, text: str, what: str = "canary") -> None:
         raise AuditError(f"{what} {text!r} encodes to special or unknown token(s) {hits}: the tokenizer cannot "
                          f"represent it, so the model could never have learned it. Write the {what} in characters "
                          f"the tokenizer encodes (no special tokens such as {tokenizer.eos_token!r})")
-    decoded = tokenizer.decode(ids)
+    decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
     if decoded != text:
         raise AuditError(f"{what} {text!r} does not survive the tokenizer (it decodes back as {decoded!r}): some of "
                          f"its characters are outside the vocabulary. Write the {what} in characters the tokenizer "

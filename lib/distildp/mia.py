@@ -102,7 +102,7 @@ class RocMetrics:
 
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
     """The highest TPR of a threshold whose FPR is at most `fpr`, on scikit-learn's ROC curve."""
-    fprs, tprs, _ = roc_curve(labels, scores)
+    fprs, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(tprs[fprs <= fpr].max())  # roc_curve starts at (0, 0), so the set is never empty
 
 
