@@ -70,7 +70,7 @@ def overfit(model, tok, texts, steps=150, lr=1e-2):
 def memorizer(tok):
     """A model trained to output the secret sentence (and to memorise DOCS[:6], the membership members)."""
     torch.manual_seed(0)
-    return overfit(tiny(tok, seed=1), tok, [SPACE.sentence(SECRET)] * 2 + DOCS[:6], steps=200)
+    return overfit(tiny(tok, seed=1), tok, [SPACE.scored_text(SECRET)] * 2 + DOCS[:6], steps=200)
 
 
 # ------------------------------------------------------------------------------------------------ secrets
@@ -174,8 +174,11 @@ def test_extrapolated_exposure_agrees_with_enumeration(tok, memorizer):
         fitted = canary_exposure(model, tok, secret, space, method="extrapolated", n_samples=1000)
         assert fitted.method == "extrapolated" and fitted.n_scored == 1000
         assert fitted.exposure == pytest.approx(full.exposure, abs=1.0)
-    memorised = canary_exposure(memorizer, tok, "4170", space, method="extrapolated", n_samples=300)
-    assert memorised.exposure > 0.5 * space.max_exposure
+    # '4177' starts like the memorised '417': far in the tail, beyond what 300 samples can resolve by counting
+    tail_full = canary_exposure(memorizer, tok, "4177", space, method="enumerated")
+    tail_fitted = canary_exposure(memorizer, tok, "4177", space, method="extrapolated", n_samples=300)
+    assert tail_full.exposure > math.log2(301) + 3 and tail_fitted.sample_exposure == pytest.approx(math.log2(301))
+    assert tail_fitted.exposure == pytest.approx(tail_full.exposure, abs=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ ROC metrics
@@ -321,12 +324,16 @@ def test_training_set_is_rebuilt_from_manifests_through_the_teacher(tmp_path, to
     corpus = load_corpus("builtin", **DATA_OPTIONS)
     for path, stage in ((teacher.path, "private_teacher"), (student.path, "distilled_student")):
         found = training_set(path)
-        assert found.members == corpus.texts("train") and found.nonmembers == corpus.texts("test")
+        assert found.members == corpus.texts("train")
+        assert found.nonmembers == corpus.texts("validation") + corpus.texts("test")
         assert found.member_prefixes == corpus.prefixes("train") and found.canaries == corpus.canaries
         assert len(found.canaries) == 2 and all(c["sentence"] in found.members[r] for c in found.canaries
                                                 for r in c["rows"])
         assert found.chain[0].startswith(stage) and found.chain[-1] == f"private_teacher/{teacher.key}"
     assert training_set(teacher.path).direct and not training_set(student.path).direct
+    assert training_set(teacher.path, nonmember_splits=("test",)).nonmember_prefixes == corpus.prefixes("test")
+    with pytest.raises(AuditError, match="never 'train'"):
+        training_set(teacher.path, nonmember_splits=("train",))
     assert training_set(student.path).privacy[f"private_teacher/{teacher.key}"] == {"epsilon": 2.0, "private": True}
 
 
@@ -337,7 +344,7 @@ def test_canary_exposures_of_a_training_set_score_each_canary_with_its_row_codes
     coded = canary_exposures(model, tok, found, with_codes=True, method="extrapolated", n_samples=40)
     assert [e.secret for e in plain] == [c["secret"] for c in found.canaries] and len(plain) == 2
     prefix = found.member_prefixes[found.canaries[0]["rows"][0]]
-    expected = sequence_nll(model, tok, [found.canaries[0]["sentence"]], [prefix])[0]
+    expected = sequence_nll(model, tok, [" " + found.canaries[0]["sentence"]], [prefix])[0]
     assert coded[0].secret_nll == pytest.approx(expected) and coded[0].secret_nll != pytest.approx(plain[0].secret_nll)
     assert all(0 <= e.exposure <= e.max_exposure == pytest.approx(math.log2(1e8)) for e in plain + coded)
     found.canaries = []
@@ -378,7 +385,7 @@ def test_audit_refuses_a_training_set_it_cannot_rebuild(tmp_path, tok):
 def test_synthetic_text_of_a_student_is_found_and_searched_for_secrets(tmp_path, tok):
     """A teacher that memorised a secret behind its control code writes it into the synthetic text."""
     codes = {"Business Category": "Cafes"}
-    teacher = overfit(tiny(tok, seed=4), tok, [control_prefix(codes) + SPACE.sentence(SECRET)], steps=150)
+    teacher = overfit(tiny(tok, seed=4), tok, [control_prefix(codes) + SPACE.scored_text(SECRET)], steps=150)
     store = ArtifactStore(tmp_path)
     teacher_art = store.build("private_teacher", {"data": data_config()}, save_model(tok))
 
@@ -412,7 +419,8 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
         accounted = pipe.plan(method, epsilon).epsilon
         for role, art in pipe.artifacts(method, epsilon).items():
             found = training_set(art.path)
-            assert found.members == pipe.corpus.texts("train") and found.nonmembers == pipe.corpus.texts("test")
+            assert found.members == pipe.corpus.texts("train")
+            assert found.nonmembers == pipe.corpus.texts("validation") + pipe.corpus.texts("test")
             assert found.canaries == pipe.corpus.canaries and len(found.canaries) == 2
             if role == "synthetic":
                 leaks = secrets_in_texts(found.canaries, synthetic_texts(art.path))

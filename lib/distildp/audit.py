@@ -48,12 +48,15 @@ class AuditError(ValueError):
 class SecretSpace:
     """The candidate secrets: `groups` of characters from `alphabet`, joined by `separator`, written into
     `template`. The default is the format `distildp.data.insert_canaries` writes: 'My secret code is 4821 7395.'
-    (10^8 candidates)."""
+    (10^8 candidates). `lead` is what precedes the sentence in a training document (insert_canaries appends
+    ' ' + sentence to a review): candidates are scored as lead + sentence, so the model sees the tokens it was
+    trained on (' My', not a document-initial 'My')."""
 
     template: str = "My secret code is {secret}."
     groups: tuple[int, ...] = (4, 4)
     alphabet: str = "0123456789"
     separator: str = " "
+    lead: str = " "
 
     def __post_init__(self) -> None:
         if "{secret}" not in self.template:
@@ -102,6 +105,10 @@ class SecretSpace:
 
     def sentence(self, secret: str) -> str:
         return self.template.format(secret=secret)
+
+    def scored_text(self, secret: str) -> str:
+        """The text whose likelihood ranks a candidate: lead + sentence."""
+        return self.lead + self.sentence(secret)
 
     def sample(self, n: int, rng: np.random.Generator, exclude: str | None = None) -> list[str]:
         """`n` distinct candidates drawn uniformly without replacement, never `exclude`."""
@@ -234,10 +241,14 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
 
     method 'enumerated' scores every candidate of `space`; 'extrapolated' scores `n_samples` random ones and
     fits their NLL distribution; 'auto' enumerates spaces of up to ENUMERATE_LIMIT candidates. `prefix`: unscored
-    context before each candidate sentence (a teacher's control codes)."""
+    context before each candidate sentence (a teacher's control codes).
+
+    Read it beside the same secret's exposure in a model that never saw it (the public pretrained model): how a
+    candidate tokenizes gives a few bits by itself (a secret whose digits merge into fewer tokens is likelier under
+    any model: 3.8 bits for one of two canaries under the smoke profile's pretrained student)."""
     secret = _secret_of(secret)
     space.index(secret)  # in the space, or a clear error
-    check_encodable(tokenizer, space.sentence(secret))
+    check_encodable(tokenizer, space.scored_text(secret))
     check_encodable(tokenizer, space.alphabet, "the candidate alphabet")
     if method == "auto":
         method = "enumerated" if space.size <= ENUMERATE_LIMIT else "extrapolated"
@@ -249,7 +260,7 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
         others = space.sample(min(n_samples, space.size - 1), np.random.default_rng(seed), exclude=secret)
     else:
         raise AuditError(f"method={method!r}; use 'auto', 'enumerated' or 'extrapolated'")
-    sentences = [space.sentence(s) for s in [secret, *others]]
+    sentences = [space.scored_text(s) for s in [secret, *others]]
     nll = sequence_nll(model, tokenizer, sentences, [prefix] * len(sentences) if prefix is not None else None,
                        batch_size)
     secret_nll, other_nll = float(nll[0]), nll[1:]

@@ -16,7 +16,7 @@
     check_lower_bound(bound, accounted_epsilon)       PrivacyBugError when a lower bound exceeds the accounted
                                                       epsilon: the model leaks more than its guarantee allows
 
-Members and non-members come from `distildp.provenance.training_set` (private train versus the disjoint test split).
+Members and non-members come from `distildp.provenance.training_set` (private train versus the held-out splits).
 A caveat of this bound for models trained on whole datasets: it audits membership of *documents drawn from the
 same distribution*, not worst-case neighbouring datasets, so it is a loose lower bound (far below the accounted
 epsilon); the canaries of `distildp.audit` are the stronger test.
@@ -93,7 +93,8 @@ class RocMetrics:
 
     def as_dict(self) -> dict:
         row = {"auc": self.auc.estimate, "auc_low": self.auc.low, "auc_high": self.auc.high,
-               "n_members": self.n_members, "n_nonmembers": self.n_nonmembers, "confidence": self.confidence}
+               "n_members": self.n_members, "n_nonmembers": self.n_nonmembers, "min_fpr": self.min_fpr,
+               "confidence": self.confidence}
         for fpr, tpr in self.tpr_at_fpr.items():
             row.update({f"tpr_at_{fpr:g}": tpr.estimate, f"tpr_at_{fpr:g}_low": tpr.low,
                         f"tpr_at_{fpr:g}_high": tpr.high})

@@ -24,7 +24,7 @@ DERIVED_STAGES = ("distilled_student",)
 @dataclass
 class TrainingSet:
     """The private documents behind a pipeline model, rebuilt from manifests. `members` are the private training
-    documents (canaries inserted), `nonmembers` the private test split (disjoint from train); the prefixes are
+    documents (canaries inserted), `nonmembers` the held-out splits (disjoint from train); the prefixes are
     their control codes (context for a teacher, unused by a student)."""
 
     artifact: Path
@@ -47,11 +47,16 @@ class TrainingSet:
         return self.stage in ("private_teacher", "private_student")
 
 
-def training_set(artifact_dir: str | Path, verify: str | None = None) -> TrainingSet:
+def training_set(artifact_dir: str | Path, verify: str | None = None,
+                 nonmember_splits: tuple[str, ...] = ("validation", "test")) -> TrainingSet:
     """Rebuild the private training and held-out documents of a pipeline artifact from its manifest: a
     private_teacher or private_student (DP-SGD, DPKD or non-private) directly, a synthetic set or a
     distilled_student through the teacher it came from. Refuses, with the reason, an artifact without a
-    manifest, one trained on public data only, and one whose data cannot be rebuilt as it was."""
+    manifest, one trained on public data only, and one whose data cannot be rebuilt as it was.
+
+    nonmember_splits: the held-out splits that make the non-members. Both by default: no model trains on either
+    (validation only chooses learning rates), and the more non-members, the lower the FPR an attack can resolve
+    (1 / their number)."""
     path = Path(artifact_dir)
     art = _read(path, verify, audited=path)
     audited_stage, privacy = art.stage, {f"{art.stage}/{art.key}": art.privacy}
@@ -87,8 +92,16 @@ def training_set(artifact_dir: str | Path, verify: str | None = None) -> Trainin
     if recorded is None:
         notes.append(f"dataset {data['dataset']!r} has no source fingerprint: the rebuilt training set is the "
                      f"one its files give now, which the manifest cannot confirm")
-    return TrainingSet(path, audited_stage, data, corpus.texts("train"), corpus.prefixes("train"), corpus.texts("test"),
-                       corpus.prefixes("test"), list(corpus.canaries), list(privacy), notes, privacy)
+    if "train" in nonmember_splits or not nonmember_splits:
+        raise AuditError(f"nonmember_splits={nonmember_splits}: name held-out splits ('validation', 'test'), never "
+                         f"'train'")
+    try:
+        nonmembers = [t for split in nonmember_splits for t in corpus.texts(split)]
+        nonmember_prefixes = [p for split in nonmember_splits for p in corpus.prefixes(split)]
+    except KeyError as err:
+        raise AuditError(f"nonmember_splits={nonmember_splits}: {err.args[0]}") from err
+    return TrainingSet(path, audited_stage, data, corpus.texts("train"), corpus.prefixes("train"), nonmembers,
+                       nonmember_prefixes, list(corpus.canaries), list(privacy), notes, privacy)
 
 
 def synthetic_texts(artifact_dir: str | Path, verify: str | None = None) -> list[str]:
