@@ -338,7 +338,8 @@ def test_training_set_is_rebuilt_from_manifests_through_the_teacher(tmp_path, to
 
 
 def test_canary_exposures_of_a_training_set_score_each_canary_with_its_row_codes(tmp_path, tok):
-    found = training_set(ArtifactStore(tmp_path).build("private_teacher", {"data": data_config()}, save_model(tok)).path)
+    teacher = ArtifactStore(tmp_path).build("private_teacher", {"data": data_config()}, save_model(tok))
+    found = training_set(teacher.path)
     model = tiny(tok, seed=6).eval()
     plain = canary_exposures(model, tok, found, method="extrapolated", n_samples=40)
     coded = canary_exposures(model, tok, found, with_codes=True, method="extrapolated", n_samples=40)

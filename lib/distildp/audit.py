@@ -66,7 +66,8 @@ class SecretSpace:
         if len(set(self.alphabet)) != len(self.alphabet) or len(self.alphabet) < 2:
             raise AuditError(f"alphabet {self.alphabet!r} needs at least 2 distinct characters, none repeated")
         if self.separator and set(self.separator) & set(self.alphabet):
-            raise AuditError(f"separator {self.separator!r} shares characters with the alphabet; secrets would be ambiguous")
+            raise AuditError(f"separator {self.separator!r} shares characters with the alphabet; secrets would be "
+                             f"ambiguous")
         if self.size >= 2 ** 63:  # candidates are indexed by int64 when sampled
             raise AuditError(f"a space of {len(self.alphabet)}^{sum(self.groups)} candidates is too large to index; "
                              f"use fewer or shorter groups")
@@ -114,7 +115,8 @@ class SecretSpace:
         """`n` distinct candidates drawn uniformly without replacement, never `exclude`."""
         available = self.size - (exclude is not None)
         if not 1 <= n <= available:
-            raise AuditError(f"cannot sample {n} distinct candidates from a space of {available}; ask for 1..{available}")
+            raise AuditError(f"cannot sample {n} distinct candidates from a space of {available}; ask for "
+                             f"1..{available}")
         skip = self.index(exclude) if exclude is not None else -1
         if available <= 4 * n:  # dense: draw from the explicit list of candidates
             indices = rng.choice(np.delete(np.arange(self.size), skip) if skip >= 0 else self.size, n, replace=False)
@@ -255,7 +257,8 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
     if method == "enumerated":
         if space.size > 10 * ENUMERATE_LIMIT:
             raise AuditError(f"enumerating {space.size:,} candidates is too slow; use method='extrapolated'")
-        others = [space.secret(i) for i in range(space.size) if i != space.index(secret)]
+        true_index = space.index(secret)
+        others = [space.secret(i) for i in range(space.size) if i != true_index]
     elif method == "extrapolated":
         others = space.sample(min(n_samples, space.size - 1), np.random.default_rng(seed), exclude=secret)
     else:
@@ -276,8 +279,8 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
 
 def canary_exposures(model, tokenizer, found: TrainingSet, space: SecretSpace = DEFAULT_SPACE,
                      with_codes: bool = False, **options) -> list[Exposure]:
-    """The exposure of every canary of a training set (`provenance.training_set(...)`) in `model`. with_codes: a teacher,
-    scored with the control codes of the first training row that holds the canary as context. `options` go to
+    """The exposure of every canary of a training set (`provenance.training_set(...)`) in `model`. with_codes: for
+    a teacher, the control codes of the first training row holding the canary are the context. `options` go to
     `canary_exposure` (method, n_samples, seed, batch_size)."""
     if not found.canaries:
         raise AuditError(f"the training set of {found.artifact} holds no canaries: build the models with "
