@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from scipy import stats
 
-from distildp.evaluate import _document_streams, _nll_in_eval_mode
+from distildp.evaluate import document_nll
 
 if TYPE_CHECKING:
     from distildp.provenance import TrainingSet
@@ -172,9 +172,7 @@ def sequence_nll(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str]
     the prefix (control codes) unscored context (`distildp.evaluate`'s per-document scoring)."""
     if not texts:
         raise AuditError("sequence_nll got no texts; pass a non-empty list of strings")
-    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
-    streams = _document_streams(tokenizer, list(texts), list(prefixes) if prefixes is not None else None)
-    nll, _ = _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, False)
+    nll, _ = document_nll(model, tokenizer, list(texts), list(prefixes) if prefixes is not None else None, batch_size)
     return np.asarray(nll, dtype=np.float64)
 
 
@@ -183,9 +181,8 @@ def sequence_losses(model, tokenizer, texts: Sequence[str], prefixes: Sequence[s
     """Mean negative log-likelihood per scored token of each text (the membership-inference loss)."""
     if not texts:
         raise AuditError("sequence_losses got no texts; pass a non-empty list of strings")
-    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
-    streams = _document_streams(tokenizer, list(texts), list(prefixes) if prefixes is not None else None)
-    nll, n_tokens = _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, False)
+    nll, n_tokens = document_nll(model, tokenizer, list(texts), list(prefixes) if prefixes is not None else None,
+                                 batch_size)
     return np.asarray(nll, dtype=np.float64) / np.maximum(np.asarray(n_tokens), 1)
 
 
