@@ -15,7 +15,7 @@ JOBS ?= 2
 # pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup run test test-slow test-gpu lab strip check-notebooks clean-store bench
+.PHONY: setup run test test-slow test-gpu lab strip check-notebooks clean-store bench exercises grade grade-needs-submissions
 
 setup: $(VENV)/.installed
 
@@ -67,3 +67,25 @@ bench: setup
 
 clean-store:
 	rm -rf .artifacts
+
+# Autograded exercises (docs/teaching.md). `make exercises` runs otter assign on the exercise notebooks:
+# $(EXERCISES)/student (hand these out), $(EXERCISES)/autograder (the zips `make grade` uses), $(EXERCISES)/solutions.
+# `make grade SUBMISSIONS=dir` grades every notebook under dir with otter run (no Docker) into $(GRADES).
+EXERCISES ?= build/exercises
+EXERCISE_NOTEBOOKS := $(addprefix notebooks/,01_data_and_models.ipynb 02_dp_sgd.ipynb 04_synthetic_text.ipynb \
+	05_distillation.ipynb 07_results.ipynb)
+GRADES ?= $(EXERCISES)/grades.csv
+
+grade-needs-submissions:
+	@[ -n "$(SUBMISSIONS)" ] || { echo "usage: make grade SUBMISSIONS=folder-of-submitted-notebooks [GRADES=file.csv]"; exit 2; }
+	@[ -d "$(SUBMISSIONS)" ] || { echo "SUBMISSIONS=$(SUBMISSIONS) is not a folder: pass the folder of submitted notebooks"; exit 2; }
+
+exercises: setup $(EXERCISES)/.built
+
+$(EXERCISES)/.built: $(VENV)/.installed $(EXERCISE_NOTEBOOKS) lib/distildp/exercises.py
+	$(PY) -m distildp.exercises build $(EXERCISES)
+	touch $@
+
+# the folder is checked first, before anything is built
+grade: grade-needs-submissions setup $(EXERCISES)/.built
+	$(PY) -m distildp.exercises grade $(SUBMISSIONS) --autograders $(EXERCISES)/autograder --csv $(GRADES)

@@ -10,6 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from distildp.distill import (
     HiddenProjection,
     StudentWithProjection,
+    attach_teacher_states,
     check_compatible,
     collate_kd,
     default_layer_map,
@@ -17,6 +18,7 @@ from distildp.distill import (
     make_kd_loss_fn,
     teacher_logits_for_student,
     teacher_outputs_for_student,
+    teacher_states_bytes,
 )
 
 VOCAB = 40
@@ -291,6 +293,39 @@ def test_teacher_context_none_uses_the_students_input():
     prefixed = teacher_logits_for_student(teacher, batch, teacher_context="code_prefix")
     assert not torch.allclose(got[0, :6], prefixed[0, :6])  # example 0 has a prefix: the context matters
     torch.testing.assert_close(got[3, :5], prefixed[3, :5])  # example 3 has none: same view
+
+
+@pytest.mark.parametrize("context", ["code_prefix", "none"])
+def test_cached_teacher_states_give_the_live_teachers_logits_and_loss(context):
+    teacher = tiny_gpt2(24, n_layer=2, seed=17).eval()
+    student = tiny_gpt2(16, seed=18)
+    data = examples() * 3
+    cached = attach_teacher_states(teacher, data, pad_id=EOS, teacher_context=context, batch_size=5)
+    for ex, with_states in zip(data, cached):
+        assert with_states["teacher_states"].shape == (len(ex["input_ids"]), 24)
+        assert with_states["input_ids"] == ex["input_ids"]  # the examples themselves are untouched
+    assert "teacher_states" not in data[0]
+    assert teacher_states_bytes(teacher, data) == sum(len(ex["input_ids"]) for ex in data) * 24 * 4
+    order = [4, 0, 9, 2, 7]  # another batch composition (and padding) than the cache was computed with
+    live_batch = collate_kd([data[i] for i in order], pad_id=EOS)
+    cached_batch = collate_kd([cached[i] for i in order], pad_id=EOS)
+    assert cached_batch["teacher_states"].shape == (*live_batch["input_ids"].shape, 24)
+    live = teacher_logits_for_student(teacher, live_batch, context)
+    from_cache = teacher_logits_for_student(teacher, cached_batch, context)
+    mask = live_batch["attention_mask"].bool()
+    torch.testing.assert_close(from_cache[mask], live[mask], atol=1e-5, rtol=1e-4)
+    loss_fn = make_kd_loss_fn(teacher, lam=0.4, teacher_context=context, weighting="paper_sum")
+    torch.testing.assert_close(loss_fn(student, cached_batch), loss_fn(student, live_batch), atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_state_alignment_runs_the_teacher_live_even_with_cached_states():
+    teacher, student = tiny_gpt2(16, n_layer=2, seed=19).eval(), tiny_gpt2(16, n_layer=1, seed=20)
+    cached = attach_teacher_states(teacher, examples(), pad_id=EOS)
+    batch = collate_kd(cached, pad_id=EOS)
+    batch["teacher_states"] = torch.zeros_like(batch["teacher_states"])  # would poison the logits if used
+    loss_fn = make_kd_loss_fn(teacher, lam=0.4, alpha=1.0)
+    live = make_kd_loss_fn(teacher, lam=0.4, alpha=1.0)(student, collate_kd(examples(), pad_id=EOS))
+    torch.testing.assert_close(loss_fn(student, batch), live)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -129,9 +129,14 @@ def kd_loss(
     if temperature == 1.0:  # the CE's log-softmax is the KL's: computed once (B x T x V is the big tensor)
         ce_tok = -log_p_s.gather(-1, targets[:, 1:].unsqueeze(-1)).squeeze(-1)
     else:
-        ce_tok = F.cross_entropy(s_logits.transpose(1, 2), targets[:, 1:], reduction="none")
-    log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
-    kl_tok = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+        ce_tok = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), targets[:, 1:].reshape(-1),
+                                 reduction="none").view(targets[:, 1:].shape)
+    # KL(p_t || p_s) = sum p_t log p_t - sum p_t log p_s; the first sum needs no gradient, so it stays out of the graph
+    with torch.no_grad():
+        log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
+        p_t = log_p_t.exp()
+        neg_entropy_t = (p_t * log_p_t).sum(dim=-1)
+    kl_tok = neg_entropy_t - (p_t * log_p_s).sum(dim=-1)
     ce = per_sequence(ce_tok)
     kl = per_sequence(kl_tok) if weighting == "token_mean" else (kl_tok * weights).sum(dim=1)
 
@@ -252,6 +257,12 @@ def collate_kd(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, 
     batch["teacher_attention_mask"] = teacher["attention_mask"]
     batch["teacher_position_ids"] = teacher["position_ids"]
     batch["teacher_offset"] = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
+    if examples and "teacher_states" in examples[0]:  # cached by attach_teacher_states: (T_i, width) per example
+        states = [ex["teacher_states"] for ex in examples]
+        padded = torch.zeros(len(states), batch["input_ids"].shape[1], states[0].shape[-1], dtype=states[0].dtype)
+        for row, state in enumerate(states):
+            padded[row, : state.shape[0]] = state
+        batch["teacher_states"] = padded
     return batch
 
 
@@ -270,6 +281,47 @@ def _check_context(teacher_context: str) -> None:
         )
 
 
+def _teacher_at_student_positions(
+    teacher: nn.Module, batch: Mapping[str, torch.Tensor], teacher_context: str, output_hidden_states: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """The teacher body's last hidden states (B, T_s, width) at the student's positions, and all its layers'
+    hidden states there when asked. Logits are the output layer applied to the last states; gathering before
+    that layer moves width-sized rows instead of vocabulary-sized ones."""
+    _check_context(teacher_context)
+    if teacher_context == "none":
+        out = teacher.base_model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            output_hidden_states=output_hidden_states,
+        )
+        return out.last_hidden_state, (out.hidden_states if output_hidden_states else None)
+
+    if "teacher_input_ids" not in batch:
+        raise ValueError(
+            "teacher_context='code_prefix' needs the teacher batch (teacher_input_ids, ...): build batches "
+            "with distildp.distill.collate_kd, or use teacher_context='none'."
+        )
+    out = teacher.base_model(
+        input_ids=batch["teacher_input_ids"],
+        attention_mask=batch["teacher_attention_mask"],
+        position_ids=batch["teacher_position_ids"],
+        output_hidden_states=output_hidden_states,
+    )
+    batch_size, student_len = batch["input_ids"].shape
+    teacher_len = out.last_hidden_state.shape[1]
+    # Student position i sits at teacher position i + offset (offsets differ per example). Positions past
+    # the end are student padding, never scored: clamp them to stay inside the tensor.
+    index = torch.arange(student_len, device=out.last_hidden_state.device).unsqueeze(0)
+    index = (index + batch["teacher_offset"].view(-1, 1)).clamp(max=teacher_len - 1)
+
+    def at_student_positions(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, index.unsqueeze(-1).expand(batch_size, student_len, x.shape[-1]))
+
+    hidden = tuple(at_student_positions(h) for h in out.hidden_states) if output_hidden_states else None
+    return at_student_positions(out.last_hidden_state), hidden
+
+
 @torch.no_grad()
 def teacher_outputs_for_student(
     teacher: nn.Module,
@@ -277,40 +329,55 @@ def teacher_outputs_for_student(
     teacher_context: str = "code_prefix",
     output_hidden_states: bool = False,
 ) -> TeacherOutputs:
-    """Run the teacher without gradients and return its outputs at the student's positions."""
+    """Run the teacher without gradients and return its outputs at the student's positions.
+
+    A batch with cached `teacher_states` (attach_teacher_states) only goes through the output layer.
+    """
     _check_context(teacher_context)
-    if teacher_context == "none":
-        out = teacher(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            output_hidden_states=output_hidden_states,
-        )
-        return TeacherOutputs(out.logits, out.hidden_states if output_hidden_states else None)
+    if "teacher_states" in batch and not output_hidden_states:
+        last = batch["teacher_states"]
+        hidden = None
+    else:
+        last, hidden = _teacher_at_student_positions(teacher, batch, teacher_context, output_hidden_states)
+    return TeacherOutputs(teacher.get_output_embeddings()(last), hidden)
 
-    if "teacher_input_ids" not in batch:
-        raise ValueError(
-            "teacher_context='code_prefix' needs the teacher batch (teacher_input_ids, ...): build batches "
-            "with distildp.distill.collate_kd, or use teacher_context='none'."
-        )
-    out = teacher(
-        input_ids=batch["teacher_input_ids"],
-        attention_mask=batch["teacher_attention_mask"],
-        position_ids=batch["teacher_position_ids"],
-        output_hidden_states=output_hidden_states,
-    )
-    batch_size, student_len = batch["input_ids"].shape
-    teacher_len = out.logits.shape[1]
-    # Student position i sits at teacher position i + offset (offsets differ per example). Positions past
-    # the end are student padding, never scored: clamp them to stay inside the tensor.
-    index = torch.arange(student_len, device=out.logits.device).unsqueeze(0) + batch["teacher_offset"].view(-1, 1)
-    index = index.clamp(max=teacher_len - 1)
 
-    def at_student_positions(x: torch.Tensor) -> torch.Tensor:
-        return x.gather(1, index.unsqueeze(-1).expand(batch_size, student_len, x.shape[-1]))
+def teacher_states_bytes(teacher: nn.Module, examples: Sequence[Mapping[str, Any]]) -> int:
+    """What attach_teacher_states would hold in memory: one float per student token and teacher width."""
+    element = next(teacher.parameters()).element_size()
+    return sum(len(ex["input_ids"]) for ex in examples) * teacher.config.hidden_size * element
 
-    hidden = tuple(at_student_positions(h) for h in out.hidden_states) if output_hidden_states else None
-    return TeacherOutputs(at_student_positions(out.logits), hidden)
+
+@torch.no_grad()
+def attach_teacher_states(
+    teacher: nn.Module,
+    examples: Sequence[Mapping[str, Any]],
+    pad_id: int,
+    teacher_context: str = "code_prefix",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[dict]:
+    """The examples with the teacher's last hidden states at the student's positions (`teacher_states`, (T_i, width)).
+
+    The teacher is frozen while the student trains, so its soft labels are the same every epoch: running its body
+    once and keeping the states (width floats per token, not vocabulary-sized logits) leaves only the output layer
+    to run per step. Equal to the live teacher up to float rounding (batches pad differently). Hidden-state
+    alignment needs the intermediate layers too: it runs the teacher live.
+    """
+    from tqdm.auto import tqdm
+
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # batches of equal lengths
+    states: list[torch.Tensor | None] = [None] * len(examples)
+    for start in tqdm(range(0, len(order), batch_size), desc="teacher states", disable=not progress):
+        chunk = order[start : start + batch_size]
+        batch = collate_kd([examples[i] for i in chunk], pad_id)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        hidden, _ = _teacher_at_student_positions(teacher, batch, teacher_context)
+        for row, i in enumerate(chunk):
+            states[i] = hidden[row, : len(examples[i]["input_ids"])].cpu()
+    return [{**ex, "teacher_states": state} for ex, state in zip(examples, states)]
 
 
 def teacher_logits_for_student(

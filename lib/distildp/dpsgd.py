@@ -175,7 +175,10 @@ def lm_loss_per_sequence(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Per-sequence mean next-token NLL over scored tokens, shape (B,)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch["input_ids"][:, 1:], reduction="none")
+    targets = batch["input_ids"][:, 1:]
+    # flattened to (tokens, vocab): cross_entropy over a transposed (B, V, T) view is several times slower on CPU
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                          reduction="none").view(targets.shape)
     mask = batch["loss_mask"][:, 1:].to(nll.dtype)
     return (nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 

@@ -134,6 +134,17 @@ def _nll_in_eval_mode(model, tokenizer, streams, max_length, stride, batch_size,
         model.train(was_training)
 
 
+def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                 prefixes: list[str] | None = None, batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """Per document: its negative log-likelihood in nats and its number of scored tokens, each document scored as
+    the models are trained on it ([eos] prefix text [eos], the prefix unscored context, a fresh window)."""
+    if not texts:
+        raise ValueError("document_nll got no texts; pass a non-empty list of strings.")
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    streams = _document_streams(tokenizer, texts, prefixes)
+    return _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, progress=False)
+
+
 def marginal_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
                         prefixes: list[str], weights: list[float], batch_size: int = 16,
                         progress: bool = True) -> PerplexityResult:
@@ -150,12 +161,9 @@ def marginal_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     if bool((w < 0).any()) or not float(w.sum()) > 0:
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
     keep = [i for i in range(len(prefixes)) if weights[i] > 0]
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
     log_p, n_tokens = [], None
     for i in tqdm(keep, desc="marginal perplexity", disable=not progress):
-        streams = _document_streams(tokenizer, texts, [prefixes[i]] * len(texts))
-        nll, n_tokens = _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size,
-                                          progress=False)
+        nll, n_tokens = document_nll(model, tokenizer, texts, [prefixes[i]] * len(texts), batch_size)
         log_p.append(-torch.tensor(nll, dtype=torch.float64))
     mixture = torch.logsumexp(torch.stack(log_p, 1) + (w[keep] / w.sum()).log(), dim=1)  # (documents,)
     nats = -float(mixture.sum())

@@ -36,8 +36,9 @@ from distildp import privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.data import (Corpus, PublicText, control_prefix, corpus_loader, corpus_options, load_corpus,
                            load_public, public_options, train_size)
-from distildp.distill import (KD_WEIGHTINGS, TEACHER_CONTEXTS, StudentWithProjection, check_compatible, collate_kd,
-                              make_kd_loss_fn, validate_kd_weights)
+from distildp.distill import (KD_WEIGHTINGS, TEACHER_CONTEXTS, StudentWithProjection, attach_teacher_states,
+                              check_compatible, collate_kd, make_kd_loss_fn, teacher_states_bytes,
+                              validate_kd_weights)
 from distildp.dpsgd import (GRAD_SAMPLE_MODES, RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed,
                             train_causal_lm)
 from distildp.evaluate import floor, marginal_perplexity, perplexity
@@ -121,6 +122,10 @@ class Settings:
     # whose KL is summed over positions (KLDivLoss 'batchmean' on (B, T, V)) while its CE is a token mean
     kd_weighting: str = "paper_sum"
     teacher_context: str = "code_prefix"  # or 'none' (the paper's code-free teacher)
+    # Distillation keeps the frozen teacher's last hidden states for the whole synthetic set when they fit in this
+    # many GiB (distill.attach_teacher_states), so only its output layer runs per step; 0 runs it whole every step.
+    # Not part of the student's identity: the same loss up to float rounding.
+    teacher_cache_gib: float = 4.0
     eval_per_document: bool = True  # each test document in its own window, as models are trained
     eval_stride: int | None = None  # sliding-window stride over the joined test stream (None: half the context)
     # Where models train and run: 'auto' (a CUDA GPU if torch sees one), 'cpu', 'cuda', 'cuda:N'. Not part of
@@ -147,6 +152,8 @@ class Settings:
                              f"point) or 'seed' (each point pretrains with its own seed)")
         if not self.synthetic_factor > 0:
             raise ValueError(f"synthetic_factor={self.synthetic_factor} must be > 0")
+        if not self.teacher_cache_gib >= 0:
+            raise ValueError(f"teacher_cache_gib={self.teacher_cache_gib} must be >= 0 (0 = no cache)")
         for name in ("pretrain_tolerance", "distill_tolerance"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1) (0: run every epoch)")
@@ -599,6 +606,7 @@ class Pipeline:
         def build(out: Path) -> dict:
             model, tok = self._load(inputs["pretrained"].path)
             frame = load_synthetic(synthetic.path / "data")
+            teacher_states = "live every step" if kd else None
             texts = frame["text"].tolist()
             prefixes = [control_prefix(dict(zip(self.corpus.code_columns.values(), row)))
                         for row in frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)]
@@ -618,6 +626,10 @@ class Pipeline:
                 if project:
                     model = StudentWithProjection(student, teacher_model.config.hidden_size).to(self.device)
                 kwargs = {"loss_fn": self._kd_loss(teacher_model, hidden_projection=project)}
+                if s.alpha == 0 and teacher_states_bytes(teacher_model, examples) <= s.teacher_cache_gib * 2**30:
+                    examples = attach_teacher_states(teacher_model, examples, tok.pad_token_id, s.teacher_context,
+                                                     batch_size=s.distill_train.batch_size, progress=self.progress)
+                    teacher_states = "cached once (distill.attach_teacher_states)"
             else:
                 collate, kwargs = None, {}
             selector = _BestOnHeldOut(model, tok, [texts[i] for i in val_idx],
@@ -638,7 +650,7 @@ class Pipeline:
                        "converged": selector.converged, **self._evaluate(model, tok, "student")}
             return {"privacy": record, "metrics": metrics,
                     "extra": {"losses": report.losses, "synthetic_val_curve": selector.curve,
-                              "device": str(self.device)}}
+                              "device": str(self.device), "teacher_states": teacher_states}}
 
         return self.store.build("distilled_student", config, build, inputs=inputs, seed=seed)
 
