@@ -14,6 +14,7 @@ Writes results/benchmarks/dpsgd.csv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -98,8 +99,11 @@ def worker(args) -> dict:
     rss_before = current_rss_mb()
     start = time.perf_counter()
     stamps.append((start, 0, 0))
-    train_causal_lm(model, examples, train_cfg, privacy_cfg, loss_fn=counting_loss, on_step=on_step,
-                    progress=False)
+    with (torch.profiler.profile() if args.profile else contextlib.nullcontext()) as profiler:
+        train_causal_lm(model, examples, train_cfg, privacy_cfg, loss_fn=counting_loss, on_step=on_step,
+                        progress=False)
+    if args.profile:  # where the step's time goes, operator by operator (warm-up steps included)
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
     (t0, _, ex0), (t1, _, ex1) = stamps[args.warmup], stamps[-1]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -116,13 +120,16 @@ def worker(args) -> dict:
 def run_config(name: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--seq", str(args.seq),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--vocab", str(args.vocab),
-               "--threads", str(args.threads), "--device", args.device, "--preset", args.preset or ""]
+               "--threads", str(args.threads), "--device", args.device, "--preset", args.preset or "",
+               "--profile", str(args.profile)]
     for key in ("n_embd", "n_layer", "n_head", "n_positions"):
         if getattr(args, key) is not None:
             command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    if args.profile:
+        print(f"--- {name}\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -150,6 +157,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "dpsgd.csv"))
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N operators that take the most time in each configuration (torch.profiler)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
