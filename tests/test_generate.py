@@ -310,7 +310,7 @@ def test_unknown_codes_and_plain_text_teacher(model, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="without control codes"):
         generate_synthetic(model, tokenizer, counts, tmp_path, small_cfg(), progress=False, trained_with_codes=False)
     plain = GPT2LMHeadModel(copy.deepcopy(model.config))  # own config: we mark it below
-    plain.config.distildp_control_codes = []  # what the lead records on a plain-text teacher
+    plain.config.distildp_control_codes = []  # what the pipeline records on a plain-text teacher
     with pytest.raises(ValueError, match="without control codes"):
         generate_synthetic(plain, tokenizer, counts, tmp_path, small_cfg(), progress=False)
     plain.config.distildp_control_codes = ["Stars"]

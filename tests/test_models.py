@@ -162,7 +162,7 @@ def test_truncate_and_split(tok):
     assert cut == full[:16] and cut[-1] != tok.eos_token_id  # truncated: no false closing [eos]
     windows = [e["input_ids"] for e in encode_plain(tok, [text], max_length=16, overflow="split")]
     assert all(len(w) <= 16 for w in windows)
-    # Windows overlap by one token, so every token after the leading [eos] is a target exactly once.
+    # Windows overlap by one token, so every token after the first [eos] is a target exactly once.
     targets = [t for w in windows for t in w[1:]]
     assert targets == full[1:]
     with pytest.raises(ValueError, match="prefix"):

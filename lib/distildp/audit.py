@@ -48,15 +48,15 @@ class AuditError(ValueError):
 class SecretSpace:
     """The candidate secrets: `groups` of characters from `alphabet`, joined by `separator`, written into
     `template`. The default is the format `distildp.data.insert_canaries` writes: 'My secret code is 4821 7395.'
-    (10^8 candidates). `lead` is what precedes the sentence in a training document (insert_canaries appends
-    ' ' + sentence to a review): candidates are scored as lead + sentence, so the model sees the tokens it was
+    (10^8 candidates). `preceding` is what precedes the sentence in a training document (insert_canaries appends
+    ' ' + sentence to a review): candidates are scored as preceding + sentence, so the model sees the tokens it was
     trained on (' My', not a document-initial 'My')."""
 
     template: str = "My secret code is {secret}."
     groups: tuple[int, ...] = (4, 4)
     alphabet: str = "0123456789"
     separator: str = " "
-    lead: str = " "
+    preceding: str = " "
 
     def __post_init__(self) -> None:
         if "{secret}" not in self.template:
@@ -108,8 +108,8 @@ class SecretSpace:
         return self.template.format(secret=secret)
 
     def scored_text(self, secret: str) -> str:
-        """The text whose likelihood ranks a candidate: lead + sentence."""
-        return self.lead + self.sentence(secret)
+        """The text whose likelihood ranks a candidate: preceding + sentence."""
+        return self.preceding + self.sentence(secret)
 
     def sample(self, n: int, rng: np.random.Generator, exclude: str | None = None) -> list[str]:
         """`n` distinct candidates drawn uniformly without replacement, never `exclude`."""

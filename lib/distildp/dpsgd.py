@@ -143,7 +143,7 @@ class TrainReport:
 def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
     """Right-padded batch: input_ids, attention_mask, position_ids, loss_mask (all (B, T)).
 
-    loss_mask[b, t] = 1 where input_ids[b, t] is a scored target; the leading token never is. An
+    loss_mask[b, t] = 1 where input_ids[b, t] is a scored target; the first token never is. An
     example's own `loss_mask` (aligned with its input_ids) is honoured. An empty list gives (0, 0)
     tensors, so an empty Poisson batch still has the right keys.
     """

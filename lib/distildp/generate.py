@@ -44,7 +44,7 @@ from distildp.data import control_prefix
 
 PROGRESS_FILE = "progress.json"
 CHUNK_METADATA_KEY = b"distildp_chunk"
-# Set by the lead on a teacher before save_pretrained (it lands in config.json): the ordered list of
+# Set by the pipeline on a teacher before save_pretrained (it lands in config.json): the ordered list of
 # control-code field names the teacher was trained with, [] for a teacher trained on plain text.
 CONFIG_CODES_ATTR = "distildp_control_codes"
 
@@ -541,7 +541,7 @@ def generate_synthetic(
     code_columns: label column -> display name (like `Corpus.code_columns`) naming the output columns;
         by default each display name is turned into a snake_case column.
     known_codes: the teacher's training fields (ordered), or a mapping field -> allowed values; unknown
-        codes raise. Defaults to `model.config.distildp_control_codes` when the lead has set it.
+        codes raise. Defaults to `model.config.distildp_control_codes` when the pipeline has set it.
     trained_with_codes: False (or `model.config.distildp_control_codes == []`) refuses a plain-text teacher.
     Re-running with the same arguments resumes: completed chunks are kept, missing ones generated. An
     out_dir made with other arguments is refused, unless it is partial work the artifact store kept from

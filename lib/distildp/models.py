@@ -3,7 +3,7 @@
 Conventions: the tokenizer's `<|endoftext|>` is bos = eos = pad = unk (GPT-2 style).
 A student example is [eos] + tok(text) + [eos]; a teacher example is [eos] + tok(prefix) + tok(text) + [eos],
 with prefix and text tokenized separately so the student's tokens are a suffix-aligned slice of the teacher's.
-Every token after the leading [eos] is a target of the language-model loss.
+Every token after the first [eos] is a target of the language-model loss.
 """
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def encode_plain(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
       overflow="truncate": cut to its first `max_length` tokens. The cut document gets no closing [eos]: it did
         not end there, and a false ending would teach the model to stop early.
       overflow="split": cut into windows that overlap by one token (the next window's unscored first token is the
-        previous window's last target), so every token after the leading [eos] is a target exactly once.
+        previous window's last target), so every token after the first [eos] is a target exactly once.
     """
     return encode_with_prefix(tokenizer, None, texts, max_length, overflow)
 

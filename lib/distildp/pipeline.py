@@ -192,7 +192,7 @@ def yaml_number_hint(text: str) -> str:
     if "e" in text.lower() and "inf" not in text.lower():
         return ("; YAML 1.1 (PyYAML, which reads grids) takes 1e-5 and 1.0e5 for text: write a dot and a signed "
                 "exponent (1.0e-5, 1.0e+5) or a plain decimal (0.00001)")
-    return "; a quoted number (or inf/nan without YAML's leading dot: .inf) is text in YAML: drop the quotes"
+    return "; a quoted number (or inf/nan without the dot YAML wants before it: .inf) is text in YAML: drop the quotes"
 
 
 def asdict_shallow(obj) -> dict:
