@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 TEACHER_CONTEXTS = ("code_prefix", "none")
 # How the soft-label term is weighed against the hard-label CE (see kd_loss).
@@ -258,11 +259,8 @@ def collate_kd(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, 
     batch["teacher_position_ids"] = teacher["position_ids"]
     batch["teacher_offset"] = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
     if examples and "teacher_states" in examples[0]:  # cached by attach_teacher_states: (T_i, width) per example
-        states = [ex["teacher_states"] for ex in examples]
-        padded = torch.zeros(len(states), batch["input_ids"].shape[1], states[0].shape[-1], dtype=states[0].dtype)
-        for row, state in enumerate(states):
-            padded[row, : state.shape[0]] = state
-        batch["teacher_states"] = padded
+        # each example's states are as long as its input_ids, so they pad to the batch's length
+        batch["teacher_states"] = pad_sequence([ex["teacher_states"] for ex in examples], batch_first=True)
     return batch
 
 
