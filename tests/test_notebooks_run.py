@@ -4,6 +4,7 @@ All notebooks share the session's smoke artifact store, so the smoke teacher and
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,36 @@ def test_notebook_runs_on_smoke_profile(notebook, tmp_path, smoke_store):
         row = json.loads((tmp_path / "row.json").read_text())
         assert row["method"] == "dpsgd" and row["epsilon"] == 4.0
         assert row["student_ppl"] > row["floor"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.notebook
+def test_07_tells_the_story_of_the_committed_results(tmp_path):
+    """07 on a copy of the committed results/ (the quick grid, the full grid, the regime map): its output holds the
+    sentences `results.story` writes from the committed table, the verdict with the committed numbers, and the
+    across-seeds and regime parts; it writes nothing into the results folder it reads."""
+    from distildp import results
+
+    committed = NOTEBOOKS.parent / "results"
+    shutil.copytree(committed, tmp_path / "results")
+    before, before_committed = _snapshot(tmp_path / "results"), _snapshot(committed)
+    nb = execute(NOTEBOOKS / "07_results.ipynb", tmp_path / "07_results.ipynb",
+                 {"profile": "smoke", "grid": "quick", "results_dir": str(tmp_path / "results")}, cwd=NOTEBOOKS)
+    printed = " ".join("".join(o.get("text", "")) for cell in nb.cells for o in cell.get("outputs", [])
+                       if o.get("output_type") == "stream")
+    printed = " ".join(printed.split())  # the notebook wraps its sentences
+    table = results.read_csv(committed / "tables" / "ppl_vs_eps.csv")
+    story = results.story(table)
+    assert story and all(" ".join(s.split()) in printed for s in story)
+    verdict = results.gates_table(table).iloc[-1]
+    win = next(s for s in story if "best baseline" in s)
+    assert verdict["result"] == "WIN" and "WIN for DistilDP" in win
+    assert verdict["DistilDP side"].removeprefix("distildp ") in win and verdict["other side"].split(" ", 1)[1] in win
+    assert "The full grid, seeds with their own public pretraining" in printed
+    full = results.story(results.read_csv(committed / "full" / "tables" / "ppl_vs_eps.csv"))
+    assert all(" ".join(s.split()) in printed for s in full)
+    assert "The regime map has" in printed and "Behind at" in printed
+    assert _snapshot(tmp_path / "results") == before and _snapshot(committed) == before_committed

@@ -195,3 +195,80 @@ def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_
     written = results.write_report(pd.concat([df, pd.DataFrame(extra)], ignore_index=True), tmp_path / "t",
                                    tmp_path / "f", regime_map=True)
     assert {"regime.md", "regime.png"} <= {p.name for p in written}
+
+
+def _verdicts(df: pd.DataFrame) -> dict[str, str]:
+    table = results.gates_table(df)
+    return dict(zip(table.loc[table["check"] == "DistilDP student vs the best baseline", "ε"],
+                    table.loc[table["check"] == "DistilDP student vs the best baseline", "result"]))
+
+
+def test_story_reads_the_gates_the_verdict_and_the_seeds_off_the_table():
+    story = results.story(rows())
+    assert story[0] == ("Gate 1 PASS: the pretrained teacher's test perplexity (50.00) is 0.714 x the pretrained "
+                        "student's (70.00); DistilDP needs at most 0.8.")
+    assert ("ε = 1, gate 2 PASS: DistilDP's DP teacher, scored as its synthetic text is sampled, is at 11.50 ± 2.00, "
+            "10.50 below the DP-SGD student (22.00 ± 2.65).") in story
+    noise = 2 * np.std([20, 21, 25], ddof=1)  # dpsgd's std is the largest at eps 1
+    assert (f"ε = 1, WIN for DistilDP: DistilDP's student (12.00 ± 2.00) is 10.00 below the best baseline, dpsgd "
+            f"(22.00 ± 2.65), {10 / noise:.1f} times twice the largest seed std ({noise:.2f}), over 3 seeds.") in story
+    assert "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 3 of 3 seeds (by 10.00, 9.00, 11.00)." in story
+    assert "ε = 1, every method, best first: distildp 12.00, dpsgd 22.00." in story
+    assert story[-1] == ("For scale: the student fine-tuned on the private data without privacy reaches 7.50; "
+                         "DistilDP's at ε = 1 is 4.50 above it; no model can go below the exact floor, 5.00.")
+    assert results.seed_noise(rows(), 1.0) == pytest.approx(noise)
+
+
+def test_story_says_tie_and_loss_by_the_verdicts_rule():
+    df = rows()
+    assert [s.split(":")[0] for s in results.story(df) if "best baseline" in s] == \
+        ["ε = 1, WIN for DistilDP", "ε = ∞, WIN for DistilDP"]
+    at_inf = (df["method"] == "dpsgd") & (df["epsilon"] == INF)
+    df.loc[at_inf, "student_ppl"] = [8.0, 8.6, 9.2]  # gap 0.6 < 2 x 0.6: a tie
+    df.loc[(df["method"] == "distildp") & (df["epsilon"] == 1.0) & df["kind"].isna(), "student_ppl"] = [30.0, 31.0, 32.0]
+    story = results.story(df)
+    verdicts = {s.split(",")[0].removeprefix("ε = "): s.split(",")[1].split(":")[0].strip()
+                for s in story if "best baseline" in s}
+    assert verdicts == {"1": "LOSS for DistilDP", "∞": "TIE"}
+    assert _verdicts(df) == {"1": "LOSS", "∞": "TIE"}  # the same rule as the gates table
+    assert any(s.startswith("ε = 1, LOSS for DistilDP: DistilDP's student (31.00 ± 1.00) is 9.00 above") for s in story)
+    assert "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)." in story
+    df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0
+    assert results.story(df)[0].startswith("Gate 1 FAIL: ")
+
+
+def test_story_with_one_seed_gives_no_verdict_and_several_pretraining_seeds_give_each_ratio():
+    one = rows()
+    one = one[one["seed"] == 0]
+    assert ("ε = 1, one seed: DistilDP's student (10.00) is 10.00 below the best baseline, dpsgd (20.00); with one "
+            "seed there is no seed std, so no verdict.") in results.story(one)
+    assert math.isnan(results.seed_noise(one, 1.0))
+    several = rows()
+    extra = [{"method": m, "epsilon": 0.0, "seed": 1, "kind": "reference", **v}
+             for m, v in (("pretrained_teacher", {"teacher_ppl": 60.0}), ("pretrained_student", {"student_ppl": 70.0}))]
+    first = results.story(pd.concat([several, pd.DataFrame(extra)], ignore_index=True))[0]
+    assert first.endswith("Seed by seed (each its own public pretraining): 0.714, 0.857, passing on 1 of 2.")
+    assert results.story(pd.DataFrame(columns=["method"])) == []
+
+
+def test_regime_story_counts_wins_and_explains_each_loss():
+    df = rows()
+    df = df[df["kind"] != "ablation"]
+    extra = [{"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": 0, "student_ppl": p,
+              "teacher_marginal_ppl": t, "floor": 5.0, "kind": "ablation", "knob": "synthetic_factor", "value": v}
+             for v, p, t in ((1.0, 25.0, 24.0), (8.0, 21.0, 15.0))]  # at 1x the DP teacher is above dpsgd's 20
+    table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
+    story = results.regime_story(table, noise=1.5)
+    # cells: eps 1 (12 vs dpsgd 22: -10), eps inf (8 vs 9.5: -1.5, a tie at 1.5), synthetic 1x (+5), 8x (+1: a tie)
+    assert story[0] == ("The regime map has 4 cells (1–3 seeds each), each moving one axis from the embedded "
+                        "default: DistilDP's student is below the best baseline in 1, above it in 1, and within "
+                        "±1.50 (a tie) in 2.")
+    assert story[1] == "Widest win: epsilon = 1 (Δ -10.00 against dpsgd)."
+    assert story[2] == ("Behind at synthetic_factor = 1.0: Δ +5.00 against dpsgd, gate 2 failing: the DP teacher is "
+                        "4.00 above the DP-SGD student, DistilDP's student 1.00 above the teacher, so 5.00 above "
+                        "DP-SGD.")
+    assert story[3] == "Within the tie band: epsilon = ∞ (Δ -1.50), synthetic_factor = 8.0 (Δ +1.00)."
+    # the same from the CSV the runner writes (values and epsilons as text)
+    csv_story = results.regime_story(pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False))), noise=1.5)
+    assert csv_story == story
+    assert results.regime_story(table)[0].endswith("below the best baseline in 2, above it in 2.")
