@@ -114,7 +114,7 @@ def train_size(name: str, options: dict | None = None) -> int | None:
 
 # ------------------------------------------------------------------------------- built-in corpus
 def _builtin(n_train: int = 4000, n_val: int = 400, n_test: int = 400, seed: int = 0, source_seed: int = 0,
-             categories: list[str] | None = None, canaries: int = 0, canary_repeats: int = 1,
+             categories: list[str] | None = None, canaries: int = 0, canary_repeats: int | list[int] = 1,
              source: ReviewSource | None = None) -> Corpus:
     """Private corpus from `ReviewSource`, restricted to the private categories. The default N = 4,000 training
     documents make DP-SGD's noise per step (sigma / batch) at epsilon = 2 about 4x the paper's at the embedded
@@ -122,7 +122,8 @@ def _builtin(n_train: int = 4000, n_val: int = 400, n_test: int = 400, seed: int
 
     Splits are sampled from separate seed streams (the test split depends only on `seed` and
     `n_test`) and made disjoint: a validation text that is also in test, or a train text that is in
-    validation or test, is replaced by a fresh draw. Canaries go into train only.
+    validation or test, is replaced by a fresh draw. Canaries go into train only: `canaries` secrets for each
+    repeat count in `canary_repeats` (an int, or a list such as [1, 4, 16] for groups repeated that many times).
     """
     for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if n < 1:
@@ -151,25 +152,40 @@ def _builtin(n_train: int = 4000, n_val: int = 400, n_test: int = 400, seed: int
                                            "source_fingerprint": src.fingerprint})
 
 
-def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int, seed: int) -> list[dict]:
-    """Append secret sentences ('My secret code is 4821 7395.') to `repeats` train rows each, in place.
+def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int | list[int], seed: int) -> list[dict]:
+    """Append secret sentences ('My secret code is 4821 7395.') to train rows, in place: `n_canaries` secrets
+    for each repeat count in `repeats` (an int, or a list such as [1, 4, 16]), each secret in that many rows.
 
-    Returns one dict per canary: id, secret (the digits), sentence, rows. Canaries are outside the
-    source's vocabulary, so they never enter the floor (computed on test, which has none).
+    Returns one dict per canary: id, secret (the digits), sentence, repeats, rows. Secrets are distinct, and no
+    row holds two. Canaries are outside the source's vocabulary, so they never enter the floor (computed on
+    test, which has none).
     """
-    if n_canaries * repeats > len(train):
-        raise ValueError(f"{n_canaries} canaries x {repeats} repeats need that many train rows; "
+    counts = [repeats] if isinstance(repeats, int) and not isinstance(repeats, bool) else repeats
+    if (not isinstance(counts, list) or not counts
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in counts)):
+        raise ValueError(f"canary_repeats={repeats!r} must be a positive int or a non-empty list of them, "
+                         f"e.g. [1, 4, 16]")
+    if isinstance(n_canaries, bool) or not isinstance(n_canaries, int) or n_canaries < 0:
+        raise ValueError(f"canaries={n_canaries!r} must be a non-negative int (secrets per repeat count)")
+    needed = n_canaries * sum(counts)
+    if needed > len(train):
+        raise ValueError(f"{n_canaries} canaries x repeats {counts} need {needed} train rows; "
                          f"train has {len(train)}: lower canaries/canary_repeats or raise n_train")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA7]))
-    rows = rng.choice(len(train), size=n_canaries * repeats, replace=False)
-    out = []
-    for i in range(n_canaries):
-        secret = " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
-        sentence = f"My secret code is {secret}."
-        mine = sorted(rows[i * repeats:(i + 1) * repeats].tolist())
-        for r in mine:
-            train.iat[r, train.columns.get_loc("text")] += " " + sentence
-        out.append({"id": i, "secret": secret, "sentence": sentence, "rows": mine})
+    rows = rng.choice(len(train), size=needed, replace=False)
+    out, taken, start = [], set(), 0
+    for count in counts:
+        for _ in range(n_canaries):
+            secret = " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
+            while secret in taken:  # distinct secrets, so each canary's exposure is its own
+                secret = " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
+            taken.add(secret)
+            sentence = f"My secret code is {secret}."
+            mine = sorted(rows[start:start + count].tolist())
+            start += count
+            for r in mine:
+                train.iat[r, train.columns.get_loc("text")] += " " + sentence
+            out.append({"id": len(out), "secret": secret, "sentence": sentence, "repeats": count, "rows": mine})
     return out
 
 
