@@ -57,7 +57,8 @@ NOTEBOOKS_DIR = ROOT / "notebooks"
 PUBLISHED_GRID = "quick"  # its tables go to results/tables (committed); other grids to results/<grid>/
 
 TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "reference_seeds", "ablations",
-            "regime_map"}
+            "regime_map", "report"}
+REPORTS = ("ppl_vs_eps", "audit")  # what write_tables makes of the rows: perplexity tables, or the privacy audit
 CORE_AXES = ("method", "epsilon", "seed")
 ABLATION_KEYS = {"values", "method", "epsilon", "seeds", "knob", "with"}
 POINT_FILE, ROW_FILE, LOG_FILE, TIMING_FILE = "point.json", "row.json", "run.log", "timing.json"
@@ -89,6 +90,7 @@ class Grid:
     notebook: Path
     points: list[Point] = field(default_factory=list)
     regime_map: bool = False  # report the ablations as a regime map (results.regime_table)
+    report: str = "ppl_vs_eps"  # 'audit': the rows are notebook 08's (distildp.privacy_audit.write_audit_report)
     notes: list[str] = field(default_factory=list)  # what the checks adjusted (e.g. a profile's options left out)
 
 
@@ -248,7 +250,10 @@ def _load_grid(name_or_path: str) -> Grid:
     regime_map = spec.get("regime_map", False)
     if not isinstance(regime_map, bool):
         fail("regime_map", f"must be true or false, got {regime_map!r}")
-    return Grid(name=path.stem, path=path, notebook=notebook, points=points, regime_map=regime_map)
+    report = spec.get("report", "ppl_vs_eps")
+    if report not in REPORTS:
+        fail("report", f"{report!r} is not a report; choose one of {list(REPORTS)}")
+    return Grid(name=path.stem, path=path, notebook=notebook, points=points, regime_map=regime_map, report=report)
 
 
 def _check_method(method: str, key: str, fail) -> None:
@@ -684,7 +689,12 @@ def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path
     if rows.empty:
         print("no finished points yet: no tables written")
         return []
-    written = write_report(rows, tables_dir, figures_dir, regime_map=grid.regime_map)
+    if grid.report == "audit":
+        from distildp.privacy_audit import write_audit_report
+
+        written = write_audit_report(rows, tables_dir, figures_dir)
+    else:
+        written = write_report(rows, tables_dir, figures_dir, regime_map=grid.regime_map)
     print(f"{len(rows)} rows -> " + ", ".join(str(p) for p in written))
     return written
 

@@ -129,6 +129,7 @@ def finished(tmp_path_factory):
     ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "student_train.batch_size": [8, 2.5]}},
      r"axes.student_train.batch_size\[1\]", "student_train.batch_size must be int"),
     ({"profile": "fast"}, "profile", "not a profile"),
+    ({"report": "audits"}, "report", "not a report"),
 ])
 def test_bad_grid_is_refused_before_any_kernel(tmp_path, capsys, change, key, message):
     grid = write_grid(tmp_path, make_notebook(tmp_path), **change)
@@ -164,6 +165,28 @@ def test_committed_grids_are_valid(tmp_path):
     n_reference_points = n_pretrained + (len(refs) - n_pretrained) * n_reference_seeds
     assert sizes["quick"] == len(quick["axes"]["method"]) * n_eps * n_seeds + n_reference_points + n_ablation_points
     assert sizes["paper"] == 3 * (4 * 2 + 4)
+
+
+def test_an_audit_grid_reports_its_rows_as_the_privacy_audit(tmp_path):
+    grid = run.load_grid(str(write_grid(tmp_path, make_notebook(tmp_path), report="audit", references=[],
+                                        ablations={})))
+    assert grid.report == "audit"
+    curve = {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}
+    audited = {"method": "dpsgd", "epsilon": 2.0, "epsilon_accounted": 1.99, "delta": 1e-4, "seed": 0,
+               "model": "student", "stage": "private_student", "artifact": "private_student/0", "test_ppl": 100.0,
+               "trained_on": "private text", "max_exposure": 26.6, "n_canaries": 1, "epsilon_lower_bound": 0.0,
+               "canaries": [{"secret": "1", "repeats": 1, "exposure": 1.0, "public_exposure": 1.0, "rank": 5}],
+               "roc": {"loss": curve, "reference": curve},
+               **{f"{a}_{k}": 0.5 for a in ("loss", "reference") for k in ("auc", "auc_low", "auc_high", "tpr_at_0.01",
+                                                                          "epsilon_lower_bound")}}
+    runs, tables, figures = run.output_dirs(tmp_path / "results", grid.name)
+    point = next(p for p in grid.points if p.params["method"] == "dpsgd")
+    (runs / point.point_id).mkdir(parents=True)
+    (runs / point.point_id / "row.json").write_text(json.dumps({"method": "dpsgd", "epsilon": 2.0, "seed": 0,
+                                                                "audits": [audited]}))
+    written = run.write_tables(grid, runs, tables, figures)
+    assert {p.name for p in written} >= {"audit.md", "audit.csv", "audit_roc.png"}
+    assert not (tables / "ppl_vs_eps.md").exists()
 
 
 def test_points_have_readable_stable_ids_and_overrides(tmp_path, monkeypatch):
