@@ -40,6 +40,10 @@ def _params(name: str, tmp_path: Path) -> dict:
         return {"results_dir": str(tmp_path / "no_results_yet")}
     if name.startswith("05_"):
         return {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]}
+    if name.startswith("08_"):  # one DP-SGD student (the cheapest method) on 2 canaries per repeat count
+        return {"method": "dpsgd", "epsilon": 4.0, "n_candidates": 100, "row_path": str(tmp_path / "row.json"),
+                "overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}},
+                "results_dir": str(tmp_path / "no_results_yet")}
     return {}
 
 
@@ -52,6 +56,19 @@ def test_notebook_runs_on_smoke_profile(notebook, tmp_path, smoke_store):
         row = json.loads((tmp_path / "row.json").read_text())
         assert row["method"] == "dpsgd" and row["epsilon"] == 4.0
         assert row["student_ppl"] > row["floor"]
+    if notebook.name.startswith("08_"):
+        import pandas as pd
+
+        from distildp.privacy_audit import audit_rows, write_audit_report
+
+        row = json.loads((tmp_path / "row.json").read_text())
+        [audited] = row["audits"]
+        assert (row["method"], audited["model"], audited["stage"]) == ("dpsgd", "student", "private_student")
+        assert [c["repeats"] for c in audited["canaries"]] == [1, 1, 4, 4]
+        assert 0 <= audited["epsilon_lower_bound"] <= audited["epsilon_accounted"] <= 4.0
+        assert 0 <= audited["reference_auc"] <= 1 and audited["loss_n_members"] == 200 - 10  # canary rows left out
+        assert len(audit_rows(pd.DataFrame([row]))) == 1
+        assert write_audit_report(pd.DataFrame([row]), tmp_path / "tables", tmp_path / "figures")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
