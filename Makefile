@@ -15,7 +15,7 @@ JOBS ?= 2
 # pip prints "Location ... is ignored" for every package on these machines: harmless, filtered.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup run test test-slow test-gpu lab strip check-notebooks clean-store bench exercises grade grade-needs-submissions
+.PHONY: setup run test test-slow test-gpu lab strip check-notebooks clean-store bench exercises grade grade-needs-submissions book
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,12 @@ strip: setup
 
 check-notebooks: setup
 	$(PY) -m distildp.notebooks check notebooks/*.ipynb
+
+# The tutorial as static HTML (docs/teaching.md): every notebook executed on the smoke profile with its own store in
+# $(BOOK)-work (never .artifacts), exercises without their solutions, figures embedded; $(BOOK)/index.html links them.
+BOOK ?= build/book
+book: setup
+	$(PY) -m distildp.book build $(BOOK)
 
 # speed and memory benchmarks (not tests; run them on a quiet machine): DP-SGD's clipping modes side by side
 # against non-private steps, how that grows with batch, length and model size, and generation throughput
