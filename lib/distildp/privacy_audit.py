@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from distildp import mia
 from distildp.artifacts import write_json_atomic
-from distildp.audit import DEFAULT_SPACE, AuditError, SecretSpace, canary_exposures, secrets_in_texts
+from distildp.audit import (DEFAULT_SPACE, AuditError, SecretSpace, canary_exposures, secrets_in_texts,
+                            sequence_losses)
 from distildp.pipeline import METHODS, Pipeline
 from distildp.provenance import synthetic_texts, training_set
 from distildp.results import to_markdown
@@ -112,11 +113,13 @@ def _audit_model(model, tok, public, public_tok, found, role: str, accounted: fl
     nonmember_prefixes = found.nonmember_prefixes if with_codes else None
     out = {"max_exposure": config.space.max_exposure, "n_canaries": len(canaries), "canaries": canaries,
            "roc": {}}
+    groups = ((members, member_prefixes), (found.nonmembers, nonmember_prefixes))
+    # each model scores each document once; both attacks are read from the same losses
+    target = [sequence_losses(model, tok, texts, prefixes, config.batch_size) for texts, prefixes in groups]
+    public_losses = [sequence_losses(public, public_tok, texts, prefixes, config.batch_size) for texts, prefixes in groups]
     for attack in ATTACKS:
-        reference = {"reference": public, "reference_tokenizer": public_tok} if attack == "reference" else {}
-        scores = [mia.attack_scores(model, tok, texts, prefixes, batch_size=config.batch_size,
-                                    reference_prefixes=prefixes, **reference)
-                  for texts, prefixes in ((members, member_prefixes), (found.nonmembers, nonmember_prefixes))]
+        scores = [mia.loss_attack(t) if attack == "loss" else mia.reference_attack(t, p)
+                  for t, p in zip(target, public_losses)]
         audit = mia.membership_audit(*scores, accounted_epsilon=accounted, delta=delta, confidence=config.confidence,
                                      n_bootstrap=config.n_bootstrap, seed=config.seed, what=f"{what} ({attack} attack)")
         out.update({f"{attack}_{k}": v for k, v in audit.items() if k not in ("epsilon_accounted", "delta")})
