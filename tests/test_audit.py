@@ -411,7 +411,8 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
     """End to end on real artifacts (minutes): the training set of each method's models is found from their
     manifests, with the canaries the corpus inserted, and the audit runs beside the accounted epsilon."""
     from distildp.models import load_pretrained
-    from distildp.pipeline import Pipeline, make_settings
+    from distildp.config import make_settings
+    from distildp.pipeline import Pipeline
 
     settings = make_settings("smoke", {"dataset_options": {"canaries": 2, "canary_repeats": 4}})
     pipe = Pipeline(settings, ArtifactStore(smoke_store), progress=False)

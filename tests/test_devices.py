@@ -14,7 +14,9 @@ from distildp.evaluate import perplexity
 from distildp.data import control_prefix
 from distildp.generate import GenerationConfig, generate_synthetic, load_synthetic
 from distildp.models import build_model, train_tokenizer
-from distildp.pipeline import METHODS, Pipeline, make_settings
+from distildp.config import make_settings
+from distildp.methods import METHODS
+from distildp.pipeline import Pipeline
 from test_dpsgd import make_examples, one_step, params, poisson_batch, reference_step, tiny_model
 from test_generate import CODES, COLUMNS
 

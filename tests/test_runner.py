@@ -20,7 +20,8 @@ import psutil
 import pytest
 import yaml
 
-from distildp.pipeline import make_settings
+from distildp import results
+from distildp.config import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("benchmarks_run", ROOT / "benchmarks" / "run.py")
@@ -179,7 +180,7 @@ def test_an_audit_grid_reports_its_rows_as_the_privacy_audit(tmp_path):
                "roc": {"loss": curve, "reference": curve},
                **{f"{a}_{k}": 0.5 for a in ("loss", "reference") for k in ("auc", "auc_low", "auc_high", "tpr_at_0.01",
                                                                           "epsilon_lower_bound")}}
-    runs, tables, figures = run.output_dirs(tmp_path / "results", grid.name)
+    runs, tables, figures = results.grid_dirs(tmp_path / "results", grid.name)
     point = next(p for p in grid.points if p.params["method"] == "dpsgd")
     (runs / point.point_id).mkdir(parents=True)
     (runs / point.point_id / "row.json").write_text(json.dumps({"method": "dpsgd", "epsilon": 2.0, "seed": 0,

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from distildp import mia
 from distildp.artifacts import write_json_atomic
 from distildp.audit import DEFAULT_SPACE, AuditError, SecretSpace, canary_exposures, secrets_in_texts
-from distildp.pipeline import METHODS, Pipeline
+from distildp.methods import METHODS
+from distildp.pipeline import Pipeline
 from distildp.provenance import synthetic_texts, training_set
 from distildp.results import to_markdown
 
@@ -76,10 +77,10 @@ def audit_method(pipe: Pipeline, method: str, epsilon: float, seed: int = 0, con
             row.update(_audit_synthetic(found, synthetic_texts(art.path)))
         else:
             role = "teacher" if art.stage == "private_teacher" else "student"
-            model, tok = pipe._load(art.path)
-            public, public_tok = pipe._load(pipe.pretrained(role, seed).path)
-            row.update(_audit_model(model, tok, public, public_tok, found, role, accounted, pipe.delta, config,
-                                    what=f"{method}'s {name} at epsilon {epsilon:g}"))
+            model, tok = pipe.load_model(art.path)
+            public, public_tok = pipe.load_model(pipe.pretrained(role, seed).path)
+            row.update(audit_model(model, tok, public, public_tok, found, role, accounted, pipe.delta, config,
+                                   what=f"{method}'s {name} at epsilon {epsilon:g}"))
         rows.append(row)
     return rows
 
@@ -93,8 +94,11 @@ def _audit_synthetic(found, texts: list[str]) -> dict:
             "n_canaries": len(hits), "canaries": canaries}
 
 
-def _audit_model(model, tok, public, public_tok, found, role: str, accounted: float, delta: float,
-                 config: AuditConfig, what: str) -> dict:
+def audit_model(model, tok, public, public_tok, found, role: str, accounted: float, delta: float,
+                config: AuditConfig, what: str) -> dict:
+    """One model's audit against the training set `found` (provenance.training_set): each canary's exposure
+    beside the public model's, and the membership attacks with the epsilon lower bound they give. Raises
+    mia.PrivacyBugError when that bound exceeds `accounted`; `what` names the model in that message."""
     with_codes = role == "teacher"  # a teacher was trained behind each row's control codes
     options = {"method": "extrapolated", "n_samples": config.n_candidates, "seed": config.seed,
                "batch_size": config.batch_size}

@@ -17,10 +17,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-# The same tuples as distildp.pipeline (a test checks): copied so that reading results does not import
-# torch and transformers (07_results and the runner's report start in a second, not half a minute).
-METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd")
-REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", "nonprivate_student")
+from distildp.methods import METHODS, REFERENCES
 
 # The core columns (method, budget, perplexities, privacy spent) first, then the extras the pipeline and runner add.
 COLUMNS = ["dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
@@ -33,11 +30,21 @@ NUMERIC = ["epsilon", "epsilon_spent", "delta", "seed", "student_ppl", "teacher_
            "synthetic_size", "wall_time_s", "run_time_s"]
 # Gate 1 of the embedded default: the public teacher must be clearly better than the public student.
 GATE_1_RATIO = 0.8
+PUBLISHED_GRID = "quick"  # the grid whose tables are committed (results/tables)
 BASELINES = ("dpsgd", "dpkd", "synthetic_only")
 ROW_FILE, POINT_FILE = "row.json", "point.json"
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def grid_dirs(results_dir: str | Path, grid: str) -> tuple[Path, Path, Path]:
+    """(runs, tables, figures) of a grid under the runner's --results folder. The quick grid's tables and figures
+    are the committed ones (results/tables, results/figures); every other grid's go to results/<grid>/, so a
+    smoke run never overwrites them."""
+    results_dir = Path(results_dir)
+    published = results_dir if grid == PUBLISHED_GRID else results_dir / grid
+    return results_dir / "runs" / grid, published / "tables", published / "figures"
+
+
 def load_rows(runs_dir: str | Path, only: Iterable[str] | None = None) -> pd.DataFrame:
     """Every finished run under `runs_dir` (`<point_id>/row.json`, merged with its `point.json`).
 
