@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from distildp.data import control_prefix, pydoc_paragraphs
-from distildp.generate import GenerationConfig, generate_synthetic
+from distildp.generate import generate_synthetic
 from distildp.models import load_pretrained, train_tokenizer
+from distildp.sampling import GenerationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = [{"Business Category": c, "Review Stars": s}

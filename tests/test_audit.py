@@ -22,9 +22,10 @@ from distildp.audit import (DEFAULT_SPACE, AuditError, SecretSpace, canary_expos
                             exposure_from_rank, extrapolated_fraction, rank_among, secrets_in_texts, sequence_nll)
 from distildp.data import control_prefix, load_corpus
 from distildp.evaluate import perplexity
-from distildp.generate import GenerationConfig, generate_synthetic
+from distildp.generate import generate_synthetic
 from distildp.models import build_model, train_tokenizer
 from distildp.provenance import synthetic_texts, training_set
+from distildp.sampling import GenerationConfig
 from distildp.source import ReviewSource
 
 SPACE = SecretSpace(groups=(3,))  # 1,000 candidates: enumerable in a second with a tiny model

@@ -12,13 +12,14 @@ from distildp.artifacts import ArtifactStore
 from distildp.dpsgd import PrivacyConfig
 from distildp.evaluate import perplexity
 from distildp.data import control_prefix
-from distildp.generate import GenerationConfig, generate_synthetic, load_synthetic
+from distildp.generate import generate_synthetic, load_synthetic
+from distildp.sampling import GenerationConfig
 from distildp.models import build_model, train_tokenizer
 from distildp.config import make_settings
 from distildp.methods import METHODS
 from distildp.pipeline import Pipeline
 from test_dpsgd import make_examples, one_step, params, poisson_batch, reference_step, tiny_model
-from test_generate import CODES, COLUMNS
+from helpers import CODES, COLUMNS
 
 TEXTS_FOR_CODES = [control_prefix(c) for c in CODES]
 DEVICES = ["cpu", pytest.param("cuda", marks=[

@@ -322,7 +322,7 @@ class ArtifactStore:
                 if result:
                     raise ValueError(f"builder for {stage!r} returned unknown keys {sorted(result)}; "
                                      "return only 'privacy', 'metrics' and 'extra'")
-                _write_json_atomic(tmp / MANIFEST, manifest)
+                write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
             except BaseException:
                 try:
@@ -419,12 +419,10 @@ def _restore_resumable(resume: Path, build_dir: Path) -> None:
         marker.write_text(_RESTORED)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
-    _write_json_atomic(Path(path), jsonable(data))
+    """Write JSON so a reader sees the old file or the new one, never half of one: a temporary file beside it
+    (named `.<name>.tmp-*`, which a writer that finds one left by a killed process may delete), then a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -33,7 +33,6 @@ from distildp import privacy
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
-ACCOUNTANTS = ("prv", "rdp")
 # What a manifest says about where the DP randomness came from.
 RANDOMNESS = {"secret": "secret: Poisson batches and noise drawn from OS entropy",
               "reproducible": "reproducible: noise derived from the published seed, not a releasable model"}
@@ -234,8 +233,8 @@ def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> Non
         raise ValueError(f"target_epsilon={p.target_epsilon}; epsilon must be > 0 (math.inf = non-private).")
     if p.private:
         privacy.resolve_delta(p.delta, n, allow_one_over_n=p.allow_delta_one_over_n)  # raises clear errors
-    if p.accountant not in ACCOUNTANTS:
-        raise ValueError(f"accountant={p.accountant!r}; choose one of {ACCOUNTANTS}.")
+    if p.accountant not in privacy.ACCOUNTANTS:
+        raise ValueError(f"accountant={p.accountant!r}; choose one of {privacy.ACCOUNTANTS}.")
     if p.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode={p.grad_sample_mode!r}; choose one of {GRAD_SAMPLE_MODES}.")
     if not p.max_grad_norm > 0:

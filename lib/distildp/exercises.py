@@ -353,7 +353,7 @@ def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> 
 def reference_sampling_distribution(logits: torch.Tensor, top_k: int, top_p: float,
                                     temperature: float) -> torch.Tensor:
     """(B, V) probabilities over the whole vocabulary, from the library's `next_token_distribution`."""
-    from distildp.generate import GenerationConfig, next_token_distribution
+    from distildp.sampling import GenerationConfig, next_token_distribution
 
     cfg = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, no_repeat_ngram_size=0)
     batch = logits.shape[0]
