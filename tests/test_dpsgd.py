@@ -5,6 +5,7 @@ a hand-written clipped SGD step, a re-drawn Poisson mask, or dp_accounting's RDP
 """
 import math
 
+import pydoc_data.topics
 import pytest
 import torch
 from opacus.grad_sample import GradSampleHooks
@@ -18,9 +19,11 @@ from distildp.dpsgd import (
     TrainConfig,
     collate_lm,
     lm_loss_per_sequence,
+    pretrain,
     train_causal_lm,
     untie_embeddings,
 )
+from distildp.models import build_model, train_tokenizer
 
 VOCAB = 100
 
@@ -395,3 +398,20 @@ def test_dp_randomness_is_secret_by_default_and_reproducible_on_request():
     same_b, _ = run(secret_randomness=False)
     assert report.privacy_record()["randomness"].startswith("reproducible")
     assert all(torch.equal(same_a[k], same_b[k]) for k in same_a)
+
+
+# ------------------------------------------------------------------------------------------- pretraining
+def test_pretrain_lowers_loss_and_is_seeded():
+    documents = list(pydoc_data.topics.topics.values())[:20]
+    tok = train_tokenizer(documents, vocab_size=512)
+    texts = [t[:300] for t in documents]
+    runs = []
+    for _ in range(2):
+        model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+        metrics = pretrain(model, tok, texts, TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0), progress=False)
+        runs.append((metrics, model.transformer.wte.weight.detach().clone()))
+    metrics = runs[0][0]
+    assert metrics["train_loss"] < metrics["first_loss"] - 0.5
+    assert metrics["examples"] > len(texts)  # long texts were split into 32-token windows
+    assert torch.equal(runs[0][1], runs[1][1])
+    assert not model.training

@@ -8,8 +8,8 @@ import torch
 
 from distildp.evaluate import (PerplexityResult, encode_documents, floor, marginal_perplexity, paper_perplexity,
                                 perplexity)
-from distildp.dpsgd import TrainConfig
-from distildp.models import build_model, pretrain, train_tokenizer
+from distildp.dpsgd import TrainConfig, pretrain
+from distildp.models import build_model, train_tokenizer
 
 TEXTS = ["The soup was cold.", "Friendly staff, great coffee, and a quiet room to read in.",
          "Never again!", "We came for the tacos and stayed for the music; the salsa was superb.", "Fine."]

@@ -1,4 +1,4 @@
-"""Tokenizer, presets, loading, encoding and pretraining (distildp.models)."""
+"""Tokenizer, presets, loading and encoding (distildp.models)."""
 import time
 
 import pydoc_data.topics
@@ -9,9 +9,7 @@ from transformers import AutoTokenizer
 
 from distildp import models
 from distildp import hub
-from distildp.dpsgd import TrainConfig
-from distildp.models import (PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained,
-                             pretrain, train_tokenizer)
+from distildp.models import PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained, train_tokenizer
 
 TEXTS = list(pydoc_data.topics.topics.values())[:20]
 
@@ -169,21 +167,6 @@ def test_truncate_and_split(tok):
         encode_with_prefix(tok, [TEXTS[1][:400]], ["x"], max_length=8)
     with pytest.raises(ValueError, match="overflow"):
         encode_plain(tok, ["x"], 8, overflow="wrap")
-
-
-# ------------------------------------------------------------------------------------------- pretraining
-def test_pretrain_lowers_loss_and_is_seeded(tok):
-    texts = [t[:300] for t in TEXTS]
-    runs = []
-    for _ in range(2):
-        model = tiny(tok, n_positions=32)
-        metrics = pretrain(model, tok, texts, TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0), progress=False)
-        runs.append((metrics, model.transformer.wte.weight.detach().clone()))
-    metrics = runs[0][0]
-    assert metrics["train_loss"] < metrics["first_loss"] - 0.5
-    assert metrics["examples"] > len(texts)  # long texts were split into 32-token windows
-    assert torch.equal(runs[0][1], runs[1][1])
-    assert not model.training
 
 
 # ------------------------------------------------------------------------------------------- devices

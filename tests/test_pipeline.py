@@ -217,11 +217,11 @@ def test_a_student_reference_row_builds_only_the_student(tmp_path):
 def test_held_out_selection_stops_only_with_a_positive_tolerance(tolerance, stops_at):
     """tolerance 0 (distillation's default, as the paper: every epoch runs, the best is kept) never stops
     training, not even after an epoch that got worse; a positive tolerance stops at the first flat check."""
-    from distildp.pipeline import _BestOnHeldOut
+    from distildp.pipeline import BestOnHeldOut
 
     improvements = iter([math.inf, 0.05, -0.02, 0.03])  # the third check is worse than the best
 
-    class Scripted(_BestOnHeldOut):
+    class Scripted(BestOnHeldOut):
         def _check(self, step):
             return next(improvements)
 

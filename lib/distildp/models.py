@@ -1,4 +1,4 @@
-"""Tokenizer, model presets, and non-private pretraining.
+"""Tokenizer, model presets, loading, and how documents become training examples.
 
 Conventions: the tokenizer's `<|endoftext|>` is bos = eos = pad = unk (GPT-2 style).
 A student example is [eos] + tok(text) + [eos]; a teacher example is [eos] + tok(prefix) + tok(text) + [eos],
@@ -7,10 +7,8 @@ Every token after the first [eos] is a target of the language-model loss.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,9 +23,6 @@ from transformers import (
 )
 
 from distildp import hub
-
-if TYPE_CHECKING:  # dpsgd is imported inside pretrain() to keep `import distildp.models` light
-    from distildp.dpsgd import TrainConfig
 
 EOS = "<|endoftext|>"
 TINY_CONTEXT = 128
@@ -231,24 +226,3 @@ def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] |
                 examples.append({"input_ids": ids[start:start + max_length],
                                  "prefix_length": len(prefix_ids) if start == 0 else 0})
     return examples
-
-
-# ----------------------------------------------------------------------------------------------- pretraining
-def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-             cfg: TrainConfig | None = None, progress: bool = True) -> dict:
-    """Non-private causal-LM pretraining on plain `texts` (long documents are split into context-sized windows).
-
-    The same loop as private training (`distildp.dpsgd.train_causal_lm` with epsilon = inf). Returns metrics.
-    """
-    from distildp.dpsgd import TrainConfig, collate_lm, train_causal_lm
-
-    cfg = cfg or TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.01, schedule="warmup_linear")
-    examples = encode_plain(tokenizer, texts, model.config.n_positions, overflow="split")
-    if not examples:
-        raise ValueError("pretrain got no texts; pass a non-empty list of documents.")
-    pad = tokenizer.pad_token_id
-    report = train_causal_lm(model, examples, cfg, collate_fn=lambda batch: collate_lm(batch, pad), progress=progress)
-    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
-    last = report.losses[-steps_per_epoch:]
-    return {"train_loss": sum(last) / len(last), "first_loss": report.losses[0], "steps": report.steps,
-            "examples": len(examples), "seconds": report.wall_time_s}

@@ -153,7 +153,7 @@ class Pipeline:
             examples = encode_with_prefix(tok, public.train_prefixes, public.train, model.config.n_positions,
                                           overflow="split")
             half_epoch = max(1, len(examples) // (2 * train_cfg.batch_size))
-            check = _BestOnHeldOut(model, tok, public.validation, half_epoch, tolerance=s.pretrain_tolerance,
+            check = BestOnHeldOut(model, tok, public.validation, half_epoch, tolerance=s.pretrain_tolerance,
                                    prefixes=public.validation_prefixes)
             report = train_causal_lm(model, examples, train_cfg, progress=self.progress, on_step=check)
             check.finish(report.steps)
@@ -388,7 +388,7 @@ class Pipeline:
                     teacher_states = "cached once (distill.attach_teacher_states)"
             else:
                 collate, kwargs = None, {}
-            selector = _BestOnHeldOut(model, tok, [texts[i] for i in val_idx],
+            selector = BestOnHeldOut(model, tok, [texts[i] for i in val_idx],
                                       every=max(1, round(len(examples) / s.distill_train.batch_size)),
                                       tolerance=s.distill_tolerance)
             report = train_causal_lm(model, examples, _seeded(s.distill_train, seed), collate_fn=collate,
@@ -552,7 +552,7 @@ class Pipeline:
         return self.settings.teacher_model if role == "teacher" else self.settings.student_model
 
 
-class _BestOnHeldOut:
+class BestOnHeldOut:
     """on_step callback: every `every` steps, score held-out text and keep the best weights. With a
     `tolerance` > 0, it also asks training to stop (returns True) once a check improves on the best one by less
     than that relative amount: the held-out perplexity has flattened. None or 0: it never stops training."""
