@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distildp.models import _tokens, encode_with_prefix
+from distildp.models import encode_with_prefix, token_ids
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
     if not 2 <= window <= context:
         raise ValueError(f"window={window} must lie in [2, {context}] (the model's context).")
-    ids = _tokens(tokenizer, ["\n\n".join(texts)])[0]
+    ids = token_ids(tokenizer, ["\n\n".join(texts)])[0]
     was_training = model.training
     model.eval()
     losses = []
@@ -212,5 +212,5 @@ def floor(source, tokenizer: PreTrainedTokenizerBase, texts: list[str], codes: l
         nats = -sum(source.log_prob(text, c) for text, c in zip(texts, codes))
     else:
         nats = -sum(source.log_prob_marginal(text, categories=categories) for text in texts)
-    n_tokens = sum(len(ids) + 1 for ids in _tokens(tokenizer, texts))
+    n_tokens = sum(len(ids) + 1 for ids in token_ids(tokenizer, texts))
     return PerplexityResult(math.exp(nats / n_tokens), nats, n_tokens)

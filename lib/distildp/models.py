@@ -174,7 +174,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- encoding
-def _tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens (we add [eos] ourselves; length is handled by the caller)."""
     if not texts:
         return []
@@ -208,8 +208,8 @@ def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] |
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length={max_length} leaves no target token; use max_length >= 2.")
     eos = tokenizer.eos_token_id
-    text_ids = _tokens(tokenizer, texts)
-    prefix_ids_all = _tokens(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
+    text_ids = token_ids(tokenizer, texts)
+    prefix_ids_all = token_ids(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
     examples = []
     for i, (prefix_ids, ids) in enumerate(zip(prefix_ids_all, text_ids)):
         ids = [eos] + prefix_ids + ids + [eos]
