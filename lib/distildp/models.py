@@ -27,8 +27,8 @@ from distildp import hub
 EOS = "<|endoftext|>"
 TINY_CONTEXT = 128
 
-# Tiny GPT-2s for 2 CPU cores. No dropout: DP noise already regularises, and on one CPU thread dropout's random
-# masks cost a quarter of a forward+backward pass. The student is narrow, so its capacity limits it (as
+# Tiny GPT-2s for 2 CPU cores. No dropout: DP noise already regularises, and drawing dropout's random masks is a
+# large share of a tiny model's forward and backward pass on a CPU. The student is narrow, so its capacity limits it (as
 # DistilGPT2's does next to GPT-2 Large); the teachers differ from it in width and depth. Parameters at the
 # default 2,048-token vocabulary (embeddings tied to the output layer, counted once), and the ratio to the
 # student's, total (without the embeddings):

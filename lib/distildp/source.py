@@ -222,8 +222,8 @@ class ReviewSource:
     `seed` fixes the source's structure (code, aspect and bigram weights); sampling takes its own seed.
     """
 
-    # Short reviews (mean ~19 words, at most 32) keep the quick grid within minutes on 2 CPU cores; the
-    # first version's 60-word cap and 30-word centre (mean ~31 words) cost ~1.6x the compute per document.
+    # Short reviews (mean ~19 words, at most 32): compute per document grows with length, and the quick grid must
+    # run in minutes on 2 CPU cores.
     def __init__(self, seed: int = 0, *, lexicon: Lexicon | None = None, max_tokens: int = 32,
                  min_tokens: int = 8, length_center: float = 14.0, length_scale: float = 3.0,
                  punct_base: float = 0.02, punct_slope: float = 0.035, punct_max: float = 0.6):
