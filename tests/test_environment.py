@@ -6,9 +6,9 @@ import importlib.metadata
 import json
 import re
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,8 @@ def _imported_modules() -> dict[str, str]:
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(notebook.read_text())["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-        sources.append((notebook, "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))))
+        python = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]  # no magics
+        sources.append((notebook, "\n".join(python)))
     found = {}
     for path, text in sources:
         for node in ast.walk(ast.parse(text)):
@@ -62,7 +63,8 @@ def _imported_modules() -> dict[str, str]:
 def test_environment_yml_matches_requirements():
     conda = _conda_pip_section() - {"-e ."}
     pip = _requirements()
-    assert conda == pip, f"only in environment.yml: {sorted(conda - pip)}; only in requirements.txt: {sorted(pip - conda)}"
+    assert conda == pip, (f"only in environment.yml: {sorted(conda - pip)}; "
+                          f"only in requirements.txt: {sorted(pip - conda)}")
 
 
 def test_every_requirement_is_pinned_and_declared():

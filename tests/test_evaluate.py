@@ -1,20 +1,27 @@
 """Perplexity and its floor (distildp.evaluate), each checked against a hand computation."""
 import math
+import pydoc_data.topics
 import random
 
-import pydoc_data.topics
 import pytest
 import torch
 
-from distildp.evaluate import (PerplexityResult, encode_documents, floor, marginal_perplexity, paper_perplexity,
-                                perplexity)
 from distildp.dpsgd import TrainConfig, pretrain
+from distildp.evaluate import (
+    PerplexityResult,
+    encode_documents,
+    floor,
+    marginal_perplexity,
+    paper_perplexity,
+    perplexity,
+)
 from distildp.models import build_model, train_tokenizer
 
 TEXTS = ["The soup was cold.", "Friendly staff, great coffee, and a quiet room to read in.",
          "Never again!", "We came for the tacos and stayed for the music; the salsa was superb.", "Fine."]
 PREFIXES = [f"Business Category: {c}\tReview Stars: {s}\n\n"
-            for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"], ["1.0", "5.0", "2.0", "4.0", "3.0"])]
+            for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"],
+                            ["1.0", "5.0", "2.0", "4.0", "3.0"])]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import pandas as pd
 import pytest
 import torch
-from helpers import CODES, COLUMNS, code_teacher, code_tokenizer
 from transformers import GPT2LMHeadModel
 
 import distildp.generate as gen
@@ -15,6 +14,8 @@ from distildp.artifacts import ArtifactStore, config_hash
 from distildp.data import control_prefix
 from distildp.generate import generate_synthetic, load_synthetic
 from distildp.sampling import GenerationConfig, sample_batch
+
+from helpers import CODES, COLUMNS, code_teacher, code_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import yaml
 
 from distildp.config import Settings, make_settings
 from distildp.notebooks import execute
-from test_runner import ROOT, cli, executions, make_notebook, run
+
+from helpers import ROOT, cli, executions, make_notebook, run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOTEBOOKS = ROOT / "notebooks"

@@ -1,14 +1,12 @@
 """Tokenizer, presets, loading and encoding (distildp.models)."""
+import pydoc_data.topics
 import time
 
-import pydoc_data.topics
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from distildp import models
-from distildp import hub
+from distildp import hub, models
 from distildp.models import PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained, train_tokenizer
 
 TEXTS = list(pydoc_data.topics.topics.values())[:20]
@@ -140,7 +138,8 @@ def test_load_pretrained_missing_dir(tmp_path):
 
 # ------------------------------------------------------------------------------------------- encoding
 def test_prefix_and_text_are_tokenized_separately(tok):
-    prefixes = ["Business Category: Restaurants\tReview Stars: 5.0\n\n", "Business Category: Bars\tReview Stars: 1.0\n\n"]
+    prefixes = ["Business Category: Restaurants\tReview Stars: 5.0\n\n",
+                "Business Category: Bars\tReview Stars: 1.0\n\n"]
     texts = ["Great food and friendly staff.", "Dirty glasses."]
     teacher = encode_with_prefix(tok, prefixes, texts)
     student = encode_plain(tok, texts)

@@ -6,8 +6,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distildp.notebooks import (ParameterError, convention_problems, declared_parameters, strip_outputs,
-                                validate_parameters)
+from distildp.notebooks import (
+    ParameterError,
+    convention_problems,
+    declared_parameters,
+    strip_outputs,
+    validate_parameters,
+)
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

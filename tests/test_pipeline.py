@@ -11,9 +11,9 @@ from dp_accounting import dp_event, pld
 
 from distildp import privacy
 from distildp.artifacts import ArtifactStore, config_hash
-from distildp.models import PRESETS
 from distildp.config import Settings, make_settings
 from distildp.methods import METHODS, REFERENCES
+from distildp.models import PRESETS
 from distildp.pipeline import Pipeline
 
 EPSILON = 4.0

@@ -6,13 +6,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import CODES, code_teacher, code_tokenizer
 from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import distildp.sampling as sampling
 from distildp.data import control_prefix
 from distildp.sampling import GenerationConfig, draw, next_token_distribution, sample_batch
+
+from helpers import CODES, code_teacher, code_tokenizer
 
 
 def small_cfg(**kw):
@@ -41,8 +42,7 @@ def test_left_padding_matches_unpadded_generation_and_excludes_prompt():
 def transformers_probs(logits, ids, cfg):
     """Reference: transformers' own chain (no-repeat n-gram processor, then temperature, top-k and top-p
     warpers) on `ids` as they stand, softmaxed over the whole vocabulary."""
-    from transformers import (NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
-                              TopPLogitsWarper)
+    from transformers import NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     chain = [TemperatureLogitsWarper(cfg.temperature), TopPLogitsWarper(cfg.top_p)]
     if cfg.top_k:  # transformers leaves the top-k warper out at top_k = 0
