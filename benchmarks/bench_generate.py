@@ -36,8 +36,8 @@ CODES = [{"Business Category": c, "Review Stars": s}
 
 def tiny_teacher():
     """The tiny-teacher preset at the embedded default's vocabulary (Settings.vocab_size), random weights."""
-    from distildp.models import build_model
     from distildp.config import Settings
+    from distildp.models import build_model
 
     tokenizer = train_tokenizer(pydoc_paragraphs(), vocab_size=Settings().vocab_size)
     return build_model("tiny-teacher", tokenizer, seed=0).eval(), tokenizer

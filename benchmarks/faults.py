@@ -39,9 +39,9 @@ import pandas as pd
 import psutil
 from tqdm.auto import tqdm
 
-from run import ROOT, grid_path  # benchmarks/run.py (this script's directory is first on sys.path)
-
 from distildp.results import grid_dirs
+
+from run import ROOT, grid_path  # benchmarks/run.py (this script's directory is first on sys.path)
 
 RUNNER = ROOT / "benchmarks" / "run.py"
 TAG = "DISTILDP_FAULTS_RUN"  # set in each runner's environment, inherited by its points and kernels

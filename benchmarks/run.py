@@ -9,9 +9,9 @@ The whole grid is checked before any kernel starts: keys, parameter types (the n
 `parameters` cell), method names, and every point's Settings, built as its notebook builds them and checked
 by the library (distildp.config.make_settings, the checks a notebook's own call makes: field types, with a
 hint for numbers YAML 1.1 reads as text such as 1e-5; accountant and other names; dataset_options against the
-dataset loader's parameters; delta against the private training set's size N; csv folders present). Every error names the grid file and the key. A profile's
-dataset_options that the grid's dataset does not take (smoke's n_train with dataset: csv:...) are left out,
-with a note; the grid's own are refused.
+dataset loader's parameters; delta against the private training set's size N; csv folders present). Every
+error names the grid file and the key. A profile's dataset_options that the grid's dataset does not take
+(smoke's n_train with dataset: csv:...) are left out, with a note; the grid's own are refused.
 
 Layout under --results (default results/):
     runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json,
@@ -238,8 +238,8 @@ def _load_grid(name_or_path: str) -> Grid:
             fail(f"{where}.seeds", "must be a non-empty list of ints")
         abl["seeds"] = [check_param(f"{where}.seeds[{i}]", "seed", s) for i, s in enumerate(abl["seeds"])]
         for i, (value, fixed) in enumerate(zip(abl["values"], abl["with"])):
-            _check_overrides(profile, merge_overrides(merge_overrides(base, fixed), dotted_override(abl["knob"], value)),
-                             f"{where}.values[{i}]", fail)
+            fixed_and_value = merge_overrides(merge_overrides(base, fixed), dotted_override(abl["knob"], value))
+            _check_overrides(profile, fixed_and_value, f"{where}.values[{i}]", fail)
 
     points = _expand(profile, base, checked_axes, extra_axes, references, ablations, reference_seeds)
     seen: dict[str, Point] = {}
@@ -299,6 +299,13 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
     from distildp.config import dotted_override, merge_overrides
     from distildp.methods import REFERENCES
 
+    def params(overrides: dict, method: str, seed: int, epsilon: float | None = None,
+               extra: dict | None = None) -> dict:
+        p = {"profile": profile, "overrides": merge_overrides(overrides, extra or {}), "method": method, "seed": seed}
+        if epsilon is not None:
+            p["epsilon"] = epsilon
+        return p
+
     points = []
     variants = list(itertools.product(*(axes[a] for a in extra_axes)))
     for combo in variants:
@@ -308,24 +315,19 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
         for axis, value in zip(extra_axes, combo):
             overrides = merge_overrides(overrides, dotted_override(axis, value))
 
-        def params(method: str, seed: int, epsilon: float | None = None, extra: dict | None = None) -> dict:
-            p = {"profile": profile, "overrides": merge_overrides(overrides, extra or {}), "method": method, "seed": seed}
-            if epsilon is not None:
-                p["epsilon"] = epsilon
-            return p
-
         main = {}
         per_seed_pretraining = _pretrains_per_seed(profile, overrides)
         for seed in list(dict.fromkeys(reference_seeds + axes["seed"])):
             for ref in references if seed in reference_seeds else []:  # epsilon does not apply: rows carry 0 or inf
                 if ref.startswith("pretrained") and seed != reference_seeds[0] and not per_seed_pretraining:
                     continue  # public pretraining does not depend on the seed: one point
-                main[ref, None, seed] = Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant)
+                main[ref, None, seed] = Point(f"{prefix}{ref}__seed{seed}", "reference", params(overrides, ref, seed),
+                                              variant)
                 points.append(main[ref, None, seed])
             for epsilon in axes["epsilon"] if seed in axes["seed"] else []:
                 for method in axes["method"]:
                     main[method, epsilon, seed] = Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
-                                                        params(method, seed, epsilon), variant)
+                                                        params(overrides, method, seed, epsilon), variant)
                     points.append(main[method, epsilon, seed])
         for label, abl in ablations.items():
             for value, fixed in zip(abl["values"], abl["with"]):
@@ -335,7 +337,7 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
                     epsilon = None if reference else abl["epsilon"]
                     at = "" if reference else f"__eps{fmt(epsilon)}"
                     point = Point(f"abl-{label}{fmt(value)}__{prefix}{method}{at}__seed{seed}", "ablation",
-                                  params(method, seed, epsilon, extra), variant, label, value)
+                                  params(overrides, method, seed, epsilon, extra), variant, label, value)
                     twin = main.get((method, epsilon, seed))
                     if twin and _same_settings(profile, point.params["overrides"], twin.params["overrides"]):
                         point.same_as = twin.point_id
@@ -686,7 +688,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="points run at once (each in its own process)")
     parser.add_argument("--shard", help="i/n: run only the points whose index %% n == i (cluster job arrays)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
-    parser.add_argument("--store", default="", help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)")
+    parser.add_argument("--store", default="",
+                        help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)")
     parser.add_argument("--dry-run", action="store_true", help="check the grid and list its points; run nothing")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild tables/figures from finished points")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

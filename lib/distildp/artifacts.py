@@ -254,7 +254,8 @@ class ArtifactStore:
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def find(self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, Artifact] | None = None) -> Artifact | None:
+    def find(self, stage: str, config: Mapping[str, Any],
+             inputs: Mapping[str, Artifact] | None = None) -> Artifact | None:
         """The finished artifact for this config and inputs, or None (a corrupt one counts as absent)."""
         key = config_hash(stage, config, inputs)
         try:

@@ -161,7 +161,8 @@ def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
         attention_mask[row, :n] = 1
         if "loss_mask" in ex:
             if len(ex["loss_mask"]) != n:
-                raise ValueError(f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; make them equal.")
+                raise ValueError(f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; "
+                                 f"make them equal.")
             loss_mask[row, 1:n] = torch.as_tensor(ex["loss_mask"][1:], dtype=torch.float)
         else:
             loss_mask[row, 1:n] = 1.0
@@ -219,11 +220,13 @@ def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> Non
         raise ValueError("no training examples: pass a non-empty list of dicts with 'input_ids'.")
     if train_cfg.batch_size < 1 or train_cfg.batch_size > n:
         raise ValueError(f"batch_size={train_cfg.batch_size} with {n} examples gives sample rate "
-                         f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller batch).")
+                         f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller "
+                         f"batch).")
     if train_cfg.physical_batch_size is not None and train_cfg.physical_batch_size < 1:
         raise ValueError(f"physical_batch_size={train_cfg.physical_batch_size}; use >= 1 or None.")
     if not train_cfg.epochs > 0 or (train_cfg.max_steps is not None and train_cfg.max_steps < 1):
-        raise ValueError(f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and max_steps >= 1.")
+        raise ValueError(f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and "
+                         f"max_steps >= 1.")
     if train_cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={train_cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
     if train_cfg.schedule not in SCHEDULES:

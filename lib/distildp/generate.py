@@ -89,7 +89,8 @@ def _validate_code_counts(code_counts: Sequence[tuple[Mapping[str, str], int]]) 
             )
         codes = {str(k): str(v) for k, v in dict(codes).items()}
         if not codes:
-            raise ValueError(f"code_counts[{i}] has no control codes; every entry needs e.g. {{'Review Stars': '5.0'}}.")
+            raise ValueError(f"code_counts[{i}] has no control codes; every entry needs e.g. "
+                             f"{{'Review Stars': '5.0'}}.")
         key = tuple(codes.items())
         if key in seen:
             raise ValueError(f"code_counts lists {codes} twice; merge the counts into one entry.")
@@ -308,7 +309,8 @@ def generate_synthetic(
 
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token = '<|endoftext|>' (GPT-2 convention).")
+        raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token = '<|endoftext|>' "
+                         "(GPT-2 convention).")
     prompts = [[eos_id] + tokenizer(control_prefix(codes), add_special_tokens=False)["input_ids"]
                for codes, _ in counts]
     _check_lengths(model, prompts, counts, cfg)
@@ -408,7 +410,8 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
     if other_run and not restored:
         raise ValueError(f"{other_run}; use a fresh out_dir or delete that one.")
     if other_run:
-        warnings.warn(f"{other_run}: discarding this partial work of a killed build and generating from the start")
+        warnings.warn(f"{other_run}: discarding this partial work of a killed build and generating from the start",
+                      stacklevel=3)
         for chunk in out_dir.glob("chunk-*.parquet"):
             chunk.unlink()
     done = [index for index in range(len(plan)) if _chunk_path(out_dir, index).exists()]

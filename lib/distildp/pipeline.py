@@ -31,14 +31,29 @@ from distildp import privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import PROFILES, Settings, make_settings
 from distildp.data import Corpus, PublicText, control_prefix, load_corpus, load_public
-from distildp.distill import (StudentWithProjection, attach_teacher_states, check_compatible, collate_kd,
-                              make_kd_loss_fn, teacher_states_bytes)
+from distildp.distill import (
+    StudentWithProjection,
+    attach_teacher_states,
+    check_compatible,
+    collate_kd,
+    make_kd_loss_fn,
+    teacher_states_bytes,
+)
 from distildp.dpsgd import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed, train_causal_lm
 from distildp.evaluate import floor, marginal_perplexity, perplexity
 from distildp.generate import CONFIG_CODES_ATTR, generate_synthetic, load_synthetic
-from distildp.methods import METHODS, REFERENCES, check_method, reference_epsilon, reference_role
-from distildp.models import (PRESETS, build_model, encode_plain, encode_with_prefix, is_pretrained_name,
-                             load_pretrained, load_tokenizer, resolve_device, train_tokenizer)
+from distildp.methods import REFERENCES, check_method, reference_epsilon, reference_role
+from distildp.models import (
+    PRESETS,
+    build_model,
+    encode_plain,
+    encode_with_prefix,
+    is_pretrained_name,
+    load_pretrained,
+    load_tokenizer,
+    resolve_device,
+    train_tokenizer,
+)
 
 
 def _seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
@@ -104,7 +119,8 @@ class Pipeline:
         config = {"vocab_size": s.vocab_size, "public": self.public_config, "schema_of": s.dataset}
 
         def build(out: Path) -> dict:
-            tok = train_tokenizer(self.public.train + self._schema_texts(), s.vocab_size)  # the schema covers the prefixes
+            # the schema's texts give the control-code prefixes short encodings
+            tok = train_tokenizer(self.public.train + self._schema_texts(), s.vocab_size)
             tok.save_pretrained(out)
             return {"metrics": {"vocab_size": len(tok)}, "privacy": _no_private_data()}
 
@@ -501,7 +517,8 @@ class Pipeline:
             "student_ppl": student.metrics["test_ppl"],
             "teacher_ppl": teacher.metrics["test_ppl"] if teacher else math.nan,
             "teacher_marginal_ppl": synthetic.metrics["teacher_marginal_ppl"] if synthetic else math.nan,
-            "val_ppl": student.metrics["val_ppl"], "teacher_val_ppl": teacher.metrics["val_ppl"] if teacher else math.nan,
+            "val_ppl": student.metrics["val_ppl"],
+            "teacher_val_ppl": teacher.metrics["val_ppl"] if teacher else math.nan,
             "floor": student.metrics.get("floor", math.nan),
             "teacher_floor": teacher.metrics.get("floor", math.nan) if teacher else math.nan,
             "private": bool(total and total["private"]),

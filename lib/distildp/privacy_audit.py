@@ -185,7 +185,8 @@ def audit_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     rows = rows.assign(_m=rows["model"].map(order)).sort_values(["method", "variant", "epsilon", "_m"])
     lines = []
     for _, row in rows.iterrows():
-        line = {"method": _label(row["method"], row["variant"]), "ε target": _eps(row["epsilon"]), "model": row["model"]}
+        line = {"method": _label(row["method"], row["variant"]), "ε target": _eps(row["epsilon"]),
+                "model": row["model"]}
         for r in repeat_counts(rows):
             if row["model"] == "synthetic":
                 hits = [c for c in row["canaries"] if int(c["repeats"]) == r]
@@ -235,8 +236,8 @@ def plot_exposure(rows: pd.DataFrame, path: str | Path | None = None):
         ax.plot(repeats, [_mean_over(public, r, "public_exposure") for r in repeats], color="grey", ls=":",
                 label="public model (never saw them)")
         ax.axhline(rows["max_exposure"].dropna().iloc[0], color="black", lw=0.8, ls="--", label="maximum")
-        ax.set(xscale="log", xticks=repeats, xticklabels=[str(r) for r in repeats], xlabel="times each canary is in train",
-               title=model, ylabel="exposure (bits)")
+        ax.set(xscale="log", xticks=repeats, xticklabels=[str(r) for r in repeats],
+               xlabel="times each canary is in train", title=model, ylabel="exposure (bits)")
         ax.legend(fontsize=7)
     return _finish(fig, path)
 

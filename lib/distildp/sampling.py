@@ -139,7 +139,8 @@ class _GPT2Decoder:
         if not isinstance(model, GPT2LMHeadModel):
             raise TypeError(f"sampling decodes GPT-2 teachers (GPT2LMHeadModel) only; got {type(model).__name__}.")
         config, weight = model.config, model.transformer.wte.weight
-        unsupported = [flag for flag in ("reorder_and_upcast_attn", "add_cross_attention") if getattr(config, flag, False)]
+        unsupported = [flag for flag in ("reorder_and_upcast_attn", "add_cross_attention")
+                       if getattr(config, flag, False)]
         if unsupported:
             raise ValueError(f"the sampler's GPT-2 decode step does not implement config {unsupported}; "
                              "sample with transformers' generate() for such a model.")
