@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from distildp import data
-from distildp.data import Corpus, control_prefix, load_corpus, load_public
+from distildp.data import control_prefix, load_corpus, load_public
 from distildp.source import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -30,7 +30,7 @@ def test_control_prefix_format():
 
 
 def test_builtin_corpus_shape_and_codes(builtin):
-    assert isinstance(builtin, Corpus) and builtin.source is not None
+    assert builtin.source is not None
     assert {s: len(df) for s, df in builtin.splits.items()} == {"train": 60, "validation": 20, "test": 20}
     assert builtin.code_columns == {"label_business_category": "Business Category",
                                     "label_review_stars": "Review Stars"}

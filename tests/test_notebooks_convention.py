@@ -92,10 +92,6 @@ def test_strip_outputs_makes_a_clean_notebook(tmp_path):
     assert convention_problems(path) == []
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS, "notebooks/ holds the tutorial; none found"
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_notebooks_keep_the_convention(notebook):
     assert convention_problems(notebook) == []
