@@ -39,6 +39,7 @@ run: setup
 	echo "make run: $$(( $$(date +%s) - start )) s in all (pretraining included)"; exit $$status
 
 test: setup
+	$(PY) -m ruff check lib benchmarks tests
 	$(PY) -m pytest
 
 test-slow: setup

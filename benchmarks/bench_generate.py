@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from distildp.data import control_prefix, pydoc_paragraphs
-from distildp.generate import GenerationConfig, generate_synthetic
+from distildp.generate import generate_synthetic
 from distildp.models import load_pretrained, train_tokenizer
+from distildp.sampling import GenerationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = [{"Business Category": c, "Review Stars": s}
@@ -35,8 +36,8 @@ CODES = [{"Business Category": c, "Review Stars": s}
 
 def tiny_teacher():
     """The tiny-teacher preset at the embedded default's vocabulary (Settings.vocab_size), random weights."""
+    from distildp.config import Settings
     from distildp.models import build_model
-    from distildp.pipeline import Settings
 
     tokenizer = train_tokenizer(pydoc_paragraphs(), vocab_size=Settings().vocab_size)
     return build_model("tiny-teacher", tokenizer, seed=0).eval(), tokenizer

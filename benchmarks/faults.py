@@ -39,7 +39,9 @@ import pandas as pd
 import psutil
 from tqdm.auto import tqdm
 
-from run import ROOT, grid_path, output_dirs  # benchmarks/run.py (this script's directory is first on sys.path)
+from distildp.results import grid_dirs
+
+from run import ROOT, grid_path  # benchmarks/run.py (this script's directory is first on sys.path)
 
 RUNNER = ROOT / "benchmarks" / "run.py"
 TAG = "DISTILDP_FAULTS_RUN"  # set in each runner's environment, inherited by its points and kernels
@@ -161,7 +163,7 @@ class Run:
 def fields(run: Run) -> dict[tuple[str, str, str], str]:
     """Every compared field of a finished run: (file, row, field) -> its value as text."""
     values = {}
-    runs_dir, tables_dir, _ = output_dirs(run.results, grid_path(run.grid).stem)  # the runner's own names
+    runs_dir, tables_dir, _ = grid_dirs(run.results, grid_path(run.grid).stem)  # the runner's own names
     for path in sorted(runs_dir.glob("*/*.json")):
         if path.name in ("row.json", "point.json"):
             for key, value in json.loads(path.read_text()).items():

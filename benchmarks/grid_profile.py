@@ -48,7 +48,8 @@ def profile(runs_dir: Path, store: Path, jobs: int) -> list[dict]:
     for r in rows:
         r["share"] = round(r["seconds"] / compute, 3) if compute else 0.0
     wall = last - first if points else 0.0
-    rows.append({"stage": "all of the above (core-seconds)", "artifacts": "", "seconds": round(compute, 1), "share": 1.0})
+    rows.append({"stage": "all of the above (core-seconds)", "artifacts": "", "seconds": round(compute, 1),
+                 "share": 1.0})
     rows.append({"stage": f"grid wall clock ({jobs} jobs)", "artifacts": points, "seconds": round(wall, 1),
                  "share": round(compute / (jobs * wall), 3) if wall else ""})  # share: how busy the cores were
     return rows

@@ -7,11 +7,11 @@
 
 The whole grid is checked before any kernel starts: keys, parameter types (the notebook's annotated
 `parameters` cell), method names, and every point's Settings, built as its notebook builds them and checked
-by the library (distildp.pipeline: field types, with a hint for numbers YAML 1.1 reads as text such as 1e-5;
-accountant and other names; dataset_options against the dataset loader's parameters; delta against the
-private training set's size N; csv folders present). Every error names the grid file and the key. A profile's
-dataset_options that the grid's dataset does not take (smoke's n_train with dataset: csv:...) are left out,
-with a note; the grid's own are refused.
+by the library (distildp.config.make_settings, the checks a notebook's own call makes: field types, with a
+hint for numbers YAML 1.1 reads as text such as 1e-5; accountant and other names; dataset_options against the
+dataset loader's parameters; delta against the private training set's size N; csv folders present). Every
+error names the grid file and the key. A profile's dataset_options that the grid's dataset does not take
+(smoke's n_train with dataset: csv:...) are left out, with a note; the grid's own are refused.
 
 Layout under --results (default results/):
     runs/<grid>/<point_id>/  point.json (what was asked), <notebook>.ipynb (executed), run.log, row.json,
@@ -45,7 +45,7 @@ import time
 import typing
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = ROOT / "benchmarks" / "grids"
 NOTEBOOKS_DIR = ROOT / "notebooks"
-PUBLISHED_GRID = "quick"  # its tables go to results/tables (committed); other grids to results/<grid>/
 
 TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "reference_seeds", "ablations",
             "regime_map", "report"}
@@ -125,8 +124,9 @@ def load_grid(name_or_path: str) -> Grid:
 
 
 def _load_grid(name_or_path: str) -> Grid:
+    from distildp.config import PROFILES, check_setting_name, dotted_override, merge_overrides
+    from distildp.methods import REFERENCES
     from distildp.notebooks import ParameterError, validate_parameters
-    from distildp.pipeline import PROFILES, REFERENCES
 
     path = grid_path(name_or_path)
     try:
@@ -168,6 +168,12 @@ def _load_grid(name_or_path: str) -> Grid:
         except ParameterError as err:
             fail(key, str(err))
 
+    def check_name(key: str, name: str) -> None:
+        try:
+            check_setting_name(name)
+        except ValueError as err:
+            fail(key, f"{err}; axes other than {list(CORE_AXES)} and ablation knobs are Settings overrides")
+
     checked_axes = {axis: [check_param(f"axes.{axis}[{i}]", axis, v) if axis in CORE_AXES else v
                            for i, v in enumerate(values)] for axis, values in axes.items()}
     for i, method in enumerate(checked_axes["method"]):
@@ -178,9 +184,9 @@ def _load_grid(name_or_path: str) -> Grid:
     _check_overrides(profile, base, "overrides", fail)
     extra_axes = [a for a in checked_axes if a not in CORE_AXES]
     for axis in extra_axes:
-        _check_setting_name(axis, f"axes.{axis}", fail)
+        check_name(f"axes.{axis}", axis)
         for i, value in enumerate(checked_axes[axis]):
-            _check_overrides(profile, _merge(base, _nested(axis, value)), f"axes.{axis}[{i}]", fail)
+            _check_overrides(profile, merge_overrides(base, dotted_override(axis, value)), f"axes.{axis}[{i}]", fail)
 
     references = spec.get("references") or []
     if not isinstance(references, list):
@@ -204,7 +210,7 @@ def _load_grid(name_or_path: str) -> Grid:
             if key not in ABLATION_KEYS:
                 fail(f"{where}.{key}", f"unknown key; an ablation has {sorted(ABLATION_KEYS)}")
         abl.setdefault("knob", label)
-        _check_setting_name(abl["knob"], f"{where}.knob" if abl["knob"] != label else where, fail)
+        check_name(f"{where}.knob" if abl["knob"] != label else where, abl["knob"])
         if not isinstance(abl["values"], list) or not abl["values"]:
             fail(f"{where}.values", "must be a non-empty list")
         # `with`: Settings fields fixed for every point of this ablation, or a list of them, one per value
@@ -232,8 +238,8 @@ def _load_grid(name_or_path: str) -> Grid:
             fail(f"{where}.seeds", "must be a non-empty list of ints")
         abl["seeds"] = [check_param(f"{where}.seeds[{i}]", "seed", s) for i, s in enumerate(abl["seeds"])]
         for i, (value, fixed) in enumerate(zip(abl["values"], abl["with"])):
-            _check_overrides(profile, _merge(_merge(base, fixed), _nested(abl["knob"], value)),
-                             f"{where}.values[{i}]", fail)
+            fixed_and_value = merge_overrides(merge_overrides(base, fixed), dotted_override(abl["knob"], value))
+            _check_overrides(profile, fixed_and_value, f"{where}.values[{i}]", fail)
 
     points = _expand(profile, base, checked_axes, extra_axes, references, ablations, reference_seeds)
     seen: dict[str, Point] = {}
@@ -257,30 +263,20 @@ def _load_grid(name_or_path: str) -> Grid:
 
 
 def _check_method(method: str, key: str, fail) -> None:
-    from distildp.pipeline import METHODS, REFERENCES
+    from distildp.methods import check_method
 
-    if method not in METHODS:
-        hint = " (references go under `references:`)" if method in REFERENCES else ""
-        fail(key, f"unknown method {method!r}; choose from {list(METHODS)}{hint}")
-
-
-def _check_setting_name(name: str, key: str, fail) -> None:
-    from distildp.pipeline import Settings
-
-    top = name.split(".", 1)[0]
-    if top not in {f.name for f in fields(Settings)}:
-        fail(key, f"{top!r} is not a Settings field (axes other than {list(CORE_AXES)} and ablation knobs are "
-                  f"Settings overrides, nested ones dotted like private_train.epochs); fields: "
-                  f"{sorted(f.name for f in fields(Settings))}")
+    try:
+        check_method(method, references=False)
+    except ValueError as err:
+        fail(key, str(err))
 
 
 def _check_overrides(profile: str, overrides: dict, where: str, fail) -> None:
-    """The Settings these overrides give, built as the notebook builds them (make_settings) and checked by the
-    library (Settings' own checks, then Settings.validate: the data's size against delta, a csv folder there)."""
-    from distildp.pipeline import make_settings
+    """The Settings these overrides give, built and checked as the notebook's own make_settings call does."""
+    from distildp.config import make_settings
 
     try:
-        make_settings(profile, overrides).validate()
+        make_settings(profile, overrides)
     except (ValueError, TypeError, FileNotFoundError) as err:
         fail(where, f"overrides {overrides}: {err}")
 
@@ -295,24 +291,20 @@ def fmt(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-")
 
 
-def _nested(name: str, value: Any) -> dict:
-    """'private_train.epochs', 2 -> {'private_train': {'epochs': 2}}."""
-    head, _, rest = name.partition(".")
-    return {head: _nested(rest, value) if rest else value}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    from distildp.pipeline import merge_overrides
-
-    return merge_overrides(base, extra)
-
-
 def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], references: list[str],
             ablations: dict, reference_seeds: list[int]) -> list[Point]:
     """The points in a stable order: per variant and seed the references, then epsilon x method;
     then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart).
     References run at `reference_seeds`; pretrained ones at the first only, unless each seed pretrains its own."""
-    from distildp.pipeline import REFERENCES
+    from distildp.config import dotted_override, merge_overrides
+    from distildp.methods import REFERENCES
+
+    def params(overrides: dict, method: str, seed: int, epsilon: float | None = None,
+               extra: dict | None = None) -> dict:
+        p = {"profile": profile, "overrides": merge_overrides(overrides, extra or {}), "method": method, "seed": seed}
+        if epsilon is not None:
+            p["epsilon"] = epsilon
+        return p
 
     points = []
     variants = list(itertools.product(*(axes[a] for a in extra_axes)))
@@ -321,13 +313,7 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
         prefix = f"{variant}__" if variant else ""
         overrides = base
         for axis, value in zip(extra_axes, combo):
-            overrides = _merge(overrides, _nested(axis, value))
-
-        def params(method: str, seed: int, epsilon: float | None = None, extra: dict | None = None) -> dict:
-            p = {"profile": profile, "overrides": _merge(overrides, extra or {}), "method": method, "seed": seed}
-            if epsilon is not None:
-                p["epsilon"] = epsilon
-            return p
+            overrides = merge_overrides(overrides, dotted_override(axis, value))
 
         main = {}
         per_seed_pretraining = _pretrains_per_seed(profile, overrides)
@@ -335,22 +321,23 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
             for ref in references if seed in reference_seeds else []:  # epsilon does not apply: rows carry 0 or inf
                 if ref.startswith("pretrained") and seed != reference_seeds[0] and not per_seed_pretraining:
                     continue  # public pretraining does not depend on the seed: one point
-                main[ref, None, seed] = Point(f"{prefix}{ref}__seed{seed}", "reference", params(ref, seed), variant)
+                main[ref, None, seed] = Point(f"{prefix}{ref}__seed{seed}", "reference", params(overrides, ref, seed),
+                                              variant)
                 points.append(main[ref, None, seed])
             for epsilon in axes["epsilon"] if seed in axes["seed"] else []:
                 for method in axes["method"]:
                     main[method, epsilon, seed] = Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
-                                                        params(method, seed, epsilon), variant)
+                                                        params(overrides, method, seed, epsilon), variant)
                     points.append(main[method, epsilon, seed])
         for label, abl in ablations.items():
             for value, fixed in zip(abl["values"], abl["with"]):
-                extra = _merge(fixed, _nested(abl["knob"], value))
+                extra = merge_overrides(fixed, dotted_override(abl["knob"], value))
                 for method, seed in itertools.product(abl["method"], abl["seeds"]):
                     reference = method in REFERENCES
                     epsilon = None if reference else abl["epsilon"]
                     at = "" if reference else f"__eps{fmt(epsilon)}"
                     point = Point(f"abl-{label}{fmt(value)}__{prefix}{method}{at}__seed{seed}", "ablation",
-                                  params(method, seed, epsilon, extra), variant, label, value)
+                                  params(overrides, method, seed, epsilon, extra), variant, label, value)
                     twin = main.get((method, epsilon, seed))
                     if twin and _same_settings(profile, point.params["overrides"], twin.params["overrides"]):
                         point.same_as = twin.point_id
@@ -360,21 +347,21 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
 
 def _pretrains_per_seed(profile: str, overrides: dict) -> bool:
     """Whether these settings pretrain the public models once per seed (Settings.pretrain_seed = 'seed')."""
-    from distildp.pipeline import make_settings
+    from distildp.config import make_settings
 
     try:
         return make_settings(profile, overrides).pretrain_seed == "seed"
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, FileNotFoundError):
         return False  # invalid overrides are reported by _check_overrides
 
 
 def _same_settings(profile: str, overrides: dict, other: dict) -> bool:
     """Whether two override sets give the same Settings (e.g. an ablation value equal to the default)."""
-    from distildp.pipeline import make_settings
+    from distildp.config import make_settings
 
     try:
         return make_settings(profile, overrides) == make_settings(profile, other)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, FileNotFoundError):
         return False  # invalid overrides are reported by _check_overrides
 
 
@@ -389,15 +376,9 @@ def shard(points: list[Point], spec: str | None) -> list[Point]:
     return [p for index, p in enumerate(points) if index % n == i]
 
 
-def output_dirs(results: Path, grid_name: str) -> tuple[Path, Path, Path]:
-    """(runs, tables, figures) for a grid: the quick grid publishes to results/tables and results/figures."""
-    publish = results if grid_name == PUBLISHED_GRID else results / grid_name
-    return results / "runs" / grid_name, publish / "tables", publish / "figures"
-
-
 def _request(point: Point, grid: Grid, store: str) -> dict:
     from distildp.artifacts import jsonable
-    from distildp.pipeline import make_settings
+    from distildp.config import make_settings
 
     # the settings the point resolves to: a default changed in the code makes its old row stale
     with warnings.catch_warnings():
@@ -707,7 +688,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="points run at once (each in its own process)")
     parser.add_argument("--shard", help="i/n: run only the points whose index %% n == i (cluster job arrays)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
-    parser.add_argument("--store", default="", help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)")
+    parser.add_argument("--store", default="",
+                        help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)")
     parser.add_argument("--dry-run", action="store_true", help="check the grid and list its points; run nothing")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild tables/figures from finished points")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -736,7 +718,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     results = Path(args.results).resolve()
     store = str(Path(args.store).resolve()) if args.store else ""
-    runs_dir, tables_dir, figures_dir = output_dirs(results, grid.name)
+    from distildp.results import grid_dirs
+
+    runs_dir, tables_dir, figures_dir = grid_dirs(results, grid.name)
     if args.dry_run:
         for point in points:
             done = is_finished(runs_dir / point.point_id, _request(point, grid, store))

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from distildp.artifacts import (MANIFEST, RESUMABLE, ArtifactStore, CorruptArtifactError, config_hash,
-                                mark_resumable, read_artifact, restored_by_store)
+from distildp.artifacts import (
+    MANIFEST,
+    RESUMABLE,
+    ArtifactStore,
+    CorruptArtifactError,
+    config_hash,
+    mark_resumable,
+    read_artifact,
+    restored_by_store,
+)
 
 
 @pytest.fixture(autouse=True)

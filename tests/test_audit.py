@@ -3,28 +3,41 @@ the epsilon lower bound), each primitive checked against an independent referenc
 count for the ROC metrics, exact binomial tails and scipy.stats.beta for Clopper-Pearson, a closed form for the
 epsilon bound, a known distribution for the exposure extrapolation."""
 import math
+import pydoc_data.topics
 import re
 import shutil
 from fractions import Fraction
 
 import numpy as np
-import pydoc_data.topics
 import pytest
 import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
-from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tok_models
 from transformers import PreTrainedTokenizerFast
 
 from distildp import mia
 from distildp.artifacts import ArtifactStore
-from distildp.audit import (DEFAULT_SPACE, AuditError, SecretSpace, canary_exposure, canary_exposures, check_encodable,
-                            exposure_from_rank, extrapolated_fraction, rank_among, secrets_in_texts, sequence_nll)
+from distildp.audit import (
+    DEFAULT_SPACE,
+    AuditError,
+    SecretSpace,
+    canary_exposure,
+    canary_exposures,
+    check_encodable,
+    exposure_from_rank,
+    extrapolated_fraction,
+    rank_among,
+    secrets_in_texts,
+    sequence_nll,
+)
 from distildp.data import control_prefix, load_corpus
 from distildp.evaluate import perplexity
-from distildp.generate import GenerationConfig, generate_synthetic
+from distildp.generate import generate_synthetic
 from distildp.models import build_model, train_tokenizer
 from distildp.provenance import synthetic_texts, training_set
+from distildp.sampling import GenerationConfig
 from distildp.source import ReviewSource
 
 SPACE = SecretSpace(groups=(3,))  # 1,000 candidates: enumerable in a second with a tiny model
@@ -410,8 +423,9 @@ def test_synthetic_text_of_a_student_is_found_and_searched_for_secrets(tmp_path,
 def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
     """End to end on real artifacts (minutes): the training set of each method's models is found from their
     manifests, with the canaries the corpus inserted, and the audit runs beside the accounted epsilon."""
+    from distildp.config import make_settings
     from distildp.models import load_pretrained
-    from distildp.pipeline import Pipeline, make_settings
+    from distildp.pipeline import Pipeline
 
     settings = make_settings("smoke", {"dataset_options": {"canaries": 2, "canary_repeats": 4}})
     pipe = Pipeline(settings, ArtifactStore(smoke_store), progress=False)

@@ -52,7 +52,9 @@ def _notebook(path: Path, title: str, code: str, exercise: bool) -> Path:
             _raw("# END TESTS"), _raw("# END QUESTION"),
             _raw("# BEGIN QUESTION\nname: q2_written\nmanual: true"),
             nbformat.v4.new_markdown_cell("### Exercise 2 · explain"),
-            _raw("# BEGIN SOLUTION"), nbformat.v4.new_markdown_cell("The written model answer."), _raw("# END SOLUTION"),
+            _raw("# BEGIN SOLUTION"),
+            nbformat.v4.new_markdown_cell("The written model answer."),
+            _raw("# END SOLUTION"),
             _raw("# END QUESTION"),
             nbformat.v4.new_markdown_cell("After the exercises."),
         ]

@@ -12,8 +12,18 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from distildp.bookkeeping import BookkeepingClipper
-from distildp.dpsgd import PrivacyConfig, TrainConfig, collate_lm, train_causal_lm
-from test_dpsgd import make_examples, one_step, params, poisson_batch, reference_step, single_example_grads, tiny_model
+from distildp.dpsgd import TrainConfig, collate_lm, train_causal_lm
+
+from helpers import (
+    make_examples,
+    one_step,
+    params,
+    poisson_batch,
+    reference_step,
+    seeded_privacy,
+    single_example_grads,
+    tiny_model,
+)
 
 VOCAB = 100  # as test_dpsgd.make_examples draws
 
@@ -200,7 +210,7 @@ def test_clipped_noise_free_step_matches_hand_clipping_and_hooks():
     updated = {}
     for mode in ("bookkeeping", "hooks"):
         model = tiny_model()  # tied
-        one_step(model, examples, batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=clip,
+        one_step(model, examples, batch_size, seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip,
                                                             grad_sample_mode=mode), seed=seed)
         assert model.lm_head.weight is model.transformer.wte.weight
         updated[mode] = params(model)
@@ -211,7 +221,7 @@ def test_clipped_noise_free_step_matches_hand_clipping_and_hooks():
 
 def test_physical_batches_give_the_same_bookkeeping_update():
     examples = make_examples(24, seed=6)
-    privacy = PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode="bookkeeping")
+    privacy = seeded_privacy(noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode="bookkeeping")
     whole, split = tiny_model(), tiny_model()
     one_step(whole, examples, 12, privacy)
     one_step(split, examples, 12, privacy, physical=2)  # BatchMemoryManager: virtual steps
@@ -228,7 +238,7 @@ def test_noisy_steps_equal_hooks_with_the_same_noise_and_accounting():
     runs = {}
     for mode in ("bookkeeping", "hooks"):
         model = tiny_model()
-        report = train_causal_lm(model, examples, cfg, PrivacyConfig(secret_randomness=False, target_epsilon=8.0, delta=1e-3, max_grad_norm=0.1,
+        report = train_causal_lm(model, examples, cfg, seeded_privacy(target_epsilon=8.0, delta=1e-3, max_grad_norm=0.1,
                                                                      grad_sample_mode=mode), progress=False)
         runs[mode] = (params(model), report)
     (got, report), (want, hooks_report) = runs["bookkeeping"], runs["hooks"]
@@ -251,7 +261,7 @@ def test_empty_poisson_batches_still_step():
     before = params(model)
     cfg = TrainConfig(epochs=100, batch_size=1, physical_batch_size=20, max_steps=12, lr=1e-3)  # q = 1/20
     report = train_causal_lm(model, make_examples(20, seed=10, max_len=3), cfg,
-                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, accountant="rdp", grad_sample_mode="bookkeeping"),
+                             seeded_privacy(noise_multiplier=1.0, accountant="rdp", grad_sample_mode="bookkeeping"),
                              loss_fn=counting_loss, progress=False)
     assert report.steps == 12 and len(calls) < 12
     assert sum(math.isnan(loss) for loss in report.losses) == 12 - len(calls)  # NaN marks an empty step
@@ -269,7 +279,7 @@ def test_distillation_with_hidden_projection_equals_hooks():
         loss_fn = make_kd_loss_fn(tiny_model(seed=1, n_embd=32), lam=0.5, temperature=2.0, alpha=1.0,
                                   hidden_projection=True)
         train_causal_lm(model, examples, TrainConfig(batch_size=6, max_steps=2, lr=0.5, optimizer="sgd"),
-                        PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=0.3, grad_sample_mode=mode),
+                        seeded_privacy(noise_multiplier=0.0, max_grad_norm=0.3, grad_sample_mode=mode),
                         loss_fn=loss_fn, collate_fn=lambda exs: collate_kd(exs, pad_id=0), progress=False)
         updated[mode] = params(model)
     for name, value in updated["bookkeeping"].items():

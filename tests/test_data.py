@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from distildp import data
-from distildp.data import Corpus, control_prefix, load_corpus, load_public
+from distildp.data import control_prefix, load_corpus, load_public
 from distildp.source import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -30,7 +30,7 @@ def test_control_prefix_format():
 
 
 def test_builtin_corpus_shape_and_codes(builtin):
-    assert isinstance(builtin, Corpus) and builtin.source is not None
+    assert builtin.source is not None
     assert {s: len(df) for s, df in builtin.splits.items()} == {"train": 60, "validation": 20, "test": 20}
     assert builtin.code_columns == {"label_business_category": "Business Category",
                                     "label_review_stars": "Review Stars"}
@@ -154,7 +154,8 @@ def test_csv_errors_name_the_problem(tmp_path):
         load_corpus(f"csv:{tmp_path / 'b'}")
     cases = {
         "notext": (dict(train="body,label_x\nhi,a\n"), r"train.csv has no `text` column"),
-        "empty": (dict(test="text,label_x\nok,a\n  ,b\n\"\",c\n"), r"test.csv: column `text` is empty .* 2 row\(s\) \(file lines 3, 4"),
+        "empty": (dict(test="text,label_x\nok,a\n  ,b\n\"\",c\n"),
+                  r"test.csv: column `text` is empty .* 2 row\(s\) \(file lines 3, 4"),
         "emptylabel": (dict(val="text,label_x\nok,\n"), r"val.csv: column `label_x` is empty"),
         "labels": (dict(test="text,label_y\nok,a\n"), "label columns differ"),
         "headeronly": (dict(train=""), r"cannot read .*train.csv"),
@@ -179,15 +180,16 @@ def test_unknown_corpus_lists_known_ones():
 
 
 def test_hub_schema_mappings_on_local_fixtures(tmp_path):
-    yelp = load_corpus("yelp", data_files={s: str(FIXTURES / "yelp_review_full" / f"{s}.jsonl") for s in ("train", "test")},
-                       cache_dir=str(tmp_path), val_fraction=0.25)
+    yelp_files = {s: str(FIXTURES / "yelp_review_full" / f"{s}.jsonl") for s in ("train", "test")}
+    yelp = load_corpus("yelp", data_files=yelp_files, cache_dir=str(tmp_path), val_fraction=0.25)
     assert yelp.code_columns == {"label_review_stars": "Review Stars"}
     assert len(yelp.splits["validation"]) == 1 and len(yelp.splits["train"]) == 3
     assert yelp.codes("test") == [{"Review Stars": "2.0"}]
-    assert sorted(c["Review Stars"] for s in ("train", "validation") for c in yelp.codes(s)) == ["1.0", "3.0", "4.0", "5.0"]
+    stars = sorted(c["Review Stars"] for s in ("train", "validation") for c in yelp.codes(s))
+    assert stars == ["1.0", "3.0", "4.0", "5.0"]
 
-    db = load_corpus("dbpedia_14", data_files={s: str(FIXTURES / "dbpedia_14" / f"{s}.jsonl") for s in ("train", "test")},
-                     cache_dir=str(tmp_path), val_fraction=0.34)
+    db_files = {s: str(FIXTURES / "dbpedia_14" / f"{s}.jsonl") for s in ("train", "test")}
+    db = load_corpus("dbpedia_14", data_files=db_files, cache_dir=str(tmp_path), val_fraction=0.34)
     everything = {t: c["Class"] for s in db.splits for t, c in zip(db.texts(s), db.codes(s))}
     assert everything["Acme Corp is a company that makes anvils."] == "Company"
     assert everything["Moby-Dick is an 1851 novel by Herman Melville."] == "WrittenWork"

@@ -9,14 +9,26 @@ import pytest
 import torch
 
 from distildp.artifacts import ArtifactStore
-from distildp.dpsgd import PrivacyConfig
-from distildp.evaluate import perplexity
+from distildp.config import make_settings
 from distildp.data import control_prefix
-from distildp.generate import GenerationConfig, generate_synthetic, load_synthetic
+from distildp.evaluate import perplexity
+from distildp.generate import generate_synthetic, load_synthetic
+from distildp.methods import METHODS
 from distildp.models import build_model, train_tokenizer
-from distildp.pipeline import METHODS, Pipeline, make_settings
-from test_dpsgd import make_examples, one_step, params, poisson_batch, reference_step, tiny_model
-from test_generate import CODES, COLUMNS
+from distildp.pipeline import Pipeline
+from distildp.sampling import GenerationConfig
+
+from helpers import (
+    CODES,
+    COLUMNS,
+    make_examples,
+    one_step,
+    params,
+    poisson_batch,
+    reference_step,
+    seeded_privacy,
+    tiny_model,
+)
 
 TEXTS_FOR_CODES = [control_prefix(c) for c in CODES]
 DEVICES = ["cpu", pytest.param("cuda", marks=[
@@ -29,7 +41,7 @@ def test_clipped_step_matches_hand_clipping_on_the_cpu(device):
     batch = poisson_batch(len(examples), batch_size / len(examples), seed)
     expected = reference_step(tiny_model(), examples, batch, batch_size, clip=clip)  # CPU reference
     model = tiny_model().to(device)
-    one_step(model, examples, batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=clip), seed=seed)
+    one_step(model, examples, batch_size, seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip), seed=seed)
     for name, value in params(model).items():
         torch.testing.assert_close(value.cpu(), expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
@@ -40,7 +52,7 @@ def test_noise_has_the_calibrated_scale(device):
     sigma, clip, batch_size, lr = 2.0, 1.0, 6, 1.0
     model = tiny_model().to(device)
     before = params(model)
-    report = one_step(model, make_examples(24, seed=8), batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=sigma,
+    report = one_step(model, make_examples(24, seed=8), batch_size, seeded_privacy(noise_multiplier=sigma,
                                                                                max_grad_norm=clip), lr=lr)
     update = torch.cat([(before[n] - v).flatten() for n, v in params(model).items()]).double().cpu()
     expected = lr * sigma * clip / batch_size

@@ -113,7 +113,10 @@ def test_padding_does_not_change_a_sequence_loss():
     targets = torch.randint(0, 6, (1, 5))
     mask = torch.tensor([[0.0, 1, 1, 1, 1]])
     alone = kd_loss(s_logits, t_logits, targets, mask).total
-    pad = lambda x, fill: torch.cat([x, torch.full((1, 3) + x.shape[2:], fill, dtype=x.dtype)], dim=1)
+
+    def pad(x, fill):
+        return torch.cat([x, torch.full((1, 3) + x.shape[2:], fill, dtype=x.dtype)], dim=1)
+
     padded = kd_loss(pad(s_logits, 9.0), pad(t_logits, -9.0), pad(targets, 0), pad(mask, 0.0)).total
     torch.testing.assert_close(alone, padded)
 
@@ -396,13 +399,16 @@ def test_check_compatible():
 @pytest.mark.filterwarnings("ignore:Full backward hook")
 @pytest.mark.parametrize("privacy", [None, "hooks", "ghost"])
 def test_kd_loss_fn_trains_through_train_causal_lm(privacy):
-    from distildp.dpsgd import PrivacyConfig, TrainConfig, train_causal_lm
+    from distildp.dpsgd import TrainConfig, train_causal_lm
+
+    from helpers import seeded_privacy
 
     student, teacher = tiny_gpt2(16, n_layer=1, seed=15), tiny_gpt2(32, n_layer=2, seed=16)
     model = StudentWithProjection(student, teacher_width=32)
     before = model.projection.linear.weight.detach().clone()
     data = examples() * 4
-    privacy_cfg = None if privacy is None else PrivacyConfig(secret_randomness=False, noise_multiplier=0.5, grad_sample_mode=privacy, delta=1e-3)
+    privacy_cfg = (None if privacy is None
+                   else seeded_privacy(noise_multiplier=0.5, grad_sample_mode=privacy, delta=1e-3))
     report = train_causal_lm(
         model, data, TrainConfig(batch_size=8, epochs=2, max_steps=3, lr=1e-2), privacy_cfg,
         loss_fn=make_kd_loss_fn(teacher, lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True),

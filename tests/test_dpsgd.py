@@ -4,12 +4,13 @@ Every check compares against an independent reference: a loop of single-example 
 a hand-written clipped SGD step, a re-drawn Poisson mask, or dp_accounting's RDP accountant.
 """
 import math
+import pydoc_data.topics
 
 import pytest
 import torch
 from opacus.grad_sample import GradSampleHooks
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from distildp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
@@ -18,49 +19,21 @@ from distildp.dpsgd import (
     TrainConfig,
     collate_lm,
     lm_loss_per_sequence,
+    pretrain,
     train_causal_lm,
-    untie_embeddings,
 )
+from distildp.models import build_model, train_tokenizer
 
-VOCAB = 100
-
-
-def tiny_model(seed: int = 0, n_embd: int = 32, n_layer: int = 2, untie: bool = False) -> GPT2LMHeadModel:
-    """A tiny GPT-2 without dropout, so a training-mode forward pass is deterministic."""
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=n_embd, n_layer=n_layer, n_head=2, n_positions=32,
-                        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
-    if untie:
-        untie_embeddings(model)
-    return model
-
-
-def make_examples(n: int, seed: int = 0, min_len: int = 2, max_len: int = 12) -> list[dict]:
-    """[eos] + random tokens + [eos], with unequal lengths so batches carry padding."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
-        out.append({"input_ids": [0] + torch.randint(1, VOCAB, (length,), generator=g).tolist() + [0]})
-    return out
-
-
-def single_example_grads(model: torch.nn.Module, example: dict) -> dict[str, torch.Tensor]:
-    """Reference: the gradient of one example's loss, computed on that example alone (no padding)."""
-    model.zero_grad(set_to_none=True)
-    lm_loss_per_sequence(model, collate_lm([example], pad_id=0)).sum().backward()
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
-
-
-def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
-def poisson_batch(n: int, q: float, seed: int) -> list[int]:
-    """Re-draw the first Poisson batch exactly as Opacus' sampler does with our seeded generator."""
-    mask = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < q
-    return mask.nonzero().flatten().tolist()
+from helpers import (
+    make_examples,
+    one_step,
+    params,
+    poisson_batch,
+    reference_step,
+    seeded_privacy,
+    single_example_grads,
+    tiny_model,
+)
 
 
 # ----------------------------------------------------------------------------------- collate, loss
@@ -132,29 +105,6 @@ def test_conv1d_grad_sample_equals_autograd():
 
 
 # ------------------------------------------------------------------------------ the DP-SGD update
-def one_step(model, examples, batch_size, privacy_cfg, lr=0.5, physical=None, seed=3):
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, physical_batch_size=physical, lr=lr, optimizer="sgd",
-                      seed=seed, max_steps=1)
-    return train_causal_lm(model, examples, cfg, privacy_cfg, progress=False)
-
-
-def reference_step(model, examples, batch, batch_size, clip, lr=0.5):
-    """Hand-written DP-SGD without noise: clip each example's gradient, sum, divide by the
-    EXPECTED batch size (as Opacus does), take one SGD step."""
-    model.train()
-    total = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
-    for i in batch:
-        grads = single_example_grads(model, examples[i])
-        norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
-        factor = min(1.0, clip / (float(norm) + 1e-6))
-        for name in total:
-            total[name] += factor * grads[name]
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p -= lr * total[name] / batch_size
-    return params(model)
-
-
 def test_noise_free_unclipped_dp_step_is_plain_sgd_on_the_poisson_batch():
     examples, batch_size, seed = make_examples(24, seed=4), 6, 3
     batch = poisson_batch(len(examples), batch_size / len(examples), seed)
@@ -162,7 +112,7 @@ def test_noise_free_unclipped_dp_step_is_plain_sgd_on_the_poisson_batch():
     reference = tiny_model()
     expected = reference_step(reference, examples, batch, batch_size, clip=math.inf)
     model = tiny_model()
-    report = one_step(model, examples, batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=1e6), seed=seed)
+    report = one_step(model, examples, batch_size, seeded_privacy(noise_multiplier=0.0, max_grad_norm=1e6), seed=seed)
     assert report.steps == 1 and report.epsilon_spent == math.inf
     for name, value in params(model).items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
@@ -174,7 +124,7 @@ def test_clipped_noise_free_step_matches_hand_clipping(mode):
     batch = poisson_batch(len(examples), batch_size / len(examples), seed)
     expected = reference_step(tiny_model(untie=True), examples, batch, batch_size, clip=clip)
     model = tiny_model(untie=True)
-    one_step(model, examples, batch_size, PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=clip,
+    one_step(model, examples, batch_size, seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip,
                                                         grad_sample_mode=mode), seed=seed)
     for name, value in params(model).items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
@@ -183,7 +133,7 @@ def test_clipped_noise_free_step_matches_hand_clipping(mode):
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_physical_batches_give_the_same_dp_update(mode):
     examples = make_examples(24, seed=6)
-    privacy = PrivacyConfig(secret_randomness=False, noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode=mode)
+    privacy = seeded_privacy(noise_multiplier=0.0, max_grad_norm=0.05, grad_sample_mode=mode)
     whole, split = tiny_model(), tiny_model()
     one_step(whole, examples, 12, privacy)
     one_step(split, examples, 12, privacy, physical=2)  # BatchMemoryManager: virtual steps
@@ -207,7 +157,7 @@ def recorded_batches(examples, cfg, privacy_cfg=None) -> list[list[int]]:
 def test_physical_batches_are_cut_from_a_length_sorted_batch(private):
     examples = make_examples(60, seed=8, max_len=20)
     cfg = TrainConfig(epochs=1, batch_size=30, physical_batch_size=8, max_steps=1, lr=1e-3)
-    chunks = recorded_batches(examples, cfg, PrivacyConfig(secret_randomness=False, noise_multiplier=1.0) if private else None)
+    chunks = recorded_batches(examples, cfg, seeded_privacy(noise_multiplier=1.0) if private else None)
     assert len(chunks) >= 3
     for shorter, longer in zip(chunks, chunks[1:]):
         assert max(shorter) <= min(longer)  # each physical batch pads only to lengths like its own
@@ -227,7 +177,7 @@ def test_group_by_length_visits_every_example_once_per_epoch_and_pads_less():
     longest = [max(batch) for batch in grouped]
     assert any(longest[k:k + 4] != sorted(longest[k:k + 4], reverse=True) for k in range(0, 16, 4))
     # DP-SGD ignores it: its batches stay Poisson samples
-    private = PrivacyConfig(secret_randomness=False, noise_multiplier=1.0)
+    private = seeded_privacy(noise_multiplier=1.0)
     assert recorded_batches(examples, TrainConfig(**base, group_by_length=True), private) == \
         recorded_batches(examples, TrainConfig(**base), private)
 
@@ -253,10 +203,10 @@ def test_on_step_returning_true_stops_non_private_training():
 def test_ghost_unties_embeddings_and_hooks_keeps_them_tied():
     examples, privacy = make_examples(8, seed=8), dict(noise_multiplier=1.0, accountant="rdp")
     tied = tiny_model()
-    report = one_step(tied, examples, 4, PrivacyConfig(secret_randomness=False, **privacy))
+    report = one_step(tied, examples, 4, seeded_privacy(**privacy))
     assert tied.lm_head.weight is tied.transformer.wte.weight and not report.tied_embeddings_untied
     ghost = tiny_model()
-    report = one_step(ghost, examples, 4, PrivacyConfig(secret_randomness=False, **privacy, grad_sample_mode="ghost"))
+    report = one_step(ghost, examples, 4, seeded_privacy(**privacy, grad_sample_mode="ghost"))
     assert ghost.lm_head.weight is not ghost.transformer.wte.weight
     assert report.tied_embeddings_untied and report.privacy_record()["tied_embeddings_untied"]
     assert not ghost.config.tie_word_embeddings
@@ -281,7 +231,7 @@ def test_batches_are_poisson_and_empty_batches_still_step():
     # One physical batch per step (by default Poisson batches above batch_size are split for memory).
     cfg = TrainConfig(epochs=100, batch_size=batch_size, physical_batch_size=n, max_steps=steps, lr=1e-3)
     report = train_causal_lm(tiny_fast_model(), make_examples(n, seed=9, max_len=3), cfg,
-                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, accountant="rdp"), loss_fn=recording_loss,
+                             seeded_privacy(noise_multiplier=1.0, accountant="rdp"), loss_fn=recording_loss,
                              progress=False)
     assert report.steps == steps
     empty = steps - len(sizes)
@@ -305,7 +255,7 @@ def test_empty_poisson_batches_do_not_crash(mode):
     before = params(model)
     cfg = TrainConfig(epochs=100, batch_size=1, physical_batch_size=20, max_steps=12, lr=1e-3)  # q = 1/20
     report = train_causal_lm(model, make_examples(20, seed=10, max_len=3), cfg,
-                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
+                             seeded_privacy(noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
                              loss_fn=counting_loss, progress=False)
     assert report.steps == 12 and len(calls) < 12
     assert sum(math.isnan(loss) for loss in report.losses) == 12 - len(calls)  # NaN marks an empty step
@@ -327,7 +277,7 @@ def test_reported_epsilon_matches_an_independent_accountant_over_steps_taken():
     examples = make_examples(20, seed=11, max_len=3)
     cfg = TrainConfig(epochs=10, batch_size=5, max_steps=7, lr=1e-3)  # stop early: 7 of 40 steps
     report = train_causal_lm(tiny_fast_model(), examples, cfg,
-                             PrivacyConfig(secret_randomness=False, noise_multiplier=1.2, delta=1e-3, accountant="rdp"), progress=False)
+                             seeded_privacy(noise_multiplier=1.2, delta=1e-3, accountant="rdp"), progress=False)
     assert (report.steps, report.sample_rate, report.delta) == (7, 0.25, 1e-3)
     reference = dp_accounting_rdp_epsilon(1.2, 0.25, 7, 1e-3)
     assert report.epsilon_spent == pytest.approx(reference, rel=1e-2)
@@ -341,7 +291,7 @@ def test_calibrated_noise_spends_at_most_the_target():
     examples = make_examples(20, seed=12, max_len=3)
     cfg = TrainConfig(epochs=2, batch_size=5, lr=1e-3)  # q = 0.25, 8 steps
     report = train_causal_lm(tiny_fast_model(), examples, cfg,
-                             PrivacyConfig(secret_randomness=False, target_epsilon=4.0, delta=1e-3, accountant="rdp"), progress=False)
+                             seeded_privacy(target_epsilon=4.0, delta=1e-3, accountant="rdp"), progress=False)
     assert report.steps == 8
     reference = dp_accounting_rdp_epsilon(report.noise_multiplier, 0.25, 8, 1e-3)
     assert report.epsilon_spent <= 4.0 and 4.0 * 0.97 <= reference <= 4.0 * 1.001
@@ -365,7 +315,7 @@ def test_calibrated_noise_spends_at_most_the_target():
 def test_bad_input_raises_clear_errors(train, privacy, match):
     cfg = TrainConfig(**{"batch_size": 4, **train})
     with pytest.raises(ValueError, match=match):
-        train_causal_lm(tiny_fast_model(), make_examples(10), cfg, PrivacyConfig(secret_randomness=False, **privacy), progress=False)
+        train_causal_lm(tiny_fast_model(), make_examples(10), cfg, seeded_privacy(**privacy), progress=False)
 
 
 def test_too_small_dataset_and_too_long_examples_raise():
@@ -376,7 +326,7 @@ def test_too_small_dataset_and_too_long_examples_raise():
                         progress=False)
     with pytest.raises(ValueError, match="1/N"):  # delta >= 1/N needs the named option
         train_causal_lm(tiny_fast_model(), make_examples(10), TrainConfig(batch_size=2),
-                        PrivacyConfig(secret_randomness=False, noise_multiplier=1.0, delta=0.2), progress=False)
+                        seeded_privacy(noise_multiplier=1.0, delta=0.2), progress=False)
 
 
 def test_dp_randomness_is_secret_by_default_and_reproducible_on_request():
@@ -395,3 +345,20 @@ def test_dp_randomness_is_secret_by_default_and_reproducible_on_request():
     same_b, _ = run(secret_randomness=False)
     assert report.privacy_record()["randomness"].startswith("reproducible")
     assert all(torch.equal(same_a[k], same_b[k]) for k in same_a)
+
+
+# ------------------------------------------------------------------------------------------- pretraining
+def test_pretrain_lowers_loss_and_is_seeded():
+    documents = list(pydoc_data.topics.topics.values())[:20]
+    tok = train_tokenizer(documents, vocab_size=512)
+    texts = [t[:300] for t in documents]
+    runs = []
+    for _ in range(2):
+        model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+        metrics = pretrain(model, tok, texts, TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0), progress=False)
+        runs.append((metrics, model.transformer.wte.weight.detach().clone()))
+    metrics = runs[0][0]
+    assert metrics["train_loss"] < metrics["first_loss"] - 0.5
+    assert metrics["examples"] > len(texts)  # long texts were split into 32-token windows
+    assert torch.equal(runs[0][1], runs[1][1])
+    assert not model.training

@@ -1,20 +1,28 @@
 """Perplexity and its floor (distildp.evaluate), each checked against a hand computation."""
 import math
+import pydoc_data.topics
 import random
 
-import pydoc_data.topics
 import pytest
 import torch
 
-from distildp.evaluate import (PerplexityResult, encode_documents, floor, marginal_perplexity, paper_perplexity,
-                                perplexity)
-from distildp.dpsgd import TrainConfig
-from distildp.models import build_model, pretrain, train_tokenizer
+from distildp.data import load_corpus
+from distildp.dpsgd import TrainConfig, train_causal_lm
+from distildp.evaluate import (
+    encode_documents,
+    floor,
+    marginal_perplexity,
+    paper_perplexity,
+    perplexity,
+)
+from distildp.models import build_model, encode_with_prefix, train_tokenizer
+from distildp.source import ReviewSource
 
 TEXTS = ["The soup was cold.", "Friendly staff, great coffee, and a quiet room to read in.",
          "Never again!", "We came for the tacos and stayed for the music; the salsa was superb.", "Fine."]
 PREFIXES = [f"Business Category: {c}\tReview Stars: {s}\n\n"
-            for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"], ["1.0", "5.0", "2.0", "4.0", "3.0"])]
+            for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"],
+                            ["1.0", "5.0", "2.0", "4.0", "3.0"])]
 
 
 @pytest.fixture(scope="module")
@@ -215,19 +223,25 @@ def test_floor_counts_the_tokens_perplexity_scores(model, tok):
         floor(source, tok, list(texts), list(codes)[:3])
 
 
-def test_trained_model_stays_above_the_floor(tok):
-    source = WordSource()
-    train = [t for t, _ in source.sample(300, seed=2)]
-    test = source.sample(100, seed=3)
-    texts, codes = [t for t, _ in test], [c for _, c in test]
-    model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=1, n_head=2, n_positions=64)
-    before = perplexity(model, tok, texts, per_document=True, progress=False)
-    pretrain(model, tok, train, TrainConfig(epochs=4, batch_size=16, lr=5e-3, seed=0), progress=False)
-    after = perplexity(model, tok, texts, per_document=True, progress=False)
-    marginal, conditional = floor(source, tok, texts), floor(source, tok, texts, codes)
-    assert isinstance(after, PerplexityResult)
-    assert after.ppl < before.ppl / 5  # it learned something
-    assert conditional.ppl < marginal.ppl < after.ppl  # codes carry information; nobody beats the source
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_a_model_trained_on_the_builtin_source_ends_just_above_its_floor(role):
+    """On the real source (ReviewSource.tiny: a dozen words), a small model trained on its corpus comes within a
+    few percent of the exact floor of its view: plain text marginalised over the corpus's categories (a student),
+    or given the codes (a teacher). So a floor off by a quarter, either way, fails here."""
+    categories = ["Restaurants", "Hotels & Travel"]
+    source = ReviewSource.tiny(0, max_tokens=6)
+    corpus = load_corpus("builtin", n_train=2000, n_val=10, n_test=300, source=source, categories=categories)
+    tok = train_tokenizer(corpus.texts("train") + corpus.prefixes("train"), vocab_size=300)
+    model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    prefixes = corpus.prefixes if role == "teacher" else lambda split: None
+    examples = encode_with_prefix(tok, prefixes("train"), corpus.texts("train"), 64)
+    train_causal_lm(model, examples, TrainConfig(epochs=3, batch_size=32, lr=1e-2, warmup_steps=10,
+                                                 schedule="warmup_linear"), progress=False)
+    ppl = perplexity(model, tok, corpus.texts("test"), prefixes=prefixes("test"), per_document=True,
+                     progress=False).ppl
+    codes = corpus.codes("test") if role == "teacher" else None
+    exact = floor(source, tok, corpus.texts("test"), codes=codes, categories=categories).ppl
+    assert exact < ppl < 1.25 * exact
 
 
 # ------------------------------------------------------------------------------------------- marginal perplexity

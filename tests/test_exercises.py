@@ -73,7 +73,8 @@ def clip_the_batch_gradient(grads, clip, noise_multiplier, expected_batch_size, 
 
 def divide_by_actual_size(grads, clip, noise_multiplier, expected_batch_size, generator):
     right = _solution("q1_dp_sgd_step")["noisy_step"]
-    return right(grads, clip, noise_multiplier, expected_batch_size, generator) * expected_batch_size / max(len(grads), 1)
+    step = right(grads, clip, noise_multiplier, expected_batch_size, generator)
+    return step * expected_batch_size / max(len(grads), 1)
 
 
 def noise_std_sigma(grads, clip, noise_multiplier, expected_batch_size, generator):
@@ -262,7 +263,8 @@ def test_scores_are_read_per_question_from_otter_results():
 
 
 def test_submissions_are_matched_to_their_assignment(tmp_path):
-    zips = {"ex02_dp_sgd": tmp_path / "02_dp_sgd-autograder.zip", "ex05_distillation": tmp_path / "05_distillation-autograder.zip"}
+    zips = {"ex02_dp_sgd": tmp_path / "02_dp_sgd-autograder.zip",
+            "ex05_distillation": tmp_path / "05_distillation-autograder.zip"}
     by_metadata = tmp_path / "anything.ipynb"
     by_metadata.write_text(json.dumps({"metadata": {"otter": {"assignment_name": "ex05_distillation"}}, "cells": []}))
     assert exercises._autograder_for(by_metadata, zips) == zips["ex05_distillation"]
@@ -311,7 +313,8 @@ def test_make_exercises_then_make_grade(tmp_path):
     rows = {row["submission"]: row for row in csv.DictReader(grades.open())}
     assert sorted(rows) == ["blank/02_dp_sgd.ipynb", "blank/05_distillation.ipynb", "half/02_dp_sgd.ipynb",
                             "perfect/02_dp_sgd.ipynb", "perfect/05_distillation.ipynb"]
-    expected = {"perfect/02_dp_sgd.ipynb": (3, 3, 6), "blank/02_dp_sgd.ipynb": (0, 0, 0), "half/02_dp_sgd.ipynb": (3, 0, 3)}
+    expected = {"perfect/02_dp_sgd.ipynb": (3, 3, 6), "blank/02_dp_sgd.ipynb": (0, 0, 0),
+                "half/02_dp_sgd.ipynb": (3, 0, 3)}
     for submission, (q1, q2, total) in expected.items():
         row = rows[submission]
         assert (float(row["q1_dp_sgd_step"]), float(row["q2_accountant"]), float(row["total"])) == (q1, q2, total), row

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distildp.pipeline import Settings, make_settings
-from test_runner import ROOT, cli, executions, make_notebook, run
+from distildp.config import Settings, make_settings
+from distildp.notebooks import execute
+
+from helpers import ROOT, cli, executions, make_notebook, run
 
 FIXTURES = Path(__file__).parent / "fixtures"
+NOTEBOOKS = ROOT / "notebooks"
 
 
 def grid_file(tmp_path: Path, text: str) -> Path:
@@ -64,8 +67,13 @@ def csv_copy(tmp_path: Path) -> Path:
 ])
 def test_bad_settings_fail_the_dry_run_naming_the_key(tmp_path, capsys, text, key, message):
     grid = grid_file(tmp_path, text)
-    with pytest.raises(run.GridError, match=f"{grid}: {key}: .*{message}"):
+    with pytest.raises(run.GridError, match=f"{grid}: {key}: .*{message}") as refused:
         run.load_grid(str(grid))
+    if key == "overrides":  # what a notebook's own make_settings call says: the runner's message, after the key
+        overrides = yaml.safe_load(grid.read_text())["overrides"]
+        with pytest.raises((ValueError, FileNotFoundError)) as in_notebook:
+            make_settings("smoke", overrides)
+        assert str(refused.value) == f"{grid}: overrides: overrides {overrides}: {in_notebook.value}"
     assert cli(grid, tmp_path / "results", "--dry-run") == 2
     assert f"{grid}: {key.replace(chr(92), '')}: " in capsys.readouterr().err  # the key without regex escapes
     assert executions(tmp_path) == []
@@ -110,6 +118,25 @@ def test_dry_run_on_the_command_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the library
+@pytest.mark.notebook
+def test_a_notebook_refuses_a_wrong_type_before_any_stage_with_the_runners_message(tmp_path):
+    """06_baselines given an override of the wrong type stops at its first call, make_settings, with the message
+    the runner's dry run gives for the same override in a grid, and builds nothing."""
+    from papermill.exceptions import PapermillExecutionError
+
+    grid = grid_file(tmp_path, "overrides: {teacher_train: {lr: 3e-3}}")  # YAML 1.1 reads 3e-3 as text
+    with pytest.raises(run.GridError) as refused:
+        run.load_grid(str(grid))
+    store = tmp_path / "store"
+    params = {"profile": "smoke", "overrides": {"teacher_train": {"lr": "3e-3"}}, "method": "dpsgd",
+              "store": str(store)}
+    with pytest.raises(PapermillExecutionError) as failed:
+        execute(NOTEBOOKS / "06_baselines.ipynb", tmp_path / "06.ipynb", params, cwd=NOTEBOOKS)
+    assert failed.value.ename == "ValueError" and "teacher_train.lr must be float" in failed.value.evalue
+    assert str(refused.value).endswith(f": {failed.value.evalue}")
+    assert not store.exists()  # no stage ran: the store was never created
+
+
 def test_notebooks_get_the_same_checks():
     with pytest.raises(ValueError, match=r"delta='1e-5'.*YAML"):
         make_settings("quick", {"delta": "1e-5"})

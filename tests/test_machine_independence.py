@@ -9,8 +9,8 @@ import sys
 import pytest
 
 # What every machine must print: the source's fingerprint, a hash of its tables' exact bits, a hash of a
-# sampled corpus and of sampled public text, and the exact nats of that corpus (the floor's numerator; log and logsumexp run through
-# numpy's SIMD code, so it is compared to a relative tolerance of 1e-10 instead of bit for bit).
+# sampled corpus and of sampled public text, and the exact nats of that corpus (the floor's numerator; log and
+# logsumexp run through numpy's SIMD code, so it is compared to a relative tolerance of 1e-10, not bit for bit).
 # They change only when ReviewSource's defaults, the frozen prose or the built-in corpora change, and then
 # results/ and the README's expected numbers must be regenerated with them.
 GOLDEN = {"fingerprint": "c35ace4a68a0645b", "table_bits": "27e40f9cbd086dcb", "corpus": "be1faa2600a5961a",
@@ -27,7 +27,8 @@ tables = [source.p_category, source.p_stars, source.p_topic, source.topic.probs,
 corpus = load_corpus("builtin", n_train=50, n_val=10, n_test=200)
 texts, codes = corpus.texts("test"), corpus.codes("test")
 public = load_public("builtin", n_docs=100, n_val=20, source=source)
-public_docs = [p + t for p, t in zip(public.train_prefixes + public.validation_prefixes, public.train + public.validation)]
+prefixes = public.train_prefixes + public.validation_prefixes
+public_docs = [p + t for p, t in zip(prefixes, public.train + public.validation)]
 print(json.dumps({
     "fingerprint": source.fingerprint,
     "table_bits": hashlib.sha256(b"".join(np.ascontiguousarray(t).tobytes() for t in tables)).hexdigest()[:16],

@@ -1,17 +1,13 @@
-"""Tokenizer, presets, loading, encoding and pretraining (distildp.models)."""
+"""Tokenizer, presets, loading and encoding (distildp.models)."""
+import pydoc_data.topics
 import time
 
-import pydoc_data.topics
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from distildp import models
-from distildp import hub
-from distildp.dpsgd import TrainConfig
-from distildp.models import (PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained,
-                             pretrain, train_tokenizer)
+from distildp import hub, models
+from distildp.models import PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained, train_tokenizer
 
 TEXTS = list(pydoc_data.topics.topics.values())[:20]
 
@@ -142,7 +138,8 @@ def test_load_pretrained_missing_dir(tmp_path):
 
 # ------------------------------------------------------------------------------------------- encoding
 def test_prefix_and_text_are_tokenized_separately(tok):
-    prefixes = ["Business Category: Restaurants\tReview Stars: 5.0\n\n", "Business Category: Bars\tReview Stars: 1.0\n\n"]
+    prefixes = ["Business Category: Restaurants\tReview Stars: 5.0\n\n",
+                "Business Category: Bars\tReview Stars: 1.0\n\n"]
     texts = ["Great food and friendly staff.", "Dirty glasses."]
     teacher = encode_with_prefix(tok, prefixes, texts)
     student = encode_plain(tok, texts)
@@ -169,21 +166,6 @@ def test_truncate_and_split(tok):
         encode_with_prefix(tok, [TEXTS[1][:400]], ["x"], max_length=8)
     with pytest.raises(ValueError, match="overflow"):
         encode_plain(tok, ["x"], 8, overflow="wrap")
-
-
-# ------------------------------------------------------------------------------------------- pretraining
-def test_pretrain_lowers_loss_and_is_seeded(tok):
-    texts = [t[:300] for t in TEXTS]
-    runs = []
-    for _ in range(2):
-        model = tiny(tok, n_positions=32)
-        metrics = pretrain(model, tok, texts, TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0), progress=False)
-        runs.append((metrics, model.transformer.wte.weight.detach().clone()))
-    metrics = runs[0][0]
-    assert metrics["train_loss"] < metrics["first_loss"] - 0.5
-    assert metrics["examples"] > len(texts)  # long texts were split into 32-token windows
-    assert torch.equal(runs[0][1], runs[1][1])
-    assert not model.training
 
 
 # ------------------------------------------------------------------------------------------- devices

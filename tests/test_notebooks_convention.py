@@ -6,8 +6,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distildp.notebooks import (ParameterError, convention_problems, declared_parameters, strip_outputs,
-                                validate_parameters)
+from distildp.notebooks import (
+    ParameterError,
+    convention_problems,
+    declared_parameters,
+    strip_outputs,
+    validate_parameters,
+)
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -85,10 +90,6 @@ def test_strip_outputs_makes_a_clean_notebook(tmp_path):
     assert any("outputs" in p for p in convention_problems(path))
     nbformat.write(strip_outputs(nbformat.read(path, as_version=4)), path)
     assert convention_problems(path) == []
-
-
-def test_there_are_notebooks():
-    assert NOTEBOOKS, "notebooks/ holds the tutorial; none found"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)

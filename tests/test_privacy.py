@@ -6,6 +6,12 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
+from scipy.optimize import brentq
+from scipy.stats import norm
+
 from distildp import privacy
 from distildp.privacy import (
     PRV_EPS_ERROR,
@@ -24,11 +30,6 @@ from distildp.privacy import (
     scale_to_total,
     uniform_histogram,
 )
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
-from opacus.accountants import PRVAccountant, RDPAccountant
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 DELTA = 1e-5
 

@@ -4,7 +4,6 @@ The points run a tiny stand-in of notebooks/06_baselines.ipynb (same typed param
 row in a blink and logs each execution, so these tests time the runner, not the pipeline.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,56 +19,10 @@ import psutil
 import pytest
 import yaml
 
-from distildp.pipeline import make_settings
+from distildp import results
+from distildp.config import make_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("benchmarks_run", ROOT / "benchmarks" / "run.py")
-run = importlib.util.module_from_spec(spec)
-sys.modules["benchmarks_run"] = run
-spec.loader.exec_module(run)
-
-PARAMETERS = """profile: str = "quick"
-overrides: dict = {}
-method: str = "distildp"
-epsilon: float = 2.0
-seed: int = 0
-store: str = ""
-row_path: str = ""
-"""
-
-# A fake pipeline: perplexity falls with epsilon and lam; seed 13 fails, like a crashing point.
-BODY = """
-import json, math, os
-with open(EXECUTIONS, "a") as f:
-    f.write(os.path.basename(os.path.dirname(row_path)) + "\\n")
-if seed == 13:
-    raise RuntimeError("stand-in failure for seed 13")
-reference = method.startswith(("pretrained", "nonprivate"))
-eps = (0.0 if method.startswith("pretrained") else math.inf) if reference else epsilon
-ppl = 30.0 if method.startswith("pretrained") else 10.0 + 10.0 / epsilon + seed + overrides.get("lam", 0.4)
-row = {"dataset": overrides.get("dataset", "builtin"), "method": method, "epsilon": eps, "epsilon_spent": eps,
-       "delta": 1e-5, "seed": seed, "student_ppl": ppl, "teacher_ppl": ppl - 1, "floor": 5.0,
-       "teacher_floor": 4.0, "private": not reference, "accountant": "prv", "noise_multiplier": 1.0,
-       "sample_rate": 0.1, "steps": 10, "mechanisms": "", "histogram": "", "synthetic_size": 48,
-       "wall_time_s": 0.1, "run_time_s": 0.1, "threads": os.environ.get("OMP_NUM_THREADS")}
-tmp = row_path + ".tmp"
-with open(tmp, "w") as f:
-    json.dump(row, f)
-os.replace(tmp, row_path)
-"""
-
-
-def make_notebook(directory: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell(PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
-    executions = directory / "executions.txt"
-    nb.cells = [nbformat.v4.new_markdown_cell("# stand-in"), params,
-                nbformat.v4.new_code_cell(f"EXECUTIONS = {str(executions)!r}\n" + BODY)]
-    path = directory / "standin.ipynb"
-    nbformat.write(nb, path)
-    return path
+from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
 
 
 def write_grid(directory: Path, notebook: Path, **changes) -> Path:
@@ -81,15 +34,6 @@ def write_grid(directory: Path, notebook: Path, **changes) -> Path:
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(grid))
     return path
-
-
-def executions(directory: Path) -> list[str]:
-    path = directory / "executions.txt"
-    return sorted(path.read_text().split()) if path.exists() else []
-
-
-def cli(grid: Path, results: Path, *extra: str) -> int:
-    return run.main(["--grid", str(grid), "--results", str(results), "--no-progress", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +123,7 @@ def test_an_audit_grid_reports_its_rows_as_the_privacy_audit(tmp_path):
                "roc": {"loss": curve, "reference": curve},
                **{f"{a}_{k}": 0.5 for a in ("loss", "reference") for k in ("auc", "auc_low", "auc_high", "tpr_at_0.01",
                                                                           "epsilon_lower_bound")}}
-    runs, tables, figures = run.output_dirs(tmp_path / "results", grid.name)
+    runs, tables, figures = results.grid_dirs(tmp_path / "results", grid.name)
     point = next(p for p in grid.points if p.params["method"] == "dpsgd")
     (runs / point.point_id).mkdir(parents=True)
     (runs / point.point_id / "row.json").write_text(json.dumps({"method": "dpsgd", "epsilon": 2.0, "seed": 0,

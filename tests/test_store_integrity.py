@@ -11,8 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import distildp.artifacts as artifacts
-from distildp.artifacts import (MANIFEST, ArtifactStore, CorruptArtifactError, StoreNotWritableError, config_hash,
-                                read_artifact)
+from distildp.artifacts import (
+    MANIFEST,
+    ArtifactStore,
+    CorruptArtifactError,
+    StoreNotWritableError,
+    config_hash,
+    read_artifact,
+)
 
 CONFIG = {"epsilon": 2.0, "seed": 0}
 FILES = ["model.safetensors", "tokenizer.json", "data/chunk-00000.parquet", "data/samples.jsonl"]

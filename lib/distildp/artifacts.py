@@ -254,7 +254,8 @@ class ArtifactStore:
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def find(self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, Artifact] | None = None) -> Artifact | None:
+    def find(self, stage: str, config: Mapping[str, Any],
+             inputs: Mapping[str, Artifact] | None = None) -> Artifact | None:
         """The finished artifact for this config and inputs, or None (a corrupt one counts as absent)."""
         key = config_hash(stage, config, inputs)
         try:
@@ -322,7 +323,7 @@ class ArtifactStore:
                 if result:
                     raise ValueError(f"builder for {stage!r} returned unknown keys {sorted(result)}; "
                                      "return only 'privacy', 'metrics' and 'extra'")
-                _write_json_atomic(tmp / MANIFEST, manifest)
+                write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
             except BaseException:
                 try:
@@ -419,12 +420,10 @@ def _restore_resumable(resume: Path, build_dir: Path) -> None:
         marker.write_text(_RESTORED)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
-    _write_json_atomic(Path(path), jsonable(data))
+    """Write JSON so a reader sees the old file or the new one, never half of one: a temporary file beside it
+    (named `.<name>.tmp-*`, which a writer that finds one left by a killed process may delete), then a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -40,7 +40,9 @@ _EMBEDDED_IMG = re.compile(r"<img\b[^>]*\bsrc=\"data:image/", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- one page
-OTTER_MARKERS = {f"# {edge} {part}" for edge in ("BEGIN", "END") for part in ("QUESTION", "SOLUTION", "TESTS", "PROMPT")}
+OTTER_MARKERS = {
+    f"# {edge} {part}" for edge in ("BEGIN", "END") for part in ("QUESTION", "SOLUTION", "TESTS", "PROMPT")
+}
 OTTER_MARKERS.add("# ASSIGNMENT CONFIG")
 
 
@@ -168,8 +170,6 @@ def build(out: str | Path, notebooks_dir: str | Path = NOTEBOOKS, work: str | Pa
     `work` (default: `<out>-work`) holds the artifact store (`store/`) and the executed notebooks (`executed/`,
     solutions included: not part of the site).
     """
-    import nbformat
-
     from distildp.notebooks import execute
 
     # absolute: the notebooks run in notebooks_dir, where a relative store would mean another folder

@@ -211,11 +211,11 @@ class BookkeepingClipper:
 def _ghost(outer, parts, p):
     squared = 0
     for k, (_, left_k, right_k) in enumerate(outer):
-        for l in range(k, len(outer)):
-            _, left_l, right_l = outer[l]
-            right_gram = torch.bmm(right_k, right_l.transpose(1, 2))
-            pair = (_left_gram(left_k, left_l, right_gram.dtype) * right_gram).sum((1, 2))
-            squared = squared + (pair if k == l else 2 * pair)  # <G_k, G_l> = <G_l, G_k>
+        for j in range(k, len(outer)):
+            _, left_j, right_j = outer[j]
+            right_gram = torch.bmm(right_k, right_j.transpose(1, 2))
+            pair = (_left_gram(left_k, left_j, right_gram.dtype) * right_gram).sum((1, 2))
+            squared = squared + (pair if k == j else 2 * pair)  # <G_k, G_j> = <G_j, G_k>
 
     def clipped(factors):
         total = torch.zeros(p.shape, dtype=outer[0][2].dtype, device=p.device)

@@ -223,8 +223,8 @@ def load_public(name: str = "builtin", n_docs: int | None = 4000, n_val: int = 5
       (`text_column=` to name another): public text to pair with a `csv:` private corpus.
     - 'hub:<dataset>[:<config>]': a hub dataset's `text` column (`text_column=`, `data_files=` for local files in
       the hub's schema, `cache_dir=`).
-    Distinct prose paragraphs are split 9:1 into train and validation. For csv and hub corpora `n_docs` caps the training
-    documents (None: all) and `n_val` the validation ones.
+    Distinct prose paragraphs are split 9:1 into train and validation. For csv and hub corpora `n_docs` caps the
+    training documents (None: all) and `n_val` the validation ones.
     """
     if name in ("builtin", "prose"):
         if options:
@@ -476,7 +476,7 @@ def corpus_from_frames(name: str, frames: dict[str, pd.DataFrame], code_names: d
             values = df[col]
             bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
             if bad:
-                line_of = (lambda i: lines[split][i]) if lines else (lambda i: i + 2 if from_files else i)
+                line_of = (lambda i, split=split: lines[split][i]) if lines else (lambda i: i + 2 if from_files else i)
                 shown = ", ".join(str(line_of(i)) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
                 at = f"file lines {shown}, the header being line 1" if from_files else f"rows {shown}, counting from 0"
                 raise ValueError(f"{where[split]}: column `{col}` is empty or not text in {len(bad)} row(s) "
@@ -522,7 +522,8 @@ def big_patent_to_columns(table, section: str) -> pd.DataFrame:
 def dbpedia_to_columns(table) -> pd.DataFrame:
     """dbpedia_14 rows (`label` 0..13, `title`, `content`) -> text (the content) + class name."""
     df = _as_frame(table)
-    return pd.DataFrame({"text": df["content"].str.strip(), "label_class": [DBPEDIA_CLASSES[int(v)] for v in df["label"]]})
+    return pd.DataFrame({"text": df["content"].str.strip(),
+                         "label_class": [DBPEDIA_CLASSES[int(v)] for v in df["label"]]})
 
 
 def _as_frame(table) -> pd.DataFrame:
@@ -600,9 +601,11 @@ def load_yelp(data_dir: str | None = None, hub_name: str = "Yelp/yelp_review_ful
     names = {"label_review_stars": STARS, **(code_names or {})}
     if data_dir is not None:
         corpus = load_csv_dir(data_dir, name="yelp", code_names=code_names)
-        frames = _three_splits(corpus.splits, seed, val_fraction, {"train": n_train, "validation": n_val, "test": n_test})
+        sizes = {"train": n_train, "validation": n_val, "test": n_test}
+        frames = _three_splits(corpus.splits, seed, val_fraction, sizes)
         return corpus_from_frames("yelp", frames, code_names=corpus.code_columns, info={"data_dir": str(data_dir)})
-    return _hub_corpus("yelp", lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp"),
+    return _hub_corpus("yelp",
+                       lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp"),
                        yelp_to_columns, names, seed=seed, val_fraction=val_fraction,
                        n_train=n_train, n_val=n_val, n_test=n_test)
 

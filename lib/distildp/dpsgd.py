@@ -27,13 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distildp import privacy
+from distildp.models import encode_plain
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
-ACCOUNTANTS = ("prv", "rdp")
 # What a manifest says about where the DP randomness came from.
 RANDOMNESS = {"secret": "secret: Poisson batches and noise drawn from OS entropy",
               "reproducible": "reproducible: noise derived from the published seed, not a releasable model"}
@@ -160,7 +161,8 @@ def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
         attention_mask[row, :n] = 1
         if "loss_mask" in ex:
             if len(ex["loss_mask"]) != n:
-                raise ValueError(f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; make them equal.")
+                raise ValueError(f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; "
+                                 f"make them equal.")
             loss_mask[row, 1:n] = torch.as_tensor(ex["loss_mask"][1:], dtype=torch.float)
         else:
             loss_mask[row, 1:n] = 1.0
@@ -218,11 +220,13 @@ def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> Non
         raise ValueError("no training examples: pass a non-empty list of dicts with 'input_ids'.")
     if train_cfg.batch_size < 1 or train_cfg.batch_size > n:
         raise ValueError(f"batch_size={train_cfg.batch_size} with {n} examples gives sample rate "
-                         f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller batch).")
+                         f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller "
+                         f"batch).")
     if train_cfg.physical_batch_size is not None and train_cfg.physical_batch_size < 1:
         raise ValueError(f"physical_batch_size={train_cfg.physical_batch_size}; use >= 1 or None.")
     if not train_cfg.epochs > 0 or (train_cfg.max_steps is not None and train_cfg.max_steps < 1):
-        raise ValueError(f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and max_steps >= 1.")
+        raise ValueError(f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and "
+                         f"max_steps >= 1.")
     if train_cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={train_cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
     if train_cfg.schedule not in SCHEDULES:
@@ -234,8 +238,8 @@ def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> Non
         raise ValueError(f"target_epsilon={p.target_epsilon}; epsilon must be > 0 (math.inf = non-private).")
     if p.private:
         privacy.resolve_delta(p.delta, n, allow_one_over_n=p.allow_delta_one_over_n)  # raises clear errors
-    if p.accountant not in ACCOUNTANTS:
-        raise ValueError(f"accountant={p.accountant!r}; choose one of {ACCOUNTANTS}.")
+    if p.accountant not in privacy.ACCOUNTANTS:
+        raise ValueError(f"accountant={p.accountant!r}; choose one of {privacy.ACCOUNTANTS}.")
     if p.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode={p.grad_sample_mode!r}; choose one of {GRAD_SAMPLE_MODES}.")
     if not p.max_grad_norm > 0:
@@ -292,6 +296,25 @@ def poisson_schedule(n: int, train_cfg: TrainConfig) -> tuple[float, int]:
     if train_cfg.max_steps is not None:
         steps = min(steps, train_cfg.max_steps)
     return sample_rate, steps
+
+
+@dataclass
+class _Loop:
+    """What train_causal_lm sets up once for either loop (plain or DP-SGD): data, optimizer, step bookkeeping."""
+
+    model: nn.Module
+    examples: Sequence[Mapping[str, Any]]
+    lengths: list[int]  # tokens per example: batches are sorted by them, so physical batches pad little
+    collate_fn: Callable[[list], Batch]
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    train_cfg: TrainConfig
+    report: TrainReport
+    steps: int  # optimizer steps to take
+    physical: int  # examples per forward and backward pass
+    sampler_rng: torch.Generator
+    device: torch.device
+    finish_step: Callable[[float, int], bool]  # after each optimizer step: True stops (non-private) training
 
 
 def train_causal_lm(
@@ -360,26 +383,34 @@ def train_causal_lm(
         bar.set_postfix(loss=f"{loss:.3f}")
         return bool(on_step(report.steps, loss)) if on_step is not None else False
 
-    if not p.private:
-        grouping = lengths if train_cfg.group_by_length else None
-        for indices in _shuffled_batches(n, train_cfg.batch_size, steps, sampler_rng, grouping):
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            indices = sorted(indices, key=lengths.__getitem__)  # pads less; same sum
-            for chunk in _split(indices, physical):  # gradient accumulation over physical batches
-                per_seq = loss_fn(model, _to_device(collate_fn([examples[i] for i in chunk]), device))
-                (per_seq.sum() / len(indices)).backward()
-                loss_sum += per_seq.detach().sum().item()
-            optimizer.step()
-            if finish_step(loss_sum, len(indices)):
-                break
+    loop = _Loop(model, examples, lengths, collate_fn, loss_fn, optimizer, train_cfg, report, steps, physical,
+                 sampler_rng, device, finish_step)
+    if p.private:
+        _train_private(loop, p)
     else:
-        _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
-                       physical, sampler_rng, device, finish_step)
+        _train_plain(loop)
     bar.close()
     model.eval()
     report.wall_time_s = time.perf_counter() - start
     return report
+
+
+def _train_plain(loop: _Loop) -> None:
+    """Shuffled (or length-grouped) batches, gradients accumulated over physical batches; no noise, no clipping."""
+    grouping = loop.lengths if loop.train_cfg.group_by_length else None
+    n = len(loop.examples)
+    for indices in _shuffled_batches(n, loop.train_cfg.batch_size, loop.steps, loop.sampler_rng, grouping):
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        indices = sorted(indices, key=loop.lengths.__getitem__)  # pads less; same sum
+        for chunk in _split(indices, loop.physical):
+            batch = loop.collate_fn([loop.examples[i] for i in chunk])
+            per_seq = loop.loss_fn(loop.model, _to_device(batch, loop.device))
+            (per_seq.sum() / len(indices)).backward()
+            loss_sum += per_seq.detach().sum().item()
+        loop.optimizer.step()
+        if loop.finish_step(loss_sum, len(indices)):
+            break
 
 
 class _PerSequenceLoss:
@@ -391,15 +422,17 @@ class _PerSequenceLoss:
         return per_sequence
 
 
-def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, train_cfg, p, report, steps,
-                   physical, sampler_rng, device, finish_step) -> None:
+def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
+    """DP-SGD on Opacus: Poisson batches, per-example clipping (hooks, ghost or book-keeping), noise once per
+    logical batch, and the accountant stepped at the true sample rate."""
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
     from distildp.conv1d_grad_sampler import conv1d_sampler
 
-    n, q = len(examples), report.sample_rate
+    model, report, train_cfg, steps = loop.model, loop.report, loop.train_cfg, loop.steps
+    n, q = len(loop.examples), report.sample_rate
     delta = privacy.resolve_delta(p.delta, n, allow_one_over_n=p.allow_delta_one_over_n)
     sigma = p.noise_multiplier
     if sigma is None:
@@ -409,13 +442,14 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
 
     # Poisson sampling with q = batch_size / N exactly, for all the steps in one pass. Empty index
     # lists reach the loop as None (GPT-2 cannot run a forward pass on zero rows).
-    poisson = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=sampler_rng, steps=steps)
+    poisson = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=loop.sampler_rng, steps=steps)
     loader = DataLoader(
-        list(examples),
-        batch_sampler=_ShortestFirst(poisson, lengths),
-        collate_fn=lambda exs: collate_fn(exs) if exs else None,
+        list(loop.examples),
+        batch_sampler=_ShortestFirst(poisson, loop.lengths),
+        collate_fn=lambda exs: loop.collate_fn(exs) if exs else None,
     )
-    noise_rng = torch.Generator(device=device).manual_seed(secret_seed() if p.secret_randomness else train_cfg.seed + 1)
+    noise_rng = torch.Generator(device=loop.device).manual_seed(
+        secret_seed() if p.secret_randomness else train_cfg.seed + 1)
     with conv1d_sampler(p.conv1d_sampler), warnings.catch_warnings():
         # Seeded noise is for reproducible research; Opacus' secure_mode is the production switch.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -423,10 +457,11 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
         engine = PrivacyEngine(accountant=p.accountant)
         criterion = None
         if bookkeeping:
-            hooks, dp_optimizer = _bookkeeping_private(engine, model, optimizer, sigma, p.max_grad_norm, noise_rng)
+            hooks, dp_optimizer = _bookkeeping_private(engine, model, loop.optimizer, sigma, p.max_grad_norm,
+                                                       noise_rng)
         else:
             made = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+                module=model, optimizer=loop.optimizer, data_loader=loader, noise_multiplier=sigma,
                 max_grad_norm=p.max_grad_norm, poisson_sampling=False,  # our loader already samples
                 grad_sample_mode=p.grad_sample_mode, criterion=_PerSequenceLoss(), wrap_model=False,
                 noise_generator=noise_rng,
@@ -446,13 +481,13 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
         dp_optimizer.attach_step_hook(on_noisy_step)
         try:
             loss_sum, count = 0.0, 0
-            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
+            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=loop.physical,
                                     optimizer=dp_optimizer) as physical_loader:
                 for batch in physical_loader:
                     if batch is None:
                         _empty_gradients(dp_optimizer, ghost or bookkeeping)
                     else:
-                        per_seq = loss_fn(model, _to_device(batch, device))
+                        per_seq = loop.loss_fn(model, _to_device(batch, loop.device))
                         if bookkeeping:
                             hooks.backward(per_seq)  # p.grad = this physical batch's clipped sum
                         else:
@@ -463,7 +498,7 @@ def _train_private(model, examples, lengths, optimizer, collate_fn, loss_fn, tra
                     dp_optimizer.zero_grad(set_to_none=True)
                     if stepped:
                         stepped.clear()
-                        finish_step(loss_sum, count)
+                        loop.finish_step(loss_sum, count)
                         loss_sum, count = 0.0, 0
         finally:
             hooks.cleanup()  # the model leaves with no Opacus hooks or attributes
@@ -518,3 +553,22 @@ def _empty_gradients(dp_optimizer, ghost: bool) -> None:
             param.grad = torch.zeros_like(param)
         else:
             param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
+
+
+# ----------------------------------------------------------------------------------------- pretraining
+def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+             cfg: TrainConfig | None = None, progress: bool = True) -> dict:
+    """Non-private causal-LM pretraining on plain `texts` (long documents are split into context-sized windows).
+
+    The same loop as private training (train_causal_lm with epsilon = inf). Returns metrics.
+    """
+    cfg = cfg or TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.01, schedule="warmup_linear")
+    examples = encode_plain(tokenizer, texts, model.config.n_positions, overflow="split")
+    if not examples:
+        raise ValueError("pretrain got no texts; pass a non-empty list of documents.")
+    pad = tokenizer.pad_token_id
+    report = train_causal_lm(model, examples, cfg, collate_fn=lambda batch: collate_lm(batch, pad), progress=progress)
+    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
+    last = report.losses[-steps_per_epoch:]
+    return {"train_loss": sum(last) / len(last), "first_loss": report.losses[0], "steps": report.steps,
+            "examples": len(examples), "seconds": report.wall_time_s}

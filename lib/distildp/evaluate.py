@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distildp.models import _tokens, encode_with_prefix
+from distildp.models import encode_with_prefix, token_ids
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts
     """
     if not texts:
         raise ValueError("perplexity got no texts; pass a non-empty list of strings.")
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     max_length = max_length or context
     if max_length > context:
         raise ValueError(f"max_length={max_length} exceeds the model's context of {context} positions; "
@@ -140,7 +140,7 @@ def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tex
     the models are trained on it ([eos] prefix text [eos], the prefix unscored context, a fresh window)."""
     if not texts:
         raise ValueError("document_nll got no texts; pass a non-empty list of strings.")
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     streams = _document_streams(tokenizer, texts, prefixes)
     return _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, progress=False)
 
@@ -177,10 +177,10 @@ def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     of the windows' mean losses (each window's first token is unscored; a short last window counts fully)."""
     if not texts:
         raise ValueError("paper_perplexity got no texts; pass a non-empty list of strings.")
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings")
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     if not 2 <= window <= context:
         raise ValueError(f"window={window} must lie in [2, {context}] (the model's context).")
-    ids = _tokens(tokenizer, ["\n\n".join(texts)])[0]
+    ids = token_ids(tokenizer, ["\n\n".join(texts)])[0]
     was_training = model.training
     model.eval()
     losses = []
@@ -212,5 +212,5 @@ def floor(source, tokenizer: PreTrainedTokenizerBase, texts: list[str], codes: l
         nats = -sum(source.log_prob(text, c) for text, c in zip(texts, codes))
     else:
         nats = -sum(source.log_prob_marginal(text, categories=categories) for text in texts)
-    n_tokens = sum(len(ids) + 1 for ids in _tokens(tokenizer, texts))
+    n_tokens = sum(len(ids) + 1 for ids in token_ids(tokenizer, texts))
     return PerplexityResult(math.exp(nats / n_tokens), nats, n_tokens)

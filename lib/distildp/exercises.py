@@ -106,7 +106,7 @@ def check_per_example_gradients(per_example_gradients: Callable, hidden: bool = 
             continue
         mean_grad = _batch_gradient(model, inputs, targets, "mean").double()
         sum_grad = _batch_gradient(model, inputs, targets, "sum").double()
-        if torch.allclose(got, mean_grad.expand_as(got), atol=1e-5) or torch.allclose(got, sum_grad.expand_as(got), atol=1e-5):
+        if any(torch.allclose(got, grad.expand_as(got), atol=1e-5) for grad in (mean_grad, sum_grad)):
             _fail("every row is the batch's gradient (one backward pass over the whole batch's loss), not each "
                   "example's: run one backward pass per example, on that example's loss alone.")
         if torch.allclose(got, expected.double() / batch, atol=1e-6):
@@ -165,7 +165,8 @@ def check_noisy_step(noisy_step: Callable, hidden: bool = False) -> None:
     for seed in _seeds(hidden):
         g = torch.Generator().manual_seed(seed)
         batch = 0 if hidden and seed == 4 else 5  # an empty Poisson batch: the step is noise alone
-        grads = torch.randn(batch, 40, generator=g, dtype=torch.float64) * torch.tensor([0.1, 0.5, 3.0, 8.0, 0.2])[:batch, None]
+        scales = torch.tensor([0.1, 0.5, 3.0, 8.0, 0.2])[:batch, None]
+        grads = torch.randn(batch, 40, generator=g, dtype=torch.float64) * scales
         clip, expected_size = 1.0, 8.0  # 5 drawn where 8 were expected: dividing by either shows
         want = reference_noisy_step(grads, clip, 0.0, expected_size, torch.Generator())
         got = _tensor(_call(noisy_step, "noisy_step", grads.clone(), clip, 0.0, expected_size,
@@ -177,8 +178,10 @@ def check_noisy_step(noisy_step: Callable, hidden: bool = False) -> None:
             continue
         total = grads.sum(0)
         norms = grads.norm(dim=1)
-        if torch.allclose(got, total * min(1.0, clip / (total.norm().item() + CLIP_EPSILON)) / expected_size, atol=1e-6) \
-                or torch.allclose(got, grads.mean(0) * min(1.0, clip / (grads.mean(0).norm().item() + CLIP_EPSILON)), atol=1e-6):
+        mean = grads.mean(0)
+        clipped_total = total * min(1.0, clip / (total.norm().item() + CLIP_EPSILON)) / expected_size
+        clipped_mean = mean * min(1.0, clip / (mean.norm().item() + CLIP_EPSILON))
+        if torch.allclose(got, clipped_total, atol=1e-6) or torch.allclose(got, clipped_mean, atol=1e-6):
             _fail("you clipped the batch gradient, not each example's: clip every row to norm C first, then sum. "
                   "Only per-example clipping bounds what one example can change.")
         if torch.allclose(got, total / expected_size, atol=1e-6):
@@ -258,7 +261,8 @@ def check_composed_epsilon(composed_epsilon: Callable, hidden: bool = False) -> 
 
     cases = [(1.88, 0.25, 12, 24.0, 1e-4, "rdp")]
     if hidden:
-        cases += [(1.2, 0.1, 30, 10.0, 1e-5, "rdp"), (1.88, 0.25, 12, 24.0, 1e-4, "prv"), (0.9, 0.05, 100, 3.0, 1e-5, "rdp")]
+        cases += [(1.2, 0.1, 30, 10.0, 1e-5, "rdp"), (1.88, 0.25, 12, 24.0, 1e-4, "prv"),
+                  (0.9, 0.05, 100, 3.0, 1e-5, "rdp")]
     for sigma_t, q, steps, sigma_h, delta, accountant in cases:
         teacher, histogram = privacy.DPSGDMechanism(sigma_t, q, steps), privacy.GaussianMechanism(sigma_h)
         got = float(_call(composed_epsilon, "composed_epsilon", sigma_t, q, steps, sigma_h, delta, accountant))
@@ -353,7 +357,7 @@ def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> 
 def reference_sampling_distribution(logits: torch.Tensor, top_k: int, top_p: float,
                                     temperature: float) -> torch.Tensor:
     """(B, V) probabilities over the whole vocabulary, from the library's `next_token_distribution`."""
-    from distildp.generate import GenerationConfig, next_token_distribution
+    from distildp.sampling import GenerationConfig, next_token_distribution
 
     cfg = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, no_repeat_ngram_size=0)
     batch = logits.shape[0]
@@ -365,8 +369,7 @@ def reference_sampling_distribution(logits: torch.Tensor, top_k: int, top_p: flo
 def transformers_sampling_distribution(logits: torch.Tensor, top_k: int, top_p: float,
                                        temperature: float) -> torch.Tensor:
     """The same distribution from transformers' own warpers (temperature, then top-k, then top-p)."""
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     scores = logits.float()
     ids = torch.zeros(logits.shape[0], 1, dtype=torch.long)
@@ -403,7 +406,8 @@ def check_sampling_distribution(sampling_distribution: Callable, hidden: bool = 
                     _fail(f"your probabilities sum to {sums.min().item():.3f}-{sums.max().item():.3f}, not 1: "
                           f"after cutting to the top k / top p, renormalise over the tokens kept {where}.")
                 _fail(f"your probabilities sum to {sums.min().item():.3f}-{sums.max().item():.3f}, not 1 {where}.")
-            if top_p < 1 and torch.allclose(got, _top_p_before_temperature(logits, top_k, top_p, temperature), atol=1e-5):
+            if top_p < 1 and torch.allclose(got, _top_p_before_temperature(logits, top_k, top_p, temperature),
+                                            atol=1e-5):
                 _fail(f"you chose the top-p set before applying the temperature: transformers' warpers divide by the "
                       f"temperature first, then cut top-k, then top-p {where}.")
             if (got > 0).sum(-1).min() == 0:
@@ -476,15 +480,16 @@ def check_kd_loss(distillation_loss: Callable, hidden: bool = False) -> None:
     """distillation_loss(student_logits, teacher_logits, targets, loss_mask, lam, temperature) -> (B,) losses."""
     from distildp.distill import kd_loss
 
-    settings = [(0.4, 2.0)] + ([(0.0, 1.0), (1.0, 1.0), (1.0, 3.0), (0.0, 2.5), (0.7, 0.5), (0.4, 1.0)] if hidden else [])
+    hidden_settings = [(0.0, 1.0), (1.0, 1.0), (1.0, 3.0), (0.0, 2.5), (0.7, 0.5), (0.4, 1.0)]
+    settings = [(0.4, 2.0)] + (hidden_settings if hidden else [])
     for seed in _seeds(hidden):
         student, teacher, targets, mask = _kd_inputs(seed)
         if hidden and seed == 4:
             mask[2] = 0.0  # a sequence with nothing scored contributes 0
         for lam, t in settings:
             want = kd_loss(student, teacher, targets, mask, lam=lam, temperature=t).total.double()
-            got = _tensor(_call(distillation_loss, "distillation_loss", student.clone(), teacher.clone(), targets.clone(),
-                                mask.clone(), lam, t), "distillation_loss")
+            got = _tensor(_call(distillation_loss, "distillation_loss", student.clone(), teacher.clone(),
+                                targets.clone(), mask.clone(), lam, t), "distillation_loss")
             where = f"(lam={lam}, t={t}, seed {seed})"
             if got.shape != want.shape:
                 _fail(f"distillation_loss returned shape {tuple(got.shape)}; expected {tuple(want.shape)}: one loss "
@@ -654,7 +659,9 @@ class Question:
 
 
 def _raw_marker(cell) -> str:
-    return cell.source.strip().splitlines()[0].strip().upper() if cell.cell_type == "raw" and cell.source.strip() else ""
+    if cell.cell_type != "raw" or not cell.source.strip():
+        return ""
+    return cell.source.strip().splitlines()[0].strip().upper()
 
 
 def questions(notebook: str | Path) -> list[Question]:
@@ -784,7 +791,7 @@ def _autograder_for(submission: Path, autograders: dict[str, Path]) -> Path | No
         name = None
     if name in autograders:
         return autograders[name]
-    for assignment, zip_path in autograders.items():
+    for zip_path in autograders.values():
         if submission.stem.startswith(zip_path.name.removesuffix("-autograder.zip")):
             return zip_path
     return None

@@ -1,4 +1,4 @@
-"""Tokenizer, model presets, and non-private pretraining.
+"""Tokenizer, model presets, loading, and how documents become training examples.
 
 Conventions: the tokenizer's `<|endoftext|>` is bos = eos = pad = unk (GPT-2 style).
 A student example is [eos] + tok(text) + [eos]; a teacher example is [eos] + tok(prefix) + tok(text) + [eos],
@@ -7,10 +7,8 @@ Every token after the first [eos] is a target of the language-model loss.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -26,14 +24,11 @@ from transformers import (
 
 from distildp import hub
 
-if TYPE_CHECKING:  # dpsgd is imported inside pretrain() to keep `import distildp.models` light
-    from distildp.dpsgd import TrainConfig
-
 EOS = "<|endoftext|>"
 TINY_CONTEXT = 128
 
-# Tiny GPT-2s for 2 CPU cores. No dropout: DP noise already regularises, and on one CPU thread dropout's random
-# masks cost a quarter of a forward+backward pass. The student is narrow, so its capacity limits it (as
+# Tiny GPT-2s for 2 CPU cores. No dropout: DP noise already regularises, and drawing dropout's random masks is a
+# large share of a tiny model's forward and backward pass on a CPU. The student is narrow, so its capacity limits it (as
 # DistilGPT2's does next to GPT-2 Large); the teachers differ from it in width and depth. Parameters at the
 # default 2,048-token vocabulary (embeddings tied to the output layer, counted once), and the ratio to the
 # student's, total (without the embeddings):
@@ -179,7 +174,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- encoding
-def _tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens (we add [eos] ourselves; length is handled by the caller)."""
     if not texts:
         return []
@@ -213,8 +208,8 @@ def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] |
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length={max_length} leaves no target token; use max_length >= 2.")
     eos = tokenizer.eos_token_id
-    text_ids = _tokens(tokenizer, texts)
-    prefix_ids_all = _tokens(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
+    text_ids = token_ids(tokenizer, texts)
+    prefix_ids_all = token_ids(tokenizer, prefixes) if prefixes is not None else [[] for _ in texts]
     examples = []
     for i, (prefix_ids, ids) in enumerate(zip(prefix_ids_all, text_ids)):
         ids = [eos] + prefix_ids + ids + [eos]
@@ -231,24 +226,3 @@ def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] |
                 examples.append({"input_ids": ids[start:start + max_length],
                                  "prefix_length": len(prefix_ids) if start == 0 else 0})
     return examples
-
-
-# ----------------------------------------------------------------------------------------------- pretraining
-def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-             cfg: TrainConfig | None = None, progress: bool = True) -> dict:
-    """Non-private causal-LM pretraining on plain `texts` (long documents are split into context-sized windows).
-
-    The same loop as private training (`distildp.dpsgd.train_causal_lm` with epsilon = inf). Returns metrics.
-    """
-    from distildp.dpsgd import TrainConfig, collate_lm, train_causal_lm
-
-    cfg = cfg or TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.01, schedule="warmup_linear")
-    examples = encode_plain(tokenizer, texts, model.config.n_positions, overflow="split")
-    if not examples:
-        raise ValueError("pretrain got no texts; pass a non-empty list of documents.")
-    pad = tokenizer.pad_token_id
-    report = train_causal_lm(model, examples, cfg, collate_fn=lambda batch: collate_lm(batch, pad), progress=progress)
-    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
-    last = report.losses[-steps_per_epoch:]
-    return {"train_loss": sum(last) / len(last), "first_loss": report.losses[0], "steps": report.steps,
-            "examples": len(examples), "seconds": report.wall_time_s}

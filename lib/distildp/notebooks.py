@@ -1,4 +1,4 @@
-"""Notebooks as typed, parameterised programs: the conventions papermill, nbmake and git rely on.
+"""Notebooks as typed, parameterised programs: the conventions papermill and git rely on.
 
 Every notebook in `notebooks/` has one cell tagged `parameters` whose assignments carry type annotations
 (`epsilon: float = 2.0`). papermill's CLI parses `-p seed 2` as a float and `-p sizes [1,2]` as a string,

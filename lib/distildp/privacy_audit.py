@@ -27,9 +27,16 @@ from tqdm.auto import tqdm
 
 from distildp import mia
 from distildp.artifacts import write_json_atomic
-from distildp.audit import (DEFAULT_SPACE, AuditError, SecretSpace, canary_exposures, secrets_in_texts,
-                            sequence_losses)
-from distildp.pipeline import METHODS, Pipeline
+from distildp.audit import (
+    DEFAULT_SPACE,
+    AuditError,
+    SecretSpace,
+    canary_exposures,
+    secrets_in_texts,
+    sequence_losses,
+)
+from distildp.methods import METHODS
+from distildp.pipeline import Pipeline
 from distildp.provenance import synthetic_texts, training_set
 from distildp.results import to_markdown
 
@@ -77,10 +84,10 @@ def audit_method(pipe: Pipeline, method: str, epsilon: float, seed: int = 0, con
             row.update(_audit_synthetic(found, synthetic_texts(art.path)))
         else:
             role = "teacher" if art.stage == "private_teacher" else "student"
-            model, tok = pipe._load(art.path)
-            public, public_tok = pipe._load(pipe.pretrained(role, seed).path)
-            row.update(_audit_model(model, tok, public, public_tok, found, role, accounted, pipe.delta, config,
-                                    what=f"{method}'s {name} at epsilon {epsilon:g}"))
+            model, tok = pipe.load_model(art.path)
+            public, public_tok = pipe.load_model(pipe.pretrained(role, seed).path)
+            row.update(audit_model(model, tok, public, public_tok, found, role, accounted, pipe.delta, config,
+                                   what=f"{method}'s {name} at epsilon {epsilon:g}"))
         rows.append(row)
     return rows
 
@@ -94,8 +101,11 @@ def _audit_synthetic(found, texts: list[str]) -> dict:
             "n_canaries": len(hits), "canaries": canaries}
 
 
-def _audit_model(model, tok, public, public_tok, found, role: str, accounted: float, delta: float,
-                 config: AuditConfig, what: str) -> dict:
+def audit_model(model, tok, public, public_tok, found, role: str, accounted: float, delta: float,
+                config: AuditConfig, what: str) -> dict:
+    """One model's audit against the training set `found` (provenance.training_set): each canary's exposure
+    beside the public model's, and the membership attacks with the epsilon lower bound they give. Raises
+    mia.PrivacyBugError when that bound exceeds `accounted`; `what` names the model in that message."""
     with_codes = role == "teacher"  # a teacher was trained behind each row's control codes
     options = {"method": "extrapolated", "n_samples": config.n_candidates, "seed": config.seed,
                "batch_size": config.batch_size}
@@ -116,7 +126,8 @@ def _audit_model(model, tok, public, public_tok, found, role: str, accounted: fl
     groups = ((members, member_prefixes), (found.nonmembers, nonmember_prefixes))
     # each model scores each document once; both attacks are read from the same losses
     target = [sequence_losses(model, tok, texts, prefixes, config.batch_size) for texts, prefixes in groups]
-    public_losses = [sequence_losses(public, public_tok, texts, prefixes, config.batch_size) for texts, prefixes in groups]
+    public_losses = [sequence_losses(public, public_tok, texts, prefixes, config.batch_size)
+                     for texts, prefixes in groups]
     for attack in ATTACKS:
         scores = [mia.loss_attack(t) if attack == "loss" else mia.reference_attack(t, p)
                   for t, p in zip(target, public_losses)]
@@ -184,7 +195,8 @@ def audit_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     rows = rows.assign(_m=rows["model"].map(order)).sort_values(["method", "variant", "epsilon", "_m"])
     lines = []
     for _, row in rows.iterrows():
-        line = {"method": _label(row["method"], row["variant"]), "ε target": _eps(row["epsilon"]), "model": row["model"]}
+        line = {"method": _label(row["method"], row["variant"]), "ε target": _eps(row["epsilon"]),
+                "model": row["model"]}
         for r in repeat_counts(rows):
             if row["model"] == "synthetic":
                 hits = [c for c in row["canaries"] if int(c["repeats"]) == r]
@@ -234,8 +246,8 @@ def plot_exposure(rows: pd.DataFrame, path: str | Path | None = None):
         ax.plot(repeats, [_mean_over(public, r, "public_exposure") for r in repeats], color="grey", ls=":",
                 label="public model (never saw them)")
         ax.axhline(rows["max_exposure"].dropna().iloc[0], color="black", lw=0.8, ls="--", label="maximum")
-        ax.set(xscale="log", xticks=repeats, xticklabels=[str(r) for r in repeats], xlabel="times each canary is in train",
-               title=model, ylabel="exposure (bits)")
+        ax.set(xscale="log", xticks=repeats, xticklabels=[str(r) for r in repeats],
+               xlabel="times each canary is in train", title=model, ylabel="exposure (bits)")
         ax.legend(fontsize=7)
     return _finish(fig, path)
 

@@ -17,10 +17,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-# The same tuples as distildp.pipeline (a test checks): copied so that reading results does not import
-# torch and transformers (07_results and the runner's report start in a second, not half a minute).
-METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd")
-REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", "nonprivate_student")
+from distildp.methods import METHODS, REFERENCES
 
 # The core columns (method, budget, perplexities, privacy spent) first, then the extras the pipeline and runner add.
 COLUMNS = ["dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
@@ -33,11 +30,21 @@ NUMERIC = ["epsilon", "epsilon_spent", "delta", "seed", "student_ppl", "teacher_
            "synthetic_size", "wall_time_s", "run_time_s"]
 # Gate 1 of the embedded default: the public teacher must be clearly better than the public student.
 GATE_1_RATIO = 0.8
+PUBLISHED_GRID = "quick"  # the grid whose tables are committed (results/tables)
 BASELINES = ("dpsgd", "dpkd", "synthetic_only")
 ROW_FILE, POINT_FILE = "row.json", "point.json"
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def grid_dirs(results_dir: str | Path, grid: str) -> tuple[Path, Path, Path]:
+    """(runs, tables, figures) of a grid under the runner's --results folder. The quick grid's tables and figures
+    are the committed ones (results/tables, results/figures); every other grid's go to results/<grid>/, so a
+    smoke run never overwrites them."""
+    results_dir = Path(results_dir)
+    published = results_dir if grid == PUBLISHED_GRID else results_dir / grid
+    return results_dir / "runs" / grid, published / "tables", published / "figures"
+
+
 def load_rows(runs_dir: str | Path, only: Iterable[str] | None = None) -> pd.DataFrame:
     """Every finished run under `runs_dir` (`<point_id>/row.json`, merged with its `point.json`).
 
@@ -194,7 +201,8 @@ def gates_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
         records.append({"check": "DistilDP student vs the best baseline", "ε": eps_label(epsilon)[2:],
                         "DistilDP side": f"distildp {mean_std(ours, digits)}",
                         "other side": f"{best} {mean_std(others[best], digits)}",
-                        "margin": f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if stds else f"{-gap:+.{digits}f}",
+                        "margin": (f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if stds
+                                   else f"{-gap:+.{digits}f}"),
                         "result": result})
     return pd.DataFrame(records, columns=["check", "ε", "DistilDP side", "other side", "margin", "result"])
 
@@ -211,7 +219,7 @@ def regime_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     ablations = df[df["kind"] == "ablation"]
     for knob in dict.fromkeys(ablations["knob"]):
         rows = ablations[ablations["knob"] == knob]
-        for key, group in rows.groupby(_value_key(rows), sort=False):
+        for _, group in rows.groupby(_value_key(rows), sort=False):
             cells.append((knob, group["value"].iloc[0], group))
     records = []
     for axis, value, cell in cells:
@@ -260,7 +268,8 @@ def plot_regime(table: pd.DataFrame, path: str | Path | None = None):
         part = table[table["axis"] == name]
         delta = part["Δ distildp - best"].to_numpy(float)
         failed = ((part["gate 1"] == "FAIL") | (part["gate 2"] == "FAIL")).to_numpy()
-        bars = ax.bar([str(v) for v in part["value"]], delta, color=["tab:green" if d < 0 else "tab:red" for d in delta])
+        colors = ["tab:green" if d < 0 else "tab:red" for d in delta]
+        bars = ax.bar([str(v) for v in part["value"]], delta, color=colors)
         for bar, fail in zip(bars, failed):
             if fail:
                 bar.set_hatch("//")
@@ -286,7 +295,7 @@ def ablation_table(df: pd.DataFrame, knob: str, digits: int = 2) -> pd.DataFrame
     # what a learning rate is chosen by: the validation split of the stage it trains (never the test split)
     selection = "teacher_val_ppl" if str(rows["knob"].iloc[0]).startswith("teacher_train") else "val_ppl"
     records = []
-    for (method, epsilon, value), group in rows.groupby(["method", "epsilon", _value_key(rows)], sort=False):
+    for (method, epsilon, _), group in rows.groupby(["method", "epsilon", _value_key(rows)], sort=False):
         records.append({knob: group["value"].iloc[0], "method": method, "epsilon": eps_label(epsilon)[2:],
                         "student_ppl": mean_std(group["student_ppl"], digits),
                         "teacher_ppl": mean_std(group["teacher_ppl"], digits),
@@ -357,10 +366,12 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
     if not teacher.empty and not student.empty:
         ratio = teacher["teacher_ppl"].mean() / student["student_ppl"].mean()
         status = "PASS" if ratio <= GATE_1_RATIO else "FAIL"
-        text = (f"Gate 1 {status}: the pretrained teacher's test perplexity ({mean_std(teacher['teacher_ppl'], digits)}) "
-                f"is {ratio:.3f} x the pretrained student's ({mean_std(student['student_ppl'], digits)}); DistilDP "
+        text = (f"Gate 1 {status}: the pretrained teacher's test perplexity "
+                f"({mean_std(teacher['teacher_ppl'], digits)}) is {ratio:.3f} x the pretrained student's "
+                f"({mean_std(student['student_ppl'], digits)}); DistilDP "
                 f"needs at most {GATE_1_RATIO}.")
-        per_seed = (teacher.groupby("seed")["teacher_ppl"].mean() / student.groupby("seed")["student_ppl"].mean()).dropna()
+        per_seed = (teacher.groupby("seed")["teacher_ppl"].mean()
+                    / student.groupby("seed")["student_ppl"].mean()).dropna()
         if len(per_seed) > 1:
             passed = int((per_seed <= GATE_1_RATIO).sum())
             text += (f" Seed by seed (each its own public pretraining): {', '.join(f'{r:.3f}' for r in per_seed)}, "
@@ -447,7 +458,7 @@ def regime_story(table: pd.DataFrame, noise: float | None = None, digits: int = 
                  + f", each moving one axis from the embedded default: DistilDP's student is below the best "
                  f"baseline in {len(wins)}, above it in {len(losses)}"
                  + (f", and within ±{band:{f}} (a tie) in {len(ties)}" if band else "") + "."]
-    widest_win, widest_loss = table.loc[table["_delta"].idxmin()], table.loc[table["_delta"].idxmax()]
+    widest_win = table.loc[table["_delta"].idxmin()]
     if widest_win["_delta"] < 0:
         sentences.append(f"Widest win: {name(widest_win)} (Δ {widest_win['_delta']:+{f}} against "
                          f"{widest_win['best baseline']}).")

@@ -64,7 +64,8 @@ CATEGORY_ASPECTS: dict[str, dict[str, list[str]]] = {
         "hair": "haircut stylist salon bangs highlights blowout color trim layers shampoo".split(),
         "nails": "manicure pedicure polish gel acrylic cuticles nail technician toes shellac".split(),
         "massage": "massage masseuse facial tension knots aromatherapy relaxing deep tissue scrub".split(),
-        "booking": "booked walkin rescheduled deposit gratuity membership package voucher giftcard consultation".split(),
+        "booking": ("booked walkin rescheduled deposit gratuity membership package voucher giftcard "
+                    "consultation").split(),
     },
     "Health & Medical": {
         "dentist": "dentist hygienist cleaning cavity filling crown braces molar xray gums".split(),
@@ -222,8 +223,8 @@ class ReviewSource:
     `seed` fixes the source's structure (code, aspect and bigram weights); sampling takes its own seed.
     """
 
-    # Short reviews (mean ~19 words, at most 32) keep the quick grid within minutes on 2 CPU cores; the
-    # first version's 60-word cap and 30-word centre (mean ~31 words) cost ~1.6x the compute per document.
+    # Short reviews (mean ~19 words, at most 32): compute per document grows with length, and the quick grid must
+    # run in minutes on 2 CPU cores.
     def __init__(self, seed: int = 0, *, lexicon: Lexicon | None = None, max_tokens: int = 32,
                  min_tokens: int = 8, length_center: float = 14.0, length_scale: float = 3.0,
                  punct_base: float = 0.02, punct_slope: float = 0.035, punct_max: float = 0.6):
@@ -238,7 +239,8 @@ class ReviewSource:
 
         # Vocabulary: punctuation, then general words by frequency, then lexicon words.
         extra = [w for a in lex.aspects.values() for ws in a.values() for w in ws]
-        extra += [w for ws in lex.sentiment.values() for w in ws] + list(lex.starters) + list(lex.after_comma) + lex.glue
+        extra += ([w for ws in lex.sentiment.values() for w in ws] + list(lex.starters) + list(lex.after_comma)
+                  + lex.glue)
         words = sorted(lex.general, key=lambda w: (-lex.general[w], w))
         words += sorted(set(extra) - set(words))
         self.tokens: list[str] = list(PUNCT) + words
@@ -269,7 +271,8 @@ class ReviewSource:
             total = sum(p.sum() for _, p in parts)
             sent_rows.append((np.concatenate([i for i, _ in parts]), np.concatenate([p for _, p in parts]) / total))
         self.sentiment = _Table(sent_rows, V)
-        self.general = _Table([(ids(words[: len(lex.general)]), _normalise([lex.general[w] for w in words[: len(lex.general)]], 0.75))], V)
+        general = words[: len(lex.general)]
+        self.general = _Table([(ids(general), _normalise([lex.general[w] for w in general], 0.75))], V)
 
         # Bigram rows, one per previous token; state V is the start of the document.
         glue = ids(lex.glue)
