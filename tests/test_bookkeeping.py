@@ -15,6 +15,7 @@ from distildp.bookkeeping import BookkeepingClipper
 from distildp.dpsgd import TrainConfig, collate_lm, train_causal_lm
 
 from helpers import (
+    VOCAB,
     make_examples,
     one_step,
     params,
@@ -24,8 +25,6 @@ from helpers import (
     single_example_grads,
     tiny_model,
 )
-
-VOCAB = 100  # as test_dpsgd.make_examples draws
 
 
 class ToyLM(nn.Module):
