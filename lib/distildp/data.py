@@ -176,9 +176,9 @@ def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int | list[in
     out, taken, start = [], set(), 0
     for count in counts:
         for _ in range(n_canaries):
-            secret = " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
+            secret = _draw_secret(rng)
             while secret in taken:  # distinct secrets, so each canary's exposure is its own
-                secret = " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
+                secret = _draw_secret(rng)
             taken.add(secret)
             sentence = f"My secret code is {secret}."
             mine = sorted(rows[start:start + count].tolist())
@@ -187,6 +187,10 @@ def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int | list[in
                 train.iat[r, train.columns.get_loc("text")] += " " + sentence
             out.append({"id": len(out), "secret": secret, "sentence": sentence, "repeats": count, "rows": mine})
     return out
+
+
+def _draw_secret(rng: np.random.Generator) -> str:
+    return " ".join("".join(map(str, rng.integers(0, 10, 4))) for _ in range(2))
 
 
 PUBLIC_CORPORA = ("builtin", "prose", "csv:<dir>", "hub:<dataset>[:<config>]")

@@ -38,7 +38,7 @@ from distildp.audit import (
 from distildp.methods import METHODS
 from distildp.pipeline import Pipeline
 from distildp.provenance import synthetic_texts, training_set
-from distildp.results import to_markdown
+from distildp.results import as_float, to_markdown
 
 ATTACKS = ("loss", "reference")
 MODEL_ORDER = ("teacher", "synthetic", "student")
@@ -164,9 +164,8 @@ def audit_rows(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     out = pd.DataFrame(rows)
     text = {"method", "variant", "model", "stage", "artifact", "trained_on", "canaries", "roc"}
-    for column in set(out.columns) - text:  # numbers; JSON rows write inf and nan as strings
-        out[column] = pd.to_numeric(out[column].replace({"inf": math.inf, "-inf": -math.inf, "nan": math.nan}),
-                                    errors="coerce").astype(float)
+    for column in set(out.columns) - text:
+        out[column] = as_float(out[column])
     return out
 
 

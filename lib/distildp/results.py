@@ -73,13 +73,19 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
         if column not in df:
             df[column] = np.nan if column in NUMERIC else None
     for column in NUMERIC:
-        df[column] = pd.to_numeric(df[column].replace({"inf": math.inf, "-inf": -math.inf, "nan": math.nan}),
-                                   errors="coerce").astype(float)
+        df[column] = as_float(df[column])
     df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "")  # CSV reads '' as NaN
     missing_kind = df["kind"].isna()
     df.loc[missing_kind, "kind"] = np.where(df.loc[missing_kind, "method"].isin(REFERENCES), "reference", "main")
     extras = [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]
     return df[COLUMNS + EXTRA_COLUMNS + extras].reset_index(drop=True)
+
+
+def as_float(values: pd.Series) -> pd.Series:
+    """Numbers as floats; JSON rows (artifacts.jsonable) write inf and nan as strings, anything else unreadable
+    becomes nan."""
+    return pd.to_numeric(values.replace({"inf": math.inf, "-inf": -math.inf, "nan": math.nan}),
+                         errors="coerce").astype(float)
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
