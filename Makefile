@@ -40,6 +40,7 @@ run: setup
 
 test: setup
 	$(PY) -m ruff check lib benchmarks tests
+	$(PY) -m ruff format --check lib benchmarks tests
 	$(PY) -m pytest
 
 test-slow: setup

@@ -11,6 +11,7 @@ Time per step is normalised to `--batch` examples (Poisson batches vary in size)
 warm-up steps, noise calibration (a fixed noise multiplier is used) and accounting.
 Writes results/benchmarks/dpsgd.csv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,9 @@ def worker(args) -> dict:
             emb.weight.requires_grad_(False)
     n = args.batch * 20
     g = torch.Generator().manual_seed(0)
-    examples = [{"input_ids": [0] + torch.randint(1, args.vocab, (args.seq - 2,), generator=g).tolist() + [0]}
-                for _ in range(n)]
+    examples = [
+        {"input_ids": [0] + torch.randint(1, args.vocab, (args.seq - 2,), generator=g).tolist() + [0]} for _ in range(n)
+    ]
     seen, stamps = [], []
 
     def counting_loss(m, batch):
@@ -90,18 +92,23 @@ def worker(args) -> dict:
         stamps.append((time.perf_counter(), len(seen), sum(seen)))
 
     total = args.warmup + args.steps
-    train_cfg = TrainConfig(epochs=1, batch_size=args.batch, physical_batch_size=args.batch, max_steps=total,
-                            lr=1e-4, seed=0)
-    privacy_cfg = (PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp",
-                                 grad_sample_mode=mode, conv1d_sampler=conv1d) if private else None)
+    train_cfg = TrainConfig(
+        epochs=1, batch_size=args.batch, physical_batch_size=args.batch, max_steps=total, lr=1e-4, seed=0
+    )
+    privacy_cfg = (
+        PrivacyConfig(
+            noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp", grad_sample_mode=mode, conv1d_sampler=conv1d
+        )
+        if private
+        else None
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = current_rss_mb()
     start = time.perf_counter()
     stamps.append((start, 0, 0))
-    with (torch.profiler.profile() if args.profile else contextlib.nullcontext()) as profiler:
-        train_causal_lm(model, examples, train_cfg, privacy_cfg, loss_fn=counting_loss, on_step=on_step,
-                        progress=False)
+    with torch.profiler.profile() if args.profile else contextlib.nullcontext() as profiler:
+        train_causal_lm(model, examples, train_cfg, privacy_cfg, loss_fn=counting_loss, on_step=on_step, progress=False)
     if args.profile:  # where the step's time goes, operator by operator (warm-up steps included)
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
     (t0, _, ex0), (t1, _, ex1) = stamps[args.warmup], stamps[-1]
@@ -118,10 +125,30 @@ def worker(args) -> dict:
 
 
 def run_config(name: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--seq", str(args.seq),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--vocab", str(args.vocab),
-               "--threads", str(args.threads), "--device", args.device, "--preset", args.preset or "",
-               "--profile", str(args.profile)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--vocab",
+        str(args.vocab),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--preset",
+        args.preset or "",
+        "--profile",
+        str(args.profile),
+    ]
     for key in ("n_embd", "n_layer", "n_head", "n_positions"):
         if getattr(args, key) is not None:
             command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -157,8 +184,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "dpsgd.csv"))
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="print the N operators that take the most time in each configuration (torch.profiler)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N operators that take the most time in each configuration (torch.profiler)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -169,16 +201,28 @@ def main() -> None:
     rows = {name: run_config(name, args) for name in names}
     for name, row in rows.items():
         base = rows[baseline_for(name)]
-        row.update(time_ratio=row["s_per_step"] / base["s_per_step"],
-                   rss_ratio=row["peak_rss_mb"] / base["peak_rss_mb"],
-                   train_mem_ratio=row["train_mb"] / max(base["train_mb"], 1.0),
-                   baseline=baseline_for(name), preset=args.preset, batch=args.batch, seq=args.seq,
-                   threads=args.threads, device=args.device, steps=args.steps, machine=platform.machine())
-    print(f"{'config':26s} {'s/step':>8s} {'peak MB':>8s} {'train MB':>9s} {'time x':>7s} {'RSS x':>6s} "
-          f"{'train-mem x':>11s}  vs")
+        row.update(
+            time_ratio=row["s_per_step"] / base["s_per_step"],
+            rss_ratio=row["peak_rss_mb"] / base["peak_rss_mb"],
+            train_mem_ratio=row["train_mb"] / max(base["train_mb"], 1.0),
+            baseline=baseline_for(name),
+            preset=args.preset,
+            batch=args.batch,
+            seq=args.seq,
+            threads=args.threads,
+            device=args.device,
+            steps=args.steps,
+            machine=platform.machine(),
+        )
+    print(
+        f"{'config':26s} {'s/step':>8s} {'peak MB':>8s} {'train MB':>9s} {'time x':>7s} {'RSS x':>6s} "
+        f"{'train-mem x':>11s}  vs"
+    )
     for name, r in rows.items():
-        print(f"{name:26s} {r['s_per_step']:8.3f} {r['peak_rss_mb']:8.0f} {r['train_mb']:9.0f} "
-              f"{r['time_ratio']:7.2f} {r['rss_ratio']:6.2f} {r['train_mem_ratio']:11.2f}  {r['baseline']}")
+        print(
+            f"{name:26s} {r['s_per_step']:8.3f} {r['peak_rss_mb']:8.0f} {r['train_mb']:9.0f} "
+            f"{r['time_ratio']:7.2f} {r['rss_ratio']:6.2f} {r['train_mem_ratio']:11.2f}  {r['baseline']}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:

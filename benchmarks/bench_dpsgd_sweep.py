@@ -8,6 +8,7 @@ through bench_dpsgd.py). Writes results/benchmarks/dpsgd_sweep.csv and dpsgd_swe
 Ratios are to non-private training of the same model and batches (ghost's to the untied model: it unties the
 output layer). GPT-2-shaped models are built from their configs (random weights, GPT-2's 50,257-token vocabulary).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,19 +25,73 @@ MODELS = {
     "tiny-student": ["--preset", "tiny-student", "--vocab", "2048"],
     "tiny-teacher": ["--preset", "tiny-teacher", "--vocab", "2048"],
     "teacher-16x": ["--preset", "teacher-16x", "--vocab", "2048"],
-    "gpt2-small-shape": ["--preset", "", "--n-embd", "768", "--n-layer", "12", "--n-head", "12", "--n-positions",
-                         "1024", "--vocab", "50257"],
-    "distilgpt2-shape": ["--preset", "", "--n-embd", "768", "--n-layer", "6", "--n-head", "12", "--n-positions",
-                         "1024", "--vocab", "50257"],
-    "gpt2-large-shape": ["--preset", "", "--n-embd", "1280", "--n-layer", "36", "--n-head", "20", "--n-positions",
-                         "1024", "--vocab", "50257"],
+    "gpt2-small-shape": [
+        "--preset",
+        "",
+        "--n-embd",
+        "768",
+        "--n-layer",
+        "12",
+        "--n-head",
+        "12",
+        "--n-positions",
+        "1024",
+        "--vocab",
+        "50257",
+    ],
+    "distilgpt2-shape": [
+        "--preset",
+        "",
+        "--n-embd",
+        "768",
+        "--n-layer",
+        "6",
+        "--n-head",
+        "12",
+        "--n-positions",
+        "1024",
+        "--vocab",
+        "50257",
+    ],
+    "gpt2-large-shape": [
+        "--preset",
+        "",
+        "--n-embd",
+        "1280",
+        "--n-layer",
+        "36",
+        "--n-head",
+        "20",
+        "--n-positions",
+        "1024",
+        "--vocab",
+        "50257",
+    ],
 }
 
 
 def measure(model: str, batch: int, seq: int, args, out: Path) -> list[dict]:
-    command = [sys.executable, str(BENCH), *MODELS[model], "--batch", str(batch), "--seq", str(seq),
-               "--steps", str(args.steps), "--warmup", "1", "--threads", str(args.threads), "--device", args.device,
-               "--configs", *CONFIGS, "--out", str(out)]
+    command = [
+        sys.executable,
+        str(BENCH),
+        *MODELS[model],
+        "--batch",
+        str(batch),
+        "--seq",
+        str(seq),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        "1",
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--configs",
+        *CONFIGS,
+        "--out",
+        str(out),
+    ]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     with out.open() as f:
         return [{**row, "model": model, "sweep": ""} for row in csv.DictReader(f)]
@@ -47,8 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--models", nargs="+", default=["tiny-student", "tiny-teacher", "teacher-16x",
-                                                        "gpt2-small-shape"], choices=list(MODELS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["tiny-student", "tiny-teacher", "teacher-16x", "gpt2-small-shape"],
+        choices=list(MODELS),
+    )
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "dpsgd_sweep.csv"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -62,9 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         for row in measure(model, batch, seq, args, scratch):
             row["sweep"] = sweep
             rows.append(row)
-        print(f"{sweep:6s} {model:18s} batch {batch:4d} seq {seq:4d}: " + ", ".join(
-            f"{r['config']} {float(r['time_ratio']):.2f}x time {float(r['rss_ratio']):.2f}x RSS"
-            for r in rows[-len(CONFIGS) - 1:] if r["config"] in CONFIGS[1:]), flush=True)
+        print(
+            f"{sweep:6s} {model:18s} batch {batch:4d} seq {seq:4d}: "
+            + ", ".join(
+                f"{r['config']} {float(r['time_ratio']):.2f}x time {float(r['rss_ratio']):.2f}x RSS"
+                for r in rows[-len(CONFIGS) - 1 :]
+                if r["config"] in CONFIGS[1:]
+            ),
+            flush=True,
+        )
     scratch.unlink(missing_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -80,8 +145,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweeps = [("batch", "batch", "examples per step (tiny-teacher, 48 tokens)"),
-              ("seq", "seq", "tokens per example (tiny-teacher, batch 32)"), ("model", "model", "model")]
+    sweeps = [
+        ("batch", "batch", "examples per step (tiny-teacher, 48 tokens)"),
+        ("seq", "seq", "tokens per example (tiny-teacher, batch 32)"),
+        ("model", "model", "model"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharey="row")
     for col, (sweep, key, label) in enumerate(sweeps):
         part = [r for r in rows if r["sweep"] == sweep]

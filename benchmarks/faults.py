@@ -112,11 +112,23 @@ class Run:
     def start(self) -> None:
         self.starts += 1
         self.tag = f"{uuid.uuid4().hex}-{self.name}-{self.starts}"
-        command = [sys.executable, str(RUNNER), "--grid", self.grid, "--jobs", str(self.jobs), "--results",
-                   str(self.results), "--store", str(self.store), "--no-progress"]
+        command = [
+            sys.executable,
+            str(RUNNER),
+            "--grid",
+            self.grid,
+            "--jobs",
+            str(self.jobs),
+            "--results",
+            str(self.results),
+            "--store",
+            str(self.store),
+            "--no-progress",
+        ]
         with open(self.out / f"{self.name}-runner-{self.starts}.log", "w") as log:
-            self.runner = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                           env=dict(os.environ, **{TAG: self.tag}))
+            self.runner = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, **{TAG: self.tag})
+            )
 
     def finish(self) -> int:
         return self.runner.wait()
@@ -176,7 +188,8 @@ def fields(run: Run) -> dict[tuple[str, str, str], str]:
     for manifest in sorted(run.store.glob("[!.]*/[!.]*/manifest.json")):  # every artifact, resumed builds included
         for file in json.loads(manifest.read_text())["files"]:
             values["store", f"{manifest.parent.parent.name}/{manifest.parent.name}", file] = digest(
-                manifest.parent / file)
+                manifest.parent / file
+            )
     return values
 
 
@@ -197,8 +210,10 @@ def compare(reference: Run, faulted: Run) -> tuple[int, int, int, pd.DataFrame]:
 
 def leftovers(store: Path) -> list[str]:
     """Killed builds' remains the store should have cleaned up by the end (.tmp-*, .resume-*, set-aside ones)."""
-    return sorted(str(p.relative_to(store)) for p in [*store.glob("*/.tmp-*"), *store.glob("*/.resume-*"),
-                                                       *store.glob(".corrupt/*")])
+    return sorted(
+        str(p.relative_to(store))
+        for p in [*store.glob("*/.tmp-*"), *store.glob("*/.resume-*"), *store.glob(".corrupt/*")]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--jobs", type=int, default=2, help="the runner's --jobs (default 2: points side by side)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds a killed run's processes have to die")
-    parser.add_argument("--out", help="an empty or new directory to keep everything in (default: a temporary one, "
-                                      "removed when all is well)")
+    parser.add_argument(
+        "--out",
+        help="an empty or new directory to keep everything in (default: a temporary one, removed when all is well)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="distildp-faults-")).resolve()
     if out.exists() and any(out.iterdir()):
@@ -241,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             survivors += kill["survivors"]
             kills.append({"kill": k, "at s": round(moment, 1), "after restart s": round(moment - before, 1), **kill})
-            tqdm.write(f"kill {k} at {moment - before:.1f} s after start {faulted.starts}: points running: "
-                       f"{kill['points running']}; {len(kill['survivors'])} survivor(s)")
+            tqdm.write(
+                f"kill {k} at {moment - before:.1f} s after start {faulted.starts}: points running: "
+                f"{kill['points running']}; {len(kill['survivors'])} survivor(s)"
+            )
         faulted.start()
         final = faulted.finish()  # the last start runs to the end
         survivors += faulted.kill_all()
@@ -259,10 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         print(differ.head(40).to_string(index=False) + "\n")
     for survivor in survivors:
         print(f"survivor: {survivor}")
-    print(f"kills: {len(kills)} of {args.kills} ({sum(k['points running'] != '-' for k in kills)} while a point was "
-          f"running); starts: {faulted.starts}; final run exit status {final}")
-    print(f"compared: {rows} rows (row.json, point.json, table CSVs) and {artifacts} artifacts' files, {compared} "
-          f"fields (ignored: {', '.join(sorted(IGNORED))})")
+    print(
+        f"kills: {len(kills)} of {args.kills} ({sum(k['points running'] != '-' for k in kills)} while a point was "
+        f"running); starts: {faulted.starts}; final run exit status {final}"
+    )
+    print(
+        f"compared: {rows} rows (row.json, point.json, table CSVs) and {artifacts} artifacts' files, {compared} "
+        f"fields (ignored: {', '.join(sorted(IGNORED))})"
+    )
     print(f"store leftovers (killed builds not cleaned up): {len(leftovers(faulted.store))}")
     print(f"differing fields: {len(differ)}")
     print(f"surviving processes: {len(survivors)}")

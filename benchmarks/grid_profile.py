@@ -8,6 +8,7 @@ teacher, synthetic text, ...) they say where the compute went. The runner record
 transformers and Opacus, paid once per point. The last rows compare the compute with the grid's wall clock on the
 cores it ran with (how busy the cores were).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # stage directory in the store -> what it is
-STAGES = {"tokenizer": "tokenizer", "pretrained": "public pretraining (teacher and student)",
-          "plan": "noise calibration (accountant)", "private_teacher": "DP teachers (and the non-private one)",
-          "private_student": "DP-SGD and DPKD students (and the non-private one)",
-          "synthetic": "synthetic text (histogram, sampling, the teacher's marginal perplexity)",
-          "distilled_student": "students trained on synthetic text (DistilDP, synthetic-only)"}
+STAGES = {
+    "tokenizer": "tokenizer",
+    "pretrained": "public pretraining (teacher and student)",
+    "plan": "noise calibration (accountant)",
+    "private_teacher": "DP teachers (and the non-private one)",
+    "private_student": "DP-SGD and DPKD students (and the non-private one)",
+    "synthetic": "synthetic text (histogram, sampling, the teacher's marginal perplexity)",
+    "distilled_student": "students trained on synthetic text (DistilDP, synthetic-only)",
+}
 
 
 def profile(runs_dir: Path, store: Path, jobs: int) -> list[dict]:
@@ -40,18 +45,33 @@ def profile(runs_dir: Path, store: Path, jobs: int) -> list[dict]:
         points += 1
         overhead += point["seconds"] - float(run_time)
         first, last = min(first, point["started"]), max(last, point["started"] + point["seconds"])
-    rows = [{"stage": STAGES.get(stage, stage), "artifacts": counts[stage], "seconds": round(seconds[stage], 1)}
-            for stage in STAGES if counts[stage]]
-    rows.append({"stage": "kernel start, imports and evaluation outside the stages", "artifacts": points,
-                 "seconds": round(overhead, 1)})
+    rows = [
+        {"stage": STAGES.get(stage, stage), "artifacts": counts[stage], "seconds": round(seconds[stage], 1)}
+        for stage in STAGES
+        if counts[stage]
+    ]
+    rows.append(
+        {
+            "stage": "kernel start, imports and evaluation outside the stages",
+            "artifacts": points,
+            "seconds": round(overhead, 1),
+        }
+    )
     compute = sum(r["seconds"] for r in rows)
     for r in rows:
         r["share"] = round(r["seconds"] / compute, 3) if compute else 0.0
     wall = last - first if points else 0.0
-    rows.append({"stage": "all of the above (core-seconds)", "artifacts": "", "seconds": round(compute, 1),
-                 "share": 1.0})
-    rows.append({"stage": f"grid wall clock ({jobs} jobs)", "artifacts": points, "seconds": round(wall, 1),
-                 "share": round(compute / (jobs * wall), 3) if wall else ""})  # share: how busy the cores were
+    rows.append(
+        {"stage": "all of the above (core-seconds)", "artifacts": "", "seconds": round(compute, 1), "share": 1.0}
+    )
+    rows.append(
+        {
+            "stage": f"grid wall clock ({jobs} jobs)",
+            "artifacts": points,
+            "seconds": round(wall, 1),
+            "share": round(compute / (jobs * wall), 3) if wall else "",
+        }
+    )  # share: how busy the cores were
     return rows
 
 

@@ -55,8 +55,18 @@ ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = ROOT / "benchmarks" / "grids"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 
-TOP_KEYS = {"description", "profile", "notebook", "overrides", "axes", "references", "reference_seeds", "ablations",
-            "regime_map", "report"}
+TOP_KEYS = {
+    "description",
+    "profile",
+    "notebook",
+    "overrides",
+    "axes",
+    "references",
+    "reference_seeds",
+    "ablations",
+    "regime_map",
+    "report",
+}
 REPORTS = ("ppl_vs_eps", "audit")  # what write_tables makes of the rows: perplexity tables, or the privacy audit
 CORE_AXES = ("method", "epsilon", "seed")
 ABLATION_KEYS = {"values", "method", "epsilon", "seeds", "knob", "with"}
@@ -174,8 +184,10 @@ def _load_grid(name_or_path: str) -> Grid:
         except ValueError as err:
             fail(key, f"{err}; axes other than {list(CORE_AXES)} and ablation knobs are Settings overrides")
 
-    checked_axes = {axis: [check_param(f"axes.{axis}[{i}]", axis, v) if axis in CORE_AXES else v
-                           for i, v in enumerate(values)] for axis, values in axes.items()}
+    checked_axes = {
+        axis: [check_param(f"axes.{axis}[{i}]", axis, v) if axis in CORE_AXES else v for i, v in enumerate(values)]
+        for axis, values in axes.items()
+    }
     for i, method in enumerate(checked_axes["method"]):
         _check_method(method, f"axes.method[{i}]", fail)
     for i, epsilon in enumerate(checked_axes["epsilon"]):
@@ -217,10 +229,16 @@ def _load_grid(name_or_path: str) -> Grid:
         abl.setdefault("with", {})
         if isinstance(abl["with"], dict):
             abl["with"] = [abl["with"]] * len(abl["values"])
-        if (not isinstance(abl["with"], list) or len(abl["with"]) != len(abl["values"])
-                or not all(isinstance(w, dict) for w in abl["with"])):
-            fail(f"{where}.with", "must be a mapping of Settings fields fixed for every point of this ablation, "
-                                  f"or a list of {len(abl['values'])} such mappings, one per value")
+        if (
+            not isinstance(abl["with"], list)
+            or len(abl["with"]) != len(abl["values"])
+            or not all(isinstance(w, dict) for w in abl["with"])
+        ):
+            fail(
+                f"{where}.with",
+                "must be a mapping of Settings fields fixed for every point of this ablation, "
+                f"or a list of {len(abl['values'])} such mappings, one per value",
+            )
         abl.setdefault("method", "distildp")
         abl.setdefault("epsilon", checked_axes["epsilon"][0])
         abl.setdefault("seeds", [checked_axes["seed"][0]])
@@ -291,16 +309,24 @@ def fmt(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-")
 
 
-def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], references: list[str],
-            ablations: dict, reference_seeds: list[int]) -> list[Point]:
+def _expand(
+    profile: str,
+    base: dict,
+    axes: dict,
+    extra_axes: list[str],
+    references: list[str],
+    ablations: dict,
+    reference_seeds: list[int],
+) -> list[Point]:
     """The points in a stable order: per variant and seed the references, then epsilon x method;
     then the ablations. Method order within an epsilon is the grid's (put methods sharing a teacher apart).
     References run at `reference_seeds`; pretrained ones at the first only, unless each seed pretrains its own."""
     from distildp.config import dotted_override, merge_overrides
     from distildp.methods import REFERENCES
 
-    def params(overrides: dict, method: str, seed: int, epsilon: float | None = None,
-               extra: dict | None = None) -> dict:
+    def params(
+        overrides: dict, method: str, seed: int, epsilon: float | None = None, extra: dict | None = None
+    ) -> dict:
         p = {"profile": profile, "overrides": merge_overrides(overrides, extra or {}), "method": method, "seed": seed}
         if epsilon is not None:
             p["epsilon"] = epsilon
@@ -321,13 +347,18 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
             for ref in references if seed in reference_seeds else []:  # epsilon does not apply: rows carry 0 or inf
                 if ref.startswith("pretrained") and seed != reference_seeds[0] and not per_seed_pretraining:
                     continue  # public pretraining does not depend on the seed: one point
-                main[ref, None, seed] = Point(f"{prefix}{ref}__seed{seed}", "reference", params(overrides, ref, seed),
-                                              variant)
+                main[ref, None, seed] = Point(
+                    f"{prefix}{ref}__seed{seed}", "reference", params(overrides, ref, seed), variant
+                )
                 points.append(main[ref, None, seed])
             for epsilon in axes["epsilon"] if seed in axes["seed"] else []:
                 for method in axes["method"]:
-                    main[method, epsilon, seed] = Point(f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}", "main",
-                                                        params(overrides, method, seed, epsilon), variant)
+                    main[method, epsilon, seed] = Point(
+                        f"{prefix}{method}__eps{fmt(epsilon)}__seed{seed}",
+                        "main",
+                        params(overrides, method, seed, epsilon),
+                        variant,
+                    )
                     points.append(main[method, epsilon, seed])
         for label, abl in ablations.items():
             for value, fixed in zip(abl["values"], abl["with"]):
@@ -336,8 +367,14 @@ def _expand(profile: str, base: dict, axes: dict, extra_axes: list[str], referen
                     reference = method in REFERENCES
                     epsilon = None if reference else abl["epsilon"]
                     at = "" if reference else f"__eps{fmt(epsilon)}"
-                    point = Point(f"abl-{label}{fmt(value)}__{prefix}{method}{at}__seed{seed}", "ablation",
-                                  params(overrides, method, seed, epsilon, extra), variant, label, value)
+                    point = Point(
+                        f"abl-{label}{fmt(value)}__{prefix}{method}{at}__seed{seed}",
+                        "ablation",
+                        params(overrides, method, seed, epsilon, extra),
+                        variant,
+                        label,
+                        value,
+                    )
                     twin = main.get((method, epsilon, seed))
                     if twin and _same_settings(profile, point.params["overrides"], twin.params["overrides"]):
                         point.same_as = twin.point_id
@@ -384,9 +421,19 @@ def _request(point: Point, grid: Grid, store: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # load_grid has reported the library's notes once
         settings = make_settings(point.params["profile"], point.params["overrides"]).as_config()
-    return {"point_id": point.point_id, "kind": point.kind, "knob": point.knob, "value": point.value,
-            "variant": point.variant, "grid": grid.name, "notebook": str(grid.notebook), "store": store,
-            "params": point.params, "same_as": point.same_as, "settings": jsonable(settings)}
+    return {
+        "point_id": point.point_id,
+        "kind": point.kind,
+        "knob": point.knob,
+        "value": point.value,
+        "variant": point.variant,
+        "grid": grid.name,
+        "notebook": str(grid.notebook),
+        "store": store,
+        "params": point.params,
+        "same_as": point.same_as,
+        "settings": jsonable(settings),
+    }
 
 
 def is_finished(point_dir: Path, request: dict) -> bool:
@@ -425,8 +472,14 @@ class Runner:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         threads = str(self.threads)  # jobs x threads <= cores: kernels do not fight over them
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-                   TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+        env.update(
+            OMP_NUM_THREADS=threads,
+            MKL_NUM_THREADS=threads,
+            OPENBLAS_NUM_THREADS=threads,
+            TOKENIZERS_PARALLELISM="false",
+            MPLBACKEND="Agg",
+            PYTHONUNBUFFERED="1",
+        )
         return env
 
     def run(self, point_dir: Path, lock_fd: int) -> Outcome:
@@ -435,23 +488,39 @@ class Runner:
         log = point_dir / LOG_FILE
         try:
             with open(log, "w") as log_file:
-                command = [sys.executable, str(Path(__file__).resolve()), "--execute-point", str(point_dir),
-                           "--runner-pid", str(os.getpid()), "--lock-fd", str(lock_fd)]
+                command = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--execute-point",
+                    str(point_dir),
+                    "--runner-pid",
+                    str(os.getpid()),
+                    "--lock-fd",
+                    str(lock_fd),
+                ]
                 # its own session: a Ctrl-C in the terminal reaches the runner, which stops the points (stop_all).
                 # The child asks to die with this runner (see _die_with_runner); Popen is called in the thread that
                 # waits for it, which matters since Linux's parent-death signal follows the forking thread.
                 with self._lock:  # started and registered at once, so stop_all sees every child
                     if self._stopping:
                         return Outcome(point_dir.name, False, 0.0, log, "not started: the grid was stopped")
-                    child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env(),
-                                             cwd=ROOT, start_new_session=True, pass_fds=(lock_fd,))
+                    child = subprocess.Popen(
+                        command,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        env=self.env(),
+                        cwd=ROOT,
+                        start_new_session=True,
+                        pass_fds=(lock_fd,),
+                    )
                     self._children.add(child)
                 code = child.wait()
                 with self._lock:
                     self._children.discard(child)
             seconds = time.time() - started
-            (point_dir / TIMING_FILE).write_text(json.dumps({"seconds": round(seconds, 2), "exit_status": code,
-                                                             "started": started}))
+            (point_dir / TIMING_FILE).write_text(
+                json.dumps({"seconds": round(seconds, 2), "exit_status": code, "started": started})
+            )
         finally:
             os.close(lock_fd)  # after timing.json: another runner may take the point from here on
         point_id = point_dir.name
@@ -593,8 +662,9 @@ def _clear(point_dir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str,
-             progress: bool = True) -> list[Outcome]:
+def run_grid(
+    grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str, progress: bool = True
+) -> list[Outcome]:
     """Run the unfinished points; return their outcomes (finished ones are skipped)."""
     from tqdm.auto import tqdm
 
@@ -618,12 +688,14 @@ def run_grid(grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: 
         _clear(point_dir)  # interrupted or asked with other parameters: start it again from scratch
         (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
         todo.append((point_dir, lock_fd))
-    print(f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
-          f"finished, {len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
-          + (f", {len(twins)} reusing a main point's row" if twins else ""), flush=True)
+    print(
+        f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
+        f"finished, {len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
+        + (f", {len(twins)} reusing a main point's row" if twins else ""),
+        flush=True,
+    )
     for entry in busy:
-        print(f"skipped {entry}: a live process owns this point (another runner); rerun when it is done",
-              flush=True)
+        print(f"skipped {entry}: a live process owns this point (another runner); rerun when it is done", flush=True)
     runner = Runner(jobs)
     outcomes = []
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="point", disable=not progress or not todo)
@@ -682,14 +754,16 @@ def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path
 
 # ---------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--grid", default="quick", help="grid name in benchmarks/grids/ or a .yaml path")
     parser.add_argument("--jobs", type=int, default=1, help="points run at once (each in its own process)")
     parser.add_argument("--shard", help="i/n: run only the points whose index %% n == i (cluster job arrays)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
-    parser.add_argument("--store", default="",
-                        help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)")
+    parser.add_argument(
+        "--store", default="", help="artifact store directory (default: $DISTILDP_STORE or .artifacts/)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="check the grid and list its points; run nothing")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild tables/figures from finished points")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

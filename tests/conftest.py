@@ -1,4 +1,5 @@
 """Shared test setup: deterministic, single-threaded, offline."""
+
 import os
 
 # Never reach for a model or data hub from a test.

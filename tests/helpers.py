@@ -41,8 +41,10 @@ def code_tokenizer() -> PreTrainedTokenizerFast:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, pad_token=EOS)
     tok.model_max_length = 64
     return tok
@@ -51,8 +53,15 @@ def code_tokenizer() -> PreTrainedTokenizerFast:
 def code_teacher(tokenizer) -> GPT2LMHeadModel:
     """A random one-layer GPT-2 over `tokenizer`'s vocabulary with 64 positions, in eval mode."""
     torch.manual_seed(1)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -63,8 +72,18 @@ VOCAB = 100
 def tiny_model(seed: int = 0, n_embd: int = 32, n_layer: int = 2, untie: bool = False) -> GPT2LMHeadModel:
     """A tiny GPT-2 without dropout, so a training-mode forward pass is deterministic."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=n_embd, n_layer=n_layer, n_head=2, n_positions=32,
-                        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(config)
     if untie:
         untie_embeddings(model)
@@ -99,8 +118,9 @@ def poisson_batch(n: int, q: float, seed: int) -> list[int]:
 
 
 def one_step(model, examples, batch_size, privacy_cfg, lr=0.5, physical=None, seed=3):
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, physical_batch_size=physical, lr=lr, optimizer="sgd",
-                      seed=seed, max_steps=1)
+    cfg = TrainConfig(
+        epochs=1, batch_size=batch_size, physical_batch_size=physical, lr=lr, optimizer="sgd", seed=seed, max_steps=1
+    )
     return train_causal_lm(model, examples, cfg, privacy_cfg, progress=False)
 
 
@@ -111,7 +131,7 @@ def reference_step(model, examples, batch, batch_size, clip, lr=0.5):
     total = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
     for i in batch:
         grads = single_example_grads(model, examples[i])
-        norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+        norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
         factor = min(1.0, clip / (float(norm) + 1e-6))
         for name in total:
             total[name] += factor * grads[name]
@@ -170,8 +190,11 @@ def make_notebook(directory: Path) -> Path:
     params = nbformat.v4.new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
     executions = directory / "executions.txt"
-    nb.cells = [nbformat.v4.new_markdown_cell("# stand-in"), params,
-                nbformat.v4.new_code_cell(f"EXECUTIONS = {str(executions)!r}\n" + BODY)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# stand-in"),
+        params,
+        nbformat.v4.new_code_cell(f"EXECUTIONS = {str(executions)!r}\n" + BODY),
+    ]
     path = directory / "standin.ipynb"
     nbformat.write(nb, path)
     return path

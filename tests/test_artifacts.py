@@ -157,6 +157,7 @@ def test_default_root_from_environment(tmp_path, monkeypatch):
 
 def _resumable_builder(log: list, fail_after: int | None = None):
     """Writes parts 0..2 into a resumable folder, skipping those already there; raises after `fail_after` new ones."""
+
     def builder(d):
         work = d / "work"
         work.mkdir(exist_ok=True)
@@ -169,6 +170,7 @@ def _resumable_builder(log: list, fail_after: int | None = None):
                     raise KeyboardInterrupt("killed")
                 (work / f"part-{i}").write_text(str(i))
         return {}
+
     return builder
 
 

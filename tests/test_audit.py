@@ -2,6 +2,7 @@
 the epsilon lower bound), each primitive checked against an independent reference: scikit-learn and a brute-force
 count for the ROC metrics, exact binomial tails and scipy.stats.beta for Clopper-Pearson, a closed form for the
 epsilon bound, a known distribution for the exposure extrapolation."""
+
 import math
 import pydoc_data.topics
 import re
@@ -42,12 +43,20 @@ from distildp.source import ReviewSource
 
 SPACE = SecretSpace(groups=(3,))  # 1,000 candidates: enumerable in a second with a tiny model
 SECRET = "417"
-DOCS = ["The soup was cold and the bread was stale.", "Friendly staff, great coffee, a quiet room.",
-        "We came for the tacos and stayed for the music.", "The hotel pool was closed all week.",
-        "Best pancakes in town, but the wait is long.", "Loud bar, cheap beer, good darts.",
-        "The barber was quick and careful.", "Our room smelled of smoke and the sheets were thin.",
-        "The museum shop sold lovely prints.", "Dinner took two hours to arrive.",
-        "The gym was spotless and never crowded.", "Parking was a nightmare downtown."]
+DOCS = [
+    "The soup was cold and the bread was stale.",
+    "Friendly staff, great coffee, a quiet room.",
+    "We came for the tacos and stayed for the music.",
+    "The hotel pool was closed all week.",
+    "Best pancakes in town, but the wait is long.",
+    "Loud bar, cheap beer, good darts.",
+    "The barber was quick and careful.",
+    "Our room smelled of smoke and the sheets were thin.",
+    "The museum shop sold lovely prints.",
+    "Dinner took two hours to arrive.",
+    "The gym was spotless and never crowded.",
+    "Parking was a nightmare downtown.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +99,7 @@ def memorizer(tok):
 def test_secret_space_enumerates_and_indexes_every_candidate():
     assert SPACE.size == 1000 and [SPACE.secret(i) for i in (0, 7, 999)] == ["000", "007", "999"]
     assert all(SPACE.index(SPACE.secret(i)) == i for i in range(SPACE.size))
-    assert DEFAULT_SPACE.size == 10 ** 8 and DEFAULT_SPACE.secret(48217395) == "4821 7395"
+    assert DEFAULT_SPACE.size == 10**8 and DEFAULT_SPACE.secret(48217395) == "4821 7395"
     drawn = DEFAULT_SPACE.sample(500, np.random.default_rng(0), exclude="4821 7395")
     assert len(set(drawn)) == 500 and "4821 7395" not in drawn
     dense = SPACE.sample(999, np.random.default_rng(0), exclude=SECRET)  # every candidate but the secret
@@ -100,8 +109,9 @@ def test_secret_space_enumerates_and_indexes_every_candidate():
 
 
 def test_default_space_is_the_format_the_corpus_inserts():
-    corpus = load_corpus("builtin", source=ReviewSource(0), n_train=40, n_val=10, n_test=10, canaries=3,
-                         canary_repeats=2)
+    corpus = load_corpus(
+        "builtin", source=ReviewSource(0), n_train=40, n_val=10, n_test=10, canaries=3, canary_repeats=2
+    )
     for canary in corpus.canaries:
         assert DEFAULT_SPACE.sentence(canary["secret"]) == canary["sentence"]
         DEFAULT_SPACE.index(canary["secret"])
@@ -238,10 +248,10 @@ def test_loss_and_reference_attacks_find_memorised_documents(tok, memorizer):
 # ------------------------------------------------------------------------------------------------ epsilon bound
 def exact_clopper_pearson(k, n, confidence):
     """Bisection on exact binomial tails in rational arithmetic: the interval's definition, without scipy."""
-    half = Fraction(1 - Fraction(confidence).limit_denominator(10 ** 6), 2)
+    half = Fraction(1 - Fraction(confidence).limit_denominator(10**6), 2)
 
     def tail_at_least(p):
-        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
     def solve(f, target):  # f increasing in p
         lo, hi = Fraction(0), Fraction(1)
@@ -251,8 +261,9 @@ def exact_clopper_pearson(k, n, confidence):
         return float((lo + hi) / 2)
 
     low = 0.0 if k == 0 else solve(tail_at_least, half)
-    high = 1.0 if k == n else solve(lambda p: tail_at_least(p) - math.comb(n, k) * p ** k * (1 - p) ** (n - k),
-                                    1 - half)  # P(X >= k + 1) = 1 - alpha / 2
+    high = (
+        1.0 if k == n else solve(lambda p: tail_at_least(p) - math.comb(n, k) * p**k * (1 - p) ** (n - k), 1 - half)
+    )  # P(X >= k + 1) = 1 - alpha / 2
     return low, high
 
 
@@ -318,14 +329,18 @@ DATA_OPTIONS = {"n_train": 60, "n_val": 20, "n_test": 20, "canaries": 2, "canary
 def data_config(options=DATA_OPTIONS, fingerprint=None):
     """The `data` entry the pipeline writes into a private stage's config (Pipeline.data_config)."""
     corpus = load_corpus("builtin", **options)
-    return {"dataset": "builtin", "options": options,
-            "source_fingerprint": fingerprint or corpus.info["source_fingerprint"]}
+    return {
+        "dataset": "builtin",
+        "options": options,
+        "source_fingerprint": fingerprint or corpus.info["source_fingerprint"],
+    }
 
 
 def save_model(tok):
     def build(out):
         tiny(tok).save_pretrained(out)
         return {"privacy": {"epsilon": 2.0, "private": True}}
+
     return build
 
 
@@ -340,8 +355,9 @@ def test_training_set_is_rebuilt_from_manifests_through_the_teacher(tmp_path, to
         assert found.members == corpus.texts("train")
         assert found.nonmembers == corpus.texts("validation") + corpus.texts("test")
         assert found.member_prefixes == corpus.prefixes("train") and found.canaries == corpus.canaries
-        assert len(found.canaries) == 2 and all(c["sentence"] in found.members[r] for c in found.canaries
-                                                for r in c["rows"])
+        assert len(found.canaries) == 2 and all(
+            c["sentence"] in found.members[r] for c in found.canaries for r in c["rows"]
+        )
         assert found.chain[0].startswith(stage) and found.chain[-1] == f"private_teacher/{teacher.key}"
     assert training_set(teacher.path).direct and not training_set(student.path).direct
     assert training_set(teacher.path, nonmember_splits=("test",)).nonmember_prefixes == corpus.prefixes("test")
@@ -379,8 +395,9 @@ def test_audit_refuses_a_training_set_it_cannot_rebuild(tmp_path, tok):
     changed = store.build("private_student", {"data": data_config(fingerprint="0" * 16)}, save_model(tok))
     with pytest.raises(AuditError, match="fingerprint '0000000000000000'.*corpus generator changed"):
         training_set(changed.path)
-    gone = store.build("private_student", {"data": {"dataset": f"csv:{tmp_path / 'gone'}", "options": {}}},
-                       save_model(tok))
+    gone = store.build(
+        "private_student", {"data": {"dataset": f"csv:{tmp_path / 'gone'}", "options": {}}}, save_model(tok)
+    )
     with pytest.raises(AuditError, match="does not load"):
         training_set(gone.path)
     unrecorded = store.build("private_student", {"role": "student"}, save_model(tok))
@@ -389,8 +406,12 @@ def test_audit_refuses_a_training_set_it_cannot_rebuild(tmp_path, tok):
     public = store.build("pretrained", {"model": "tiny-student"}, save_model(tok))
     with pytest.raises(AuditError, match="not trained on private data"):
         training_set(public.path)
-    orphan = store.build("distilled_student", {"train": {}}, save_model(tok),
-                         inputs={"teacher": store.build("private_teacher", {"data": data_config()}, save_model(tok))})
+    orphan = store.build(
+        "distilled_student",
+        {"train": {}},
+        save_model(tok),
+        inputs={"teacher": store.build("private_teacher", {"data": data_config()}, save_model(tok))},
+    )
     shutil.rmtree(tmp_path / "private_teacher")
     with pytest.raises(AuditError, match="not a finished pipeline artifact"):
         training_set(orphan.path)
@@ -404,12 +425,14 @@ def test_synthetic_text_of_a_student_is_found_and_searched_for_secrets(tmp_path,
     teacher_art = store.build("private_teacher", {"data": data_config()}, save_model(tok))
 
     def sample(out):
-        generate_synthetic(teacher, tok, [(codes, 4)], out / "data", GenerationConfig(max_length=48, batch_size=4),
-                           progress=False)
+        generate_synthetic(
+            teacher, tok, [(codes, 4)], out / "data", GenerationConfig(max_length=48, batch_size=4), progress=False
+        )
 
     synthetic = store.build("synthetic", {"data": data_config()}, sample, inputs={"teacher": teacher_art})
-    student = store.build("distilled_student", {"train": {}}, save_model(tok),
-                          inputs={"teacher": teacher_art, "synthetic": synthetic})
+    student = store.build(
+        "distilled_student", {"train": {}}, save_model(tok), inputs={"teacher": teacher_art, "synthetic": synthetic}
+    )
     texts = synthetic_texts(student.path)
     assert texts == synthetic_texts(synthetic.path) and len(texts) == 4
     assert secrets_in_texts([SECRET, "999"], texts)[0]["texts_with_secret"] >= 3
@@ -446,12 +469,23 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
             exposures = canary_exposures(model, tok, found, with_codes=teacher, method="extrapolated", n_samples=200)
             assert all(0 <= e.exposure <= e.max_exposure for e in exposures)
             reference, reference_tok = load_pretrained(pipe.pretrained("teacher" if teacher else "student").path)
-            scores = [mia.attack_scores(model, tok, texts, prefixes if teacher else None, reference=reference,
-                                        reference_tokenizer=reference_tok)
-                      for texts, prefixes in ((found.members, found.member_prefixes),
-                                              (found.nonmembers, found.nonmember_prefixes))]
-            row = mia.membership_audit(*scores, accounted_epsilon=accounted, delta=pipe.delta, n_bootstrap=100,
-                                       what=f"{method}'s {role}")
+            scores = [
+                mia.attack_scores(
+                    model,
+                    tok,
+                    texts,
+                    prefixes if teacher else None,
+                    reference=reference,
+                    reference_tokenizer=reference_tok,
+                )
+                for texts, prefixes in (
+                    (found.members, found.member_prefixes),
+                    (found.nonmembers, found.nonmember_prefixes),
+                )
+            ]
+            row = mia.membership_audit(
+                *scores, accounted_epsilon=accounted, delta=pipe.delta, n_bootstrap=100, what=f"{method}'s {role}"
+            )
             assert 0 <= row["auc"] <= 1 and 0 <= row["epsilon_lower_bound"] <= accounted
     with pytest.raises(AuditError, match="not trained on private data"):
         training_set(pipe.pretrained("student").path)

@@ -39,17 +39,24 @@ def _notebook(path: Path, title: str, code: str, exercise: bool) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell('profile: str = "quick"  # which profile\nstore: str = ""  # store')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nWhat it teaches."), params,
-                nbformat.v4.new_code_cell(code)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {title}\n\nWhat it teaches."),
+        params,
+        nbformat.v4.new_code_cell(code),
+    ]
     if exercise:
         nb.cells += [
             _raw("# ASSIGNMENT CONFIG\nname: ex_tiny"),
             _raw("# BEGIN QUESTION\nname: q1_answer\npoints: 1"),
             nbformat.v4.new_markdown_cell("### Exercise 1 · write `answer`"),
-            _raw("# BEGIN SOLUTION"), nbformat.v4.new_code_cell(SOLUTION), _raw("# END SOLUTION"),
-            _raw("# BEGIN TESTS"), nbformat.v4.new_code_cell("assert answer(2) == 4"),
+            _raw("# BEGIN SOLUTION"),
+            nbformat.v4.new_code_cell(SOLUTION),
+            _raw("# END SOLUTION"),
+            _raw("# BEGIN TESTS"),
+            nbformat.v4.new_code_cell("assert answer(2) == 4"),
             nbformat.v4.new_code_cell("# HIDDEN\nassert answer(5) == 10  # the hidden check"),
-            _raw("# END TESTS"), _raw("# END QUESTION"),
+            _raw("# END TESTS"),
+            _raw("# END QUESTION"),
             _raw("# BEGIN QUESTION\nname: q2_written\nmanual: true"),
             nbformat.v4.new_markdown_cell("### Exercise 2 · explain"),
             _raw("# BEGIN SOLUTION"),
@@ -83,8 +90,10 @@ def test_student_view_leaves_the_solutions_out(tmp_path):
 
 
 def test_check_finds_a_missing_figure_a_missing_page_and_a_wrong_index(tmp_path):
-    pages = [{"notebook": f"{n}.ipynb", "page": f"{n}.html", "title": n, "figures_executed": f, "figures": f}
-             for n, f in (("00_a", 2), ("01_b", 0))]
+    pages = [
+        {"notebook": f"{n}.ipynb", "page": f"{n}.html", "title": n, "figures_executed": f, "figures": f}
+        for n, f in (("00_a", 2), ("01_b", 0))
+    ]
     (tmp_path / book.MANIFEST).write_text(json.dumps({"profile": "smoke", "pages": pages}))
     (tmp_path / "index.html").write_text(book.index_page(pages, "smoke"))
     img = '<img alt="x" src="data:image/png;base64,iVBORw0KGgo=">'
@@ -97,8 +106,9 @@ def test_check_finds_a_missing_figure_a_missing_page_and_a_wrong_index(tmp_path)
     (tmp_path / "index.html").write_text(book.index_page(pages[::-1], "smoke"))
     problems = book.check(tmp_path)
     assert any("not the pages in order" in p for p in problems) and any("01_b.html is missing" in p for p in problems)
-    assert book.check(tmp_path / "nothing") == [f"{tmp_path / 'nothing' / book.MANIFEST} is missing: build the book "
-                                                f"first (make book)"]
+    assert book.check(tmp_path / "nothing") == [
+        f"{tmp_path / 'nothing' / book.MANIFEST} is missing: build the book first (make book)"
+    ]
 
 
 @pytest.mark.notebook

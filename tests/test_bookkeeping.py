@@ -3,6 +3,7 @@
 References are independent of the code under test: a loop of single-example backward passes (each
 example alone, unpadded) and Opacus' hooks mode. Per-layer checks run in float64 so they can be tight.
 """
+
 import math
 
 import pytest
@@ -78,7 +79,7 @@ def masked_examples(n: int, seed: int) -> list[dict]:
 
 
 def norms_of(grads):
-    return torch.stack([torch.sqrt(sum((g ** 2).sum() for g in per.values())) for per in grads])
+    return torch.stack([torch.sqrt(sum((g**2).sum() for g in per.values())) for per in grads])
 
 
 TRAINABLE = {  # layer type under test -> parameter names left trainable in ToyLM
@@ -95,8 +96,14 @@ TRAINABLE = {  # layer type under test -> parameter names left trainable in ToyL
 
 def toy(layer: str) -> ToyLM:
     torch.manual_seed(0)
-    model = ToyLM(tied=layer in ("tied_embedding_and_head", "all"),
-                  padding_idx=0 if layer == "embedding_padding_idx" else None).double().train()
+    model = (
+        ToyLM(
+            tied=layer in ("tied_embedding_and_head", "all"),
+            padding_idx=0 if layer == "embedding_padding_idx" else None,
+        )
+        .double()
+        .train()
+    )
     for name, p in model.named_parameters():
         p.requires_grad_(any(name.startswith(prefix) for prefix in TRAINABLE[layer]))
     return model
@@ -209,8 +216,13 @@ def test_clipped_noise_free_step_matches_hand_clipping_and_hooks():
     updated = {}
     for mode in ("bookkeeping", "hooks"):
         model = tiny_model()  # tied
-        one_step(model, examples, batch_size, seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip,
-                                                            grad_sample_mode=mode), seed=seed)
+        one_step(
+            model,
+            examples,
+            batch_size,
+            seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode=mode),
+            seed=seed,
+        )
         assert model.lm_head.weight is model.transformer.wte.weight
         updated[mode] = params(model)
     for name, value in updated["bookkeeping"].items():
@@ -237,8 +249,13 @@ def test_noisy_steps_equal_hooks_with_the_same_noise_and_accounting():
     runs = {}
     for mode in ("bookkeeping", "hooks"):
         model = tiny_model()
-        report = train_causal_lm(model, examples, cfg, seeded_privacy(target_epsilon=8.0, delta=1e-3, max_grad_norm=0.1,
-                                                                     grad_sample_mode=mode), progress=False)
+        report = train_causal_lm(
+            model,
+            examples,
+            cfg,
+            seeded_privacy(target_epsilon=8.0, delta=1e-3, max_grad_norm=0.1, grad_sample_mode=mode),
+            progress=False,
+        )
         runs[mode] = (params(model), report)
     (got, report), (want, hooks_report) = runs["bookkeeping"], runs["hooks"]
     for name, value in got.items():
@@ -259,9 +276,14 @@ def test_empty_poisson_batches_still_step():
     model = tiny_model(n_embd=8, n_layer=1)
     before = params(model)
     cfg = TrainConfig(epochs=100, batch_size=1, physical_batch_size=20, max_steps=12, lr=1e-3)  # q = 1/20
-    report = train_causal_lm(model, make_examples(20, seed=10, max_len=3), cfg,
-                             seeded_privacy(noise_multiplier=1.0, accountant="rdp", grad_sample_mode="bookkeeping"),
-                             loss_fn=counting_loss, progress=False)
+    report = train_causal_lm(
+        model,
+        make_examples(20, seed=10, max_len=3),
+        cfg,
+        seeded_privacy(noise_multiplier=1.0, accountant="rdp", grad_sample_mode="bookkeeping"),
+        loss_fn=counting_loss,
+        progress=False,
+    )
     assert report.steps == 12 and len(calls) < 12
     assert sum(math.isnan(loss) for loss in report.losses) == 12 - len(calls)  # NaN marks an empty step
     assert any(not torch.equal(before[k], v) for k, v in params(model).items())
@@ -275,11 +297,18 @@ def test_distillation_with_hidden_projection_equals_hooks():
     examples, updated = make_examples(16, seed=11), {}
     for mode in ("bookkeeping", "hooks"):
         model = StudentWithProjection(tiny_model(n_embd=16, n_layer=1), teacher_width=32)
-        loss_fn = make_kd_loss_fn(tiny_model(seed=1, n_embd=32), lam=0.5, temperature=2.0, alpha=1.0,
-                                  hidden_projection=True)
-        train_causal_lm(model, examples, TrainConfig(batch_size=6, max_steps=2, lr=0.5, optimizer="sgd"),
-                        seeded_privacy(noise_multiplier=0.0, max_grad_norm=0.3, grad_sample_mode=mode),
-                        loss_fn=loss_fn, collate_fn=lambda exs: collate_kd(exs, pad_id=0), progress=False)
+        loss_fn = make_kd_loss_fn(
+            tiny_model(seed=1, n_embd=32), lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True
+        )
+        train_causal_lm(
+            model,
+            examples,
+            TrainConfig(batch_size=6, max_steps=2, lr=0.5, optimizer="sgd"),
+            seeded_privacy(noise_multiplier=0.0, max_grad_norm=0.3, grad_sample_mode=mode),
+            loss_fn=loss_fn,
+            collate_fn=lambda exs: collate_kd(exs, pad_id=0),
+            progress=False,
+        )
         updated[mode] = params(model)
     for name, value in updated["bookkeeping"].items():
         torch.testing.assert_close(value, updated["hooks"][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -1,4 +1,5 @@
 """CSV corpora are read strictly: every malformed file is an error naming the file, the line and the fix."""
+
 from pathlib import Path
 
 import pytest
@@ -16,29 +17,44 @@ def corpus_dir(tmp_path: Path, train: str = GOOD, val: str = GOOD, test: str = G
     return f"csv:{tmp_path}"
 
 
-@pytest.mark.parametrize("files, message", [
-    # the issue's case: pandas read this as text 'extra', label 'cols'
-    (dict(train="text,label_stars\nhello,1.0,extra,cols\n"),
-     r"train.csv, line 2: 4 fields where the header \(line 1\) has 2; quote a field that contains a comma"),
-    (dict(val="text,label_stars\nfine,2.0\nno label here\n"),
-     r"val.csv, line 3: 1 field where the header \(line 1\) has 2; add the missing fields"),
-    # line numbers are the editor's: a quoted line break and blank lines count
-    (dict(test='text,label_stars\n"two\nlines",1.0\n\nbad,1.0,x\n'), r"test.csv, line 5: 3 fields"),
-    (dict(test="text,label_stars\n"), r"test.csv has a header \(line 1\) but no rows: a split needs at least one"),
-    (dict(val="\n\ntext,label_stars\n\n"), r"val.csv has a header \(line 3\) but no rows"),
-    (dict(train="text,label_stars,label_stars\nhi,1.0,2.0\n"),
-     r"train.csv, line 1: column name\(s\) \['label_stars'\] appear more than once in the header; give every"),
-    (dict(train='text,label_stars\nok,1.0\n"never closed,1.0\n'),
-     r"cannot read .*train.csv as CSV: the record starting on line 3: .*every opening quote needs its closing"),
-    (dict(train='text,label_stars\n"quoted" then more,1.0\n'), r"train.csv as CSV: the record starting on line 2"),
-    # a label that is a number in some splits and text in others
-    (dict(test="text,label_stars\nok,2.0\nmeh,five\n"),
-     r"test.csv, line 3: label `label_stars` is 'five' \(text\), but train.csv, val.csv hold\(s\) only numbers"),
-    (dict(train="text,label_stars\nok,5.0\nmeh,one\n", val="text,label_stars\nok,5\n"),
-     r"train.csv, line 3: label `label_stars` is 'one' \(text\), but val.csv, test.csv"),
-    (dict(train="text,label_stars\nok,\n"), r"train.csv: column `label_stars` is empty .* \(file lines 2,"),
-    (dict(train="text,label_stars\n\nok,1.0\n\n ,1.0\n"), r"column `text` is empty .* \(file lines 5,"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        # the issue's case: pandas read this as text 'extra', label 'cols'
+        (
+            dict(train="text,label_stars\nhello,1.0,extra,cols\n"),
+            r"train.csv, line 2: 4 fields where the header \(line 1\) has 2; quote a field that contains a comma",
+        ),
+        (
+            dict(val="text,label_stars\nfine,2.0\nno label here\n"),
+            r"val.csv, line 3: 1 field where the header \(line 1\) has 2; add the missing fields",
+        ),
+        # line numbers are the editor's: a quoted line break and blank lines count
+        (dict(test='text,label_stars\n"two\nlines",1.0\n\nbad,1.0,x\n'), r"test.csv, line 5: 3 fields"),
+        (dict(test="text,label_stars\n"), r"test.csv has a header \(line 1\) but no rows: a split needs at least one"),
+        (dict(val="\n\ntext,label_stars\n\n"), r"val.csv has a header \(line 3\) but no rows"),
+        (
+            dict(train="text,label_stars,label_stars\nhi,1.0,2.0\n"),
+            r"train.csv, line 1: column name\(s\) \['label_stars'\] appear more than once in the header; give every",
+        ),
+        (
+            dict(train='text,label_stars\nok,1.0\n"never closed,1.0\n'),
+            r"cannot read .*train.csv as CSV: the record starting on line 3: .*every opening quote needs its closing",
+        ),
+        (dict(train='text,label_stars\n"quoted" then more,1.0\n'), r"train.csv as CSV: the record starting on line 2"),
+        # a label that is a number in some splits and text in others
+        (
+            dict(test="text,label_stars\nok,2.0\nmeh,five\n"),
+            r"test.csv, line 3: label `label_stars` is 'five' \(text\), but train.csv, val.csv hold\(s\) only numbers",
+        ),
+        (
+            dict(train="text,label_stars\nok,5.0\nmeh,one\n", val="text,label_stars\nok,5\n"),
+            r"train.csv, line 3: label `label_stars` is 'one' \(text\), but val.csv, test.csv",
+        ),
+        (dict(train="text,label_stars\nok,\n"), r"train.csv: column `label_stars` is empty .* \(file lines 2,"),
+        (dict(train="text,label_stars\n\nok,1.0\n\n ,1.0\n"), r"column `text` is empty .* \(file lines 5,"),
+    ],
+)
 def test_malformed_csv_corpus_is_refused_with_file_and_line(tmp_path, files, message):
     with pytest.raises(ValueError, match=message):
         load_corpus(corpus_dir(tmp_path, **files))
@@ -46,9 +62,13 @@ def test_malformed_csv_corpus_is_refused_with_file_and_line(tmp_path, files, mes
 
 def test_well_formed_variants_still_load(tmp_path):
     long_text = "word " * 40_000  # 200 kB: beyond the csv module's default field limit
-    corpus = load_corpus(corpus_dir(
-        tmp_path, train=f'\ufefftext,label_stars,notes\n"a, quoted\nline",1.0,x\n\n"{long_text}",2.0,\n',
-        test="text,label_stars,notes\nok,3,\n"))
+    corpus = load_corpus(
+        corpus_dir(
+            tmp_path,
+            train=f'\ufefftext,label_stars,notes\n"a, quoted\nline",1.0,x\n\n"{long_text}",2.0,\n',
+            test="text,label_stars,notes\nok,3,\n",
+        )
+    )
     assert corpus.texts("train") == ["a, quoted\nline", long_text]
     assert list(corpus.splits["train"].columns) == ["text", "label_stars"]  # BOM stripped, other columns dropped
     assert corpus.codes("test") == [{"Stars": "3"}]

@@ -1,4 +1,5 @@
 """Corpora: the built-in private corpus, public text, CSV folders, hub-schema loaders and their errors."""
+
 import time
 from pathlib import Path
 
@@ -25,15 +26,19 @@ def builtin(source):
 
 
 def test_control_prefix_format():
-    assert control_prefix({"Business Category": "Restaurants", "Review Stars": "5.0"}) == \
-        "Business Category: Restaurants\tReview Stars: 5.0\n\n"
+    assert (
+        control_prefix({"Business Category": "Restaurants", "Review Stars": "5.0"})
+        == "Business Category: Restaurants\tReview Stars: 5.0\n\n"
+    )
 
 
 def test_builtin_corpus_shape_and_codes(builtin):
     assert builtin.source is not None
     assert {s: len(df) for s, df in builtin.splits.items()} == {"train": 60, "validation": 20, "test": 20}
-    assert builtin.code_columns == {"label_business_category": "Business Category",
-                                    "label_review_stars": "Review Stars"}
+    assert builtin.code_columns == {
+        "label_business_category": "Business Category",
+        "label_review_stars": "Review Stars",
+    }
     codes = builtin.codes("test")
     assert set(c["Business Category"] for c in builtin.codes("train")) <= set(PRIVATE_CATEGORIES)
     assert builtin.prefixes("test")[0] == control_prefix(codes[0])
@@ -89,8 +94,9 @@ def test_builtin_public_corpus_covers_the_private_domain_but_not_its_categories_
     lexicon = lambda cats: {w for c in cats for ws in CATEGORY_ASPECTS[c].values() for w in ws}  # noqa: E731
     assert lexicon(PRIVATE_CATEGORIES) <= words(public.train)
     borrowed = [pair for pairs in BORROWED_ASPECTS.values() for pair in pairs]
-    assert sorted(borrowed) == sorted((c, a) for c in PRIVATE_CATEGORIES for a in CATEGORY_ASPECTS[c]
-                                      if not a.endswith(")"))
+    assert sorted(borrowed) == sorted(
+        (c, a) for c in PRIVATE_CATEGORIES for a in CATEGORY_ASPECTS[c] if not a.endswith(")")
+    )
 
 
 def test_prose_public_corpus_is_python_docs_only():
@@ -119,8 +125,7 @@ def test_public_corpus_from_csv_and_hub_files(tmp_path):
 
 def test_csv_dir_happy_path():
     corpus = load_corpus(f"csv:{FIXTURES / 'csv_corpus'}")
-    assert corpus.code_columns == {"label_business_category": "Business Category",
-                                   "label_review_stars": "Review Stars"}
+    assert corpus.code_columns == {"label_business_category": "Business Category", "label_review_stars": "Review Stars"}
     assert list(corpus.splits["train"].columns) == ["text", "label_business_category", "label_review_stars"]
     assert corpus.codes("validation") == [{"Business Category": "Beauty & Spas", "Review Stars": "4.0"}]
     assert corpus.texts("train")[1] == "Rude staff, dirty room!"
@@ -154,8 +159,10 @@ def test_csv_errors_name_the_problem(tmp_path):
         load_corpus(f"csv:{tmp_path / 'b'}")
     cases = {
         "notext": (dict(train="body,label_x\nhi,a\n"), r"train.csv has no `text` column"),
-        "empty": (dict(test="text,label_x\nok,a\n  ,b\n\"\",c\n"),
-                  r"test.csv: column `text` is empty .* 2 row\(s\) \(file lines 3, 4"),
+        "empty": (
+            dict(test='text,label_x\nok,a\n  ,b\n"",c\n'),
+            r"test.csv: column `text` is empty .* 2 row\(s\) \(file lines 3, 4",
+        ),
         "emptylabel": (dict(val="text,label_x\nok,\n"), r"val.csv: column `label_x` is empty"),
         "labels": (dict(test="text,label_y\nok,a\n"), "label columns differ"),
         "headeronly": (dict(train=""), r"cannot read .*train.csv"),
@@ -195,13 +202,16 @@ def test_hub_schema_mappings_on_local_fixtures(tmp_path):
     assert everything["Moby-Dick is an 1851 novel by Herman Melville."] == "WrittenWork"
     assert db.codes("test") == [{"Class": "Village"}]
 
-    files = {sec: {s: str(FIXTURES / "big_patent" / f"{sec}_{s}.jsonl") for s in ("train", "validation", "test")}
-             for sec in ("a", "h")}
+    files = {
+        sec: {s: str(FIXTURES / "big_patent" / f"{sec}_{s}.jsonl") for s in ("train", "validation", "test")}
+        for sec in ("a", "h")
+    }
     bp = load_corpus("big_patent", data_files=files, cache_dir=str(tmp_path))
     assert bp.code_columns == {"label_cpc_section": "CPC Section"}
     assert dict(zip(bp.texts("test"), (c["CPC Section"] for c in bp.codes("test")))) == {
         "A toothbrush with a replaceable head. (test)": "Human Necessities",
-        "A circuit for charging a battery. (test)": "Electricity"}
+        "A circuit for charging a battery. (test)": "Electricity",
+    }
 
 
 def test_yelp_csv_folder_is_the_distildp_shape():

@@ -3,6 +3,7 @@
 GPU results are compared with CPU references computed here, so a GPU run checks device placement, noise
 generation and evaluation on the GPU, not just that nothing crashes.
 """
+
 import math
 
 import pytest
@@ -31,8 +32,12 @@ from helpers import (
 )
 
 TEXTS_FOR_CODES = [control_prefix(c) for c in CODES]
-DEVICES = ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -52,8 +57,9 @@ def test_noise_has_the_calibrated_scale(device):
     sigma, clip, batch_size, lr = 2.0, 1.0, 6, 1.0
     model = tiny_model().to(device)
     before = params(model)
-    report = one_step(model, make_examples(24, seed=8), batch_size, seeded_privacy(noise_multiplier=sigma,
-                                                                               max_grad_norm=clip), lr=lr)
+    report = one_step(
+        model, make_examples(24, seed=8), batch_size, seeded_privacy(noise_multiplier=sigma, max_grad_norm=clip), lr=lr
+    )
     update = torch.cat([(before[n] - v).flatten() for n, v in params(model).items()]).double().cpu()
     expected = lr * sigma * clip / batch_size
     # the clipped gradients add at most lr * B_actual * C / B in norm, spread over ~30k coordinates
@@ -81,8 +87,9 @@ def test_generation_is_seeded_on_the_device(device, tmp_path):
     cfg = GenerationConfig(max_length=72, batch_size=4, chunk_size=5)
     runs = []
     for name in ("a", "b"):
-        generate_synthetic(model, tok, list(zip(CODES, (3, 0, 4))), tmp_path / name, cfg, seed=7, progress=False,
-                           code_columns=COLUMNS)
+        generate_synthetic(
+            model, tok, list(zip(CODES, (3, 0, 4))), tmp_path / name, cfg, seed=7, progress=False, code_columns=COLUMNS
+        )
         runs.append(load_synthetic(tmp_path / name))
     assert runs[0]["text"].tolist() == runs[1]["text"].tolist() and len(runs[0]) == 7
 
@@ -104,5 +111,6 @@ def test_pipeline_on_the_gpu_spends_the_same_budget(tmp_path):
 
 def _tokenizer():
     words = "the food was great terrible service room car repair slow friendly staff clean dirty and a".split()
-    return train_tokenizer(TEXTS_FOR_CODES + [" ".join(words[i:] + words[:i]) for i in range(len(words))],
-                           vocab_size=300)
+    return train_tokenizer(
+        TEXTS_FOR_CODES + [" ".join(words[i:] + words[:i]) for i in range(len(words))], vocab_size=300
+    )

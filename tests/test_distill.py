@@ -1,4 +1,5 @@
 """Tests of distildp.distill: the KD loss against hand computations, teacher alignment, projection, errors."""
+
 import copy
 import math
 
@@ -28,8 +29,16 @@ EOS = 0
 def tiny_gpt2(n_embd: int = 16, n_layer: int = 2, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        bos_token_id=EOS, eos_token_id=EOS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config)
 
@@ -47,8 +56,9 @@ def examples(seed: int = 0) -> list[dict]:
 
 def reference_lm_loss_per_sequence(model, batch) -> torch.Tensor:
     """Masked per-sequence mean CE, written out one sequence at a time (an independent reference)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"]).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).logits
     rows = []
     for b in range(logits.shape[0]):
         mask = batch["loss_mask"][b, 1:]
@@ -76,8 +86,18 @@ def test_kd_loss_matches_hand_computation_with_padding(t, weighting):
     t_hidden = [torch.randn(B, T, D) for _ in range(2)]
     lam, alpha = 0.3, 0.5
 
-    parts = kd_loss(s_logits, t_logits, targets, loss_mask, lam=lam, temperature=t,
-                    student_hidden=s_hidden, teacher_hidden=t_hidden, alpha=alpha, weighting=weighting)
+    parts = kd_loss(
+        s_logits,
+        t_logits,
+        targets,
+        loss_mask,
+        lam=lam,
+        temperature=t,
+        student_hidden=s_hidden,
+        teacher_hidden=t_hidden,
+        alpha=alpha,
+        weighting=weighting,
+    )
 
     def softmax(row, temp):
         m = max(row)
@@ -178,12 +198,28 @@ def test_hidden_mse_uses_the_layer_map():
     student, teacher = tiny_gpt2(16, n_layer=2, seed=5), tiny_gpt2(16, n_layer=4, seed=6)
     batch = collate_kd(examples(), pad_id=EOS)
     got = make_kd_loss_fn(teacher, lam=0.0, alpha=1.0, layer_map={2: 3}, teacher_context="none")(student, batch)
-    s_out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=batch["position_ids"], output_hidden_states=True)
-    t_out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=batch["position_ids"], output_hidden_states=True)
-    expected = kd_loss(s_out.logits, t_out.logits, batch["input_ids"], batch["loss_mask"], lam=0.0, alpha=1.0,
-                       student_hidden=s_out.hidden_states[2], teacher_hidden=t_out.hidden_states[3])
+    s_out = student(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        output_hidden_states=True,
+    )
+    t_out = teacher(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        output_hidden_states=True,
+    )
+    expected = kd_loss(
+        s_out.logits,
+        t_out.logits,
+        batch["input_ids"],
+        batch["loss_mask"],
+        lam=0.0,
+        alpha=1.0,
+        student_hidden=s_out.hidden_states[2],
+        teacher_hidden=t_out.hidden_states[3],
+    )
     torch.testing.assert_close(got, expected.total.detach())
     assert (expected.mse > 0).all()
 
@@ -212,12 +248,26 @@ def test_width_mismatch_without_projection_names_both_widths_and_the_fix():
     with pytest.raises(ValueError, match=r"16.*32.*projection="):
         make_kd_loss_fn(teacher, alpha=1.0)(student, batch)
     with pytest.raises(ValueError, match=r"16.*32.*projection="):
-        kd_loss(torch.randn(1, 3, 5), torch.randn(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3),
-                student_hidden=torch.randn(1, 3, 16), teacher_hidden=torch.randn(1, 3, 32), alpha=1.0)
+        kd_loss(
+            torch.randn(1, 3, 5),
+            torch.randn(1, 3, 5),
+            torch.zeros(1, 3, dtype=torch.long),
+            torch.ones(1, 3),
+            student_hidden=torch.randn(1, 3, 16),
+            teacher_hidden=torch.randn(1, 3, 32),
+            alpha=1.0,
+        )
     # With the projection the same call works.
-    kd_loss(torch.randn(1, 3, 5), torch.randn(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3),
-            student_hidden=torch.randn(1, 3, 16), teacher_hidden=torch.randn(1, 3, 32), alpha=1.0,
-            projection=HiddenProjection(16, 32))
+    kd_loss(
+        torch.randn(1, 3, 5),
+        torch.randn(1, 3, 5),
+        torch.zeros(1, 3, dtype=torch.long),
+        torch.ones(1, 3),
+        student_hidden=torch.randn(1, 3, 16),
+        teacher_hidden=torch.randn(1, 3, 32),
+        alpha=1.0,
+        projection=HiddenProjection(16, 32),
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
@@ -278,8 +328,9 @@ def test_code_prefixed_teacher_logits_align_with_the_students_tokens():
         with torch.no_grad():
             single = teacher(input_ids=ids, position_ids=torch.arange(n + k)[None], output_hidden_states=True)
         torch.testing.assert_close(aligned.logits[b, :n], single.logits[0, k : k + n], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(aligned.hidden_states[-1][b, :n], single.hidden_states[-1][0, k : k + n],
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            aligned.hidden_states[-1][b, :n], single.hidden_states[-1][0, k : k + n], atol=1e-5, rtol=1e-4
+        )
         # The aligned teacher row at student position i predicts the student's token i + 1.
         assert ids[0, k + 1 : k + n].tolist() == ex["input_ids"][1:]
     assert not aligned.logits.requires_grad
@@ -290,8 +341,9 @@ def test_teacher_context_none_uses_the_students_input():
     batch = collate_kd(examples(), pad_id=EOS)
     got = teacher_logits_for_student(teacher, batch, teacher_context="none")
     with torch.no_grad():
-        direct = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"]).logits
+        direct = teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
     torch.testing.assert_close(got, direct)
     prefixed = teacher_logits_for_student(teacher, batch, teacher_context="code_prefix")
     assert not torch.allclose(got[0, :6], prefixed[0, :6])  # example 0 has a prefix: the context matters
@@ -359,8 +411,9 @@ def test_bad_shapes_and_batches_are_refused():
     with pytest.raises(ValueError, match="loss_mask"):
         kd_loss(torch.randn(1, 3, 5), torch.randn(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 4))
     with pytest.raises(ValueError, match="paired hidden states"):
-        kd_loss(torch.randn(1, 3, 5), torch.randn(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3),
-                alpha=1.0)
+        kd_loss(
+            torch.randn(1, 3, 5), torch.randn(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3), alpha=1.0
+        )
     with pytest.raises(ValueError, match="collate_kd"):
         teacher_logits_for_student(tiny_gpt2(), {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
     with pytest.raises(ValueError, match="input_ids"):
@@ -407,12 +460,17 @@ def test_kd_loss_fn_trains_through_train_causal_lm(privacy):
     model = StudentWithProjection(student, teacher_width=32)
     before = model.projection.linear.weight.detach().clone()
     data = examples() * 4
-    privacy_cfg = (None if privacy is None
-                   else seeded_privacy(noise_multiplier=0.5, grad_sample_mode=privacy, delta=1e-3))
+    privacy_cfg = (
+        None if privacy is None else seeded_privacy(noise_multiplier=0.5, grad_sample_mode=privacy, delta=1e-3)
+    )
     report = train_causal_lm(
-        model, data, TrainConfig(batch_size=8, epochs=2, max_steps=3, lr=1e-2), privacy_cfg,
+        model,
+        data,
+        TrainConfig(batch_size=8, epochs=2, max_steps=3, lr=1e-2),
+        privacy_cfg,
         loss_fn=make_kd_loss_fn(teacher, lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True),
-        collate_fn=lambda exs: collate_kd(exs, pad_id=EOS), progress=False,
+        collate_fn=lambda exs: collate_kd(exs, pad_id=EOS),
+        progress=False,
     )
     assert report.steps == 3 and all(math.isfinite(x) for x in report.losses)
     assert not torch.equal(model.projection.linear.weight, before)  # the projection was trained

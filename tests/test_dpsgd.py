@@ -3,6 +3,7 @@
 Every check compares against an independent reference: a loop of single-example backward passes,
 a hand-written clipped SGD step, a re-drawn Poisson mask, or dp_accounting's RDP accountant.
 """
+
 import math
 import pydoc_data.topics
 
@@ -99,7 +100,7 @@ def test_conv1d_grad_sample_equals_autograd():
     grads = compute_conv1d_grad_sample(layer, [x], torch.ones(2, 5, 3))
     for i in range(2):
         layer.zero_grad()
-        layer(x[i:i + 1]).sum().backward()
+        layer(x[i : i + 1]).sum().backward()
         torch.testing.assert_close(grads[layer.weight][i], layer.weight.grad)
         torch.testing.assert_close(grads[layer.bias][i], layer.bias.grad)
 
@@ -124,8 +125,13 @@ def test_clipped_noise_free_step_matches_hand_clipping(mode):
     batch = poisson_batch(len(examples), batch_size / len(examples), seed)
     expected = reference_step(tiny_model(untie=True), examples, batch, batch_size, clip=clip)
     model = tiny_model(untie=True)
-    one_step(model, examples, batch_size, seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip,
-                                                        grad_sample_mode=mode), seed=seed)
+    one_step(
+        model,
+        examples,
+        batch_size,
+        seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode=mode),
+        seed=seed,
+    )
     for name, value in params(model).items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5, msg=name)
 
@@ -170,16 +176,18 @@ def test_group_by_length_visits_every_example_once_per_epoch_and_pads_less():
     grouped = recorded_batches(examples, TrainConfig(**base, group_by_length=True))
     shuffled = recorded_batches(examples, TrainConfig(**base))
     assert sorted(n for batch in grouped for n in batch) == sorted(lengths)  # a permutation: all, once
-    padded = {name: sum(max(b) * len(b) for b in batches) for name, batches in
-              (("grouped", grouped), ("shuffled", shuffled))}
+    padded = {
+        name: sum(max(b) * len(b) for b in batches) for name, batches in (("grouped", grouped), ("shuffled", shuffled))
+    }
     assert padded["grouped"] < 0.8 * padded["shuffled"]
     # 16 batches in 4 mega-batches of 4: taken in random order, not each mega-batch longest first
     longest = [max(batch) for batch in grouped]
-    assert any(longest[k:k + 4] != sorted(longest[k:k + 4], reverse=True) for k in range(0, 16, 4))
+    assert any(longest[k : k + 4] != sorted(longest[k : k + 4], reverse=True) for k in range(0, 16, 4))
     # DP-SGD ignores it: its batches stay Poisson samples
     private = seeded_privacy(noise_multiplier=1.0)
-    assert recorded_batches(examples, TrainConfig(**base, group_by_length=True), private) == \
-        recorded_batches(examples, TrainConfig(**base), private)
+    assert recorded_batches(examples, TrainConfig(**base, group_by_length=True), private) == recorded_batches(
+        examples, TrainConfig(**base), private
+    )
 
 
 def test_non_private_gradient_accumulation_is_exact():
@@ -195,8 +203,13 @@ def test_non_private_gradient_accumulation_is_exact():
 
 def test_on_step_returning_true_stops_non_private_training():
     seen = []
-    report = train_causal_lm(tiny_model(), make_examples(16, seed=3), TrainConfig(epochs=4, batch_size=4),
-                             progress=False, on_step=lambda step, loss: seen.append(step) or step == 3)
+    report = train_causal_lm(
+        tiny_model(),
+        make_examples(16, seed=3),
+        TrainConfig(epochs=4, batch_size=4),
+        progress=False,
+        on_step=lambda step, loss: seen.append(step) or step == 3,
+    )
     assert report.steps == 3 and seen == [1, 2, 3] and len(report.losses) == 3
 
 
@@ -230,9 +243,14 @@ def test_batches_are_poisson_and_empty_batches_still_step():
 
     # One physical batch per step (by default Poisson batches above batch_size are split for memory).
     cfg = TrainConfig(epochs=100, batch_size=batch_size, physical_batch_size=n, max_steps=steps, lr=1e-3)
-    report = train_causal_lm(tiny_fast_model(), make_examples(n, seed=9, max_len=3), cfg,
-                             seeded_privacy(noise_multiplier=1.0, accountant="rdp"), loss_fn=recording_loss,
-                             progress=False)
+    report = train_causal_lm(
+        tiny_fast_model(),
+        make_examples(n, seed=9, max_len=3),
+        cfg,
+        seeded_privacy(noise_multiplier=1.0, accountant="rdp"),
+        loss_fn=recording_loss,
+        progress=False,
+    )
     assert report.steps == steps
     empty = steps - len(sizes)
     all_sizes = torch.tensor(sizes + [0] * empty, dtype=torch.float)
@@ -254,9 +272,14 @@ def test_empty_poisson_batches_do_not_crash(mode):
     model = tiny_fast_model()
     before = params(model)
     cfg = TrainConfig(epochs=100, batch_size=1, physical_batch_size=20, max_steps=12, lr=1e-3)  # q = 1/20
-    report = train_causal_lm(model, make_examples(20, seed=10, max_len=3), cfg,
-                             seeded_privacy(noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
-                             loss_fn=counting_loss, progress=False)
+    report = train_causal_lm(
+        model,
+        make_examples(20, seed=10, max_len=3),
+        cfg,
+        seeded_privacy(noise_multiplier=1.0, accountant="rdp", grad_sample_mode=mode),
+        loss_fn=counting_loss,
+        progress=False,
+    )
     assert report.steps == 12 and len(calls) < 12
     assert sum(math.isnan(loss) for loss in report.losses) == 12 - len(calls)  # NaN marks an empty step
     assert any(not torch.equal(before[k], v) for k, v in params(model).items())
@@ -276,8 +299,13 @@ def dp_accounting_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) 
 def test_reported_epsilon_matches_an_independent_accountant_over_steps_taken():
     examples = make_examples(20, seed=11, max_len=3)
     cfg = TrainConfig(epochs=10, batch_size=5, max_steps=7, lr=1e-3)  # stop early: 7 of 40 steps
-    report = train_causal_lm(tiny_fast_model(), examples, cfg,
-                             seeded_privacy(noise_multiplier=1.2, delta=1e-3, accountant="rdp"), progress=False)
+    report = train_causal_lm(
+        tiny_fast_model(),
+        examples,
+        cfg,
+        seeded_privacy(noise_multiplier=1.2, delta=1e-3, accountant="rdp"),
+        progress=False,
+    )
     assert (report.steps, report.sample_rate, report.delta) == (7, 0.25, 1e-3)
     reference = dp_accounting_rdp_epsilon(1.2, 0.25, 7, 1e-3)
     assert report.epsilon_spent == pytest.approx(reference, rel=1e-2)
@@ -290,8 +318,13 @@ def test_reported_epsilon_matches_an_independent_accountant_over_steps_taken():
 def test_calibrated_noise_spends_at_most_the_target():
     examples = make_examples(20, seed=12, max_len=3)
     cfg = TrainConfig(epochs=2, batch_size=5, lr=1e-3)  # q = 0.25, 8 steps
-    report = train_causal_lm(tiny_fast_model(), examples, cfg,
-                             seeded_privacy(target_epsilon=4.0, delta=1e-3, accountant="rdp"), progress=False)
+    report = train_causal_lm(
+        tiny_fast_model(),
+        examples,
+        cfg,
+        seeded_privacy(target_epsilon=4.0, delta=1e-3, accountant="rdp"),
+        progress=False,
+    )
     assert report.steps == 8
     reference = dp_accounting_rdp_epsilon(report.noise_multiplier, 0.25, 8, 1e-3)
     assert report.epsilon_spent <= 4.0 and 4.0 * 0.97 <= reference <= 4.0 * 1.001
@@ -322,11 +355,15 @@ def test_too_small_dataset_and_too_long_examples_raise():
     with pytest.raises(ValueError, match="no training examples"):
         train_causal_lm(tiny_fast_model(), [], TrainConfig(batch_size=1), progress=False)
     with pytest.raises(ValueError, match="context"):
-        train_causal_lm(tiny_fast_model(), [{"input_ids": list(range(40))}], TrainConfig(batch_size=1),
-                        progress=False)
+        train_causal_lm(tiny_fast_model(), [{"input_ids": list(range(40))}], TrainConfig(batch_size=1), progress=False)
     with pytest.raises(ValueError, match="1/N"):  # delta >= 1/N needs the named option
-        train_causal_lm(tiny_fast_model(), make_examples(10), TrainConfig(batch_size=2),
-                        seeded_privacy(noise_multiplier=1.0, delta=0.2), progress=False)
+        train_causal_lm(
+            tiny_fast_model(),
+            make_examples(10),
+            TrainConfig(batch_size=2),
+            seeded_privacy(noise_multiplier=1.0, delta=0.2),
+            progress=False,
+        )
 
 
 def test_dp_randomness_is_secret_by_default_and_reproducible_on_request():

@@ -14,9 +14,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OWN = {"distildp", "run", "helpers", "conftest"}  # the library, benchmarks/run.py, and the tests' own modules
 # Pinned but never imported: what runs the code rather than being imported by it
-TOOLS = {"ipykernel": "the kernel papermill runs notebooks in", "nbclient": "papermill's executor",
-         "jupyterlab": "make lab", "pytest": "the tests", "ruff": "the lint (make test)",
-         "otter-grader": "make exercises and make grade run `python -m otter`"}
+TOOLS = {
+    "ipykernel": "the kernel papermill runs notebooks in",
+    "nbclient": "papermill's executor",
+    "jupyterlab": "make lab",
+    "pytest": "the tests",
+    "ruff": "the lint (make test)",
+    "otter-grader": "make exercises and make grade run `python -m otter`",
+}
 
 
 def _name(requirement: str) -> str:
@@ -52,19 +57,28 @@ def _imported_modules() -> dict[str, str]:
     found = {}
     for path, text in sources:
         for node in ast.walk(ast.parse(text)):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 found.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
-    return {m: p for m, p in found.items() if m not in sys.stdlib_module_names and m not in OWN
-            and not m.startswith("test_")}
+    return {
+        m: p
+        for m, p in found.items()
+        if m not in sys.stdlib_module_names and m not in OWN and not m.startswith("test_")
+    }
 
 
 def test_environment_yml_matches_requirements():
     conda = _conda_pip_section() - {"-e ."}
     pip = _requirements()
-    assert conda == pip, (f"only in environment.yml: {sorted(conda - pip)}; "
-                          f"only in requirements.txt: {sorted(pip - conda)}")
+    assert conda == pip, (
+        f"only in environment.yml: {sorted(conda - pip)}; only in requirements.txt: {sorted(pip - conda)}"
+    )
 
 
 def test_every_requirement_is_pinned_and_declared():

@@ -1,4 +1,5 @@
 """Perplexity and its floor (distildp.evaluate), each checked against a hand computation."""
+
 import math
 import pydoc_data.topics
 import random
@@ -18,11 +19,17 @@ from distildp.evaluate import (
 from distildp.models import build_model, encode_with_prefix, train_tokenizer
 from distildp.source import ReviewSource
 
-TEXTS = ["The soup was cold.", "Friendly staff, great coffee, and a quiet room to read in.",
-         "Never again!", "We came for the tacos and stayed for the music; the salsa was superb.", "Fine."]
-PREFIXES = [f"Business Category: {c}\tReview Stars: {s}\n\n"
-            for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"],
-                            ["1.0", "5.0", "2.0", "4.0", "3.0"])]
+TEXTS = [
+    "The soup was cold.",
+    "Friendly staff, great coffee, and a quiet room to read in.",
+    "Never again!",
+    "We came for the tacos and stayed for the music; the salsa was superb.",
+    "Fine.",
+]
+PREFIXES = [
+    f"Business Category: {c}\tReview Stars: {s}\n\n"
+    for c, s in zip(["Restaurants", "Cafes", "Bars", "Restaurants", "Hotels"], ["1.0", "5.0", "2.0", "4.0", "3.0"])
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +72,7 @@ def hand_sliding(model, ids, scored, L, S):
         k = 0
         while min(k * S + L, M) < j:
             k += 1
-        nll -= logp_next(model, ids[k * S:j], ids[j])
+        nll -= logp_next(model, ids[k * S : j], ids[j])
         n += 1
     return nll, n
 
@@ -93,7 +100,7 @@ def test_stride_equal_to_window_is_disjoint_chunks(model, tok):
     L = 10
     nll, n = 0.0, 0
     for begin in range(0, len(ids) - 1, L):  # chunk inputs [begin, begin+L) predict the next token each
-        chunk = ids[begin:begin + L + 1]
+        chunk = ids[begin : begin + L + 1]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([chunk[:-1]])).logits[0].double(), -1)
         for i in range(len(chunk) - 1):
@@ -164,7 +171,7 @@ def test_paper_perplexity_equals_hand_computation(model, tok):
     assert len(ids) % window >= 2  # a short last window, which counts as much as a full one
     means = []
     for begin in range(0, len(ids), window):
-        chunk = ids[begin:begin + window]
+        chunk = ids[begin : begin + window]
         means.append(-sum(logp_next(model, chunk[:i], chunk[i]) for i in range(1, len(chunk))) / (len(chunk) - 1))
     expected = math.exp(sum(means) / len(means))
     assert paper_perplexity(model, tok, TEXTS, window=window) == pytest.approx(expected, rel=1e-5)
@@ -235,10 +242,13 @@ def test_a_model_trained_on_the_builtin_source_ends_just_above_its_floor(role):
     model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=2, n_head=2, n_positions=64)
     prefixes = corpus.prefixes if role == "teacher" else lambda split: None
     examples = encode_with_prefix(tok, prefixes("train"), corpus.texts("train"), 64)
-    train_causal_lm(model, examples, TrainConfig(epochs=3, batch_size=32, lr=1e-2, warmup_steps=10,
-                                                 schedule="warmup_linear"), progress=False)
-    ppl = perplexity(model, tok, corpus.texts("test"), prefixes=prefixes("test"), per_document=True,
-                     progress=False).ppl
+    train_causal_lm(
+        model,
+        examples,
+        TrainConfig(epochs=3, batch_size=32, lr=1e-2, warmup_steps=10, schedule="warmup_linear"),
+        progress=False,
+    )
+    ppl = perplexity(model, tok, corpus.texts("test"), prefixes=prefixes("test"), per_document=True, progress=False).ppl
     codes = corpus.codes("test") if role == "teacher" else None
     exact = floor(source, tok, corpus.texts("test"), codes=codes, categories=categories).ppl
     assert exact < ppl < 1.25 * exact
@@ -276,9 +286,15 @@ def test_marginal_perplexity_of_one_code_is_the_prefixed_perplexity(model, tok):
     assert one.ppl == pytest.approx(prefixed.ppl, rel=1e-9)
 
 
-@pytest.mark.parametrize("prefixes, weights, match", [([], [], "one weight"), (["a"], [1.0, 2.0], "one weight"),
-                                                      (["a", "b"], [0.0, 0.0], "positive sum"),
-                                                      (["a"], [-1.0], "positive sum")])
+@pytest.mark.parametrize(
+    "prefixes, weights, match",
+    [
+        ([], [], "one weight"),
+        (["a"], [1.0, 2.0], "one weight"),
+        (["a", "b"], [0.0, 0.0], "positive sum"),
+        (["a"], [-1.0], "positive sum"),
+    ],
+)
 def test_marginal_perplexity_rejects_bad_weights(model, tok, prefixes, weights, match):
     with pytest.raises(ValueError, match=match):
         marginal_perplexity(model, tok, TEXTS, prefixes, weights, progress=False)

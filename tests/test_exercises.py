@@ -23,8 +23,15 @@ AUTOGRADED = sorted(name for name, q in QUESTIONS.items() if not q.manual)
 
 
 def test_the_seven_exercises_are_in_the_teaching_notebooks():
-    assert AUTOGRADED == ["q1_dp_sgd_step", "q2_accountant", "q3_dp_histogram", "q4_top_k_top_p", "q5_kd_loss",
-                          "q6_floor", "q7_results_verdict"]
+    assert AUTOGRADED == [
+        "q1_dp_sgd_step",
+        "q2_accountant",
+        "q3_dp_histogram",
+        "q4_top_k_top_p",
+        "q5_kd_loss",
+        "q6_floor",
+        "q7_results_verdict",
+    ]
     assert QUESTIONS["q7_results_written"].manual
     for name in AUTOGRADED:
         q = QUESTIONS[name]
@@ -61,14 +68,15 @@ def batch_gradient_per_example(model, inputs, targets):
 
 
 def fixed_size_batch(n_examples, sample_rate, generator):
-    return torch.randperm(n_examples, generator=generator)[:round(n_examples * sample_rate)].tolist()
+    return torch.randperm(n_examples, generator=generator)[: round(n_examples * sample_rate)].tolist()
 
 
 def clip_the_batch_gradient(grads, clip, noise_multiplier, expected_batch_size, generator):
     total = grads.sum(0)
     total = total * min(1.0, clip / (total.norm().item() + 1e-6))
-    return (total + torch.normal(0.0, noise_multiplier * clip, size=total.shape, generator=generator,
-                                 dtype=total.dtype)) / expected_batch_size
+    return (
+        total + torch.normal(0.0, noise_multiplier * clip, size=total.shape, generator=generator, dtype=total.dtype)
+    ) / expected_batch_size
 
 
 def divide_by_actual_size(grads, clip, noise_multiplier, expected_batch_size, generator):
@@ -80,8 +88,11 @@ def divide_by_actual_size(grads, clip, noise_multiplier, expected_batch_size, ge
 def noise_std_sigma(grads, clip, noise_multiplier, expected_batch_size, generator):
     right = _solution("q1_dp_sgd_step")["noisy_step"]
     clean = right(grads, clip, 0.0, expected_batch_size, generator)
-    return clean + torch.normal(0.0, noise_multiplier, size=clean.shape, generator=generator,
-                                dtype=clean.dtype) / expected_batch_size
+    return (
+        clean
+        + torch.normal(0.0, noise_multiplier, size=clean.shape, generator=generator, dtype=clean.dtype)
+        / expected_batch_size
+    )
 
 
 def noise_per_example(grads, clip, noise_multiplier, expected_batch_size, generator):
@@ -96,8 +107,9 @@ def sigma_too_small(epsilon, delta, sample_rate, steps, accountant="prv"):
 
 
 def sum_of_epsilons(teacher_sigma, sample_rate, steps, histogram_sigma, delta, accountant="prv"):
-    return (privacy.epsilon_spent([privacy.DPSGDMechanism(teacher_sigma, sample_rate, steps)], delta, accountant)
-            + privacy.epsilon_spent([privacy.GaussianMechanism(histogram_sigma)], delta, accountant))
+    return privacy.epsilon_spent(
+        [privacy.DPSGDMechanism(teacher_sigma, sample_rate, steps)], delta, accountant
+    ) + privacy.epsilon_spent([privacy.GaussianMechanism(histogram_sigma)], delta, accountant)
 
 
 def one_over_n(n):
@@ -131,6 +143,7 @@ def top_p_before_temperature(logits, top_k, top_p, temperature):
 def _kd(**mistake):
     def loss(student_logits, teacher_logits, targets, loss_mask, lam, temperature):
         return exercises._kd_variant(student_logits, teacher_logits, targets, loss_mask, lam, temperature, **mistake)
+
     return loss
 
 
@@ -185,8 +198,11 @@ WRONG_ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("function, wrong, message", WRONG_ANSWERS, ids=[w[1].__name__ if hasattr(w[1], "__name__")
-                                                                        else w[0] for w in WRONG_ANSWERS])
+@pytest.mark.parametrize(
+    "function, wrong, message",
+    WRONG_ANSWERS,
+    ids=[w[1].__name__ if hasattr(w[1], "__name__") else w[0] for w in WRONG_ANSWERS],
+)
 def test_wrong_answer_gets_its_targeted_message(function, wrong, message):
     with pytest.raises(ExerciseError) as caught:
         exercises.CHECKS[function](wrong, hidden=True)
@@ -194,19 +210,27 @@ def test_wrong_answer_gets_its_targeted_message(function, wrong, message):
 
 
 def test_each_exercise_has_a_wrong_answer_tested():
-    functions_by_question = {"q1_dp_sgd_step": {"per_example_gradients", "poisson_batch", "noisy_step"},
-                             "q2_accountant": {"sigma_for_epsilon", "composed_epsilon", "default_delta"},
-                             "q3_dp_histogram": {"dp_histogram_by_hand"}, "q4_top_k_top_p": {"sampling_distribution"},
-                             "q5_kd_loss": {"distillation_loss"}, "q6_floor": {"floor_by_hand"},
-                             "q7_results_verdict": {"verdict"}}
+    functions_by_question = {
+        "q1_dp_sgd_step": {"per_example_gradients", "poisson_batch", "noisy_step"},
+        "q2_accountant": {"sigma_for_epsilon", "composed_epsilon", "default_delta"},
+        "q3_dp_histogram": {"dp_histogram_by_hand"},
+        "q4_top_k_top_p": {"sampling_distribution"},
+        "q5_kd_loss": {"distillation_loss"},
+        "q6_floor": {"floor_by_hand"},
+        "q7_results_verdict": {"verdict"},
+    }
     assert set(functions_by_question) == set(AUTOGRADED)
     assert set().union(*functions_by_question.values()) == {w[0] for w in WRONG_ANSWERS} == set(exercises.CHECKS)
 
 
 def test_the_empty_codes_edge_case_needs_a_clear_error():
     def no_error_for_no_codes(counts, keys, total, noise_multiplier, seed):
-        return {} if not keys else _solution("q3_dp_histogram")["dp_histogram_by_hand"](counts, keys, total,
-                                                                                         noise_multiplier, seed)
+        return (
+            {}
+            if not keys
+            else _solution("q3_dp_histogram")["dp_histogram_by_hand"](counts, keys, total, noise_multiplier, seed)
+        )
+
     with pytest.raises(ExerciseError, match="must raise ValueError"):
         exercises.check_dp_histogram(no_error_for_no_codes, hidden=True)
 
@@ -214,8 +238,10 @@ def test_the_empty_codes_edge_case_needs_a_clear_error():
 def test_references_agree_with_transformers_warpers():
     logits = 2 * torch.randn(4, 30, generator=torch.Generator().manual_seed(0))
     for setting in [(5, 0.9, 1.0), (0, 0.8, 2.0), (10, 0.7, 0.5), (1, 1.0, 1.0)]:
-        torch.testing.assert_close(exercises.reference_sampling_distribution(logits, *setting),
-                                   exercises.transformers_sampling_distribution(logits, *setting))
+        torch.testing.assert_close(
+            exercises.reference_sampling_distribution(logits, *setting),
+            exercises.transformers_sampling_distribution(logits, *setting),
+        )
 
 
 def test_verdict_reference_reads_the_committed_table():
@@ -234,8 +260,8 @@ def test_verdict_reference_reads_the_committed_table():
 
 # ------------------------------------------------------------------------------ build and grade, the pieces
 def test_strip_solution_keeps_the_signature_and_replaces_the_body():
-    source = "def f(x):\n    \"\"\"doc\"\"\"\n    # BEGIN SOLUTION\n    return x + 1\n    # END SOLUTION\n"
-    assert exercises.strip_solution(source) == "def f(x):\n    \"\"\"doc\"\"\"\n    ..."
+    source = 'def f(x):\n    """doc"""\n    # BEGIN SOLUTION\n    return x + 1\n    # END SOLUTION\n'
+    assert exercises.strip_solution(source) == 'def f(x):\n    """doc"""\n    ...'
     with pytest.raises(ValueError, match="no '# END SOLUTION'"):
         exercises.strip_solution("# BEGIN SOLUTION\nx = 1\n")
 
@@ -256,15 +282,21 @@ def test_grading_copy_ignores_every_code_cell_outside_the_questions():
 
 
 def test_scores_are_read_per_question_from_otter_results():
-    results = {"tests": [{"name": "Public Tests", "status": "failed", "output": "..."},
-                         {"name": "q1_dp_sgd_step", "score": 1.5, "max_score": 3.0},
-                         {"name": "q2_accountant", "score": 0, "max_score": 3.0}]}
+    results = {
+        "tests": [
+            {"name": "Public Tests", "status": "failed", "output": "..."},
+            {"name": "q1_dp_sgd_step", "score": 1.5, "max_score": 3.0},
+            {"name": "q2_accountant", "score": 0, "max_score": 3.0},
+        ]
+    }
     assert exercises.scores_from_results(results) == {"q1_dp_sgd_step": 1.5, "q2_accountant": 0.0}
 
 
 def test_submissions_are_matched_to_their_assignment(tmp_path):
-    zips = {"ex02_dp_sgd": tmp_path / "02_dp_sgd-autograder.zip",
-            "ex05_distillation": tmp_path / "05_distillation-autograder.zip"}
+    zips = {
+        "ex02_dp_sgd": tmp_path / "02_dp_sgd-autograder.zip",
+        "ex05_distillation": tmp_path / "05_distillation-autograder.zip",
+    }
     by_metadata = tmp_path / "anything.ipynb"
     by_metadata.write_text(json.dumps({"metadata": {"otter": {"assignment_name": "ex05_distillation"}}, "cells": []}))
     assert exercises._autograder_for(by_metadata, zips) == zips["ex05_distillation"]
@@ -308,13 +340,24 @@ def test_make_exercises_then_make_grade(tmp_path):
         assert (built / "autograder" / f"{name}-autograder.zip").exists()
     _submissions(built, tmp_path / "submissions")
     grades = tmp_path / "grades.csv"
-    subprocess.run(["make", "grade", f"EXERCISES={built}", f"SUBMISSIONS={tmp_path / 'submissions'}",
-                    f"GRADES={grades}"], cwd=ROOT, check=True)
+    subprocess.run(
+        ["make", "grade", f"EXERCISES={built}", f"SUBMISSIONS={tmp_path / 'submissions'}", f"GRADES={grades}"],
+        cwd=ROOT,
+        check=True,
+    )
     rows = {row["submission"]: row for row in csv.DictReader(grades.open())}
-    assert sorted(rows) == ["blank/02_dp_sgd.ipynb", "blank/05_distillation.ipynb", "half/02_dp_sgd.ipynb",
-                            "perfect/02_dp_sgd.ipynb", "perfect/05_distillation.ipynb"]
-    expected = {"perfect/02_dp_sgd.ipynb": (3, 3, 6), "blank/02_dp_sgd.ipynb": (0, 0, 0),
-                "half/02_dp_sgd.ipynb": (3, 0, 3)}
+    assert sorted(rows) == [
+        "blank/02_dp_sgd.ipynb",
+        "blank/05_distillation.ipynb",
+        "half/02_dp_sgd.ipynb",
+        "perfect/02_dp_sgd.ipynb",
+        "perfect/05_distillation.ipynb",
+    ]
+    expected = {
+        "perfect/02_dp_sgd.ipynb": (3, 3, 6),
+        "blank/02_dp_sgd.ipynb": (0, 0, 0),
+        "half/02_dp_sgd.ipynb": (3, 0, 3),
+    }
     for submission, (q1, q2, total) in expected.items():
         row = rows[submission]
         assert (float(row["q1_dp_sgd_step"]), float(row["q2_accountant"]), float(row["total"])) == (q1, q2, total), row
@@ -337,7 +380,9 @@ def test_dp_sgd_references_agree_with_opacus():
     opacus_rows = torch.cat([p.grad_sample.flatten(1) for p in sampled.parameters()], dim=1)
     torch.testing.assert_close(opacus_rows, expected)
     for seed in range(5):
-        sampler = UniformWithReplacementSampler(num_samples=24, sample_rate=0.25,
-                                                generator=torch.Generator().manual_seed(seed))
-        assert sorted(next(iter(sampler))) == exercises.reference_poisson_batch(24, 0.25,
-                                                                                torch.Generator().manual_seed(seed))
+        sampler = UniformWithReplacementSampler(
+            num_samples=24, sample_rate=0.25, generator=torch.Generator().manual_seed(seed)
+        )
+        assert sorted(next(iter(sampler))) == exercises.reference_poisson_batch(
+            24, 0.25, torch.Generator().manual_seed(seed)
+        )

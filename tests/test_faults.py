@@ -12,9 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_killed_and_resumed_smoke_grid_matches_an_uninterrupted_run(tmp_path):
     """Minutes: the smoke grid runs twice (uninterrupted, then killed twice and resumed)."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--grid", "smoke",
-                             "--kills", "2", "--out", str(tmp_path / "faults")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "faults.py"),
+            "--grid",
+            "smoke",
+            "--kills",
+            "2",
+            "--out",
+            str(tmp_path / "faults"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     report = result.stdout + result.stderr[-3000:]
     assert result.returncode == 0, report
     assert "differing fields: 0" in result.stdout, report

@@ -1,4 +1,5 @@
 """Tests of distildp.generate (the resumable chunk store) on a tiny random GPT-2 and a tokenizer trained here."""
+
 import copy
 import json
 import multiprocessing as mp
@@ -33,8 +34,16 @@ def small_cfg(**kw):
 
 
 def run(model, tokenizer, out_dir, counts=(3, 0, 7), seed=0, **kw):
-    return generate_synthetic(model, tokenizer, list(zip(CODES, counts)), out_dir, small_cfg(**kw), seed=seed,
-                              progress=False, code_columns=COLUMNS)
+    return generate_synthetic(
+        model,
+        tokenizer,
+        list(zip(CODES, counts)),
+        out_dir,
+        small_cfg(**kw),
+        seed=seed,
+        progress=False,
+        code_columns=COLUMNS,
+    )
 
 
 def test_exact_counts_labels_and_no_empty_texts(model, tokenizer, tmp_path):
@@ -57,8 +66,9 @@ def test_empty_outputs_are_dropped_and_regenerated(model, tokenizer, tmp_path):
     # Bias the teacher towards [eos] so that about half the first tokens end the sample at once.
     biased = GPT2LMHeadModel(model.config).eval()
     biased.load_state_dict(model.state_dict())
-    biased.lm_head.register_forward_hook(lambda m, i, out: out + torch.nn.functional.one_hot(
-        torch.tensor(tokenizer.eos_token_id), out.shape[-1]) * 3.0)
+    biased.lm_head.register_forward_hook(
+        lambda m, i, out: out + torch.nn.functional.one_hot(torch.tensor(tokenizer.eos_token_id), out.shape[-1]) * 3.0
+    )
     result = run(biased, tokenizer, tmp_path, counts=(6, 6, 0), max_attempts_factor=50)
     frame = load_synthetic(tmp_path)
     assert len(frame) == 12 and (frame["text"] != "").all()
@@ -68,8 +78,9 @@ def test_empty_outputs_are_dropped_and_regenerated(model, tokenizer, tmp_path):
 
 def test_gives_up_with_clear_message_when_teacher_only_emits_eos(model, tokenizer, tmp_path):
     always_eos = GPT2LMHeadModel(model.config).eval()
-    always_eos.lm_head.register_forward_hook(lambda m, i, out: out + torch.nn.functional.one_hot(
-        torch.tensor(tokenizer.eos_token_id), out.shape[-1]) * 1e4)
+    always_eos.lm_head.register_forward_hook(
+        lambda m, i, out: out + torch.nn.functional.one_hot(torch.tensor(tokenizer.eos_token_id), out.shape[-1]) * 1e4
+    )
     with pytest.raises(RuntimeError, match="max_attempts_factor"):
         run(always_eos, tokenizer, tmp_path, counts=(2, 0, 0), max_attempts_factor=2)
 
@@ -127,13 +138,16 @@ def _recording(fn, calls):
     def wrapper(*args, **kwargs):
         calls.append(1)
         return fn(*args, **kwargs)
+
     return wrapper
 
 
 def _synthetic_stage(model, tokenizer, counts):
     """The pipeline's synthetic stage in small: generate into the store's build directory."""
+
     def build(out):
         return {"metrics": {"n_samples": run(model, tokenizer, out / "data", counts=counts).n_samples}}
+
     return build
 
 
@@ -146,6 +160,7 @@ def _crash_after(k, crash):
             crash()
         real_write(path, frame, metadata)
         written.append(path.name)
+
     return write
 
 
@@ -171,8 +186,11 @@ def test_store_build_of_a_killed_generation_resumes_at_the_next_chunk(model, tok
             patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
             store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
         assert sorted(p.name for p in (stage_dir / f".resume-{key}" / "data").glob("chunk-*")) == [
-            "chunk-00000.parquet", "chunk-00001.parquet"]
+            "chunk-00000.parquet",
+            "chunk-00001.parquet",
+        ]
     else:
+
         def killed_build():
             gen._write_chunk = _crash_after(2, _die)  # in the child only
             store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
@@ -241,20 +259,30 @@ def test_chunk_plan_is_deterministic_and_exact():
 
 
 def test_default_columns_and_known_codes(model, tokenizer, tmp_path):
-    result = generate_synthetic(model, tokenizer, [(CODES[0], 2)], tmp_path, small_cfg(), progress=False,
-                                known_codes={"Business Category": ["Restaurants"], "Review Stars": ["5.0"]})
+    result = generate_synthetic(
+        model,
+        tokenizer,
+        [(CODES[0], 2)],
+        tmp_path,
+        small_cfg(),
+        progress=False,
+        known_codes={"Business Category": ["Restaurants"], "Review Stars": ["5.0"]},
+    )
     assert result.code_columns == {"business_category": "Business Category", "review_stars": "Review Stars"}
     assert list(load_synthetic(tmp_path).columns) == ["text", "business_category", "review_stars"]
 
 
-@pytest.mark.parametrize("counts, message", [
-    ([(CODES[0], 0), (CODES[1], 0)], "0 samples"),
-    ([], "0 samples"),
-    ([(CODES[0], -1)], "negative"),
-    ([(CODES[0], 2.5)], "integers"),
-    ([(CODES[0], 1), (CODES[0], 1)], "twice"),
-    ([(CODES[0], 1), ({"Business Category": "Hotels"}, 1)], "same fields"),
-])
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ([(CODES[0], 0), (CODES[1], 0)], "0 samples"),
+        ([], "0 samples"),
+        ([(CODES[0], -1)], "negative"),
+        ([(CODES[0], 2.5)], "integers"),
+        ([(CODES[0], 1), (CODES[0], 1)], "twice"),
+        ([(CODES[0], 1), ({"Business Category": "Hotels"}, 1)], "same fields"),
+    ],
+)
 def test_bad_counts(model, tokenizer, tmp_path, counts, message):
     with pytest.raises(ValueError, match=message):
         generate_synthetic(model, tokenizer, counts, tmp_path, small_cfg(), progress=False)
@@ -263,11 +291,19 @@ def test_bad_counts(model, tokenizer, tmp_path, counts, message):
 def test_unknown_codes_and_plain_text_teacher(model, tokenizer, tmp_path):
     counts = [(CODES[0], 1)]
     with pytest.raises(ValueError, match="unknown control codes"):
-        generate_synthetic(model, tokenizer, counts, tmp_path, small_cfg(), progress=False,
-                           known_codes=["Category", "Stars"])
+        generate_synthetic(
+            model, tokenizer, counts, tmp_path, small_cfg(), progress=False, known_codes=["Category", "Stars"]
+        )
     with pytest.raises(ValueError, match="unknown control code Review Stars"):
-        generate_synthetic(model, tokenizer, counts, tmp_path, small_cfg(), progress=False,
-                           known_codes={"Business Category": ["Restaurants"], "Review Stars": ["1.0"]})
+        generate_synthetic(
+            model,
+            tokenizer,
+            counts,
+            tmp_path,
+            small_cfg(),
+            progress=False,
+            known_codes={"Business Category": ["Restaurants"], "Review Stars": ["1.0"]},
+        )
     with pytest.raises(ValueError, match="without control codes"):
         generate_synthetic(model, tokenizer, counts, tmp_path, small_cfg(), progress=False, trained_with_codes=False)
     plain = GPT2LMHeadModel(copy.deepcopy(model.config))  # own config: we mark it below

@@ -3,6 +3,7 @@
 `benchmarks/run.py --dry-run` builds each point's Settings as its notebook does (make_settings) and calls the
 library's checks (Settings.__post_init__ and Settings.validate), so a notebook gets the same messages.
 """
+
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,9 @@ def grid_file(tmp_path: Path, text: str) -> Path:
     """A grid written as YAML text (not dumped from Python: how PyYAML reads `1e-5` is part of the test)."""
     notebook = make_notebook(tmp_path)
     path = tmp_path / "checks.yaml"
-    path.write_text(f"profile: smoke\nnotebook: {notebook}\n"
-                    "axes: {method: [distildp], epsilon: [2.0], seed: [0]}\n" + text)
+    path.write_text(
+        f"profile: smoke\nnotebook: {notebook}\naxes: {{method: [distildp], epsilon: [2.0], seed: [0]}}\n" + text
+    )
     return path
 
 
@@ -36,35 +38,62 @@ def csv_copy(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("text, key, message", [
-    # delta: a number below 1/N for the N the point uses (smoke: n_train 200), or None or 'paper'
-    ("overrides: {delta: 0.01}", "overrides", r"200 training documents: delta=0.01 >= 1/N = 0.005 \(N=200\)"),
-    ("overrides: {delta: 1e-5}", "overrides", r"delta='1e-5': use a number below 1/N.*YAML 1.1.*1.0e-5"),
-    ("overrides: {delta: Paper}", "overrides", r"delta='Paper': .*or 'paper' \(1/N"),
-    ("overrides: {delta: 0.004}\naxes: {method: [distildp], epsilon: [2.0], seed: [0],"
-     " dataset_options.n_train: [100, 1000]}", r"axes.dataset_options.n_train\[1\]", r"delta=0.004 >= 1/N = 0.001"),
-    ("ablations: {delta: {values: [0.001, 1.0e-2]}}", r"ablations.delta.values\[1\]", r"delta=0.01 >= 1/N"),
-    # accountants, schemes, gradient modes: the names the library supports
-    ("overrides: {accountant: gdp}", "overrides", r"accountant='gdp'; choose one of \('prv', 'rdp'\)"),
-    ("overrides: {budget_scheme: half}", "overrides", r"budget_scheme='half'; choose one of \('composed', 'split'\)"),
-    ("overrides: {grad_sample_mode: ghosts}", "overrides", r"grad_sample_mode='ghosts'; choose one of"),
-    # dataset_options: the chosen loader's parameters, of their declared types
-    ("overrides: {dataset_options: {n_trian: 50}}", "overrides",
-     r"dataset_options \['n_trian'\] do not apply to dataset 'builtin': it takes \[.*'n_train'"),
-    ("overrides: {dataset_options: {n_train: 1e3}}", "overrides",
-     r"dataset_options.n_train must be int, got str '1e3'; YAML 1.1"),
-    ("overrides: {public_options: {text_column: body}}", "overrides",
-     r"public_options \['text_column'\] do not apply to public_corpus 'builtin': it takes no options"),
-    # numbers YAML 1.1 reads as text, at any depth
-    ("overrides: {lam: 1e-1}", "overrides", r"lam must be float, got str '1e-1'; YAML 1.1 .* \(1.0e-5, 1.0e\+5\)"),
-    ("overrides: {teacher_train: {lr: 3e-3}}", "overrides", r"teacher_train.lr must be float, got str '3e-3'"),
-    ("overrides: {generation: {top_k: '50'}}", "overrides", r"generation.top_k must be int, got str '50'; a quoted"),
-    ("ablations: {lam: {values: [0.1, 1e-2]}}", r"ablations.lam.values\[1\]", r"lam must be float.*YAML 1.1"),
-    ("overrides: {teacher_train: 3}", "overrides", r"teacher_train must be a mapping of TrainConfig fields"),
-    # csv folders must be there
-    ("axes: {method: [distildp], epsilon: [2.0], seed: [0], dataset: ['csv:nowhere']}", r"axes.dataset\[0\]",
-     r"corpus 'csv:nowhere' needs nowhere/train.csv"),
-])
+@pytest.mark.parametrize(
+    "text, key, message",
+    [
+        # delta: a number below 1/N for the N the point uses (smoke: n_train 200), or None or 'paper'
+        ("overrides: {delta: 0.01}", "overrides", r"200 training documents: delta=0.01 >= 1/N = 0.005 \(N=200\)"),
+        ("overrides: {delta: 1e-5}", "overrides", r"delta='1e-5': use a number below 1/N.*YAML 1.1.*1.0e-5"),
+        ("overrides: {delta: Paper}", "overrides", r"delta='Paper': .*or 'paper' \(1/N"),
+        (
+            "overrides: {delta: 0.004}\naxes: {method: [distildp], epsilon: [2.0], seed: [0],"
+            " dataset_options.n_train: [100, 1000]}",
+            r"axes.dataset_options.n_train\[1\]",
+            r"delta=0.004 >= 1/N = 0.001",
+        ),
+        ("ablations: {delta: {values: [0.001, 1.0e-2]}}", r"ablations.delta.values\[1\]", r"delta=0.01 >= 1/N"),
+        # accountants, schemes, gradient modes: the names the library supports
+        ("overrides: {accountant: gdp}", "overrides", r"accountant='gdp'; choose one of \('prv', 'rdp'\)"),
+        (
+            "overrides: {budget_scheme: half}",
+            "overrides",
+            r"budget_scheme='half'; choose one of \('composed', 'split'\)",
+        ),
+        ("overrides: {grad_sample_mode: ghosts}", "overrides", r"grad_sample_mode='ghosts'; choose one of"),
+        # dataset_options: the chosen loader's parameters, of their declared types
+        (
+            "overrides: {dataset_options: {n_trian: 50}}",
+            "overrides",
+            r"dataset_options \['n_trian'\] do not apply to dataset 'builtin': it takes \[.*'n_train'",
+        ),
+        (
+            "overrides: {dataset_options: {n_train: 1e3}}",
+            "overrides",
+            r"dataset_options.n_train must be int, got str '1e3'; YAML 1.1",
+        ),
+        (
+            "overrides: {public_options: {text_column: body}}",
+            "overrides",
+            r"public_options \['text_column'\] do not apply to public_corpus 'builtin': it takes no options",
+        ),
+        # numbers YAML 1.1 reads as text, at any depth
+        ("overrides: {lam: 1e-1}", "overrides", r"lam must be float, got str '1e-1'; YAML 1.1 .* \(1.0e-5, 1.0e\+5\)"),
+        ("overrides: {teacher_train: {lr: 3e-3}}", "overrides", r"teacher_train.lr must be float, got str '3e-3'"),
+        (
+            "overrides: {generation: {top_k: '50'}}",
+            "overrides",
+            r"generation.top_k must be int, got str '50'; a quoted",
+        ),
+        ("ablations: {lam: {values: [0.1, 1e-2]}}", r"ablations.lam.values\[1\]", r"lam must be float.*YAML 1.1"),
+        ("overrides: {teacher_train: 3}", "overrides", r"teacher_train must be a mapping of TrainConfig fields"),
+        # csv folders must be there
+        (
+            "axes: {method: [distildp], epsilon: [2.0], seed: [0], dataset: ['csv:nowhere']}",
+            r"axes.dataset\[0\]",
+            r"corpus 'csv:nowhere' needs nowhere/train.csv",
+        ),
+    ],
+)
 def test_bad_settings_fail_the_dry_run_naming_the_key(tmp_path, capsys, text, key, message):
     grid = grid_file(tmp_path, text)
     with pytest.raises(run.GridError, match=f"{grid}: {key}: .*{message}") as refused:
@@ -97,21 +126,38 @@ def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, 
     grid = grid_file(tmp_path, "overrides: {dataset: 'csv:corpus'}")
     loaded = run.load_grid(str(grid))
     assert loaded.points[0].params["overrides"] == {"dataset": "csv:corpus"}
-    assert len(loaded.notes) == 1 and "['n_test', 'n_train', 'n_val'] do not apply to dataset 'csv:corpus'" in \
-        loaded.notes[0]
+    assert (
+        len(loaded.notes) == 1
+        and "['n_test', 'n_train', 'n_val'] do not apply to dataset 'csv:corpus'" in loaded.notes[0]
+    )
     assert cli(grid, tmp_path / "results", "--dry-run") == 0
     assert "note: profile 'smoke': its dataset_options" in capsys.readouterr().err
     mine = grid_file(tmp_path, "overrides: {dataset: 'csv:corpus', dataset_options: {n_train: 2}}")
-    with pytest.raises(run.GridError, match=r"overrides: .*dataset_options \['n_train'\] do not apply to dataset "
-                                            r"'csv:corpus': it takes \['code_names', 'name'\]"):
+    with pytest.raises(
+        run.GridError,
+        match=r"overrides: .*dataset_options \['n_train'\] do not apply to dataset "
+        r"'csv:corpus': it takes \['code_names', 'name'\]",
+    ):
         run.load_grid(str(mine))
 
 
 def test_dry_run_on_the_command_line(tmp_path):
     """The CLI itself: exit status 2 and the message on stderr, nothing run."""
     grid = grid_file(tmp_path, "overrides: {delta: 1e-5}")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--grid", str(grid), "--dry-run",
-                           "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--grid",
+            str(grid),
+            "--dry-run",
+            "--results",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert f"error: {grid}: overrides: " in done.stderr and "YAML 1.1" in done.stderr
     assert not (tmp_path / "results").exists()
@@ -128,8 +174,12 @@ def test_a_notebook_refuses_a_wrong_type_before_any_stage_with_the_runners_messa
     with pytest.raises(run.GridError) as refused:
         run.load_grid(str(grid))
     store = tmp_path / "store"
-    params = {"profile": "smoke", "overrides": {"teacher_train": {"lr": "3e-3"}}, "method": "dpsgd",
-              "store": str(store)}
+    params = {
+        "profile": "smoke",
+        "overrides": {"teacher_train": {"lr": "3e-3"}},
+        "method": "dpsgd",
+        "store": str(store),
+    }
     with pytest.raises(PapermillExecutionError) as failed:
         execute(NOTEBOOKS / "06_baselines.ipynb", tmp_path / "06.ipynb", params, cwd=NOTEBOOKS)
     assert failed.value.ename == "ValueError" and "teacher_train.lr must be float" in failed.value.evalue

@@ -1,6 +1,7 @@
 """The built-in source is the same on every machine: numpy's SIMD paths (AVX-512, AVX2, baseline) differ in the
 last bits of exp, log and power, so the golden values below are checked with each of them masked in turn
 (`NPY_DISABLE_CPU_FEATURES`, one subprocess each). Run on another CPU, the same goldens must hold."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,14 @@ import pytest
 # logsumexp run through numpy's SIMD code, so it is compared to a relative tolerance of 1e-10, not bit for bit).
 # They change only when ReviewSource's defaults, the frozen prose or the built-in corpora change, and then
 # results/ and the README's expected numbers must be regenerated with them.
-GOLDEN = {"fingerprint": "c35ace4a68a0645b", "table_bits": "27e40f9cbd086dcb", "corpus": "be1faa2600a5961a",
-          "public": "8fdf58714a5000bc", "nats_given_codes": 18617.463226636195, "nats_marginal": 19063.1421391273}
+GOLDEN = {
+    "fingerprint": "c35ace4a68a0645b",
+    "table_bits": "27e40f9cbd086dcb",
+    "corpus": "be1faa2600a5961a",
+    "public": "8fdf58714a5000bc",
+    "nats_given_codes": 18617.463226636195,
+    "nats_marginal": 19063.1421391273,
+}
 PROBE = r"""
 import hashlib, json
 import numpy as np
@@ -39,8 +46,11 @@ print(json.dumps({
 }))
 """
 # numpy's dispatch targets on x86-64; unknown names are ignored on other architectures.
-MASKS = {"native": "", "no AVX-512": "X86_V4 AVX512_ICL AVX512_SPR",
-         "no AVX2/AVX-512": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"}
+MASKS = {
+    "native": "",
+    "no AVX-512": "X86_V4 AVX512_ICL AVX512_SPR",
+    "no AVX2/AVX-512": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+}
 
 
 def probe(mask: str) -> dict:

@@ -1,4 +1,5 @@
 """Tokenizer, presets, loading and encoding (distildp.models)."""
+
 import pydoc_data.topics
 import time
 
@@ -138,8 +139,10 @@ def test_load_pretrained_missing_dir(tmp_path):
 
 # ------------------------------------------------------------------------------------------- encoding
 def test_prefix_and_text_are_tokenized_separately(tok):
-    prefixes = ["Business Category: Restaurants\tReview Stars: 5.0\n\n",
-                "Business Category: Bars\tReview Stars: 1.0\n\n"]
+    prefixes = [
+        "Business Category: Restaurants\tReview Stars: 5.0\n\n",
+        "Business Category: Bars\tReview Stars: 1.0\n\n",
+    ]
     texts = ["Great food and friendly staff.", "Dirty glasses."]
     teacher = encode_with_prefix(tok, prefixes, texts)
     student = encode_plain(tok, texts)
@@ -148,7 +151,7 @@ def test_prefix_and_text_are_tokenized_separately(tok):
         n_prefix = len(tok(p)["input_ids"])
         assert t["prefix_length"] == n_prefix and s["prefix_length"] == 0
         assert s["input_ids"] == [eos] + tok(text)["input_ids"] + [eos]
-        assert t["input_ids"][1 + n_prefix:] == s["input_ids"][1:]  # student i <-> teacher i + n_prefix
+        assert t["input_ids"][1 + n_prefix :] == s["input_ids"][1:]  # student i <-> teacher i + n_prefix
 
 
 def test_truncate_and_split(tok):

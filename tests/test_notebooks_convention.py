@@ -51,15 +51,18 @@ def test_valid_values_pass_and_ints_widen_to_float(tmp_path):
     assert validate_parameters(nb, {"epsilon": math.inf})["epsilon"] == math.inf
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"seed": 2.0}, "'seed' must be int, got float"),           # papermill -p seed 2 gives a float
-    ({"sizes": "[1,2]"}, "'sizes' must be list"),               # papermill -p sizes [1,2] gives a string
-    ({"sizes": [1, 2.5]}, r"'sizes\[1\]' must be int"),
-    ({"seed": True}, "'seed' must be int, got bool"),
-    ({"epsilon": "2"}, "'epsilon' must be float, got str"),
-    ({"epsilon": float("nan")}, "NaN"),
-    ({"epsilom": 2.0}, "no parameter 'epsilom'; its parameters are"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"seed": 2.0}, "'seed' must be int, got float"),  # papermill -p seed 2 gives a float
+        ({"sizes": "[1,2]"}, "'sizes' must be list"),  # papermill -p sizes [1,2] gives a string
+        ({"sizes": [1, 2.5]}, r"'sizes\[1\]' must be int"),
+        ({"seed": True}, "'seed' must be int, got bool"),
+        ({"epsilon": "2"}, "'epsilon' must be float, got str"),
+        ({"epsilon": float("nan")}, "NaN"),
+        ({"epsilom": 2.0}, "no parameter 'epsilom'; its parameters are"),
+    ],
+)
 def test_wrong_type_or_unknown_name_is_named(tmp_path, params, match):
     with pytest.raises(ParameterError, match=match):
         validate_parameters(_notebook(tmp_path), params)
@@ -76,7 +79,7 @@ def test_unannotated_or_missing_parameters_cell_is_an_error(tmp_path):
 
 def test_parameter_lines_papermill_cannot_parse_are_flagged(tmp_path):
     assert convention_problems(_notebook(tmp_path)) == []
-    bad = _notebook(tmp_path, PARAMS_CELL + 'lam: float = 0.4  # e.g. lam=0.2\n')
+    bad = _notebook(tmp_path, PARAMS_CELL + "lam: float = 0.4  # e.g. lam=0.2\n")
     (problem,) = convention_problems(bad)
     assert "['lam']" in problem and "Unable to parse" in problem
 

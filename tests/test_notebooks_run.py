@@ -20,12 +20,24 @@ def _regime_rows(results_dir: Path) -> None:
 
     from distildp import results
 
-    rows = [{"method": m, "epsilon": 2.0, "seed": 0, "student_ppl": p, "teacher_marginal_ppl": 80.0, "kind": "main"}
-            for m, p in (("distildp", 95.0), ("dpsgd", 100.0), ("dpkd", 110.0), ("synthetic_only", 112.0))]
-    rows += [{"method": "pretrained_teacher", "epsilon": 0.0, "seed": 0, "teacher_ppl": 86.0, "kind": "reference"},
-             {"method": "pretrained_student", "epsilon": 0.0, "seed": 0, "student_ppl": 118.0, "kind": "reference"},
-             {"method": "distildp", "epsilon": 2.0, "seed": 0, "student_ppl": 101.0, "teacher_marginal_ppl": 80.0,
-              "kind": "ablation", "knob": "lam", "value": 1.0}]
+    rows = [
+        {"method": m, "epsilon": 2.0, "seed": 0, "student_ppl": p, "teacher_marginal_ppl": 80.0, "kind": "main"}
+        for m, p in (("distildp", 95.0), ("dpsgd", 100.0), ("dpkd", 110.0), ("synthetic_only", 112.0))
+    ]
+    rows += [
+        {"method": "pretrained_teacher", "epsilon": 0.0, "seed": 0, "teacher_ppl": 86.0, "kind": "reference"},
+        {"method": "pretrained_student", "epsilon": 0.0, "seed": 0, "student_ppl": 118.0, "kind": "reference"},
+        {
+            "method": "distildp",
+            "epsilon": 2.0,
+            "seed": 0,
+            "student_ppl": 101.0,
+            "teacher_marginal_ppl": 80.0,
+            "kind": "ablation",
+            "knob": "lam",
+            "value": 1.0,
+        },
+    ]
     tables = results_dir / "regime" / "tables"
     results.write_report(pd.DataFrame(rows), tables, results_dir / "regime" / "figures", regime_map=True)
 
@@ -41,9 +53,14 @@ def _params(name: str, tmp_path: Path) -> dict:
     if name.startswith("05_"):
         return {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]}
     if name.startswith("08_"):  # one DP-SGD student (the cheapest method) on 2 canaries per repeat count
-        return {"method": "dpsgd", "epsilon": 4.0, "n_candidates": 100, "row_path": str(tmp_path / "row.json"),
-                "overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}},
-                "results_dir": str(tmp_path / "no_results_yet")}
+        return {
+            "method": "dpsgd",
+            "epsilon": 4.0,
+            "n_candidates": 100,
+            "row_path": str(tmp_path / "row.json"),
+            "overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}},
+            "results_dir": str(tmp_path / "no_results_yet"),
+        }
     return {}
 
 
@@ -73,8 +90,11 @@ def test_notebook_runs_on_smoke_profile(notebook, tmp_path, smoke_store):
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under folder but the runner's working folder runs/ (git-ignored; a grid may be writing there)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.relative_to(folder).parts[0] != "runs"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).parts[0] != "runs"
+    }
 
 
 @pytest.mark.notebook
@@ -88,10 +108,18 @@ def test_07_tells_the_story_of_the_committed_results(tmp_path):
     committed = NOTEBOOKS.parent / "results"
     shutil.copytree(committed, tmp_path / "results", ignore=shutil.ignore_patterns("runs"))
     before = _snapshot(tmp_path / "results")
-    nb = execute(NOTEBOOKS / "07_results.ipynb", tmp_path / "07_results.ipynb",
-                 {"profile": "smoke", "grid": "quick", "results_dir": str(tmp_path / "results")}, cwd=NOTEBOOKS)
-    printed = " ".join("".join(o.get("text", "")) for cell in nb.cells for o in cell.get("outputs", [])
-                       if o.get("output_type") == "stream")
+    nb = execute(
+        NOTEBOOKS / "07_results.ipynb",
+        tmp_path / "07_results.ipynb",
+        {"profile": "smoke", "grid": "quick", "results_dir": str(tmp_path / "results")},
+        cwd=NOTEBOOKS,
+    )
+    printed = " ".join(
+        "".join(o.get("text", ""))
+        for cell in nb.cells
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
     printed = " ".join(printed.split())  # the notebook wraps its sentences
     table = results.read_csv(committed / "tables" / "ppl_vs_eps.csv")
     story = results.story(table)

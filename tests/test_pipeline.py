@@ -54,8 +54,22 @@ def test_each_method_spends_exactly_its_budget(pipe, rows, method):
 
 
 def test_rows_have_the_design_columns(rows):
-    design = {"dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
-              "noise_multiplier", "sample_rate", "steps", "synthetic_size", "wall_time_s"}
+    design = {
+        "dataset",
+        "method",
+        "epsilon",
+        "delta",
+        "seed",
+        "student_ppl",
+        "teacher_ppl",
+        "floor",
+        "accountant",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "synthetic_size",
+        "wall_time_s",
+    }
     for row in rows.values():
         assert design <= set(row)
     assert rows["distildp"]["synthetic_size"] == make_settings("smoke").synthetic_size
@@ -98,8 +112,11 @@ def test_manifests_record_privacy(pipe, rows):
 
 
 def test_manifests_record_the_device_but_keys_ignore_it(pipe, rows):
-    trained = [a for stage in ("pretrained", "private_teacher", "synthetic", "distilled_student")
-               for a in pipe.store.list(stage)]
+    trained = [
+        a
+        for stage in ("pretrained", "private_teacher", "synthetic", "distilled_student")
+        for a in pipe.store.list(stage)
+    ]
     assert trained and all(a.manifest["extra"]["device"] == str(pipe.device) for a in trained)
     elsewhere = Pipeline(make_settings("smoke", {"device": "cpu"}), pipe.store, progress=False)
     assert elsewhere.plan("dpkd", EPSILON).noise_multipliers() == pipe.plan("dpkd", EPSILON).noise_multipliers()
@@ -128,14 +145,17 @@ def test_exact_histogram_is_flagged_not_private(tmp_path):
     assert synthetic.privacy["private"] is False and synthetic.privacy["leak"]
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"histogram_share": 1.5}, "histogram_share"),
-    ({"histogram": "noisy"}, "histogram"),
-    ({"lam": 2.0}, "lam"),
-    ({"temperature": 0.0}, "temperature"),
-    ({"privat_train": {}}, "unknown setting"),
-    ({"teacher_train": {"epoch": 1}}, "unknown field"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"histogram_share": 1.5}, "histogram_share"),
+        ({"histogram": "noisy"}, "histogram"),
+        ({"lam": 2.0}, "lam"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"privat_train": {}}, "unknown setting"),
+        ({"teacher_train": {"epoch": 1}}, "unknown field"),
+    ],
+)
 def test_bad_settings_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         make_settings("smoke", bad)
@@ -163,15 +183,19 @@ def test_embedded_default_noise_per_step_is_within_a_few_times_the_papers(tmp_pa
 
 
 def test_secret_dp_randomness_draws_new_noise_and_rows_say_which(tmp_path, smoke_store):
-    secret = [Pipeline(make_settings("smoke", {"dp_randomness": "secret"}), ArtifactStore(tmp_path / str(i)),
-                       progress=False).run("dpsgd", 2.0, seed=0) for i in range(2)]
+    secret = [
+        Pipeline(
+            make_settings("smoke", {"dp_randomness": "secret"}), ArtifactStore(tmp_path / str(i)), progress=False
+        ).run("dpsgd", 2.0, seed=0)
+        for i in range(2)
+    ]
     assert secret[0]["dp_randomness"] == "secret" and secret[0]["student_ppl"] != secret[1]["student_ppl"]
     reproducible = Pipeline(make_settings("smoke"), ArtifactStore(smoke_store), progress=False).run("dpsgd", 2.0, 0)
     assert reproducible["dp_randomness"] == "reproducible"
-    art = Pipeline(make_settings("smoke", {"dp_randomness": "secret"}), ArtifactStore(tmp_path / "0"),
-                   progress=False).artifacts("dpsgd", 2.0, 0)["student"]
+    art = Pipeline(
+        make_settings("smoke", {"dp_randomness": "secret"}), ArtifactStore(tmp_path / "0"), progress=False
+    ).artifacts("dpsgd", 2.0, 0)["student"]
     assert art.privacy["randomness"].startswith("secret") and art.manifest["config"]["dp_randomness"] == "secret"
-
 
 
 class KeyRecorder(ArtifactStore):
@@ -189,6 +213,7 @@ class KeyRecorder(ArtifactStore):
 
 def test_keys_follow_the_preset_and_the_corpus_generator(pipe, rows, monkeypatch):
     """A store built before a preset or the built-in corpus generator changed must not be reused as current."""
+
     def keys(corpus_info=None, **presets):
         for name, fields in presets.items():
             monkeypatch.setitem(PRESETS, name, {**PRESETS[name], **fields})

@@ -1,5 +1,6 @@
 """distildp.privacy against independent references: dp_accounting (PLD and RDP), Opacus' own
 accountants stepped by hand, and the closed-form epsilon of the Gaussian mechanism."""
+
 import json
 import math
 
@@ -37,8 +38,10 @@ DELTA = 1e-5
 # ---------------------------------------------------------------------------- references
 def gaussian_epsilon_exact(sigma: float, delta: float) -> float:
     """Closed form for one Gaussian release, sensitivity 1 (Balle & Wang 2018, Theorem 8)."""
+
     def delta_at(eps):
         return norm.cdf(0.5 / sigma - eps * sigma) - math.exp(eps) * norm.cdf(-0.5 / sigma - eps * sigma)
+
     return brentq(lambda e: delta_at(e) - delta, 0.0, 200.0)
 
 
@@ -125,7 +128,8 @@ def test_composition_of_two_runs_is_the_accountants_own_and_below_the_sum(accoun
     # order does not matter; two equal runs are one run of twice the steps
     assert epsilon_spent([student, teacher], DELTA, accountant) == composed
     assert epsilon_spent([student, student], DELTA, accountant) == pytest.approx(
-        epsilon_spent([DPSGDMechanism(1.3, 0.1, 60)], DELTA, accountant), rel=1e-12)
+        epsilon_spent([DPSGDMechanism(1.3, 0.1, 60)], DELTA, accountant), rel=1e-12
+    )
 
 
 def test_epsilon_spent_edge_cases():
@@ -174,8 +178,13 @@ def test_calibrated_sigma_matches_dp_accounting_calibration_at_paper_scale(accou
         return PLDAccountant(value_discretization_interval=1e-4) if accountant == "prv" else RdpAccountant()
 
     reference = dp_accounting.calibrate_dp_mechanism(
-        make_accountant, lambda s: dp_accounting.SelfComposedDpEvent(_event(s, q), steps), target, DELTA,
-        dp_accounting.ExplicitBracketInterval(0.3, 5.0), tol=1e-4)
+        make_accountant,
+        lambda s: dp_accounting.SelfComposedDpEvent(_event(s, q), steps),
+        target,
+        DELTA,
+        dp_accounting.ExplicitBracketInterval(0.3, 5.0),
+        tol=1e-4,
+    )
     assert calibrate_noise(target, DELTA, q, steps, accountant) == pytest.approx(reference, rel=0.01)
 
 
@@ -213,8 +222,9 @@ def test_calibrate_composed_hits_the_target_in_one_accountant(accountant):
     reference = pld_epsilon if accountant == "prv" else rdp_epsilon
     assert reference([m.history for m in mechs], DELTA) == pytest.approx(4.0, rel=0.01)
     # noise ratios are those of the parts calibrated alone to their shares
-    alone = {p.name: calibrate_noise(2.0, DELTA, p.sample_rate, p.steps, accountant, epsilon_tolerance=0.01)
-             for p in parts}
+    alone = {
+        p.name: calibrate_noise(2.0, DELTA, p.sample_rate, p.steps, accountant, epsilon_tolerance=0.01) for p in parts
+    }
     sigmas = result.noise_multipliers()
     assert sigmas["teacher"] / sigmas["student"] == pytest.approx(alone["teacher"] / alone["student"], rel=1e-9)
     # composing in one accountant beats the plain split: every part gets less noise
@@ -254,8 +264,9 @@ def test_calibrate_composed_errors():
     with pytest.raises(ValueError, match="sample_rate 1"):
         BudgetPart("h", 0.1, 0.5, 1, kind="gaussian")
     with pytest.raises(ValueError, match="part 'b'.*unreachable"):
-        calibrate_composed(1.0, DELTA, [BudgetPart("a", 0.9999, 0.1, 10), BudgetPart.gaussian("b", 0.0001)],
-                           "rdp", scheme="split")
+        calibrate_composed(
+            1.0, DELTA, [BudgetPart("a", 0.9999, 0.1, 10), BudgetPart.gaussian("b", 0.0001)], "rdp", scheme="split"
+        )
     free = calibrate_composed(math.inf, DELTA, ok)
     assert free.epsilon == math.inf and free.noise_multipliers() == {"a": 0.0, "b": 0.0}
 
@@ -273,10 +284,19 @@ def test_resolve_delta_defaults_and_paper_option():
     assert resolve_delta(1e-6, 500) == 1e-6
 
 
-@pytest.mark.parametrize("delta, n, message", [
-    (0.0, 100, "between 0 and 1"), (1.0, 100, "between 0 and 1"), (-0.1, 100, "between 0 and 1"),
-    (1 / 100, 100, "whole record.*'paper'"), (0.05, 100, "whole record"), ("half", 100, "'paper'"),
-    (None, 0, "number of private records"), (None, 2.5, "number of private records")])
+@pytest.mark.parametrize(
+    "delta, n, message",
+    [
+        (0.0, 100, "between 0 and 1"),
+        (1.0, 100, "between 0 and 1"),
+        (-0.1, 100, "between 0 and 1"),
+        (1 / 100, 100, "whole record.*'paper'"),
+        (0.05, 100, "whole record"),
+        ("half", 100, "'paper'"),
+        (None, 0, "number of private records"),
+        (None, 2.5, "number of private records"),
+    ],
+)
 def test_resolve_delta_errors(delta, n, message):
     with pytest.raises(ValueError, match=message):
         resolve_delta(delta, n)
@@ -289,8 +309,15 @@ def test_delta_above_one_over_n_is_refused_even_with_the_paper_option():
 
 def test_mechanism_validation():
     # (noise_multiplier, sample_rate, steps)
-    for bad in [(-1.0, 0.1, 1), (math.inf, 0.1, 1), (1.0, 0.0, 1), (1.0, 1.5, 1), (1.0, 0.1, 0),
-                (1.0, 0.1, 2.5), (1.0, 0.1, True)]:
+    for bad in [
+        (-1.0, 0.1, 1),
+        (math.inf, 0.1, 1),
+        (1.0, 0.0, 1),
+        (1.0, 1.5, 1),
+        (1.0, 0.1, 0),
+        (1.0, 0.1, 2.5),
+        (1.0, 0.1, True),
+    ]:
         with pytest.raises(ValueError):
             DPSGDMechanism(*bad)
     with pytest.raises(ValueError, match="count"):
@@ -381,8 +408,18 @@ def test_histogram_errors():
 def test_privacy_record():
     run, hist = DPSGDMechanism(1.0, 0.05, 50), GaussianMechanism(10.0)
     record = privacy_record([run, hist], DELTA, target_epsilon=3.0, max_grad_norm=1.0)
-    for key in ("epsilon", "target_epsilon", "delta", "accountant", "noise_multiplier", "sample_rate",
-                "steps", "max_grad_norm", "private", "notes"):
+    for key in (
+        "epsilon",
+        "target_epsilon",
+        "delta",
+        "accountant",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "max_grad_norm",
+        "private",
+        "notes",
+    ):
         assert key in record
     assert record["epsilon"] == epsilon_spent([run, hist], DELTA)
     assert (record["noise_multiplier"], record["sample_rate"], record["steps"]) == (1.0, 0.05, 50)

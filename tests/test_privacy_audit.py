@@ -1,6 +1,7 @@
 """The privacy audit of pipeline methods (distildp.privacy_audit) and the canary groups it relies on: canaries at
 several repeat counts, canary rows kept out of membership inference, a memorising model caught by every test and
 a leak above the accounted epsilon refused; the audit grid's rows, table and figures."""
+
 import math
 
 import numpy as np
@@ -20,8 +21,9 @@ CANARY_OPTIONS = {"n_train": 16, "n_val": 8, "n_test": 8, "canaries": 1, "canary
 
 # ------------------------------------------------------------------------------------------------ canary groups
 def test_canaries_come_in_groups_of_each_repeat_count():
-    corpus = load_corpus("builtin", source=ReviewSource(0), n_train=100, n_val=5, n_test=5, canaries=3,
-                         canary_repeats=[1, 4, 16])
+    corpus = load_corpus(
+        "builtin", source=ReviewSource(0), n_train=100, n_val=5, n_test=5, canaries=3, canary_repeats=[1, 4, 16]
+    )
     canaries = corpus.canaries
     assert [c["repeats"] for c in canaries] == [1] * 3 + [4] * 3 + [16] * 3
     assert all(len(c["rows"]) == c["repeats"] for c in canaries)
@@ -35,19 +37,28 @@ def test_canaries_come_in_groups_of_each_repeat_count():
 
 
 def test_one_repeat_count_gives_the_corpus_it_always_gave():
-    as_int = load_corpus("builtin", source=ReviewSource(0), n_train=40, n_val=5, n_test=5, canaries=2,
-                         canary_repeats=3)
-    as_list = load_corpus("builtin", source=ReviewSource(0), n_train=40, n_val=5, n_test=5, canaries=2,
-                          canary_repeats=[3])
+    as_int = load_corpus("builtin", source=ReviewSource(0), n_train=40, n_val=5, n_test=5, canaries=2, canary_repeats=3)
+    as_list = load_corpus(
+        "builtin", source=ReviewSource(0), n_train=40, n_val=5, n_test=5, canaries=2, canary_repeats=[3]
+    )
     assert as_int.texts("train") == as_list.texts("train") and as_int.canaries == as_list.canaries
 
 
-@pytest.mark.parametrize("repeats, match", [([], "non-empty list"), ([1, 0], "positive int"), (True, "positive int"),
-                                            ([2.5], "positive int"), ([1, 4, 16], "need 42 train rows")])
+@pytest.mark.parametrize(
+    "repeats, match",
+    [
+        ([], "non-empty list"),
+        ([1, 0], "positive int"),
+        (True, "positive int"),
+        ([2.5], "positive int"),
+        ([1, 4, 16], "need 42 train rows"),
+    ],
+)
 def test_bad_canary_repeats_are_refused_with_the_fix(repeats, match):
     with pytest.raises(ValueError, match=match):
-        load_corpus("builtin", source=ReviewSource(0), n_train=40, n_val=5, n_test=5, canaries=2,
-                    canary_repeats=repeats)
+        load_corpus(
+            "builtin", source=ReviewSource(0), n_train=40, n_val=5, n_test=5, canaries=2, canary_repeats=repeats
+        )
 
 
 # ------------------------------------------------------------------------------------------------ one model's audit
@@ -74,9 +85,16 @@ def memorised():
         optimizer.zero_grad()
         model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss.backward()
         optimizer.step()
-    found = TrainingSet("memorised", "private_student", {}, texts, corpus.prefixes("train"),
-                        corpus.texts("validation") + corpus.texts("test"),
-                        corpus.prefixes("validation") + corpus.prefixes("test"), corpus.canaries)
+    found = TrainingSet(
+        "memorised",
+        "private_student",
+        {},
+        texts,
+        corpus.prefixes("train"),
+        corpus.texts("validation") + corpus.texts("test"),
+        corpus.prefixes("validation") + corpus.prefixes("test"),
+        corpus.canaries,
+    )
     return model.eval(), public, tok, found
 
 
@@ -118,35 +136,80 @@ def test_only_pipeline_methods_are_audited():
 
 # ------------------------------------------------------------------------------------------------ the grid's report
 def fake_model_row(method, epsilon, model, exposure, auc, bound, variant=None):
-    row = {"method": method, "epsilon": epsilon, "epsilon_accounted": epsilon * 0.99 if math.isfinite(epsilon)
-           else "inf", "delta": 1e-4, "seed": 0, "model": model, "stage": "x", "artifact": "x/0",
-           "test_ppl": 90.0, "trained_on": "private text", "max_exposure": math.log2(1e8), "n_canaries": 2}
+    row = {
+        "method": method,
+        "epsilon": epsilon,
+        "epsilon_accounted": epsilon * 0.99 if math.isfinite(epsilon) else "inf",
+        "delta": 1e-4,
+        "seed": 0,
+        "model": model,
+        "stage": "x",
+        "artifact": "x/0",
+        "test_ppl": 90.0,
+        "trained_on": "private text",
+        "max_exposure": math.log2(1e8),
+        "n_canaries": 2,
+    }
     if variant is not None:
         row["variant"] = variant
     if model == "synthetic":
-        return {**row, "test_ppl": "nan", "n_texts": 10, "secrets_reproduced": 1,
-                "canaries": [{"secret": "1", "repeats": 1, "texts_with_secret": 0},
-                             {"secret": "2", "repeats": 4, "texts_with_secret": 2}]}
+        return {
+            **row,
+            "test_ppl": "nan",
+            "n_texts": 10,
+            "secrets_reproduced": 1,
+            "canaries": [
+                {"secret": "1", "repeats": 1, "texts_with_secret": 0},
+                {"secret": "2", "repeats": 4, "texts_with_secret": 2},
+            ],
+        }
     curve = {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, auc, 1.0]}
-    return {**row, "canaries": [{"secret": "1", "repeats": 1, "exposure": exposure, "public_exposure": 2.0, "rank": 9},
-                                {"secret": "2", "repeats": 4, "exposure": exposure + 4, "public_exposure": 3.0,
-                                 "rank": 1}],
-            "roc": {"loss": curve, "reference": curve}, "epsilon_lower_bound": bound,
-            **{f"{a}_{k}": v for a in ("loss", "reference")
-               for k, v in (("auc", auc), ("auc_low", auc - 0.02), ("auc_high", auc + 0.02),
-                            ("tpr_at_0.01", 0.01), ("epsilon_lower_bound", bound))}}
+    return {
+        **row,
+        "canaries": [
+            {"secret": "1", "repeats": 1, "exposure": exposure, "public_exposure": 2.0, "rank": 9},
+            {"secret": "2", "repeats": 4, "exposure": exposure + 4, "public_exposure": 3.0, "rank": 1},
+        ],
+        "roc": {"loss": curve, "reference": curve},
+        "epsilon_lower_bound": bound,
+        **{
+            f"{a}_{k}": v
+            for a in ("loss", "reference")
+            for k, v in (
+                ("auc", auc),
+                ("auc_low", auc - 0.02),
+                ("auc_high", auc + 0.02),
+                ("tpr_at_0.01", 0.01),
+                ("epsilon_lower_bound", bound),
+            )
+        },
+    }
 
 
 def fake_points():
-    return pd.DataFrame([
-        {"method": "distildp", "epsilon": 2.0, "kind": "main", "audits": [
-            fake_model_row("distildp", 2.0, "teacher", 1.0, 0.51, 0.0),
-            fake_model_row("distildp", 2.0, "synthetic", 0, 0, 0),
-            fake_model_row("distildp", 2.0, "student", 0.5, 0.50, 0.0)]},
-        {"method": "dpsgd", "epsilon": "inf", "kind": "ablation", "knob": "teacher_train.batch_size", "value": 32,
-         "audits": [fake_model_row("dpsgd", math.inf, "student", 20.0, 0.9, 1.7)]},
-        {"method": "dpsgd", "epsilon": "inf", "kind": "main", "audits": None},  # an unfinished point
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "method": "distildp",
+                "epsilon": 2.0,
+                "kind": "main",
+                "audits": [
+                    fake_model_row("distildp", 2.0, "teacher", 1.0, 0.51, 0.0),
+                    fake_model_row("distildp", 2.0, "synthetic", 0, 0, 0),
+                    fake_model_row("distildp", 2.0, "student", 0.5, 0.50, 0.0),
+                ],
+            },
+            {
+                "method": "dpsgd",
+                "epsilon": "inf",
+                "kind": "ablation",
+                "knob": "teacher_train.batch_size",
+                "value": 32,
+                "audits": [fake_model_row("dpsgd", math.inf, "student", 20.0, 0.9, 1.7)],
+            },
+            {"method": "dpsgd", "epsilon": "inf", "kind": "main", "audits": None},  # an unfinished point
+        ]
+    )
 
 
 def test_audit_rows_table_and_report(tmp_path):
@@ -162,12 +225,19 @@ def test_audit_rows_table_and_report(tmp_path):
     synthetic = table[table["model"] == "synthetic"].iloc[0]
     assert synthetic["exposure ×1"] == "0/1 verbatim" and synthetic["exposure ×4"] == "1/1 verbatim"
     written = privacy_audit.write_audit_report(fake_points(), tmp_path / "tables", tmp_path / "figures")
-    assert {p.name for p in written} == {"audit_rows.json", "audit.csv", "audit.md", "audit_exposure.png",
-                                         "audit_roc.png", "audit_epsilon.png"}
+    assert {p.name for p in written} == {
+        "audit_rows.json",
+        "audit.csv",
+        "audit.md",
+        "audit_exposure.png",
+        "audit_roc.png",
+        "audit_epsilon.png",
+    }
     assert all(p.stat().st_size > 0 for p in written)
     again = privacy_audit.read_audit_rows(tmp_path / "tables")
-    pd.testing.assert_frame_equal(again[rows.columns].drop(columns=["canaries", "roc"]),
-                                  rows.drop(columns=["canaries", "roc"]), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        again[rows.columns].drop(columns=["canaries", "roc"]), rows.drop(columns=["canaries", "roc"]), check_dtype=False
+    )
     assert again["roc"].iloc[0] == rows["roc"].iloc[0]
     assert "| distildp" in (tmp_path / "tables" / "audit.md").read_text()
     with pytest.raises(AuditError, match="run the audit grid first"):

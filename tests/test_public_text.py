@@ -1,4 +1,5 @@
 """The frozen public text: the built-in corpus must not change with the Python version."""
+
 import platform
 
 from distildp import data, public_text

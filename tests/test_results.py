@@ -15,25 +15,80 @@ INF = math.inf
 def rows() -> pd.DataFrame:
     """Two methods x (eps 1, inf) x 3 seeds with known perplexities, two references, one ablation knob."""
     records = []
-    ppl = {("distildp", 1.0): [10.0, 12.0, 14.0], ("distildp", INF): [8.0, 8.0, 8.0],
-           ("dpsgd", 1.0): [20.0, 21.0, 25.0], ("dpsgd", INF): [9.0, 9.5, 10.0]}
+    ppl = {
+        ("distildp", 1.0): [10.0, 12.0, 14.0],
+        ("distildp", INF): [8.0, 8.0, 8.0],
+        ("dpsgd", 1.0): [20.0, 21.0, 25.0],
+        ("dpsgd", INF): [9.0, 9.5, 10.0],
+    }
     for (method, eps), values in ppl.items():
         for seed, value in enumerate(values):
-            records.append({"dataset": "builtin", "method": method, "epsilon": eps, "seed": seed,
-                            "student_ppl": value, "teacher_ppl": value - 1, "floor": 5.0, "teacher_floor": 4.0,
-                            "teacher_marginal_ppl": value - 0.5 if method == "distildp" else math.nan})
+            records.append(
+                {
+                    "dataset": "builtin",
+                    "method": method,
+                    "epsilon": eps,
+                    "seed": seed,
+                    "student_ppl": value,
+                    "teacher_ppl": value - 1,
+                    "floor": 5.0,
+                    "teacher_floor": 4.0,
+                    "teacher_marginal_ppl": value - 0.5 if method == "distildp" else math.nan,
+                }
+            )
     for seed, value in enumerate([7.0, 7.5, 8.0]):
-        records.append({"dataset": "builtin", "method": "nonprivate_student", "epsilon": INF, "seed": seed,
-                        "student_ppl": value, "teacher_ppl": math.nan, "floor": 5.0, "teacher_floor": 4.0})
-    records.append({"dataset": "builtin", "method": "pretrained_teacher", "epsilon": 0.0, "seed": 0,
-                    "student_ppl": math.nan, "teacher_ppl": 50.0, "floor": 5.0, "teacher_floor": 4.0})
-    records.append({"dataset": "builtin", "method": "pretrained_student", "epsilon": 0.0, "seed": 0,
-                    "student_ppl": 70.0, "teacher_ppl": math.nan, "floor": 5.0, "teacher_floor": 4.0})
+        records.append(
+            {
+                "dataset": "builtin",
+                "method": "nonprivate_student",
+                "epsilon": INF,
+                "seed": seed,
+                "student_ppl": value,
+                "teacher_ppl": math.nan,
+                "floor": 5.0,
+                "teacher_floor": 4.0,
+            }
+        )
+    records.append(
+        {
+            "dataset": "builtin",
+            "method": "pretrained_teacher",
+            "epsilon": 0.0,
+            "seed": 0,
+            "student_ppl": math.nan,
+            "teacher_ppl": 50.0,
+            "floor": 5.0,
+            "teacher_floor": 4.0,
+        }
+    )
+    records.append(
+        {
+            "dataset": "builtin",
+            "method": "pretrained_student",
+            "epsilon": 0.0,
+            "seed": 0,
+            "student_ppl": 70.0,
+            "teacher_ppl": math.nan,
+            "floor": 5.0,
+            "teacher_floor": 4.0,
+        }
+    )
     for value, ppls in ((0.0, [13.0, 15.0]), (0.8, [11.0, 11.0])):
         for seed, p in enumerate(ppls):
-            records.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": seed,
-                            "student_ppl": p, "teacher_ppl": 9.0, "floor": 5.0, "kind": "ablation",
-                            "knob": "lam", "value": value})
+            records.append(
+                {
+                    "dataset": "builtin",
+                    "method": "distildp",
+                    "epsilon": 1.0,
+                    "seed": seed,
+                    "student_ppl": p,
+                    "teacher_ppl": 9.0,
+                    "floor": 5.0,
+                    "kind": "ablation",
+                    "knob": "lam",
+                    "value": value,
+                }
+            )
     return pd.DataFrame(records)
 
 
@@ -134,10 +189,16 @@ def test_plot_places_infinity_at_the_right_end(tmp_path):
 
 def test_load_rows_reads_json_infinities_and_point_files(tmp_path):
     for point_id, row, point in [
-        ("distildp__epsinf__seed0", {"method": "distildp", "epsilon": "inf", "seed": 0, "student_ppl": 9.0,
-                                    "teacher_ppl": "nan"}, {"kind": "main", "variant": ""}),
-        ("abl-lam0.2__distildp__eps2__seed0", {"method": "distildp", "epsilon": 2.0, "seed": 0, "student_ppl": 11.0},
-         {"kind": "ablation", "knob": "lam", "value": 0.2}),
+        (
+            "distildp__epsinf__seed0",
+            {"method": "distildp", "epsilon": "inf", "seed": 0, "student_ppl": 9.0, "teacher_ppl": "nan"},
+            {"kind": "main", "variant": ""},
+        ),
+        (
+            "abl-lam0.2__distildp__eps2__seed0",
+            {"method": "distildp", "epsilon": 2.0, "seed": 0, "student_ppl": 11.0},
+            {"kind": "ablation", "knob": "lam", "value": 0.2},
+        ),
         ("unfinished", None, {"kind": "main"}),
     ]:
         (tmp_path / point_id).mkdir()
@@ -145,7 +206,7 @@ def test_load_rows_reads_json_infinities_and_point_files(tmp_path):
         if row is not None:
             (tmp_path / point_id / "row.json").write_text(json.dumps(row))
     df = results.load_rows(tmp_path)
-    assert list(df.columns[:len(results.COLUMNS)]) == results.COLUMNS
+    assert list(df.columns[: len(results.COLUMNS)]) == results.COLUMNS
     assert len(df) == 2
     main = df[df["kind"] == "main"].iloc[0]
     assert main["epsilon"] == INF and math.isnan(main["teacher_ppl"]) and main["point_id"] == "distildp__epsinf__seed0"
@@ -157,8 +218,14 @@ def test_load_rows_reads_json_infinities_and_point_files(tmp_path):
 def test_write_report_round_trips_through_csv(tmp_path):
     written = results.write_report(rows(), tmp_path / "tables", tmp_path / "figures")
     names = sorted(p.name for p in written)
-    assert names == ["ablation_lam.csv", "ablation_lam.md", "ablation_lam.png", "ppl_vs_eps.csv", "ppl_vs_eps.md",
-                     "ppl_vs_eps.png"]
+    assert names == [
+        "ablation_lam.csv",
+        "ablation_lam.md",
+        "ablation_lam.png",
+        "ppl_vs_eps.csv",
+        "ppl_vs_eps.md",
+        "ppl_vs_eps.png",
+    ]
     again = results.read_csv(tmp_path / "tables" / "ppl_vs_eps.csv")
     pd.testing.assert_frame_equal(results.ppl_table(again), results.ppl_table(rows()))
     assert "12.00 ± 2.00" in (tmp_path / "tables" / "ppl_vs_eps.md").read_text()
@@ -180,14 +247,46 @@ def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_
     # a cell that reruns DistilDP only (the baselines cannot change): they come from the main grid at eps 1
     extra = []
     for seed, p in enumerate([30.0, 31.0, 32.0]):
-        extra.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": seed, "student_ppl": p,
-                      "teacher_marginal_ppl": 25.0, "floor": 5.0, "kind": "ablation", "knob": "synthetic_factor",
-                      "value": 1.0})
+        extra.append(
+            {
+                "dataset": "builtin",
+                "method": "distildp",
+                "epsilon": 1.0,
+                "seed": seed,
+                "student_ppl": p,
+                "teacher_marginal_ppl": 25.0,
+                "floor": 5.0,
+                "kind": "ablation",
+                "knob": "synthetic_factor",
+                "value": 1.0,
+            }
+        )
     # a cell that reruns a reference: its own pretrained teacher (gate 1 fails there)
-    extra.append({"dataset": "builtin", "method": "pretrained_teacher", "epsilon": 0.0, "seed": 0, "teacher_ppl": 69.0,
-                  "kind": "ablation", "knob": "teacher_model", "value": "tiny-teacher"})
-    extra.append({"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": 0, "student_ppl": 15.0,
-                  "teacher_marginal_ppl": 14.0, "kind": "ablation", "knob": "teacher_model", "value": "tiny-teacher"})
+    extra.append(
+        {
+            "dataset": "builtin",
+            "method": "pretrained_teacher",
+            "epsilon": 0.0,
+            "seed": 0,
+            "teacher_ppl": 69.0,
+            "kind": "ablation",
+            "knob": "teacher_model",
+            "value": "tiny-teacher",
+        }
+    )
+    extra.append(
+        {
+            "dataset": "builtin",
+            "method": "distildp",
+            "epsilon": 1.0,
+            "seed": 0,
+            "student_ppl": 15.0,
+            "teacher_marginal_ppl": 14.0,
+            "kind": "ablation",
+            "knob": "teacher_model",
+            "value": "tiny-teacher",
+        }
+    )
     table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)).set_index(["axis", "value"])
     eps1 = table.loc[("epsilon", "1")]
     assert eps1["distildp"] == 12.0 and eps1["best baseline"] == "dpsgd" and eps1["Δ distildp - best"] == -10.0
@@ -197,49 +296,68 @@ def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_
     tiny = table.loc[("teacher_model", "tiny-teacher")]
     assert tiny["gate 1 (teacher/student)"] == round(69 / 70, 3) and tiny["gate 1"] == "FAIL"
     assert tiny["seeds"] == 1 and tiny["dpsgd"] == 20.0  # the main grid's dpsgd at the same seed
-    written = results.write_report(pd.concat([df, pd.DataFrame(extra)], ignore_index=True), tmp_path / "t",
-                                   tmp_path / "f", regime_map=True)
+    written = results.write_report(
+        pd.concat([df, pd.DataFrame(extra)], ignore_index=True), tmp_path / "t", tmp_path / "f", regime_map=True
+    )
     assert {"regime.md", "regime.png"} <= {p.name for p in written}
 
 
 def _verdicts(df: pd.DataFrame) -> dict[str, str]:
     table = results.gates_table(df)
-    return dict(zip(table.loc[table["check"] == "DistilDP student vs the best baseline", "ε"],
-                    table.loc[table["check"] == "DistilDP student vs the best baseline", "result"]))
+    return dict(
+        zip(
+            table.loc[table["check"] == "DistilDP student vs the best baseline", "ε"],
+            table.loc[table["check"] == "DistilDP student vs the best baseline", "result"],
+        )
+    )
 
 
 def test_story_reads_the_gates_the_verdict_and_the_seeds_off_the_table():
     story = results.story(rows())
-    assert story[0] == ("Gate 1 PASS: the pretrained teacher's test perplexity (50.00) is 0.714 x the pretrained "
-                        "student's (70.00); DistilDP needs at most 0.8.")
-    assert ("ε = 1, gate 2 PASS: DistilDP's DP teacher, scored as its synthetic text is sampled, is at 11.50 ± 2.00, "
-            "10.50 below the DP-SGD student (22.00 ± 2.65).") in story
+    assert story[0] == (
+        "Gate 1 PASS: the pretrained teacher's test perplexity (50.00) is 0.714 x the pretrained "
+        "student's (70.00); DistilDP needs at most 0.8."
+    )
+    assert (
+        "ε = 1, gate 2 PASS: DistilDP's DP teacher, scored as its synthetic text is sampled, is at 11.50 ± 2.00, "
+        "10.50 below the DP-SGD student (22.00 ± 2.65)."
+    ) in story
     noise = 2 * np.std([20, 21, 25], ddof=1)  # dpsgd's std is the largest at eps 1
-    assert (f"ε = 1, WIN for DistilDP: DistilDP's student (12.00 ± 2.00) is 10.00 below the best baseline, dpsgd "
-            f"(22.00 ± 2.65), {10 / noise:.1f} times twice the largest seed std ({noise:.2f}), over 3 seeds.") in story
+    assert (
+        f"ε = 1, WIN for DistilDP: DistilDP's student (12.00 ± 2.00) is 10.00 below the best baseline, dpsgd "
+        f"(22.00 ± 2.65), {10 / noise:.1f} times twice the largest seed std ({noise:.2f}), over 3 seeds."
+    ) in story
     assert "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 3 of 3 seeds (by 10.00, 9.00, 11.00)." in story
     assert "ε = 1, every method, best first: distildp 12.00, dpsgd 22.00." in story
-    assert story[-1] == ("For scale: the student fine-tuned on the private data without privacy reaches 7.50; "
-                         "DistilDP's at ε = 1 is 4.50 above it; no model can go below the exact floor, 5.00.")
+    assert story[-1] == (
+        "For scale: the student fine-tuned on the private data without privacy reaches 7.50; "
+        "DistilDP's at ε = 1 is 4.50 above it; no model can go below the exact floor, 5.00."
+    )
     assert results.seed_noise(rows(), 1.0) == pytest.approx(noise)
 
 
 def test_story_says_tie_and_loss_by_the_verdicts_rule():
     df = rows()
-    assert [s.split(":")[0] for s in results.story(df) if "best baseline" in s] == \
-        ["ε = 1, WIN for DistilDP", "ε = ∞, WIN for DistilDP"]
+    assert [s.split(":")[0] for s in results.story(df) if "best baseline" in s] == [
+        "ε = 1, WIN for DistilDP",
+        "ε = ∞, WIN for DistilDP",
+    ]
     at_inf = (df["method"] == "dpsgd") & (df["epsilon"] == INF)
     df.loc[at_inf, "student_ppl"] = [8.0, 8.6, 9.2]  # gap 0.6 < 2 x 0.6: a tie
     at_1 = (df["method"] == "distildp") & (df["epsilon"] == 1.0) & df["kind"].isna()
     df.loc[at_1, "student_ppl"] = [30.0, 31.0, 32.0]
     story = results.story(df)
-    verdicts = {s.split(",")[0].removeprefix("ε = "): s.split(",")[1].split(":")[0].strip()
-                for s in story if "best baseline" in s}
+    verdicts = {
+        s.split(",")[0].removeprefix("ε = "): s.split(",")[1].split(":")[0].strip()
+        for s in story
+        if "best baseline" in s
+    }
     assert verdicts == {"1": "LOSS for DistilDP", "∞": "TIE"}
     assert _verdicts(df) == {"1": "LOSS", "∞": "TIE"}  # the same rule as the gates table
     assert any(s.startswith("ε = 1, LOSS for DistilDP: DistilDP's student (31.00 ± 1.00) is 9.00 above") for s in story)
-    assert ("ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)."
-            in story)
+    assert (
+        "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)." in story
+    )
     df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0
     assert results.story(df)[0].startswith("Gate 1 FAIL: ")
 
@@ -247,12 +365,16 @@ def test_story_says_tie_and_loss_by_the_verdicts_rule():
 def test_story_with_one_seed_gives_no_verdict_and_several_pretraining_seeds_give_each_ratio():
     one = rows()
     one = one[one["seed"] == 0]
-    assert ("ε = 1, one seed: DistilDP's student (10.00) is 10.00 below the best baseline, dpsgd (20.00); with one "
-            "seed there is no seed std, so no verdict.") in results.story(one)
+    assert (
+        "ε = 1, one seed: DistilDP's student (10.00) is 10.00 below the best baseline, dpsgd (20.00); with one "
+        "seed there is no seed std, so no verdict."
+    ) in results.story(one)
     assert math.isnan(results.seed_noise(one, 1.0))
     several = rows()
-    extra = [{"method": m, "epsilon": 0.0, "seed": 1, "kind": "reference", **v}
-             for m, v in (("pretrained_teacher", {"teacher_ppl": 60.0}), ("pretrained_student", {"student_ppl": 70.0}))]
+    extra = [
+        {"method": m, "epsilon": 0.0, "seed": 1, "kind": "reference", **v}
+        for m, v in (("pretrained_teacher", {"teacher_ppl": 60.0}), ("pretrained_student", {"student_ppl": 70.0}))
+    ]
     first = results.story(pd.concat([several, pd.DataFrame(extra)], ignore_index=True))[0]
     assert first.endswith("Seed by seed (each its own public pretraining): 0.714, 0.857, passing on 1 of 2.")
     assert results.story(pd.DataFrame(columns=["method"])) == []
@@ -261,19 +383,35 @@ def test_story_with_one_seed_gives_no_verdict_and_several_pretraining_seeds_give
 def test_regime_story_counts_wins_and_explains_each_loss():
     df = rows()
     df = df[df["kind"] != "ablation"]
-    extra = [{"dataset": "builtin", "method": "distildp", "epsilon": 1.0, "seed": 0, "student_ppl": p,
-              "teacher_marginal_ppl": t, "floor": 5.0, "kind": "ablation", "knob": "synthetic_factor", "value": v}
-             for v, p, t in ((1.0, 25.0, 24.0), (8.0, 21.0, 15.0))]  # at 1x the DP teacher is above dpsgd's 20
+    extra = [
+        {
+            "dataset": "builtin",
+            "method": "distildp",
+            "epsilon": 1.0,
+            "seed": 0,
+            "student_ppl": p,
+            "teacher_marginal_ppl": t,
+            "floor": 5.0,
+            "kind": "ablation",
+            "knob": "synthetic_factor",
+            "value": v,
+        }
+        for v, p, t in ((1.0, 25.0, 24.0), (8.0, 21.0, 15.0))
+    ]  # at 1x the DP teacher is above dpsgd's 20
     table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
     story = results.regime_story(table, noise=1.5)
     # cells: eps 1 (12 vs dpsgd 22: -10), eps inf (8 vs 9.5: -1.5, a tie at 1.5), synthetic 1x (+5), 8x (+1: a tie)
-    assert story[0] == ("The regime map has 4 cells (1–3 seeds each), each moving one axis from the embedded "
-                        "default: DistilDP's student is below the best baseline in 1, above it in 1, and within "
-                        "±1.50 (a tie) in 2.")
+    assert story[0] == (
+        "The regime map has 4 cells (1–3 seeds each), each moving one axis from the embedded "
+        "default: DistilDP's student is below the best baseline in 1, above it in 1, and within "
+        "±1.50 (a tie) in 2."
+    )
     assert story[1] == "Widest win: epsilon = 1 (Δ -10.00 against dpsgd)."
-    assert story[2] == ("Behind at synthetic_factor = 1.0: Δ +5.00 against dpsgd, gate 2 failing: the DP teacher is "
-                        "4.00 above the DP-SGD student, DistilDP's student 1.00 above the teacher, so 5.00 above "
-                        "DP-SGD.")
+    assert story[2] == (
+        "Behind at synthetic_factor = 1.0: Δ +5.00 against dpsgd, gate 2 failing: the DP teacher is "
+        "4.00 above the DP-SGD student, DistilDP's student 1.00 above the teacher, so 5.00 above "
+        "DP-SGD."
+    )
     assert story[3] == "Within the tie band: epsilon = ∞ (Δ -1.50), synthetic_factor = 8.0 (Δ +1.00)."
     # the same from the CSV the runner writes (values and epsilons as text)
     csv_story = results.regime_story(pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False))), noise=1.5)

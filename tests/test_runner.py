@@ -26,10 +26,14 @@ from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
 
 
 def write_grid(directory: Path, notebook: Path, **changes) -> Path:
-    grid = {"profile": "smoke", "notebook": str(notebook), "overrides": {},
-            "axes": {"method": ["distildp", "dpsgd"], "epsilon": [2.0], "seed": [0]},
-            "references": ["pretrained_student"],
-            "ablations": {"lam": {"values": [0.0], "method": "distildp", "epsilon": 2.0, "seeds": [0]}}}
+    grid = {
+        "profile": "smoke",
+        "notebook": str(notebook),
+        "overrides": {},
+        "axes": {"method": ["distildp", "dpsgd"], "epsilon": [2.0], "seed": [0]},
+        "references": ["pretrained_student"],
+        "ablations": {"lam": {"values": [0.0], "method": "distildp", "epsilon": 2.0, "seeds": [0]}},
+    }
     grid.update(changes)
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(grid))
@@ -46,35 +50,56 @@ def finished(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- checks
-@pytest.mark.parametrize("change, key, message", [
-    ({"axis": {"method": ["distildp"], "epsilon": [2.0], "seed": [0]}}, "axis", "unknown key"),
-    ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [1.5]}}, r"axes.seed\[0\]", "must be int"),
-    ({"axes": {"method": ["distildp"], "epsilon": ["2"], "seed": [0]}}, r"axes.epsilon\[0\]", "must be float"),
-    ({"axes": {"method": ["distildp"], "epsilon": [0.0], "seed": [0]}}, r"axes.epsilon\[0\]", "must be > 0"),
-    ({"axes": {"method": ["distilDP"], "epsilon": [2.0], "seed": [0]}}, r"axes.method\[0\]", "unknown method"),
-    ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "datset": ["yelp"]}}, "axes.datset",
-     "not a Settings field"),
-    ({"overrides": {"lamda": 0.2}}, "overrides", "lamda"),
-    ({"overrides": {"lam": "0.2"}}, "overrides", "lam must be float"),
-    ({"overrides": {"teacher_train": {"epoch": 2}}}, "overrides", "epoch"),
-    ({"references": ["pretrained_students"]}, r"references\[0\]", "not a reference"),
-    ({"ablations": {"temp": {"values": [1.0]}}}, "ablations.temp", "not a Settings field"),
-    ({"ablations": {"lam": {"values": [0.1], "seeds": [0.5]}}}, r"ablations.lam.seeds\[0\]", "must be int"),
-    ({"ablations": {"lam": {"values": [0.1], "method": ["dpsgd", "distilDP"]}}}, r"ablations.lam.method\[1\]",
-     "unknown method"),
-    ({"ablations": {"lam": {"values": [0.1], "with": [1]}}}, "ablations.lam.with", "must be a mapping"),
-    ({"ablations": {"lam": {"values": [0.1, 0.2], "with": [{}]}}}, "ablations.lam.with", "list of 2"),
-    ({"ablations": {"lam_paper": {"knob": "lamb", "values": [0.1]}}}, "ablations.lam_paper.knob",
-     "not a Settings field"),
-    ({"ablations": {"lam_paper": {"knob": "lam", "values": [0.1], "with": {"kd_weighting": "sum"}}}},
-     r"ablations.lam_paper.values\[0\]", "kd_weighting"),
-    ({"ablations": {"synthetic_size": {"values": [100, "big"]}}}, r"ablations.synthetic_size.values\[1\]",
-     "synthetic_size must be"),
-    ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "student_train.batch_size": [8, 2.5]}},
-     r"axes.student_train.batch_size\[1\]", "student_train.batch_size must be int"),
-    ({"profile": "fast"}, "profile", "not a profile"),
-    ({"report": "audits"}, "report", "not a report"),
-])
+@pytest.mark.parametrize(
+    "change, key, message",
+    [
+        ({"axis": {"method": ["distildp"], "epsilon": [2.0], "seed": [0]}}, "axis", "unknown key"),
+        ({"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [1.5]}}, r"axes.seed\[0\]", "must be int"),
+        ({"axes": {"method": ["distildp"], "epsilon": ["2"], "seed": [0]}}, r"axes.epsilon\[0\]", "must be float"),
+        ({"axes": {"method": ["distildp"], "epsilon": [0.0], "seed": [0]}}, r"axes.epsilon\[0\]", "must be > 0"),
+        ({"axes": {"method": ["distilDP"], "epsilon": [2.0], "seed": [0]}}, r"axes.method\[0\]", "unknown method"),
+        (
+            {"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "datset": ["yelp"]}},
+            "axes.datset",
+            "not a Settings field",
+        ),
+        ({"overrides": {"lamda": 0.2}}, "overrides", "lamda"),
+        ({"overrides": {"lam": "0.2"}}, "overrides", "lam must be float"),
+        ({"overrides": {"teacher_train": {"epoch": 2}}}, "overrides", "epoch"),
+        ({"references": ["pretrained_students"]}, r"references\[0\]", "not a reference"),
+        ({"ablations": {"temp": {"values": [1.0]}}}, "ablations.temp", "not a Settings field"),
+        ({"ablations": {"lam": {"values": [0.1], "seeds": [0.5]}}}, r"ablations.lam.seeds\[0\]", "must be int"),
+        (
+            {"ablations": {"lam": {"values": [0.1], "method": ["dpsgd", "distilDP"]}}},
+            r"ablations.lam.method\[1\]",
+            "unknown method",
+        ),
+        ({"ablations": {"lam": {"values": [0.1], "with": [1]}}}, "ablations.lam.with", "must be a mapping"),
+        ({"ablations": {"lam": {"values": [0.1, 0.2], "with": [{}]}}}, "ablations.lam.with", "list of 2"),
+        (
+            {"ablations": {"lam_paper": {"knob": "lamb", "values": [0.1]}}},
+            "ablations.lam_paper.knob",
+            "not a Settings field",
+        ),
+        (
+            {"ablations": {"lam_paper": {"knob": "lam", "values": [0.1], "with": {"kd_weighting": "sum"}}}},
+            r"ablations.lam_paper.values\[0\]",
+            "kd_weighting",
+        ),
+        (
+            {"ablations": {"synthetic_size": {"values": [100, "big"]}}},
+            r"ablations.synthetic_size.values\[1\]",
+            "synthetic_size must be",
+        ),
+        (
+            {"axes": {"method": ["distildp"], "epsilon": [2.0], "seed": [0], "student_train.batch_size": [8, 2.5]}},
+            r"axes.student_train.batch_size\[1\]",
+            "student_train.batch_size must be int",
+        ),
+        ({"profile": "fast"}, "profile", "not a profile"),
+        ({"report": "audits"}, "report", "not a report"),
+    ],
+)
 def test_bad_grid_is_refused_before_any_kernel(tmp_path, capsys, change, key, message):
     grid = write_grid(tmp_path, make_notebook(tmp_path), **change)
     with pytest.raises(run.GridError, match=f"{grid}: {key}: .*{message}"):
@@ -112,22 +137,39 @@ def test_committed_grids_are_valid(tmp_path):
 
 
 def test_an_audit_grid_reports_its_rows_as_the_privacy_audit(tmp_path):
-    grid = run.load_grid(str(write_grid(tmp_path, make_notebook(tmp_path), report="audit", references=[],
-                                        ablations={})))
+    grid = run.load_grid(
+        str(write_grid(tmp_path, make_notebook(tmp_path), report="audit", references=[], ablations={}))
+    )
     assert grid.report == "audit"
     curve = {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}
-    audited = {"method": "dpsgd", "epsilon": 2.0, "epsilon_accounted": 1.99, "delta": 1e-4, "seed": 0,
-               "model": "student", "stage": "private_student", "artifact": "private_student/0", "test_ppl": 100.0,
-               "trained_on": "private text", "max_exposure": 26.6, "n_canaries": 1, "epsilon_lower_bound": 0.0,
-               "canaries": [{"secret": "1", "repeats": 1, "exposure": 1.0, "public_exposure": 1.0, "rank": 5}],
-               "roc": {"loss": curve, "reference": curve},
-               **{f"{a}_{k}": 0.5 for a in ("loss", "reference") for k in ("auc", "auc_low", "auc_high", "tpr_at_0.01",
-                                                                          "epsilon_lower_bound")}}
+    audited = {
+        "method": "dpsgd",
+        "epsilon": 2.0,
+        "epsilon_accounted": 1.99,
+        "delta": 1e-4,
+        "seed": 0,
+        "model": "student",
+        "stage": "private_student",
+        "artifact": "private_student/0",
+        "test_ppl": 100.0,
+        "trained_on": "private text",
+        "max_exposure": 26.6,
+        "n_canaries": 1,
+        "epsilon_lower_bound": 0.0,
+        "canaries": [{"secret": "1", "repeats": 1, "exposure": 1.0, "public_exposure": 1.0, "rank": 5}],
+        "roc": {"loss": curve, "reference": curve},
+        **{
+            f"{a}_{k}": 0.5
+            for a in ("loss", "reference")
+            for k in ("auc", "auc_low", "auc_high", "tpr_at_0.01", "epsilon_lower_bound")
+        },
+    }
     runs, tables, figures = results.grid_dirs(tmp_path / "results", grid.name)
     point = next(p for p in grid.points if p.params["method"] == "dpsgd")
     (runs / point.point_id).mkdir(parents=True)
-    (runs / point.point_id / "row.json").write_text(json.dumps({"method": "dpsgd", "epsilon": 2.0, "seed": 0,
-                                                                "audits": [audited]}))
+    (runs / point.point_id / "row.json").write_text(
+        json.dumps({"method": "dpsgd", "epsilon": 2.0, "seed": 0, "audits": [audited]})
+    )
     written = run.write_tables(grid, runs, tables, figures)
     assert {p.name for p in written} >= {"audit.md", "audit.csv", "audit_roc.png"}
     assert not (tables / "ppl_vs_eps.md").exists()
@@ -136,8 +178,11 @@ def test_an_audit_grid_reports_its_rows_as_the_privacy_audit(tmp_path):
 def test_points_have_readable_stable_ids_and_overrides(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "tests" / "fixtures" / "csv_corpus", tmp_path / "x y")  # csv folders must exist
     monkeypatch.chdir(tmp_path)
-    grid = write_grid(tmp_path, make_notebook(tmp_path), axes={
-        "method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:x y"]})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        axes={"method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:x y"]},
+    )
     points = {p.point_id: p for p in run.load_grid(str(grid)).points}
     assert "dataset-builtin__distildp__eps2__seed0" in points
     assert "dataset-csv-x-y__distildp__epsinf__seed0" in points
@@ -149,40 +194,61 @@ def test_points_have_readable_stable_ids_and_overrides(tmp_path, monkeypatch):
 
 def test_ablation_value_equal_to_the_grid_setting_reuses_the_main_row(tmp_path):
     default_lam = make_settings("smoke").lam
-    grid = write_grid(tmp_path, make_notebook(tmp_path), references=[],
-                      ablations={"lam": {"values": [0.0, default_lam], "method": "distildp", "epsilon": 2.0}})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        references=[],
+        ablations={"lam": {"values": [0.0, default_lam], "method": "distildp", "epsilon": 2.0}},
+    )
     points = {p.point_id: p for p in run.load_grid(str(grid)).points}
     twin = points[f"abl-lam{run.fmt(default_lam)}__distildp__eps2__seed0"]
     assert twin.same_as == "distildp__eps2__seed0" and points["abl-lam0__distildp__eps2__seed0"].same_as is None
     assert cli(grid, tmp_path / "results") == 0
     runs = tmp_path / "results" / "runs" / "tiny"
     assert twin.point_id not in executions(tmp_path)  # no kernel for it
-    assert (json.loads((runs / twin.point_id / "row.json").read_text())
-            == json.loads((runs / "distildp__eps2__seed0" / "row.json").read_text()))
+    assert json.loads((runs / twin.point_id / "row.json").read_text()) == json.loads(
+        (runs / "distildp__eps2__seed0" / "row.json").read_text()
+    )
     table = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / "ablation_lam.csv")
     assert sorted(table["value"].tolist()) == [0.0, default_lam]
 
 
 def test_pretrained_references_run_once_and_non_private_ones_per_seed(tmp_path):
-    grid = write_grid(tmp_path, make_notebook(tmp_path), references=["pretrained_student", "nonprivate_student"],
-                      axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}, ablations={})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        references=["pretrained_student", "nonprivate_student"],
+        axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]},
+        ablations={},
+    )
     ids = {p.point_id for p in run.load_grid(str(grid)).points if p.kind == "reference"}
     assert ids == {"pretrained_student__seed0", "nonprivate_student__seed0", "nonprivate_student__seed1"}
 
 
 def test_pretrained_references_run_per_seed_when_each_seed_pretrains(tmp_path):
-    grid = write_grid(tmp_path, make_notebook(tmp_path), references=["pretrained_student"],
-                      overrides={"pretrain_seed": "seed"}, axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]},
-                      ablations={})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        references=["pretrained_student"],
+        overrides={"pretrain_seed": "seed"},
+        axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]},
+        ablations={},
+    )
     ids = {p.point_id for p in run.load_grid(str(grid)).points if p.kind == "reference"}
     assert ids == {"pretrained_student__seed0", "pretrained_student__seed1"}
 
 
 def test_regime_ablations_run_several_methods_and_references_with_fixed_overrides(tmp_path):
     """A regime-map cell: one knob value, run for every method it can change (and its references)."""
-    grid = write_grid(tmp_path, make_notebook(tmp_path), regime_map=True, ablations={
-        "teacher_model": {"values": ["tiny-teacher"], "method": ["distildp", "pretrained_teacher"], "epsilon": 2.0},
-        "lam_paper": {"knob": "lam", "values": [1.0], "with": {"kd_weighting": "paper_sum"}}})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        regime_map=True,
+        ablations={
+            "teacher_model": {"values": ["tiny-teacher"], "method": ["distildp", "pretrained_teacher"], "epsilon": 2.0},
+            "lam_paper": {"knob": "lam", "values": [1.0], "with": {"kd_weighting": "paper_sum"}},
+        },
+    )
     loaded = run.load_grid(str(grid))
     points = {p.point_id: p for p in loaded.points}
     assert loaded.regime_map
@@ -199,11 +265,12 @@ def test_regime_ablations_run_several_methods_and_references_with_fixed_override
 def test_reference_seeds_choose_where_references_run(tmp_path):
     refs = ["pretrained_student", "nonprivate_student"]
     axes = {"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}
-    grid = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, ablations={},
-                      reference_seeds=[1])
+    grid = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, ablations={}, reference_seeds=[1])
     points = run.load_grid(str(grid)).points
-    assert [p.point_id for p in points if p.kind == "reference"] == ["pretrained_student__seed1",
-                                                                     "nonprivate_student__seed1"]
+    assert [p.point_id for p in points if p.kind == "reference"] == [
+        "pretrained_student__seed1",
+        "nonprivate_student__seed1",
+    ]
     assert {p.point_id for p in points if p.kind == "main"} == {"dpsgd__eps2__seed0", "dpsgd__eps2__seed1"}
     bad = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, reference_seeds=[0.5])
     with pytest.raises(run.GridError, match=r"reference_seeds\[0\]: .*must be int"):
@@ -211,8 +278,11 @@ def test_reference_seeds_choose_where_references_run(tmp_path):
 
 
 def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):
-    grid = write_grid(tmp_path, make_notebook(tmp_path), axes={
-        "method": ["distildp", "dpsgd", "dpkd"], "epsilon": [1.0, 8.0], "seed": [0, 1]})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        axes={"method": ["distildp", "dpsgd", "dpkd"], "epsilon": [1.0, 8.0], "seed": [0, 1]},
+    )
     everything = [p.point_id for p in run.load_grid(str(grid)).points]
     listed = []
     for i in range(3):
@@ -274,13 +344,22 @@ def test_points_asked_with_other_parameters_are_not_finished(finished, tmp_path,
     assert cli(changed, directory / "results", "--dry-run") == 0
     status = dict(line.split()[::-1] for line in capsys.readouterr().out.splitlines()[:-1])
     # the ablation sets lam itself, so only it is still the same point
-    assert status == {"distildp__eps2__seed0": "todo", "dpsgd__eps2__seed0": "todo",
-                      "pretrained_student__seed0": "todo", "abl-lam0__distildp__eps2__seed0": "done"}
+    assert status == {
+        "distildp__eps2__seed0": "todo",
+        "dpsgd__eps2__seed0": "todo",
+        "pretrained_student__seed0": "todo",
+        "abl-lam0__distildp__eps2__seed0": "done",
+    }
 
 
 def test_failing_point_is_reported_and_the_others_finish(tmp_path, capsys):
-    grid = write_grid(tmp_path, make_notebook(tmp_path), references=[], ablations={},
-                      axes={"method": ["distildp"], "epsilon": [2.0], "seed": [0, 13]})
+    grid = write_grid(
+        tmp_path,
+        make_notebook(tmp_path),
+        references=[],
+        ablations={},
+        axes={"method": ["distildp"], "epsilon": [2.0], "seed": [0, 13]},
+    )
     assert cli(grid, tmp_path / "results", "--jobs", "2") == 1
     err = capsys.readouterr().err
     log = tmp_path / "results" / "runs" / "tiny" / "distildp__eps2__seed13" / "run.log"
@@ -296,8 +375,22 @@ def test_smoke_grid_with_the_real_notebook(tmp_path):
     """The committed smoke grid through notebooks/06_baselines.ipynb and the real pipeline (minutes)."""
     if not (run.NOTEBOOKS_DIR / "06_baselines.ipynb").exists():
         pytest.skip("notebooks/06_baselines.ipynb not written yet")
-    assert run.main(["--grid", "smoke", "--jobs", "2", "--results", str(tmp_path / "results"),
-                     "--store", str(tmp_path / "store"), "--no-progress"]) == 0
+    assert (
+        run.main(
+            [
+                "--grid",
+                "smoke",
+                "--jobs",
+                "2",
+                "--results",
+                str(tmp_path / "results"),
+                "--store",
+                str(tmp_path / "store"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "ppl_vs_eps.csv")
     assert set(table["method"]) == {"distildp", "dpsgd", "pretrained_student"}
     assert (table["student_ppl"] >= table["floor"]).all()
@@ -326,15 +419,30 @@ def sleeper_grid(directory: Path) -> Path:
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(f"HERE = {str(directory)!r}\n" + SLEEPER)]
     nbformat.write(nb, directory / "sleeper.ipynb")
-    return write_grid(directory, directory / "sleeper.ipynb", references=[], ablations={},
-                      axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0]})
+    return write_grid(
+        directory,
+        directory / "sleeper.ipynb",
+        references=[],
+        ablations={},
+        axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0]},
+    )
 
 
 def start_runner(grid: Path, results: Path) -> subprocess.Popen:
     """benchmarks/run.py in a process of its own, as from a shell; returns once its point's kernel beats."""
-    runner = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--grid", str(grid),
-                               "--results", str(results), "--no-progress"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--grid",
+            str(grid),
+            "--results",
+            str(results),
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     beats = grid.parent / "beats"
     deadline = time.time() + 180  # two busy cores: a kernel can take a while to start
     while not beats.exists():

@@ -1,5 +1,6 @@
 """Tests of distildp.sampling: the next-token distribution against transformers' processors and warpers, and the
 cached, left-padded decode loop against full forward passes."""
+
 import math
 from collections import Counter
 from dataclasses import replace
@@ -58,13 +59,33 @@ def transformers_probs(logits, ids, cfg):
 def tiny_gpt2(n_layer=2, init=0.02):
     """init: the weights' std; a large one makes every part of the network move the logits."""
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=n_layer, n_head=2, n_positions=32,
-                                      initializer_range=init, bos_token_id=0, eos_token_id=0)).eval()
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=50,
+            n_embd=16,
+            n_layer=n_layer,
+            n_head=2,
+            n_positions=32,
+            initializer_range=init,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    ).eval()
 
 
-@pytest.mark.parametrize("top_k, top_p, temperature, n", [
-    (50, 0.9, 1.0, 2), (10, 0.5, 0.7, 3), (300, 1.0, 1.3, 1), (1, 0.9, 1.0, 2), (5, 0.8, 1.0, 0),
-    (0, 1.0, 1.0, 0), (0, 1.0, 0.8, 2), (0, 0.9, 1.0, 0)])
+@pytest.mark.parametrize(
+    "top_k, top_p, temperature, n",
+    [
+        (50, 0.9, 1.0, 2),
+        (10, 0.5, 0.7, 3),
+        (300, 1.0, 1.3, 1),
+        (1, 0.9, 1.0, 2),
+        (5, 0.8, 1.0, 0),
+        (0, 1.0, 1.0, 0),
+        (0, 1.0, 0.8, 2),
+        (0, 0.9, 1.0, 0),
+    ],
+)
 def test_next_token_distribution_equals_transformers_processors(top_k, top_p, temperature, n):
     """On a left-padded batch, each row's distribution equals transformers' chain on that row alone."""
     cfg = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, no_repeat_ngram_size=n)
@@ -85,8 +106,13 @@ def test_next_token_distribution_equals_transformers_processors(top_k, top_p, te
 
     got = ours(cfg)
     for i, row in enumerate(rows):
-        torch.testing.assert_close(got[i], transformers_probs(logits[i:i + 1], torch.tensor([row]), cfg)[0],
-                                   atol=1e-6, rtol=1e-5, msg=f"row {i}")
+        torch.testing.assert_close(
+            got[i],
+            transformers_probs(logits[i : i + 1], torch.tensor([row]), cfg)[0],
+            atol=1e-6,
+            rtol=1e-5,
+            msg=f"row {i}",
+        )
     # transformers on the padded batch counts the pads as text: for rows that start with the pad token and
     # hold at least n tokens (our prompts) that bans nothing more
     full = [i for i, r in enumerate(rows) if len(r) >= n]
@@ -99,8 +125,13 @@ def test_cached_decoding_with_left_padding_and_dropped_rows_equals_full_forward(
     """Script the tokens; at every step each row's logits must equal a full forward of its unpadded text,
     while rows of different prompt lengths end (by [eos] or by max_length) and leave the batch."""
     model, eos = tiny_gpt2(init=0.5), 0
-    prompts = [[eos, 1, 7, 9], [eos, 2, 3, 4, 5, 6, 8, 9], [eos, 3, 11], [eos, 4, 12, 13, 14, 15],
-               [eos, 5, 9, 8, 7, 6, 5, 4]]
+    prompts = [
+        [eos, 1, 7, 9],
+        [eos, 2, 3, 4, 5, 6, 8, 9],
+        [eos, 3, 11],
+        [eos, 4, 12, 13, 14, 15],
+        [eos, 5, 9, 8, 7, 6, 5, 4],
+    ]
     stop = [2, None, 0, 3, None]  # the step at which each row emits [eos]; None: runs to max_length
     cfg = GenerationConfig(max_length=14)
     by_second_token = {p[1]: i for i, p in enumerate(prompts)}
@@ -110,7 +141,7 @@ def test_cached_decoding_with_left_padding_and_dropped_rows_equals_full_forward(
         batch_sizes.append(len(tokens))
         chosen = []
         for i in range(len(tokens)):
-            text = tokens[i, int(n_pad[i]):]
+            text = tokens[i, int(n_pad[i]) :]
             torch.testing.assert_close(logits[i], model(text[None]).logits[0, -1], atol=1e-5, rtol=1e-4)
             row = by_second_token[int(text[1])]
             step = len(text) - len(prompts[row])
@@ -120,8 +151,10 @@ def test_cached_decoding_with_left_padding_and_dropped_rows_equals_full_forward(
     monkeypatch.setattr(sampling, "_next_token", scripted)
     got = sample_batch(model, prompts, cfg, eos)
     budgets = [cfg.max_length - len(p) for p in prompts]
-    assert got == [[20 + (3 * row + step) % 25 for step in range(budgets[row] if stop[row] is None else stop[row])]
-                   for row in range(len(prompts))]
+    assert got == [
+        [20 + (3 * row + step) % 25 for step in range(budgets[row] if stop[row] is None else stop[row])]
+        for row in range(len(prompts))
+    ]
     # rows left as they ended; at the end only unpadded rows were left
     assert batch_sizes == [5, 4, 4, 3, 2, 2]
 
@@ -165,8 +198,9 @@ def test_sample_batch_is_seeded():
     prompts = [[eos] + tokenizer(control_prefix(c), add_special_tokens=False)["input_ids"] for c in CODES] * 3
     biased = GPT2LMHeadModel(model.config).eval()
     biased.load_state_dict(model.state_dict())  # [eos] likelier, so rows end at different steps
-    biased.lm_head.register_forward_hook(lambda m, i, out: out + torch.nn.functional.one_hot(
-        torch.tensor(eos), out.shape[-1]) * 2.0)
+    biased.lm_head.register_forward_hook(
+        lambda m, i, out: out + torch.nn.functional.one_hot(torch.tensor(eos), out.shape[-1]) * 2.0
+    )
 
     def sample(seed):
         torch.manual_seed(seed)

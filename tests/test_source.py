@@ -1,4 +1,5 @@
 """The review source: exact probabilities that sum to one, agree with sampling, and reject impossible text."""
+
 import itertools
 import math
 
@@ -48,8 +49,11 @@ def test_code_probabilities_sum_to_one(source):
 def test_marginal_equals_logsumexp_over_codes(source):
     recs = source.sample(5, 3)
     for r in recs:
-        terms = [source.log_prob_codes(codes(c, s)) + source.log_prob(r.text, codes(c, s))
-                 for c in source.categories for s in source.stars]
+        terms = [
+            source.log_prob_codes(codes(c, s)) + source.log_prob(r.text, codes(c, s))
+            for c in source.categories
+            for s in source.stars
+        ]
         assert source.log_prob_marginal(r.text) == pytest.approx(logsumexp(terms), rel=1e-10)
 
 
@@ -86,14 +90,14 @@ def test_corrupted_text_has_log_prob_minus_inf(source):
     r = source.sample(1, 5)[0]
     words = r.text.split(" ")
     corrupted = [
-        r.text + " ",                                   # trailing space
-        r.text.replace(" ", "  ", 1),                   # double space
-        r.text[0].lower() + r.text[1:],                 # sentence start not capitalised
-        r.text + " My secret code is 4821 7395.",       # a canary: digits are not in the vocabulary
+        r.text + " ",  # trailing space
+        r.text.replace(" ", "  ", 1),  # double space
+        r.text[0].lower() + r.text[1:],  # sentence start not capitalised
+        r.text + " My secret code is 4821 7395.",  # a canary: digits are not in the vocabulary
         " ".join(words[:1] + ["zyzzyva"] + words[1:]),  # unknown word
-        "",                                             # empty
-        ". " + r.text,                                  # punctuation first
-        " ".join([r.text] * 3),                         # past the hard cap
+        "",  # empty
+        ". " + r.text,  # punctuation first
+        " ".join([r.text] * 3),  # past the hard cap
     ]
     for text in corrupted:
         assert source.log_prob(text, r.codes) == -math.inf, text

@@ -1,4 +1,5 @@
 """The artifact store's content hashes (a changed byte means a rebuild) and its error when it cannot be written."""
+
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ def counting(calls):
     def builder(directory):
         calls.append(directory)
         return build_stage(directory)
+
     return builder
 
 

@@ -84,14 +84,19 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.item())
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    raise TypeError(f"{value!r} ({type(value).__name__}) cannot go into an artifact config or manifest; "
-                    "use numbers, strings, lists and dicts")
+    raise TypeError(
+        f"{value!r} ({type(value).__name__}) cannot go into an artifact config or manifest; "
+        "use numbers, strings, lists and dicts"
+    )
 
 
 def config_hash(stage: str, config: Mapping[str, Any], inputs: Mapping[str, "Artifact"] | None = None) -> str:
     """A short, stable hash of a stage's name, config and its inputs' keys."""
-    payload = {"stage": stage, "config": jsonable(dict(config)),
-               "inputs": {name: art.key for name, art in sorted((inputs or {}).items())}}
+    payload = {
+        "stage": stage,
+        "config": jsonable(dict(config)),
+        "inputs": {name: art.key for name, art in sorted((inputs or {}).items())},
+    }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -123,16 +128,23 @@ def machine_info() -> dict:
         model = info.get("model name") or model
     except OSError:
         pass  # not Linux: the architecture alone
-    return {"machine": platform.machine(), "processor": model,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_features": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile",
-                                            "asimd", "sve"})}
+    return {
+        "machine": platform.machine(),
+        "processor": model,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_features": sorted(
+            flags & {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile", "asimd", "sve"}
+        ),
+    }
 
 
 def _file_table(directory: Path) -> dict[str, int]:
     """Relative path -> size in bytes, for every file except the manifest."""
-    return {str(p.relative_to(directory)): p.stat().st_size
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        str(p.relative_to(directory)): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -156,9 +168,12 @@ def _sha256_head_tail(path: Path) -> str:
 
 def _hash_tables(directory: Path, sizes: Mapping[str, int]) -> dict[str, dict[str, str]]:
     """The manifest's `sha256` of every file and `sha256_head_tail` of those quick verification won't hash in full."""
-    return {"sha256": {name: _sha256(directory / name) for name in sizes},
-            "sha256_head_tail": {name: _sha256_head_tail(directory / name)
-                                 for name, size in sizes.items() if size > FULL_HASH_LIMIT}}
+    return {
+        "sha256": {name: _sha256(directory / name) for name in sizes},
+        "sha256_head_tail": {
+            name: _sha256_head_tail(directory / name) for name, size in sizes.items() if size > FULL_HASH_LIMIT
+        },
+    }
 
 
 def verify_level(verify: str | None = None) -> str:
@@ -166,8 +181,10 @@ def verify_level(verify: str | None = None) -> str:
     level = verify or os.environ.get(VERIFY_ENV) or "quick"
     if level not in VERIFY_LEVELS:
         source = "verify" if verify else f"${VERIFY_ENV}"
-        raise ValueError(f"{source}={level!r} is not a verification level; use one of {list(VERIFY_LEVELS)} "
-                         f"(quick: sizes and hashes of files up to {FULL_HASH_LIMIT >> 20} MiB; full: every byte)")
+        raise ValueError(
+            f"{source}={level!r} is not a verification level; use one of {list(VERIFY_LEVELS)} "
+            f"(quick: sizes and hashes of files up to {FULL_HASH_LIMIT >> 20} MiB; full: every byte)"
+        )
     return level
 
 
@@ -186,8 +203,9 @@ def _check_hashes(path: Path, manifest: dict, level: str) -> None:
         else:
             actual, what = _sha256(path / name), "content"
         if actual != expected:
-            raise CorruptArtifactError(f"{path / name}: its {what} changed since the build (sha256 differs "
-                                       f"from the manifest's)")
+            raise CorruptArtifactError(
+                f"{path / name}: its {what} changed since the build (sha256 differs from the manifest's)"
+            )
 
 
 @dataclass(frozen=True)
@@ -254,8 +272,9 @@ class ArtifactStore:
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def find(self, stage: str, config: Mapping[str, Any],
-             inputs: Mapping[str, Artifact] | None = None) -> Artifact | None:
+    def find(
+        self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, Artifact] | None = None
+    ) -> Artifact | None:
         """The finished artifact for this config and inputs, or None (a corrupt one counts as absent)."""
         key = config_hash(stage, config, inputs)
         try:
@@ -321,8 +340,10 @@ class ArtifactStore:
                     **_hash_tables(tmp, files),
                 }
                 if result:
-                    raise ValueError(f"builder for {stage!r} returned unknown keys {sorted(result)}; "
-                                     "return only 'privacy', 'metrics' and 'extra'")
+                    raise ValueError(
+                        f"builder for {stage!r} returned unknown keys {sorted(result)}; "
+                        "return only 'privacy', 'metrics' and 'extra'"
+                    )
                 write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
             except BaseException:
@@ -352,7 +373,8 @@ class ArtifactStore:
         return StoreNotWritableError(
             f"cannot write to the artifact store at {self.root} ({why}). Move the store: set the {STORE_ENV} "
             f"environment variable to a writable directory (e.g. export {STORE_ENV}=$HOME/distildp-store), "
-            f"or pass another root to ArtifactStore / --store.")
+            f"or pass another root to ArtifactStore / --store."
+        )
 
     def _set_aside(self, path: Path, reason: Exception) -> None:
         """Move a corrupt artifact to `<root>/.corrupt/` (kept for inspection), then it is rebuilt."""
@@ -370,8 +392,11 @@ class ArtifactStore:
             return
         if not self.root.is_dir():
             raise self._not_writable()  # a regular file where the store should be
-        stage_dirs = ([self.root / stage] if stage else
-                      sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        stage_dirs = (
+            [self.root / stage]
+            if stage
+            else sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        )
         for stage_dir in stage_dirs:
             for path in sorted(stage_dir.glob("[!.]*")):
                 try:

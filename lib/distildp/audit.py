@@ -22,6 +22,7 @@ Canaries are inserted by the corpus (`load_corpus('builtin', canaries=..., canar
 `distildp.data.insert_canaries`), so a pipeline run with those dataset options trains every method on them and
 `provenance.training_set` finds them again.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,11 +67,14 @@ class SecretSpace:
         if len(set(self.alphabet)) != len(self.alphabet) or len(self.alphabet) < 2:
             raise AuditError(f"alphabet {self.alphabet!r} needs at least 2 distinct characters, none repeated")
         if self.separator and set(self.separator) & set(self.alphabet):
-            raise AuditError(f"separator {self.separator!r} shares characters with the alphabet; secrets would be "
-                             f"ambiguous")
-        if self.size >= 2 ** 63:  # candidates are indexed by int64 when sampled
-            raise AuditError(f"a space of {len(self.alphabet)}^{sum(self.groups)} candidates is too large to index; "
-                             f"use fewer or shorter groups")
+            raise AuditError(
+                f"separator {self.separator!r} shares characters with the alphabet; secrets would be ambiguous"
+            )
+        if self.size >= 2**63:  # candidates are indexed by int64 when sampled
+            raise AuditError(
+                f"a space of {len(self.alphabet)}^{sum(self.groups)} candidates is too large to index; "
+                f"use fewer or shorter groups"
+            )
 
     @property
     def size(self) -> int:
@@ -96,9 +100,11 @@ class SecretSpace:
         parts = secret.split(self.separator) if self.separator else self._split(secret)
         if [len(p) for p in parts] != list(self.groups) or any(c not in self.alphabet for c in "".join(parts)):
             example = self.secret(0)
-            raise AuditError(f"secret {secret!r} is not in this candidate space: expected {len(self.groups)} "
-                             f"group(s) of {list(self.groups)} characters from {self.alphabet!r} joined by "
-                             f"{self.separator!r}, like {example!r}; describe the canaries' format with SecretSpace")
+            raise AuditError(
+                f"secret {secret!r} is not in this candidate space: expected {len(self.groups)} "
+                f"group(s) of {list(self.groups)} characters from {self.alphabet!r} joined by "
+                f"{self.separator!r}, like {example!r}; describe the canaries' format with SecretSpace"
+            )
         value = 0
         for char in "".join(parts):
             value = value * len(self.alphabet) + self.alphabet.index(char)
@@ -115,8 +121,9 @@ class SecretSpace:
         """`n` distinct candidates drawn uniformly without replacement, never `exclude`."""
         available = self.size - (exclude is not None)
         if not 1 <= n <= available:
-            raise AuditError(f"cannot sample {n} distinct candidates from a space of {available}; ask for "
-                             f"1..{available}")
+            raise AuditError(
+                f"cannot sample {n} distinct candidates from a space of {available}; ask for 1..{available}"
+            )
         skip = self.index(exclude) if exclude is not None else -1
         if available <= 4 * n:  # dense: draw from the explicit list of candidates
             indices = rng.choice(np.delete(np.arange(self.size), skip) if skip >= 0 else self.size, n, replace=False)
@@ -133,14 +140,14 @@ class SecretSpace:
     def _join(self, chars: str) -> str:
         out, start = [], 0
         for g in self.groups:
-            out.append(chars[start:start + g])
+            out.append(chars[start : start + g])
             start += g
         return self.separator.join(out)
 
     def _split(self, secret: str) -> list[str]:
         out, start = [], 0
         for g in self.groups:
-            out.append(secret[start:start + g])
+            out.append(secret[start : start + g])
             start += g
         return out if start == len(secret) else out + [secret[start:]]
 
@@ -155,19 +162,24 @@ def check_encodable(tokenizer, text: str, what: str = "canary") -> None:
     special = set(tokenizer.all_special_ids)
     hits = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in special]
     if hits:
-        raise AuditError(f"{what} {text!r} encodes to special or unknown token(s) {hits}: the tokenizer cannot "
-                         f"represent it, so the model could never have learned it. Write the {what} in characters "
-                         f"the tokenizer encodes (no special tokens such as {tokenizer.eos_token!r})")
+        raise AuditError(
+            f"{what} {text!r} encodes to special or unknown token(s) {hits}: the tokenizer cannot "
+            f"represent it, so the model could never have learned it. Write the {what} in characters "
+            f"the tokenizer encodes (no special tokens such as {tokenizer.eos_token!r})"
+        )
     decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
     if decoded != text:
-        raise AuditError(f"{what} {text!r} does not survive the tokenizer (it decodes back as {decoded!r}): some of "
-                         f"its characters are outside the vocabulary. Write the {what} in characters the tokenizer "
-                         f"encodes")
+        raise AuditError(
+            f"{what} {text!r} does not survive the tokenizer (it decodes back as {decoded!r}): some of "
+            f"its characters are outside the vocabulary. Write the {what} in characters the tokenizer "
+            f"encodes"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def sequence_nll(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None,
-                 batch_size: int = 64) -> np.ndarray:
+def sequence_nll(
+    model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None, batch_size: int = 64
+) -> np.ndarray:
     """Negative log-likelihood in nats of each text as the models are trained on it, [eos] prefix text [eos],
     the prefix (control codes) unscored context (`distildp.evaluate`'s per-document scoring)."""
     if not texts:
@@ -176,13 +188,15 @@ def sequence_nll(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str]
     return np.asarray(nll, dtype=np.float64)
 
 
-def sequence_losses(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None,
-                    batch_size: int = 64) -> np.ndarray:
+def sequence_losses(
+    model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None, batch_size: int = 64
+) -> np.ndarray:
     """Mean negative log-likelihood per scored token of each text (the membership-inference loss)."""
     if not texts:
         raise AuditError("sequence_losses got no texts; pass a non-empty list of strings")
-    nll, n_tokens = document_nll(model, tokenizer, list(texts), list(prefixes) if prefixes is not None else None,
-                                 batch_size)
+    nll, n_tokens = document_nll(
+        model, tokenizer, list(texts), list(prefixes) if prefixes is not None else None, batch_size
+    )
     return np.asarray(nll, dtype=np.float64) / np.maximum(np.asarray(n_tokens), 1)
 
 
@@ -193,11 +207,11 @@ class Exposure:
 
     secret: str
     exposure: float
-    rank: float           # 1 = the most likely candidate; estimated when extrapolated
+    rank: float  # 1 = the most likely candidate; estimated when extrapolated
     n_candidates: int
-    method: str           # 'enumerated' or 'extrapolated'
-    secret_nll: float     # nats
-    n_scored: int         # candidates scored besides the secret
+    method: str  # 'enumerated' or 'extrapolated'
+    secret_nll: float  # nats
+    n_scored: int  # candidates scored besides the secret
     sample_exposure: float  # from the scored candidates alone (capped at log2 of their number + 1)
 
     @property
@@ -225,17 +239,27 @@ def extrapolated_fraction(secret_nll: float, sample_nlls: np.ndarray) -> float:
     1 / sample size, where counting the sample cannot."""
     sample = np.asarray(sample_nlls, dtype=np.float64)
     if sample.size < 20:
-        raise AuditError(f"{sample.size} sampled candidates are too few to fit their distribution; sample >= 20 "
-                         f"(hundreds to thousands in practice)")
+        raise AuditError(
+            f"{sample.size} sampled candidates are too few to fit their distribution; sample >= 20 "
+            f"(hundreds to thousands in practice)"
+        )
     if np.ptp(sample) == 0:  # a model that gives every candidate the same likelihood
         return 0.5 if secret_nll == sample[0] else float(secret_nll > sample[0])
     shape, loc, scale = stats.skewnorm.fit(sample)
     return float(stats.skewnorm.cdf(secret_nll, shape, loc, scale))
 
 
-def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = DEFAULT_SPACE,
-                    method: str = "auto", n_samples: int = 2000, prefix: str | None = None, seed: int = 0,
-                    batch_size: int = 64) -> Exposure:
+def canary_exposure(
+    model,
+    tokenizer,
+    secret: str | dict,
+    space: SecretSpace = DEFAULT_SPACE,
+    method: str = "auto",
+    n_samples: int = 2000,
+    prefix: str | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Exposure:
     """The exposure of one secret (a string, or a canary dict of `insert_canaries` with its 'secret').
 
     method 'enumerated' scores every candidate of `space`; 'extrapolated' scores `n_samples` random ones and
@@ -261,8 +285,9 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
     else:
         raise AuditError(f"method={method!r}; use 'auto', 'enumerated' or 'extrapolated'")
     sentences = [space.scored_text(s) for s in [secret, *others]]
-    nll = sequence_nll(model, tokenizer, sentences, [prefix] * len(sentences) if prefix is not None else None,
-                       batch_size)
+    nll = sequence_nll(
+        model, tokenizer, sentences, [prefix] * len(sentences) if prefix is not None else None, batch_size
+    )
     secret_nll, other_nll = float(nll[0]), nll[1:]
     sample_rank = rank_among(secret_nll, other_nll)
     sample_exposure = exposure_from_rank(sample_rank, len(other_nll) + 1)
@@ -270,21 +295,40 @@ def canary_exposure(model, tokenizer, secret: str | dict, space: SecretSpace = D
         rank = sample_rank
     else:  # rank among all candidates, from the fitted share of them that beat the secret
         rank = 1.0 + extrapolated_fraction(secret_nll, other_nll) * (space.size - 1)
-    return Exposure(secret, exposure_from_rank(rank, space.size), rank, space.size, method, secret_nll,
-                    len(other_nll), sample_exposure)
+    return Exposure(
+        secret,
+        exposure_from_rank(rank, space.size),
+        rank,
+        space.size,
+        method,
+        secret_nll,
+        len(other_nll),
+        sample_exposure,
+    )
 
 
-def canary_exposures(model, tokenizer, found: TrainingSet, space: SecretSpace = DEFAULT_SPACE,
-                     with_codes: bool = False, **options) -> list[Exposure]:
+def canary_exposures(
+    model, tokenizer, found: TrainingSet, space: SecretSpace = DEFAULT_SPACE, with_codes: bool = False, **options
+) -> list[Exposure]:
     """The exposure of every canary of a training set (`provenance.training_set(...)`) in `model`. with_codes: for
     a teacher, the control codes of the first training row holding the canary are the context. `options` go to
     `canary_exposure` (method, n_samples, seed, batch_size)."""
     if not found.canaries:
-        raise AuditError(f"the training set of {found.artifact} holds no canaries: build the models with "
-                         f"dataset_options {{'canaries': n, 'canary_repeats': r}} (built-in corpus) to audit exposure")
-    return [canary_exposure(model, tokenizer, canary, space,
-                            prefix=found.member_prefixes[canary["rows"][0]] if with_codes else None, **options)
-            for canary in found.canaries]
+        raise AuditError(
+            f"the training set of {found.artifact} holds no canaries: build the models with "
+            f"dataset_options {{'canaries': n, 'canary_repeats': r}} (built-in corpus) to audit exposure"
+        )
+    return [
+        canary_exposure(
+            model,
+            tokenizer,
+            canary,
+            space,
+            prefix=found.member_prefixes[canary["rows"][0]] if with_codes else None,
+            **options,
+        )
+        for canary in found.canaries
+    ]
 
 
 def secrets_in_texts(canaries: Sequence[dict | str], texts: Sequence[str]) -> list[dict]:
@@ -295,9 +339,14 @@ def secrets_in_texts(canaries: Sequence[dict | str], texts: Sequence[str]) -> li
         secret = _secret_of(canary)
         sentence = canary.get("sentence") if isinstance(canary, dict) else None
         with_secret = [i for i, t in enumerate(texts) if secret in t]
-        out.append({"secret": secret, "texts_with_secret": len(with_secret),
-                    "texts_with_sentence": sum(sentence in t for t in texts) if sentence else None,
-                    "first_text": with_secret[0] if with_secret else None})
+        out.append(
+            {
+                "secret": secret,
+                "texts_with_secret": len(with_secret),
+                "texts_with_sentence": sum(sentence in t for t in texts) if sentence else None,
+                "first_text": with_secret[0] if with_secret else None,
+            }
+        )
     return out
 
 
@@ -306,5 +355,6 @@ def _secret_of(canary: str | dict) -> str:
         return canary
     if isinstance(canary, dict) and isinstance(canary.get("secret"), str):
         return canary["secret"]
-    raise AuditError(f"a canary is a secret string or a dict with a 'secret' string (as insert_canaries returns), "
-                     f"got {canary!r}")
+    raise AuditError(
+        f"a canary is a secret string or a dict with a 'secret' string (as insert_canaries returns), got {canary!r}"
+    )

@@ -104,9 +104,14 @@ def student_view(nb):
 
 def figure_count(nb) -> int:
     """How many figures (PNG, JPEG or SVG outputs) a notebook's cells display."""
-    return sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-               if out.get("output_type") in ("display_data", "execute_result")
-               and any(kind in out.get("data", {}) for kind in IMAGE_TYPES))
+    return sum(
+        1
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") in ("display_data", "execute_result")
+        and any(kind in out.get("data", {}) for kind in IMAGE_TYPES)
+    )
 
 
 def embedded_figures(page: str) -> int:
@@ -133,7 +138,8 @@ def _header_cell(profile: str, previous: str | None, following: str | None):
     return nbformat.v4.new_markdown_cell(
         " · ".join(links) + f"\n\n*Run on the `{profile}` profile (seconds of training on tiny models: the numbers "
         "show how the code behaves, not the benchmark's results; 07 reads the committed ones). Exercises are shown as "
-        "students get them, without their solutions.*")
+        "students get them, without their solutions.*"
+    )
 
 
 def render(nb) -> str:
@@ -161,9 +167,15 @@ def params_for(notebook: Path, profile: str, store: Path, extra: Mapping[str, Ma
     return params
 
 
-def build(out: str | Path, notebooks_dir: str | Path = NOTEBOOKS, work: str | Path | None = None,
-          profile: str = PROFILE, names: Iterable[str] | None = None,
-          extra: Mapping[str, Mapping[str, Any]] = PARAMS, log=print) -> list[dict]:
+def build(
+    out: str | Path,
+    notebooks_dir: str | Path = NOTEBOOKS,
+    work: str | Path | None = None,
+    profile: str = PROFILE,
+    names: Iterable[str] | None = None,
+    extra: Mapping[str, Mapping[str, Any]] = PARAMS,
+    log=print,
+) -> list[dict]:
     """Execute every notebook of `notebooks_dir` (or those whose names start with one of `names`) on `profile`,
     render each as `out/<name>.html`, write `out/index.html` and `out/book.json`; return the pages' records.
 
@@ -193,18 +205,26 @@ def build(out: str | Path, notebooks_dir: str | Path = NOTEBOOKS, work: str | Pa
         nb = execute(notebook, executed, params_for(notebook, profile, work / "store", extra), cwd=notebooks_dir)
         seconds = time.time() - started
         shown = student_view(nb)
-        shown.cells.insert(0, _header_cell(profile, stems[i - 1] if i else None,
-                                           stems[i + 1] if i + 1 < len(stems) else None))
+        shown.cells.insert(
+            0, _header_cell(profile, stems[i - 1] if i else None, stems[i + 1] if i + 1 < len(stems) else None)
+        )
         page = render(shown)
         (out / f"{notebook.stem}.html").write_text(page, encoding="utf-8")
-        record = {"notebook": notebook.name, "page": f"{notebook.stem}.html", "title": title_of(nb, notebook.stem),
-                  "figures_executed": figure_count(nb), "figures": figure_count(shown),
-                  "figures_embedded": embedded_figures(page), "seconds": round(seconds, 1)}
+        record = {
+            "notebook": notebook.name,
+            "page": f"{notebook.stem}.html",
+            "title": title_of(nb, notebook.stem),
+            "figures_executed": figure_count(nb),
+            "figures": figure_count(shown),
+            "figures_embedded": embedded_figures(page),
+            "seconds": round(seconds, 1),
+        }
         pages.append(record)
         log(f"{record['page']}: {record['figures_embedded']} figures, executed in {seconds:.0f} s")
     (out / "index.html").write_text(index_page(pages, profile), encoding="utf-8")
-    (out / MANIFEST).write_text(json.dumps({"profile": profile, "pages": pages}, indent=1, ensure_ascii=False) + "\n",
-                                encoding="utf-8")
+    (out / MANIFEST).write_text(
+        json.dumps({"profile": profile, "pages": pages}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return pages
 
 
@@ -249,8 +269,10 @@ def check(out: str | Path) -> list[str]:
             continue
         embedded = embedded_figures(path.read_text(encoding="utf-8"))
         if embedded < record["figures"] or (record["figures_executed"] and not embedded):
-            problems.append(f"{record['page']}: {embedded} embedded figures, but its notebook shows "
-                            f"{record['figures']} (executed: {record['figures_executed']})")
+            problems.append(
+                f"{record['page']}: {embedded} embedded figures, but its notebook shows "
+                f"{record['figures']} (executed: {record['figures_executed']})"
+            )
     return problems
 
 
@@ -270,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         started = time.time()
         pages = build(args.out, args.notebooks, args.work, args.profile, args.only)
-        print(f"book: {len(pages)} pages in {args.out}/ ({time.time() - started:.0f} s); open {args.out}/index.html "
-              f"or serve it: python -m http.server -d {args.out}")
+        print(
+            f"book: {len(pages)} pages in {args.out}/ ({time.time() - started:.0f} s); open {args.out}/index.html "
+            f"or serve it: python -m http.server -d {args.out}"
+        )
     problems = check(args.out)
     for problem in problems:
         print(f"book: {problem}")

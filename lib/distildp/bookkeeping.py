@@ -23,6 +23,7 @@ distinct id.
 Assumptions (as Opacus' hooks): dimension 0 of every hooked input is the example, and parameters are used
 only through their modules' forward (a weight read directly by the loss would be missed).
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -101,8 +102,10 @@ class BookkeepingClipper:
         if not torch.is_grad_enabled():
             return None
         if not args or not torch.is_tensor(args[0]) or not torch.is_tensor(output):
-            raise ValueError(f"bookkeeping clipping needs {type(module).__name__} called with its input as the "
-                             "first positional argument, returning one tensor.")
+            raise ValueError(
+                f"bookkeeping clipping needs {type(module).__name__} called with its input as the "
+                "first positional argument, returning one tensor."
+            )
         call = _Call(module, args[0].detach())
         self._calls.append(call)
         replaced = None
@@ -161,8 +164,10 @@ class BookkeepingClipper:
                 continue
             m, x, g = call.module, call.x, call.grad
             if x.shape[0] != batch or g.shape[0] != batch:
-                raise ValueError(f"{type(m).__name__} saw {x.shape[0]} rows but the loss has {batch} examples; "
-                                 "bookkeeping clipping needs the example on dimension 0 of every layer's input.")
+                raise ValueError(
+                    f"{type(m).__name__} saw {x.shape[0]} rows but the loss has {batch} examples; "
+                    "bookkeeping clipping needs the example on dimension 0 of every layer's input."
+                )
             found = []
             if isinstance(m, (nn.Linear, Conv1D)):
                 g = g.reshape(batch, -1, g.shape[-1])
@@ -285,8 +290,12 @@ def _sparse(outer, parts, p):
 def _check_supported(name: str, module: nn.Module, trainable: Iterable[str]) -> None:
     names = ", ".join(trainable)
     if type(module) not in SUPPORTED:
-        raise ValueError(f"bookkeeping clipping does not support {type(module).__name__} (module '{name}', "
-                         f"trainable parameters: {names}); freeze them, or use grad_sample_mode 'hooks'.")
+        raise ValueError(
+            f"bookkeeping clipping does not support {type(module).__name__} (module '{name}', "
+            f"trainable parameters: {names}); freeze them, or use grad_sample_mode 'hooks'."
+        )
     if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.scale_grad_by_freq or module.sparse):
-        raise ValueError(f"bookkeeping clipping does not support nn.Embedding with max_norm, scale_grad_by_freq or "
-                         f"sparse (module '{name}'): its gradient is not a per-example sum.")
+        raise ValueError(
+            f"bookkeeping clipping does not support nn.Embedding with max_norm, scale_grad_by_freq or "
+            f"sparse (module '{name}'): its gradient is not a per-example sum."
+        )

@@ -53,25 +53,34 @@ class Settings:
     vocab_size: int = 2048  # tokenizer trained on public text (tiny presets only); the output layer dominates cost
     # Public pretraining runs until the public validation perplexity improves by less than `pretrain_tolerance`
     # (relative) between two checks half an epoch apart, or `pretrain.epochs` run out; the best check is kept.
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=8, batch_size=32, lr=5e-3, weight_decay=0.01, warmup_steps=100, schedule="warmup_linear"))
+    pretrain: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=8, batch_size=32, lr=5e-3, weight_decay=0.01, warmup_steps=100, schedule="warmup_linear"
+        )
+    )
     pretrain_tolerance: float = 0.01
     pretrain_seed: int | str = 0  # an int: one public model for every point; 'seed': each point's own seed
     # DP-SGD (or, at epsilon = inf, plain fine-tuning) on the private data: large Poisson batches. No warm-up:
     # a step at lr 0 wastes budget. Each method's learning rate was chosen on the private validation split
     # from the same grid of values (benchmarks/grids/tune.yaml).
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3))
-    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3))
-    dpkd_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3))
+    teacher_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3)
+    )
+    student_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3)
+    )
+    dpkd_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3)
+    )
     # Non-private distillation on the synthetic data, grouped by length (samples vary in length, so random
     # batches would be mostly padding). As in the paper, it runs every epoch and keeps the one with the best
     # held-out synthetic perplexity (distill_tolerance = 0). A tolerance > 0 stops at the first epoch that improves
     # on the best by less than that (relative): cheaper, but one noisy epoch can stop a student that still learns.
-    distill_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=8, batch_size=64, lr=1e-2, warmup_steps=20, schedule="warmup_linear", group_by_length=True))
+    distill_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=8, batch_size=64, lr=1e-2, warmup_steps=20, schedule="warmup_linear", group_by_length=True
+        )
+    )
     distill_tolerance: float = 0.0
     max_grad_norm: float = 1.0
     # 'secret': DP randomness (Poisson batches, DP-SGD noise, histogram noise) from OS entropy, as the guarantee
@@ -91,8 +100,9 @@ class Settings:
     # The teacher's own distribution (no top-k, top-p or n-gram ban): perplexity scores all of it, and the truncations
     # the paper uses make the synthetic text unlike real text (the paper's settings: profile 'paper', or
     # generation: {top_k: 50, top_p: 0.9, no_repeat_ngram_size: 2})
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
-        top_k=0, top_p=1.0, no_repeat_ngram_size=0))
+    generation: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(top_k=0, top_p=1.0, no_repeat_ngram_size=0)
+    )
     lam: float = 0.4
     temperature: float = 1.0
     alpha: float = 0.0
@@ -126,8 +136,10 @@ class Settings:
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1): it is a share of epsilon")
         if not (isinstance(self.pretrain_seed, int) or self.pretrain_seed == "seed"):
-            raise ValueError(f"pretrain_seed={self.pretrain_seed!r}; use an int (one public model for every "
-                             f"point) or 'seed' (each point pretrains with its own seed)")
+            raise ValueError(
+                f"pretrain_seed={self.pretrain_seed!r}; use an int (one public model for every "
+                f"point) or 'seed' (each point pretrains with its own seed)"
+            )
         if not self.synthetic_factor > 0:
             raise ValueError(f"synthetic_factor={self.synthetic_factor} must be > 0")
         if not self.teacher_cache_gib >= 0:
@@ -135,8 +147,12 @@ class Settings:
         for name in ("pretrain_tolerance", "distill_tolerance"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1) (0: run every epoch)")
-        for name, known in (("accountant", privacy.ACCOUNTANTS), ("budget_scheme", privacy.SCHEMES),
-                            ("grad_sample_mode", GRAD_SAMPLE_MODES), ("teacher_context", TEACHER_CONTEXTS)):
+        for name, known in (
+            ("accountant", privacy.ACCOUNTANTS),
+            ("budget_scheme", privacy.SCHEMES),
+            ("grad_sample_mode", GRAD_SAMPLE_MODES),
+            ("teacher_context", TEACHER_CONTEXTS),
+        ):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {tuple(known)}")
         _check_delta_form(self.delta)
@@ -160,33 +176,54 @@ class Settings:
         return asdict(self)
 
 
-
 # ---------------------------------------------------------------------------------------- profiles
 # Named starting points; a notebook or grid picks one and overrides single fields.
 _SMOKE_PRIVATE = {"epochs": 1, "batch_size": 50, "physical_batch_size": None, "warmup_steps": 0}
 _PAPER_PRIVATE = {"epochs": 5, "batch_size": 1024, "physical_batch_size": 32, "lr": 5e-4}
 PROFILES: dict[str, dict[str, Any]] = {
     # seconds on 2 cores: for tests and notebook smoke runs, not for conclusions
-    "smoke": {"dp_randomness": "reproducible",
-              "dataset_options": {"n_train": 200, "n_val": 40, "n_test": 40}, "n_public_docs": 200,
-              "n_public_val": 40, "vocab_size": 512, "teacher_model": "tiny-teacher",
-              "pretrain": {"epochs": 1, "warmup_steps": 2},
-              "teacher_train": _SMOKE_PRIVATE, "student_train": _SMOKE_PRIVATE, "dpkd_train": _SMOKE_PRIVATE,
-              "distill_train": {"epochs": 2, "batch_size": 16, "warmup_steps": 0}, "synthetic_size": 48,
-              "generation": {"batch_size": 16, "chunk_size": 24, "max_length": 64}},
+    "smoke": {
+        "dp_randomness": "reproducible",
+        "dataset_options": {"n_train": 200, "n_val": 40, "n_test": 40},
+        "n_public_docs": 200,
+        "n_public_val": 40,
+        "vocab_size": 512,
+        "teacher_model": "tiny-teacher",
+        "pretrain": {"epochs": 1, "warmup_steps": 2},
+        "teacher_train": _SMOKE_PRIVATE,
+        "student_train": _SMOKE_PRIVATE,
+        "dpkd_train": _SMOKE_PRIVATE,
+        "distill_train": {"epochs": 2, "batch_size": 16, "warmup_steps": 0},
+        "synthetic_size": 48,
+        "generation": {"batch_size": 16, "chunk_size": 24, "max_length": 64},
+    },
     # the embedded default (the README's `make run`). Its private corpus is synthetic, so its DP noise is derived from
     # the seed: the committed tables can be regenerated, and every row says the noise was reproducible.
     "quick": {"dp_randomness": "reproducible"},
     # the embedded default with every seed pretraining its own public models: the spread covers pretraining too
     "full": {"dp_randomness": "reproducible", "pretrain_seed": "seed"},
     # the paper's setting on a GPU: GPT-2 Large teacher, DistilGPT2 student, Yelp with category and stars
-    "paper": {"dataset": "yelp", "dataset_options": {}, "teacher_model": "gpt2-large", "student_model": "distilgpt2",
-              "teacher_train": _PAPER_PRIVATE, "student_train": _PAPER_PRIVATE, "dpkd_train": _PAPER_PRIVATE,
-              "distill_train": {"epochs": 5, "batch_size": 32, "lr": 5e-5}, "synthetic_size": 100_000,
-              "generation": {"batch_size": 256, "chunk_size": 4096}},
+    "paper": {
+        "dataset": "yelp",
+        "dataset_options": {},
+        "teacher_model": "gpt2-large",
+        "student_model": "distilgpt2",
+        "teacher_train": _PAPER_PRIVATE,
+        "student_train": _PAPER_PRIVATE,
+        "dpkd_train": _PAPER_PRIVATE,
+        "distill_train": {"epochs": 5, "batch_size": 32, "lr": 5e-5},
+        "synthetic_size": 100_000,
+        "generation": {"batch_size": 256, "chunk_size": 4096},
+    },
 }
-NESTED = {"pretrain": TrainConfig, "teacher_train": TrainConfig, "student_train": TrainConfig,
-          "dpkd_train": TrainConfig, "distill_train": TrainConfig, "generation": GenerationConfig}
+NESTED = {
+    "pretrain": TrainConfig,
+    "teacher_train": TrainConfig,
+    "student_train": TrainConfig,
+    "dpkd_train": TrainConfig,
+    "distill_train": TrainConfig,
+    "generation": GenerationConfig,
+}
 
 
 def make_settings(profile: str = "quick", overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -242,8 +279,11 @@ def _without_foreign_profile_options(profile: str, merged: dict, overrides: dict
     own = overrides.get("dataset_options") if isinstance(overrides.get("dataset_options"), dict) else {}
     dropped = sorted(k for k in from_profile if k not in accepted and k not in own)
     if dropped:
-        warnings.warn(f"profile {profile!r}: its dataset_options {dropped} do not apply to dataset {dataset!r} "
-                      f"(which takes {sorted(accepted)}) and are left out", stacklevel=3)
+        warnings.warn(
+            f"profile {profile!r}: its dataset_options {dropped} do not apply to dataset {dataset!r} "
+            f"(which takes {sorted(accepted)}) and are left out",
+            stacklevel=3,
+        )
         merged = {**merged, "dataset_options": {k: v for k, v in options.items() if k not in dropped}}
     return merged
 
@@ -270,8 +310,9 @@ def check_setting_name(name: str) -> None:
     known = sorted(f.name for f in fields(Settings))
     top = name.split(".", 1)[0]
     if top not in known:
-        raise ValueError(f"{top!r} is not a Settings field (nested fields are dotted, like teacher_train.epochs); "
-                         f"fields: {known}")
+        raise ValueError(
+            f"{top!r} is not a Settings field (nested fields are dotted, like teacher_train.epochs); fields: {known}"
+        )
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -282,8 +323,10 @@ def yaml_number_hint(text: str) -> str:
     except ValueError:
         return ""
     if "e" in text.lower() and "inf" not in text.lower():
-        return ("; YAML 1.1 (PyYAML, which reads grids) takes 1e-5 and 1.0e5 for text: write a dot and a signed "
-                "exponent (1.0e-5, 1.0e+5) or a plain decimal (0.00001)")
+        return (
+            "; YAML 1.1 (PyYAML, which reads grids) takes 1e-5 and 1.0e5 for text: write a dot and a signed "
+            "exponent (1.0e-5, 1.0e+5) or a plain decimal (0.00001)"
+        )
     return "; a quoted number (or inf/nan without the dot YAML wants before it: .inf) is text in YAML: drop the quotes"
 
 
@@ -360,11 +403,14 @@ def _check_delta_form(delta: Any) -> None:
     """delta is None (below 1/N), 'paper' (1/N) or a number in (0, 1); whether it is below 1/N needs N
     (Settings.validate)."""
     if isinstance(delta, str) and delta != "paper":
-        raise ValueError(f"delta={delta!r}: use a number below 1/N, None (the default: the largest power of ten "
-                         f"below 1/N) or 'paper' (1/N, as the paper){yaml_number_hint(delta)}")
+        raise ValueError(
+            f"delta={delta!r}: use a number below 1/N, None (the default: the largest power of ten "
+            f"below 1/N) or 'paper' (1/N, as the paper){yaml_number_hint(delta)}"
+        )
     if delta is not None and delta != "paper" and not 0 < delta < 1:
-        raise ValueError(f"delta={delta!r} must lie strictly between 0 and 1 (and below 1/N); or use None (the "
-                         f"default) or 'paper'")
+        raise ValueError(
+            f"delta={delta!r} must lie strictly between 0 and 1 (and below 1/N); or use None (the default) or 'paper'"
+        )
 
 
 def _check_options(key: str, name: str, options_key: str, options: dict, accepted_of, loader=None) -> None:
@@ -375,9 +421,9 @@ def _check_options(key: str, name: str, options_key: str, options: dict, accepte
         raise ValueError(f"{key}={name!r}: {err}") from err
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"{options_key} {unknown} do not apply to {key} {name!r}: it takes "
-                         f"{sorted(accepted) or 'no options'}")
+        raise ValueError(
+            f"{options_key} {unknown} do not apply to {key} {name!r}: it takes {sorted(accepted) or 'no options'}"
+        )
     problem = fields_problem(options, loader(name), f"{options_key}.") if loader else None
     if problem:
         raise ValueError(problem)
-

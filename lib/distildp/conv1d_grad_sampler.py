@@ -13,6 +13,7 @@ Opacus' `nn.Linear` norm sampler (which never builds the gradient) is correct fo
 Registration is global state in Opacus (a class-level dict), so it is switched on and off with a
 context manager: `with conv1d_sampler(enabled=True): ...` restores what was there before.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -7,6 +7,7 @@ start with `label` (`label`, `label1`, `label_business_category`, ...); other co
 The display name drops the `label` prefix: `label_business_category` -> "Business Category",
 `label1` -> "Label 1", `label` -> "Label".
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,10 +25,21 @@ import pandas as pd
 from distildp import hub
 from distildp.source import CATEGORY, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, STARS, Record, ReviewSource
 
-__all__ = ["Record", "Corpus", "control_prefix", "load_corpus", "load_public", "PublicText",
-           "KNOWN_CORPORA", "PUBLIC_CORPORA",
-           "yelp_to_columns", "big_patent_to_columns", "dbpedia_to_columns", "BIG_PATENT_SECTIONS",
-           "DBPEDIA_CLASSES"]
+__all__ = [
+    "Record",
+    "Corpus",
+    "control_prefix",
+    "load_corpus",
+    "load_public",
+    "PublicText",
+    "KNOWN_CORPORA",
+    "PUBLIC_CORPORA",
+    "yelp_to_columns",
+    "big_patent_to_columns",
+    "dbpedia_to_columns",
+    "BIG_PATENT_SECTIONS",
+    "DBPEDIA_CLASSES",
+]
 
 SPLITS = ("train", "validation", "test")
 KNOWN_CORPORA = ("builtin", "csv:<dir>", "yelp", "big_patent", "dbpedia_14")
@@ -41,6 +53,7 @@ def control_prefix(codes: dict[str, str]) -> str:
 @dataclass
 class Corpus:
     """Three splits of text with control codes; `source` is set when the exact floor is computable."""
+
     name: str
     splits: dict[str, pd.DataFrame]
     code_columns: dict[str, str]  # label column -> display name, in prefix order
@@ -54,8 +67,11 @@ class Corpus:
     def codes(self, split: str) -> list[dict[str, str]]:
         df = self._split(split)
         columns = [df[c].astype(str).tolist() for c in self.code_columns]
-        return [dict(zip(self.code_columns.values(), row)) for row in zip(*columns)] if columns \
+        return (
+            [dict(zip(self.code_columns.values(), row)) for row in zip(*columns)]
+            if columns
             else [{} for _ in range(len(df))]
+        )
 
     def prefixes(self, split: str) -> list[str]:
         return [control_prefix(c) for c in self.codes(split)]
@@ -105,17 +121,26 @@ def train_size(name: str, options: dict | None = None) -> int | None:
         return None
     train = Path(folder) / "train.csv"
     if not train.exists():
-        raise FileNotFoundError(f"corpus {name!r} needs {train} (with val.csv or validation.csv and test.csv "
-                                f"beside it); check the path")
+        raise FileNotFoundError(
+            f"corpus {name!r} needs {train} (with val.csv or validation.csv and test.csv beside it); check the path"
+        )
     n = count_csv_rows(train)
     cap = options.get("n_train") if name == "yelp" else None
     return min(n, cap) if cap is not None else n
 
 
 # ------------------------------------------------------------------------------- built-in corpus
-def _builtin(n_train: int = 4000, n_val: int = 400, n_test: int = 400, seed: int = 0, source_seed: int = 0,
-             categories: list[str] | None = None, canaries: int = 0, canary_repeats: int | list[int] = 1,
-             source: ReviewSource | None = None) -> Corpus:
+def _builtin(
+    n_train: int = 4000,
+    n_val: int = 400,
+    n_test: int = 400,
+    seed: int = 0,
+    source_seed: int = 0,
+    categories: list[str] | None = None,
+    canaries: int = 0,
+    canary_repeats: int | list[int] = 1,
+    source: ReviewSource | None = None,
+) -> Corpus:
     """Private corpus from `ReviewSource`, restricted to the private categories. The default N = 4,000 training
     documents make DP-SGD's noise per step (sigma / batch) at epsilon = 2 about 4x the paper's at the embedded
     default's batch of 1,000; 400 validation documents (where learning rates are chosen) and 400 test.
@@ -142,14 +167,22 @@ def _builtin(n_train: int = 4000, n_val: int = 400, n_test: int = 400, seed: int
         else:
             raise RuntimeError(f"could not draw {n} {split} texts distinct from the other splits")
         taken |= {r.text for r in records}
-        frames[split] = pd.DataFrame({"text": [r.text for r in records],
-                                      "label_business_category": [r.codes[CATEGORY] for r in records],
-                                      "label_review_stars": [r.codes[STARS] for r in records]})
+        frames[split] = pd.DataFrame(
+            {
+                "text": [r.text for r in records],
+                "label_business_category": [r.codes[CATEGORY] for r in records],
+                "label_review_stars": [r.codes[STARS] for r in records],
+            }
+        )
     inserted = insert_canaries(frames["train"], canaries, canary_repeats, seed) if canaries else []
-    return Corpus("builtin", {s: frames[s] for s in SPLITS},
-                  {"label_business_category": CATEGORY, "label_review_stars": STARS}, source=src,
-                  canaries=inserted, info={"categories": cats, "seed": seed, "source_seed": source_seed,
-                                           "source_fingerprint": src.fingerprint})
+    return Corpus(
+        "builtin",
+        {s: frames[s] for s in SPLITS},
+        {"label_business_category": CATEGORY, "label_review_stars": STARS},
+        source=src,
+        canaries=inserted,
+        info={"categories": cats, "seed": seed, "source_seed": source_seed, "source_fingerprint": src.fingerprint},
+    )
 
 
 def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int | list[int], seed: int) -> list[dict]:
@@ -161,16 +194,22 @@ def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int | list[in
     test, which has none).
     """
     counts = [repeats] if isinstance(repeats, int) and not isinstance(repeats, bool) else repeats
-    if (not isinstance(counts, list) or not counts
-            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in counts)):
-        raise ValueError(f"canary_repeats={repeats!r} must be a positive int or a non-empty list of them, "
-                         f"e.g. [1, 4, 16]")
+    if (
+        not isinstance(counts, list)
+        or not counts
+        or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in counts)
+    ):
+        raise ValueError(
+            f"canary_repeats={repeats!r} must be a positive int or a non-empty list of them, e.g. [1, 4, 16]"
+        )
     if isinstance(n_canaries, bool) or not isinstance(n_canaries, int) or n_canaries < 0:
         raise ValueError(f"canaries={n_canaries!r} must be a non-negative int (secrets per repeat count)")
     needed = n_canaries * sum(counts)
     if needed > len(train):
-        raise ValueError(f"{n_canaries} canaries x repeats {counts} need {needed} train rows; "
-                         f"train has {len(train)}: lower canaries/canary_repeats or raise n_train")
+        raise ValueError(
+            f"{n_canaries} canaries x repeats {counts} need {needed} train rows; "
+            f"train has {len(train)}: lower canaries/canary_repeats or raise n_train"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA7]))
     rows = rng.choice(len(train), size=needed, replace=False)
     out, taken, start = [], set(), 0
@@ -181,7 +220,7 @@ def insert_canaries(train: pd.DataFrame, n_canaries: int, repeats: int | list[in
                 secret = _draw_secret(rng)
             taken.add(secret)
             sentence = f"My secret code is {secret}."
-            mine = sorted(rows[start:start + count].tolist())
+            mine = sorted(rows[start : start + count].tolist())
             start += count
             for r in mine:
                 train.iat[r, train.columns.get_loc("text")] += " " + sentence
@@ -200,6 +239,7 @@ PUBLIC_CORPORA = ("builtin", "prose", "csv:<dir>", "hub:<dataset>[:<config>]")
 class PublicText:
     """Public pretraining text, with a held-out split to tell convergence. A document may come behind a control
     code prefix (`*_prefixes`, '' for none), tokenized apart from its text as in private fine-tuning."""
+
     name: str
     train: list[str]
     validation: list[str]
@@ -212,8 +252,15 @@ class PublicText:
         self.validation_prefixes = self.validation_prefixes or [""] * len(self.validation)
 
 
-def load_public(name: str = "builtin", n_docs: int | None = 4000, n_val: int = 500, seed: int = 0,
-                source: ReviewSource | None = None, coded_share: float = 0.5, **options) -> PublicText:
+def load_public(
+    name: str = "builtin",
+    n_docs: int | None = 4000,
+    n_val: int = 500,
+    seed: int = 0,
+    source: ReviewSource | None = None,
+    coded_share: float = 0.5,
+    **options,
+) -> PublicText:
     """The public corpus that tokenizer and models are pretrained on, by name:
 
     - 'builtin': reviews of the PUBLIC categories (no codes; they write about every private aspect, see
@@ -248,10 +295,14 @@ def load_public(name: str = "builtin", n_docs: int | None = 4000, n_val: int = 5
             held_out = [(t, p) for t, p in _public_reviews(src, n_val, seed, 0x9B2, coded_share) if t not in set(train)]
             validation += [text for text, _ in held_out]
             validation_prefixes += [prefix for _, prefix in held_out]
-        return PublicText(name, train, validation,
-                          {"n_reviews": n_docs if name == "builtin" else 0,
-                           "coded_share": coded_share if name == "builtin" else 0.0},
-                          train_prefixes, validation_prefixes)
+        return PublicText(
+            name,
+            train,
+            validation,
+            {"n_reviews": n_docs if name == "builtin" else 0, "coded_share": coded_share if name == "builtin" else 0.0},
+            train_prefixes,
+            validation_prefixes,
+        )
     if name.startswith("csv:"):
         return _public_csv(Path(name[4:]), n_docs, n_val, seed, **options)
     if name.startswith("hub:"):
@@ -281,16 +332,19 @@ def _public_reviews(src: ReviewSource, n: int, seed: int, stream: int, coded_sha
 
 def _public_texts_of(frame: pd.DataFrame, where: str, text_column: str) -> list[str]:
     if text_column not in frame.columns:
-        raise ValueError(f"{where} has no `{text_column}` column (columns: {list(frame.columns)}); name the text "
-                         f"column with public_options={{'text_column': ...}}")
+        raise ValueError(
+            f"{where} has no `{text_column}` column (columns: {list(frame.columns)}); name the text "
+            f"column with public_options={{'text_column': ...}}"
+        )
     texts = [t for t in frame[text_column].tolist() if isinstance(t, str) and t.strip()]
     if not texts:
         raise ValueError(f"{where} has no non-empty text in column `{text_column}`")
     return texts
 
 
-def _split_public(name: str, train: list[str], validation: list[str] | None, n_docs, n_val, seed,
-                  info: dict) -> PublicText:
+def _split_public(
+    name: str, train: list[str], validation: list[str] | None, n_docs, n_val, seed, info: dict
+) -> PublicText:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9B3]))
     if validation is None:  # hold out 5% of train
         order = rng.permutation(len(train))
@@ -305,16 +359,19 @@ def _split_public(name: str, train: list[str], validation: list[str] | None, n_d
 
 def _public_csv(folder: Path, n_docs, n_val, seed, text_column: str = "text") -> PublicText:
     if not (folder / "train.csv").exists():
-        raise FileNotFoundError(f"public corpus csv:{folder} needs {folder / 'train.csv'} (and optionally "
-                                f"val.csv) with a `{text_column}` column")
+        raise FileNotFoundError(
+            f"public corpus csv:{folder} needs {folder / 'train.csv'} (and optionally "
+            f"val.csv) with a `{text_column}` column"
+        )
     train = _public_texts_of(_read_csv(folder / "train.csv"), str(folder / "train.csv"), text_column)
     vals = [folder / n for n in ("val.csv", "validation.csv") if (folder / n).exists()]
     validation = _public_texts_of(_read_csv(vals[0]), str(vals[0]), text_column) if vals else None
     return _split_public(f"csv:{folder}", train, validation, n_docs, n_val, seed, {"folder": str(folder)})
 
 
-def _public_hub(name: str, n_docs, n_val, seed, text_column: str = "text", data_files=None,
-                cache_dir=None) -> PublicText:
+def _public_hub(
+    name: str, n_docs, n_val, seed, text_column: str = "text", data_files=None, cache_dir=None
+) -> PublicText:
     path, _, config = name[4:].partition(":")
     raw = _load_dataset(path, config or None, data_files=data_files, cache_dir=cache_dir, corpus=name)
     if "train" not in raw:
@@ -336,7 +393,7 @@ def pydoc_paragraphs() -> list[str]:
 # ------------------------------------------------------------------------------- CSV folders
 def display_name(column: str) -> str:
     """'label_business_category' -> 'Business Category'; 'label1' -> 'Label 1'; 'label' -> 'Label'."""
-    rest = column[len("label"):].strip("_- ")
+    rest = column[len("label") :].strip("_- ")
     if not rest:
         return "Label"
     if rest.isdigit():
@@ -344,16 +401,19 @@ def display_name(column: str) -> str:
     return " ".join(w.capitalize() for w in re.split(r"[_\-\s]+", rest) if w)
 
 
-def load_csv_dir(directory: str | os.PathLike, name: str | None = None,
-                 code_names: dict[str, str] | None = None) -> Corpus:
+def load_csv_dir(
+    directory: str | os.PathLike, name: str | None = None, code_names: dict[str, str] | None = None
+) -> Corpus:
     """A folder with train.csv, val.csv (or validation.csv) and test.csv; see the module docstring.
 
     Read strictly: a row with more or fewer fields than the header, a repeated column name, a split with no
     rows or a label that is a number in one split and text in another is an error naming file and line."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise FileNotFoundError(f"corpus folder {folder} does not exist; pass csv:<dir> with train.csv, "
-                                f"val.csv (or validation.csv) and test.csv inside")
+        raise FileNotFoundError(
+            f"corpus folder {folder} does not exist; pass csv:<dir> with train.csv, "
+            f"val.csv (or validation.csv) and test.csv inside"
+        )
     files = {"train": folder / "train.csv", "test": folder / "test.csv"}
     vals = [folder / n for n in ("val.csv", "validation.csv") if (folder / n).exists()]
     if len(vals) > 1:
@@ -362,11 +422,14 @@ def load_csv_dir(directory: str | os.PathLike, name: str | None = None,
     frames, lines = {}, {}
     for split in SPLITS:
         if not files[split].exists():
-            raise FileNotFoundError(f"missing {files[split]}: a csv corpus needs train.csv, val.csv "
-                                    f"(or validation.csv) and test.csv in {folder}")
+            raise FileNotFoundError(
+                f"missing {files[split]}: a csv corpus needs train.csv, val.csv "
+                f"(or validation.csv) and test.csv in {folder}"
+            )
         frames[split], lines[split] = _read_csv_lines(files[split])
-    corpus = corpus_from_frames(name or f"csv:{folder}", frames, code_names=code_names,
-                                where={s: str(files[s]) for s in SPLITS}, lines=lines)
+    corpus = corpus_from_frames(
+        name or f"csv:{folder}", frames, code_names=code_names, where={s: str(files[s]) for s in SPLITS}, lines=lines
+    )
     _check_label_types(corpus, files, lines)
     return corpus
 
@@ -397,8 +460,10 @@ def _read_csv_lines(path: Path) -> tuple[pd.DataFrame, list[int]]:
                     header, header_line = record, start
                     repeated = sorted(n for n, k in Counter(header).items() if k > 1)
                     if repeated:
-                        raise ValueError(f"{path}, line {start}: column name(s) {repeated} appear more than once "
-                                         f"in the header; give every column its own name")
+                        raise ValueError(
+                            f"{path}, line {start}: column name(s) {repeated} appear more than once "
+                            f"in the header; give every column its own name"
+                        )
                     continue
                 if len(record) != len(header):
                     raise ValueError(f"{path}, line {start}: {_ragged(len(record), len(header), header_line)}")
@@ -407,9 +472,11 @@ def _read_csv_lines(path: Path) -> tuple[pd.DataFrame, list[int]]:
     except UnicodeDecodeError as err:
         raise ValueError(f"cannot read {path} as CSV ({type(err).__name__}: {err}); it must be {form}") from err
     except csv.Error as err:  # strict mode: a quote that does not close, or text after a closing quote
-        raise ValueError(f"cannot read {path} as CSV: the record starting on line {end + 1}: {err}. A field that "
-                         f"holds a quote must be quoted as a whole, with the quote doubled: \"she said \"\"hi\"\"\", "
-                         f"and every opening quote needs its closing one") from err
+        raise ValueError(
+            f"cannot read {path} as CSV: the record starting on line {end + 1}: {err}. A field that "
+            f'holds a quote must be quoted as a whole, with the quote doubled: "she said ""hi""", '
+            f"and every opening quote needs its closing one"
+        ) from err
     except OSError as err:
         raise ValueError(f"cannot read {path} ({type(err).__name__}: {err})") from err
     finally:
@@ -417,18 +484,24 @@ def _read_csv_lines(path: Path) -> tuple[pd.DataFrame, list[int]]:
     if header is None:
         raise ValueError(f"cannot read {path} as CSV: the file is empty; it must be {form}")
     if not rows:
-        raise ValueError(f"{path} has a header (line {header_line}) but no rows: a split needs at least one "
-                         f"document; add rows, or check that the right file is in place")
+        raise ValueError(
+            f"{path} has a header (line {header_line}) but no rows: a split needs at least one "
+            f"document; add rows, or check that the right file is in place"
+        )
     return pd.DataFrame(rows, columns=header, dtype=str), lines
 
 
 def _ragged(n_fields: int, n_header: int, header_line: int) -> str:
     """Why a row with `n_fields` fields under a header of `n_header` names is refused, and the fix."""
     if n_fields > n_header:
-        return (f"{n_fields} fields where the header (line {header_line}) has {n_header}; quote a field that "
-                f"contains a comma (\"like, this\"), or remove the extra fields")
-    return (f"{n_fields} field{'s' if n_fields != 1 else ''} where the header (line {header_line}) has "
-            f"{n_header}; add the missing fields (a text holding a line break must be quoted) or delete the row")
+        return (
+            f"{n_fields} fields where the header (line {header_line}) has {n_header}; quote a field that "
+            f'contains a comma ("like, this"), or remove the extra fields'
+        )
+    return (
+        f"{n_fields} field{'s' if n_fields != 1 else ''} where the header (line {header_line}) has "
+        f"{n_header}; add the missing fields (a text holding a line break must be quoted) or delete the row"
+    )
 
 
 def count_csv_rows(path: str | os.PathLike) -> int:
@@ -455,14 +528,21 @@ def _check_label_types(corpus: Corpus, files: dict[str, Path], lines: dict[str, 
             row = int((~numeric[odd]).to_numpy().argmax())
             value = corpus.splits[odd][column].iloc[row]
             numbers = ", ".join(files[s].name for s in SPLITS if kinds[s])
-            raise ValueError(f"{files[odd]}, line {lines[odd][row]}: label `{column}` is {value!r} (text), but "
-                             f"{numbers} hold(s) only numbers in `{column}`; write the label the same way in every "
-                             f"split (e.g. 5.0 everywhere, or five everywhere)")
+            raise ValueError(
+                f"{files[odd]}, line {lines[odd][row]}: label `{column}` is {value!r} (text), but "
+                f"{numbers} hold(s) only numbers in `{column}`; write the label the same way in every "
+                f"split (e.g. 5.0 everywhere, or five everywhere)"
+            )
 
 
-def corpus_from_frames(name: str, frames: dict[str, pd.DataFrame], code_names: dict[str, str] | None = None,
-                       where: dict[str, str] | None = None, info: dict | None = None,
-                       lines: dict[str, list[int]] | None = None) -> Corpus:
+def corpus_from_frames(
+    name: str,
+    frames: dict[str, pd.DataFrame],
+    code_names: dict[str, str] | None = None,
+    where: dict[str, str] | None = None,
+    info: dict | None = None,
+    lines: dict[str, list[int]] | None = None,
+) -> Corpus:
     """Validate three splits (text + label* columns) and wrap them in a `Corpus`. `where` names each split's
     file; `lines` gives the file line of each row (else row i is on line i + 2: a header, no blank lines)."""
     from_files = where is not None
@@ -472,8 +552,10 @@ def corpus_from_frames(name: str, frames: dict[str, pd.DataFrame], code_names: d
     for split in SPLITS:
         df = frames[split]
         if "text" not in df.columns:
-            raise ValueError(f"{where[split]} has no `text` column (columns: {list(df.columns)}); rename the "
-                             f"document column to `text`")
+            raise ValueError(
+                f"{where[split]} has no `text` column (columns: {list(df.columns)}); rename the "
+                f"document column to `text`"
+            )
         labels = [c for c in df.columns if c.startswith("label")]
         label_sets[split] = labels
         for col in ["text", *labels]:
@@ -483,8 +565,10 @@ def corpus_from_frames(name: str, frames: dict[str, pd.DataFrame], code_names: d
                 line_of = (lambda i, split=split: lines[split][i]) if lines else (lambda i: i + 2 if from_files else i)
                 shown = ", ".join(str(line_of(i)) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
                 at = f"file lines {shown}, the header being line 1" if from_files else f"rows {shown}, counting from 0"
-                raise ValueError(f"{where[split]}: column `{col}` is empty or not text in {len(bad)} row(s) "
-                                 f"({at}); fill or delete those rows")
+                raise ValueError(
+                    f"{where[split]}: column `{col}` is empty or not text in {len(bad)} row(s) "
+                    f"({at}); fill or delete those rows"
+                )
         clean[split] = df[["text", *labels]].reset_index(drop=True)
     if len({tuple(v) for v in label_sets.values()}) > 1:
         raise ValueError(f"label columns differ between splits: {label_sets}; every split needs the same ones")
@@ -494,13 +578,32 @@ def corpus_from_frames(name: str, frames: dict[str, pd.DataFrame], code_names: d
 
 # ------------------------------------------------------------------------------- hub datasets
 BIG_PATENT_SECTIONS = {
-    "a": "Human Necessities", "b": "Performing Operations; Transporting", "c": "Chemistry; Metallurgy",
-    "d": "Textiles; Paper", "e": "Fixed Constructions",
-    "f": "Mechanical Engineering; Lighting; Heating; Weapons; Blasting", "g": "Physics", "h": "Electricity",
+    "a": "Human Necessities",
+    "b": "Performing Operations; Transporting",
+    "c": "Chemistry; Metallurgy",
+    "d": "Textiles; Paper",
+    "e": "Fixed Constructions",
+    "f": "Mechanical Engineering; Lighting; Heating; Weapons; Blasting",
+    "g": "Physics",
+    "h": "Electricity",
     "y": "General tagging of new or cross-sectional technology",
 }
-DBPEDIA_CLASSES = ["Company", "EducationalInstitution", "Artist", "Athlete", "OfficeHolder", "MeanOfTransportation",
-                   "Building", "NaturalPlace", "Village", "Animal", "Plant", "Album", "Film", "WrittenWork"]
+DBPEDIA_CLASSES = [
+    "Company",
+    "EducationalInstitution",
+    "Artist",
+    "Athlete",
+    "OfficeHolder",
+    "MeanOfTransportation",
+    "Building",
+    "NaturalPlace",
+    "Village",
+    "Animal",
+    "Plant",
+    "Album",
+    "Film",
+    "WrittenWork",
+]
 
 
 def yelp_to_columns(table) -> pd.DataFrame:
@@ -526,8 +629,9 @@ def big_patent_to_columns(table, section: str) -> pd.DataFrame:
 def dbpedia_to_columns(table) -> pd.DataFrame:
     """dbpedia_14 rows (`label` 0..13, `title`, `content`) -> text (the content) + class name."""
     df = _as_frame(table)
-    return pd.DataFrame({"text": df["content"].str.strip(),
-                         "label_class": [DBPEDIA_CLASSES[int(v)] for v in df["label"]]})
+    return pd.DataFrame(
+        {"text": df["content"].str.strip(), "label_class": [DBPEDIA_CLASSES[int(v)] for v in df["label"]]}
+    )
 
 
 def _as_frame(table) -> pd.DataFrame:
@@ -556,23 +660,30 @@ def _load_dataset(path: str, config: str | None = None, *, data_files=None, cach
         if fmt is None:
             raise ValueError(f"{corpus}: cannot tell the format of {data_files}; use .csv, .json(l) or .parquet")
         return datasets.load_dataset(fmt, data_files=data_files, cache_dir=cache_dir)
-    fix = (f"connect to the internet (unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), or pass local files: "
-           f"load_corpus({corpus!r}, data_files={{'train': ..., 'test': ...}}) in the hub's schema, or a "
-           f"prepared folder via load_corpus('csv:<dir>')")
+    fix = (
+        f"connect to the internet (unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), or pass local files: "
+        f"load_corpus({corpus!r}, data_files={{'train': ..., 'test': ...}}) in the hub's schema, or a "
+        f"prepared folder via load_corpus('csv:<dir>')"
+    )
     if not _hub_offline() and not _hub_reachable():  # fail now, not after a minute of retries
-        raise ConnectionError(f"could not load dataset {path!r} for corpus {corpus!r}: the hub "
-                              f"({_hub_host()}) is unreachable. Fix: {fix}; or, if it is cached, set "
-                              f"HF_DATASETS_OFFLINE=1 to use the cached copy")
+        raise ConnectionError(
+            f"could not load dataset {path!r} for corpus {corpus!r}: the hub "
+            f"({_hub_host()}) is unreachable. Fix: {fix}; or, if it is cached, set "
+            f"HF_DATASETS_OFFLINE=1 to use the cached copy"
+        )
     try:
         return datasets.load_dataset(path, config, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 - any failure here means "the data is not reachable"
         state = "offline mode is on and it is not cached" if _hub_offline() else "the hub could not be reached"
-        raise ConnectionError(f"could not load dataset {path!r}{f' ({config})' if config else ''} for corpus "
-                              f"{corpus!r}: {state} ({type(err).__name__}: {str(err)[:200]}). Fix: {fix}") from err
+        raise ConnectionError(
+            f"could not load dataset {path!r}{f' ({config})' if config else ''} for corpus "
+            f"{corpus!r}: {state} ({type(err).__name__}: {str(err)[:200]}). Fix: {fix}"
+        ) from err
 
 
-def _three_splits(parts: dict[str, pd.DataFrame], seed: int, val_fraction: float,
-                  limits: dict[str, int | None]) -> dict[str, pd.DataFrame]:
+def _three_splits(
+    parts: dict[str, pd.DataFrame], seed: int, val_fraction: float, limits: dict[str, int | None]
+) -> dict[str, pd.DataFrame]:
     """Carve validation from train when missing, then subsample each split to its limit (seeded)."""
     parts = dict(parts)
     rng = np.random.default_rng(seed)
@@ -597,9 +708,18 @@ def _hub_corpus(name, load, to_columns, code_names, *, seed, val_fraction, n_tra
     return corpus_from_frames(name, frames, code_names=code_names, info={"seed": seed})
 
 
-def load_yelp(data_dir: str | None = None, hub_name: str = "Yelp/yelp_review_full", data_files=None,
-              cache_dir=None, seed: int = 0, val_fraction: float = 0.05, n_train=None, n_val=None, n_test=None,
-              code_names: dict[str, str] | None = None) -> Corpus:
+def load_yelp(
+    data_dir: str | None = None,
+    hub_name: str = "Yelp/yelp_review_full",
+    data_files=None,
+    cache_dir=None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train=None,
+    n_val=None,
+    n_test=None,
+    code_names: dict[str, str] | None = None,
+) -> Corpus:
     """Yelp reviews. `data_dir`: the DistilDP/Yue et al. CSV folder (text + label columns, e.g.
     Business Category and Review Stars); otherwise `hub_name` (default: stars only, no category)."""
     names = {"label_review_stars": STARS, **(code_names or {})}
@@ -608,17 +728,33 @@ def load_yelp(data_dir: str | None = None, hub_name: str = "Yelp/yelp_review_ful
         sizes = {"train": n_train, "validation": n_val, "test": n_test}
         frames = _three_splits(corpus.splits, seed, val_fraction, sizes)
         return corpus_from_frames("yelp", frames, code_names=corpus.code_columns, info={"data_dir": str(data_dir)})
-    return _hub_corpus("yelp",
-                       lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp"),
-                       yelp_to_columns, names, seed=seed, val_fraction=val_fraction,
-                       n_train=n_train, n_val=n_val, n_test=n_test)
+    return _hub_corpus(
+        "yelp",
+        lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp"),
+        yelp_to_columns,
+        names,
+        seed=seed,
+        val_fraction=val_fraction,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+    )
 
 
-def load_big_patent(hub_name: str = "NortheasternUniversity/big_patent", sections: str = "abcdefghy",
-                    data_files: dict[str, dict[str, str]] | None = None, cache_dir=None, seed: int = 0,
-                    val_fraction: float = 0.05, n_train=None, n_val=None, n_test=None) -> Corpus:
+def load_big_patent(
+    hub_name: str = "NortheasternUniversity/big_patent",
+    sections: str = "abcdefghy",
+    data_files: dict[str, dict[str, str]] | None = None,
+    cache_dir=None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train=None,
+    n_val=None,
+    n_test=None,
+) -> Corpus:
     """Patent abstracts labelled with their CPC section; one hub config per section letter.
     `data_files`: {section letter: {split: path}} of local files in the hub's schema."""
+
     def load():
         merged: dict[str, list[pd.DataFrame]] = {}
         for sec in sections:
@@ -629,17 +765,42 @@ def load_big_patent(hub_name: str = "NortheasternUniversity/big_patent", section
             for split in raw:
                 merged.setdefault(split, []).append(big_patent_to_columns(raw[split], sec))
         return {s: pd.concat(v, ignore_index=True) for s, v in merged.items()}
-    return _hub_corpus("big_patent", load, lambda df: df, {"label_cpc_section": "CPC Section"}, seed=seed,
-                       val_fraction=val_fraction, n_train=n_train, n_val=n_val, n_test=n_test)
+
+    return _hub_corpus(
+        "big_patent",
+        load,
+        lambda df: df,
+        {"label_cpc_section": "CPC Section"},
+        seed=seed,
+        val_fraction=val_fraction,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+    )
 
 
-def load_dbpedia(hub_name: str = "fancyzhx/dbpedia_14", data_files=None, cache_dir=None, seed: int = 0,
-                 val_fraction: float = 0.05, n_train=None, n_val=None, n_test=None) -> Corpus:
+def load_dbpedia(
+    hub_name: str = "fancyzhx/dbpedia_14",
+    data_files=None,
+    cache_dir=None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train=None,
+    n_val=None,
+    n_test=None,
+) -> Corpus:
     """DBpedia-14 article abstracts labelled with their class name."""
-    return _hub_corpus("dbpedia_14", lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir,
-                                                           corpus="dbpedia_14"),
-                       dbpedia_to_columns, {"label_class": "Class"}, seed=seed, val_fraction=val_fraction,
-                       n_train=n_train, n_val=n_val, n_test=n_test)
+    return _hub_corpus(
+        "dbpedia_14",
+        lambda: _load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="dbpedia_14"),
+        dbpedia_to_columns,
+        {"label_class": "Class"},
+        seed=seed,
+        val_fraction=val_fraction,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+    )
 
 
 HUB_LOADERS = {"yelp": load_yelp, "big_patent": load_big_patent, "dbpedia_14": load_dbpedia}

@@ -19,6 +19,7 @@ k (1..L) the output of block k (for GPT-2 the last one has the final layer norm 
 `layer_map` aligns student block k of L_s with teacher block ceil(k * L_t / L_s): evenly spaced, never
 the embeddings, and the final hidden states of the two models are always paired.
 """
+
 from __future__ import annotations
 
 import math
@@ -130,8 +131,9 @@ def kd_loss(
     if temperature == 1.0:  # the CE's log-softmax is the KL's: computed once (B x T x V is the big tensor)
         ce_tok = -log_p_s.gather(-1, targets[:, 1:].unsqueeze(-1)).squeeze(-1)
     else:
-        ce_tok = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), targets[:, 1:].reshape(-1),
-                                 reduction="none").view(targets[:, 1:].shape)
+        ce_tok = F.cross_entropy(
+            s_logits.reshape(-1, s_logits.shape[-1]), targets[:, 1:].reshape(-1), reduction="none"
+        ).view(targets[:, 1:].shape)
     # KL(p_t || p_s) = sum p_t log p_t - sum p_t log p_s; the first sum needs no gradient, so it stays out of the graph
     with torch.no_grad():
         log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
@@ -437,8 +439,16 @@ def make_kd_loss_fn(
                     )
                 raise _width_error(s_width, t_width)
         return kd_loss(
-            out.logits, teach.logits, batch["input_ids"], batch["loss_mask"], lam=lam, temperature=temperature,
-            student_hidden=student_hidden, teacher_hidden=teacher_hidden, alpha=alpha, weighting=weighting,
+            out.logits,
+            teach.logits,
+            batch["input_ids"],
+            batch["loss_mask"],
+            lam=lam,
+            temperature=temperature,
+            student_hidden=student_hidden,
+            teacher_hidden=teacher_hidden,
+            alpha=alpha,
+            weighting=weighting,
         ).total
 
     return loss_fn

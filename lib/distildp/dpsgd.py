@@ -13,6 +13,7 @@ The privacy unit is one example (one sequence), so a loss function returns one n
 mean would scale each example's gradient by its share of the batch's tokens, which depends on the other
 examples in the batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 # What a manifest says about where the DP randomness came from.
-RANDOMNESS = {"secret": "secret: Poisson batches and noise drawn from OS entropy",
-              "reproducible": "reproducible: noise derived from the published seed, not a releasable model"}
+RANDOMNESS = {
+    "secret": "secret: Poisson batches and noise drawn from OS entropy",
+    "reproducible": "reproducible: noise derived from the published seed, not a releasable model",
+}
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "bookkeeping")
 SCHEDULES = ("constant", "warmup_linear")
 OPTIMIZERS = ("adamw", "sgd")
@@ -161,33 +164,41 @@ def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
         attention_mask[row, :n] = 1
         if "loss_mask" in ex:
             if len(ex["loss_mask"]) != n:
-                raise ValueError(f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; "
-                                 f"make them equal.")
+                raise ValueError(
+                    f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; make them equal."
+                )
             loss_mask[row, 1:n] = torch.as_tensor(ex["loss_mask"][1:], dtype=torch.float)
         else:
             loss_mask[row, 1:n] = 1.0
     # Explicit positions: Opacus hooks need a (B, T) tensor (not a broadcast (1, T)), and ghost
     # clipping needs it contiguous, hence .repeat rather than .expand. Right padding: rows start at 0.
     position_ids = torch.arange(length).repeat(rows, 1)
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "position_ids": position_ids, "loss_mask": loss_mask}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "loss_mask": loss_mask,
+    }
 
 
 def lm_loss_per_sequence(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Per-sequence mean next-token NLL over scored tokens, shape (B,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"]).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).logits
     targets = batch["input_ids"][:, 1:]
     # flattened to (tokens, vocab): cross_entropy over a transposed (B, V, T) view is several times slower on CPU
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                          reduction="none").view(targets.shape)
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
     mask = batch["loss_mask"][:, 1:].to(nll.dtype)
     return (nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 # ---------------------------------------------------------------------------------- privacy helpers
-def _epsilon_spent(opacus_accountant, noise_multiplier: float, sample_rate: float, steps: int,
-                   delta: float, accountant: str) -> tuple[float, list[str]]:
+def _epsilon_spent(
+    opacus_accountant, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str
+) -> tuple[float, list[str]]:
     """Epsilon over the steps taken, from the run's own Opacus accountant and from distildp.privacy
     (which the noise was calibrated with); the larger is reported, so the record never understates it."""
     if noise_multiplier == 0:
@@ -219,14 +230,17 @@ def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> Non
     if n == 0:
         raise ValueError("no training examples: pass a non-empty list of dicts with 'input_ids'.")
     if train_cfg.batch_size < 1 or train_cfg.batch_size > n:
-        raise ValueError(f"batch_size={train_cfg.batch_size} with {n} examples gives sample rate "
-                         f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller "
-                         f"batch).")
+        raise ValueError(
+            f"batch_size={train_cfg.batch_size} with {n} examples gives sample rate "
+            f"{train_cfg.batch_size / n:.3g}; need 1 <= batch_size <= N (use more data or a smaller "
+            f"batch)."
+        )
     if train_cfg.physical_batch_size is not None and train_cfg.physical_batch_size < 1:
         raise ValueError(f"physical_batch_size={train_cfg.physical_batch_size}; use >= 1 or None.")
     if not train_cfg.epochs > 0 or (train_cfg.max_steps is not None and train_cfg.max_steps < 1):
-        raise ValueError(f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and "
-                         f"max_steps >= 1.")
+        raise ValueError(
+            f"epochs={train_cfg.epochs}, max_steps={train_cfg.max_steps}: need epochs > 0 and max_steps >= 1."
+        )
     if train_cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={train_cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
     if train_cfg.schedule not in SCHEDULES:
@@ -256,8 +270,9 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
     return get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, steps)
 
 
-def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
-                      lengths: list[int] | None = None) -> Iterator[list[int]]:
+def _shuffled_batches(
+    n: int, batch_size: int, steps: int, generator: torch.Generator, lengths: list[int] | None = None
+) -> Iterator[list[int]]:
     """Non-private sampling: a fresh permutation per epoch, cut into batches (the last may be short).
 
     With `lengths`, each epoch's batches hold similar lengths (transformers' get_length_grouped_indices: a
@@ -271,7 +286,7 @@ def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Gene
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = get_length_grouped_indices(lengths, batch_size, generator=generator)
-        batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+        batches = [order[start : start + batch_size] for start in range(0, n, batch_size)]
         if lengths is not None:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         for batch in batches:
@@ -282,7 +297,7 @@ def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Gene
 
 
 def _split(batch: list[int], size: int) -> list[list[int]]:
-    return [batch[i:i + size] for i in range(0, len(batch), size)] or [[]]
+    return [batch[i : i + size] for i in range(0, len(batch), size)] or [[]]
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> Batch:
@@ -347,8 +362,10 @@ def train_causal_lm(
     lengths = [len(ex["input_ids"]) for ex in examples]  # for the context check and length-sorted batches
     longest = max(lengths)
     if context is not None and longest > context:
-        raise ValueError(f"an example has {longest} tokens but the model's context is {context}; "
-                         f"split or truncate documents to at most {context} tokens.")
+        raise ValueError(
+            f"an example has {longest} tokens but the model's context is {context}; "
+            f"split or truncate documents to at most {context} tokens."
+        )
     sample_rate, steps = poisson_schedule(n, train_cfg)
     physical = train_cfg.physical_batch_size or train_cfg.batch_size
 
@@ -364,10 +381,21 @@ def train_causal_lm(
     else:
         optimizer = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = _schedule(optimizer, train_cfg, steps)
-    report = TrainReport(steps=0, sample_rate=sample_rate, noise_multiplier=0.0, epsilon_spent=math.inf,
-                         delta=None, accountant=None, max_grad_norm=None, grad_sample_mode=None,
-                         tied_embeddings_untied=untied, target_epsilon=p.target_epsilon,
-                         batch_size=train_cfg.batch_size, epochs=train_cfg.epochs, n_examples=n)
+    report = TrainReport(
+        steps=0,
+        sample_rate=sample_rate,
+        noise_multiplier=0.0,
+        epsilon_spent=math.inf,
+        delta=None,
+        accountant=None,
+        max_grad_norm=None,
+        grad_sample_mode=None,
+        tied_embeddings_untied=untied,
+        target_epsilon=p.target_epsilon,
+        batch_size=train_cfg.batch_size,
+        epochs=train_cfg.epochs,
+        n_examples=n,
+    )
     if untied:
         report.notes.append("lm_head untied from the input embedding for ghost clipping")
     start = time.perf_counter()
@@ -383,8 +411,21 @@ def train_causal_lm(
         bar.set_postfix(loss=f"{loss:.3f}")
         return bool(on_step(report.steps, loss)) if on_step is not None else False
 
-    loop = _Loop(model, examples, lengths, collate_fn, loss_fn, optimizer, train_cfg, report, steps, physical,
-                 sampler_rng, device, finish_step)
+    loop = _Loop(
+        model,
+        examples,
+        lengths,
+        collate_fn,
+        loss_fn,
+        optimizer,
+        train_cfg,
+        report,
+        steps,
+        physical,
+        sampler_rng,
+        device,
+        finish_step,
+    )
     if p.private:
         _train_private(loop, p)
     else:
@@ -449,7 +490,8 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
         collate_fn=lambda exs: loop.collate_fn(exs) if exs else None,
     )
     noise_rng = torch.Generator(device=loop.device).manual_seed(
-        secret_seed() if p.secret_randomness else train_cfg.seed + 1)
+        secret_seed() if p.secret_randomness else train_cfg.seed + 1
+    )
     with conv1d_sampler(p.conv1d_sampler), warnings.catch_warnings():
         # Seeded noise is for reproducible research; Opacus' secure_mode is the production switch.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -457,13 +499,18 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
         engine = PrivacyEngine(accountant=p.accountant)
         criterion = None
         if bookkeeping:
-            hooks, dp_optimizer = _bookkeeping_private(engine, model, loop.optimizer, sigma, p.max_grad_norm,
-                                                       noise_rng)
+            hooks, dp_optimizer = _bookkeeping_private(engine, model, loop.optimizer, sigma, p.max_grad_norm, noise_rng)
         else:
             made = engine.make_private(
-                module=model, optimizer=loop.optimizer, data_loader=loader, noise_multiplier=sigma,
-                max_grad_norm=p.max_grad_norm, poisson_sampling=False,  # our loader already samples
-                grad_sample_mode=p.grad_sample_mode, criterion=_PerSequenceLoss(), wrap_model=False,
+                module=model,
+                optimizer=loop.optimizer,
+                data_loader=loader,
+                noise_multiplier=sigma,
+                max_grad_norm=p.max_grad_norm,
+                poisson_sampling=False,  # our loader already samples
+                grad_sample_mode=p.grad_sample_mode,
+                criterion=_PerSequenceLoss(),
+                wrap_model=False,
                 noise_generator=noise_rng,
             )
             hooks, dp_optimizer = made[0], made[1]
@@ -481,8 +528,9 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
         dp_optimizer.attach_step_hook(on_noisy_step)
         try:
             loss_sum, count = 0.0, 0
-            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=loop.physical,
-                                    optimizer=dp_optimizer) as physical_loader:
+            with BatchMemoryManager(
+                data_loader=loader, max_physical_batch_size=loop.physical, optimizer=dp_optimizer
+            ) as physical_loader:
                 for batch in physical_loader:
                     if batch is None:
                         _empty_gradients(dp_optimizer, ghost or bookkeeping)
@@ -509,8 +557,10 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
     report.epsilon_spent, notes = _epsilon_spent(engine.accountant, sigma, q, report.steps, delta, p.accountant)
     sampler_note = "conv1d grad sampler: " + ("on" if p.conv1d_sampler else "off (functorch)")
     report.randomness = RANDOMNESS["secret" if p.secret_randomness else "reproducible"]
-    report.notes += notes + [f"Poisson sampling, q = {train_cfg.batch_size}/{n}",
-                             "bookkeeping clipping" if bookkeeping else sampler_note]
+    report.notes += notes + [
+        f"Poisson sampling, q = {train_cfg.batch_size}/{n}",
+        "bookkeeping clipping" if bookkeeping else sampler_note,
+    ]
 
 
 def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_rng):
@@ -524,8 +574,13 @@ def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_r
     engine.validate(module=model, optimizer=None, data_loader=None)  # no layers that mix examples
     clipper = BookkeepingClipper(model, max_grad_norm)
     dp_optimizer = DPOptimizerFastGradientClipping(
-        optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm, expected_batch_size=1,  # set by the caller
-        loss_reduction="mean", generator=noise_rng)
+        optimizer,
+        noise_multiplier=sigma,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=1,  # set by the caller
+        loss_reduction="mean",
+        generator=noise_rng,
+    )
     return clipper, dp_optimizer
 
 
@@ -556,8 +611,13 @@ def _empty_gradients(dp_optimizer, ghost: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------- pretraining
-def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-             cfg: TrainConfig | None = None, progress: bool = True) -> dict:
+def pretrain(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+) -> dict:
     """Non-private causal-LM pretraining on plain `texts` (long documents are split into context-sized windows).
 
     The same loop as private training (train_causal_lm with epsilon = inf). Returns metrics.
@@ -570,5 +630,10 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: 
     report = train_causal_lm(model, examples, cfg, collate_fn=lambda batch: collate_lm(batch, pad), progress=progress)
     steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
     last = report.losses[-steps_per_epoch:]
-    return {"train_loss": sum(last) / len(last), "first_loss": report.losses[0], "steps": report.steps,
-            "examples": len(examples), "seconds": report.wall_time_s}
+    return {
+        "train_loss": sum(last) / len(last),
+        "first_loss": report.losses[0],
+        "steps": report.steps,
+        "examples": len(examples),
+        "seconds": report.wall_time_s,
+    }

@@ -5,6 +5,7 @@ the next (GPT-2 style). Prefix tokens p (control codes) are context only; text t
 scored; the very first [eos] is never a target. So every method's perplexity counts the same tokens, whatever the
 model conditions on, and `floor()` divides by exactly that count.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,16 +20,17 @@ from distildp.models import encode_with_prefix, token_ids
 
 @dataclass(frozen=True)
 class PerplexityResult:
-    ppl: float      # exp(nll_sum / n_tokens)
+    ppl: float  # exp(nll_sum / n_tokens)
     nll_sum: float  # total negative log-likelihood in nats
-    n_tokens: int   # number of scored tokens
+    n_tokens: int  # number of scored tokens
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _document_streams(tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                      prefixes: list[str] | None) -> list[tuple[list[int], list[bool]]]:
+def _document_streams(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], prefixes: list[str] | None
+) -> list[tuple[list[int], list[bool]]]:
     """Per document: the training encoding [eos] + prefix + text + [eos] (`encode_with_prefix`, untruncated)
     and whether each id is a scored target (the text and its closing [eos])."""
     streams = []
@@ -38,8 +40,9 @@ def _document_streams(tokenizer: PreTrainedTokenizerBase, texts: list[str],
     return streams
 
 
-def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                     prefixes: list[str] | None = None) -> tuple[list[int], list[bool]]:
+def encode_documents(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], prefixes: list[str] | None = None
+) -> tuple[list[int], list[bool]]:
     """The evaluation stream [eos] p1 t1 [eos] p2 t2 [eos] ... and its scored mask (see the module docstring)."""
     ids, scored = [], []
     for i, (doc_ids, doc_scored) in enumerate(_document_streams(tokenizer, texts, prefixes)):
@@ -67,8 +70,15 @@ def _windows(n_inputs: int, max_length: int, stride: int) -> list[tuple[int, int
 
 
 @torch.inference_mode()
-def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool]]], max_length: int,
-                stride: int, batch_size: int, pad_id: int, progress: bool) -> tuple[list[float], list[int]]:
+def _stream_nll(
+    model: PreTrainedModel,
+    streams: list[tuple[list[int], list[bool]]],
+    max_length: int,
+    stride: int,
+    batch_size: int,
+    pad_id: int,
+    progress: bool,
+) -> tuple[list[float], list[int]]:
     """(nats, scored tokens) of every stream."""
     jobs = []  # (stream index, begin, end, n_new)
     for s, (ids, _) in enumerate(streams):
@@ -76,31 +86,42 @@ def _stream_nll(model: PreTrainedModel, streams: list[tuple[list[int], list[bool
     nll, n_tokens = [0.0] * len(streams), [0] * len(streams)
     device = next(model.parameters()).device
     for i in tqdm(range(0, len(jobs), batch_size), desc="perplexity", disable=not progress):
-        chunk = jobs[i:i + batch_size]
+        chunk = jobs[i : i + batch_size]
         width = max(end - begin for _, begin, end, _ in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for row, (s, begin, end, _) in enumerate(chunk):
-            input_ids[row, :end - begin] = torch.tensor(streams[s][0][begin:end])
-            attention_mask[row, :end - begin] = 1
+            input_ids[row, : end - begin] = torch.tensor(streams[s][0][begin:end])
+            attention_mask[row, : end - begin] = 1
         position_ids = torch.arange(width).repeat(len(chunk), 1)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                       position_ids=position_ids.to(device)).logits
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+        ).logits
         for row, (s, begin, end, n_new) in enumerate(chunk):
             ids, scored = streams[s]
-            targets = torch.tensor(ids[end - n_new + 1:end + 1], device=device)
-            keep = torch.tensor(scored[end - n_new + 1:end + 1], device=device)
+            targets = torch.tensor(ids[end - n_new + 1 : end + 1], device=device)
+            keep = torch.tensor(scored[end - n_new + 1 : end + 1], device=device)
             # one row at a time in float64: a whole batch of float64 log-probs is GBs at GPT-2's vocabulary
-            log_probs = torch.log_softmax(logits[row, end - begin - n_new:end - begin].double(), dim=-1)
+            log_probs = torch.log_softmax(logits[row, end - begin - n_new : end - begin].double(), dim=-1)
             lp = log_probs.gather(1, targets[:, None])[:, 0]
             nll[s] -= lp[keep].sum().item()
             n_tokens[s] += int(keep.sum())
     return nll, n_tokens
 
 
-def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-               prefixes: list[str] | None = None, max_length: int | None = None, stride: int | None = None,
-               batch_size: int = 16, per_document: bool = False, progress: bool = True) -> PerplexityResult:
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    prefixes: list[str] | None = None,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    per_document: bool = False,
+    progress: bool = True,
+) -> PerplexityResult:
     """Token-weighted perplexity of `texts` (prefixes, if given, are unscored context).
 
     Sliding window over the document stream: each window holds up to `max_length` tokens (default: the model's
@@ -113,13 +134,17 @@ def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     max_length = max_length or context
     if max_length > context:
-        raise ValueError(f"max_length={max_length} exceeds the model's context of {context} positions; "
-                         f"use max_length <= {context}.")
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's context of {context} positions; use max_length <= {context}."
+        )
     stride = stride or max(1, max_length // 2)
     if not 1 <= stride <= max_length:
         raise ValueError(f"stride={stride} must lie in [1, max_length={max_length}].")
-    streams = (_document_streams(tokenizer, texts, prefixes) if per_document
-               else [encode_documents(tokenizer, texts, prefixes)])
+    streams = (
+        _document_streams(tokenizer, texts, prefixes)
+        if per_document
+        else [encode_documents(tokenizer, texts, prefixes)]
+    )
     nll, n_tokens = _nll_in_eval_mode(model, tokenizer, streams, max_length, stride, batch_size, progress)
     return PerplexityResult(math.exp(sum(nll) / sum(n_tokens)), sum(nll), sum(n_tokens))
 
@@ -134,8 +159,13 @@ def _nll_in_eval_mode(model, tokenizer, streams, max_length, stride, batch_size,
         model.train(was_training)
 
 
-def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                 prefixes: list[str] | None = None, batch_size: int = 16) -> tuple[list[float], list[int]]:
+def document_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    prefixes: list[str] | None = None,
+    batch_size: int = 16,
+) -> tuple[list[float], list[int]]:
     """Per document: its negative log-likelihood in nats and its number of scored tokens, each document scored as
     the models are trained on it ([eos] prefix text [eos], the prefix unscored context, a fresh window)."""
     if not texts:
@@ -145,9 +175,15 @@ def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tex
     return _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, progress=False)
 
 
-def marginal_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                        prefixes: list[str], weights: list[float], batch_size: int = 16,
-                        progress: bool = True) -> PerplexityResult:
+def marginal_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    prefixes: list[str],
+    weights: list[float],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> PerplexityResult:
     """Perplexity of a code-conditioned model used as a model of plain text: each document's probability is
     sum_c w_c p(text | prefix_c), the mixture the synthetic text is sampled from when codes are drawn with
     weights w. It scores the same tokens as `perplexity(..., per_document=True)` without prefixes, so a teacher
@@ -171,8 +207,9 @@ def marginal_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 
 @torch.inference_mode()
-def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                     window: int = 128) -> float:
+def paper_perplexity(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], window: int = 128
+) -> float:
     """The paper's perplexity: texts joined by "\\n\\n", cut into disjoint `window`-token windows, exp of the mean
     of the windows' mean losses (each window's first token is unscored; a short last window counts fully)."""
     if not texts:
@@ -186,7 +223,7 @@ def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     losses = []
     device = next(model.parameters()).device
     for begin in range(0, len(ids), window):
-        chunk = torch.tensor(ids[begin:begin + window], device=device)[None]
+        chunk = torch.tensor(ids[begin : begin + window], device=device)[None]
         if chunk.shape[1] < 2:  # a single token has nothing to predict
             continue
         losses.append(model(input_ids=chunk, labels=chunk).loss.item())
@@ -196,8 +233,13 @@ def paper_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return math.exp(sum(losses) / len(losses))
 
 
-def floor(source, tokenizer: PreTrainedTokenizerBase, texts: list[str], codes: list[dict] | None = None,
-          categories: list[str] | None = None) -> PerplexityResult:
+def floor(
+    source,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    codes: list[dict] | None = None,
+    categories: list[str] | None = None,
+) -> PerplexityResult:
     """The lowest perplexity any model can reach in expectation on texts drawn from `source`.
 
     nats = sum of -log p(text | codes) when codes are given (a teacher sees the codes), else

@@ -15,6 +15,7 @@ On disk the synthetic set is a folder of parquet chunks plus `progress.json`:
 - the folder is marked resumable for the artifact store (`distildp.artifacts.mark_resumable`), so inside a
   store build the chunks of a killed build survive the store's cleanup and its retry resumes from them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,8 +90,9 @@ def _validate_code_counts(code_counts: Sequence[tuple[Mapping[str, str], int]]) 
             )
         codes = {str(k): str(v) for k, v in dict(codes).items()}
         if not codes:
-            raise ValueError(f"code_counts[{i}] has no control codes; every entry needs e.g. "
-                             f"{{'Review Stars': '5.0'}}.")
+            raise ValueError(
+                f"code_counts[{i}] has no control codes; every entry needs e.g. {{'Review Stars': '5.0'}}."
+            )
         key = tuple(codes.items())
         if key in seen:
             raise ValueError(f"code_counts lists {codes} twice; merge the counts into one entry.")
@@ -177,8 +179,14 @@ def _chunk_path(out_dir: Path, chunk_index: int) -> Path:
     return out_dir / f"chunk-{chunk_index:05d}.parquet"
 
 
-def _fingerprint(model: torch.nn.Module, tokenizer: Any, code_counts: list, cfg: GenerationConfig,
-                 seed: int, code_columns: dict[str, str]) -> str:
+def _fingerprint(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    code_counts: list,
+    cfg: GenerationConfig,
+    seed: int,
+    code_columns: dict[str, str],
+) -> str:
     """What must match for an existing folder to be resumed. Weights are not hashed (too slow for large
     teachers): the artifact store already keys the folder by the teacher's hash."""
     config = getattr(model, "config", None)
@@ -201,14 +209,24 @@ def _fingerprint(model: torch.nn.Module, tokenizer: Any, code_counts: list, cfg:
 # One chunk: batches of prompts until every code has its samples
 
 
-def _generate_chunk(model, tokenizer, prompts: list[list[int]], plan: list[tuple[int, int]],
-                    cfg: GenerationConfig, seed: int, eos_id: int, bar) -> tuple[list[tuple[int, str]], list[dict]]:
+def _generate_chunk(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    plan: list[tuple[int, int]],
+    cfg: GenerationConfig,
+    seed: int,
+    eos_id: int,
+    bar,
+) -> tuple[list[tuple[int, str]], list[dict]]:
     """Generate exactly the planned samples of one chunk, retrying empties. Returns rows and per-code stats."""
     length_slack = n_positions(model) - cfg.max_length
     need = {code: n for code, n in plan}
     budget = {code: math.ceil(cfg.max_attempts_factor * n) for code, n in plan}
-    stats = {code: {"code_index": code, "requested": n, "produced": 0, "attempts": 0,
-                    "dropped_empty": 0, "new_tokens": 0} for code, n in plan}
+    stats = {
+        code: {"code_index": code, "requested": n, "produced": 0, "attempts": 0, "dropped_empty": 0, "new_tokens": 0}
+        for code, n in plan
+    }
     texts: dict[int, list[str]] = {code: [] for code, _ in plan}
     with torch.random.fork_rng(devices=_cuda_devices(model)):
         torch.manual_seed(seed)
@@ -261,8 +279,9 @@ def _cuda_devices(model: torch.nn.Module) -> list[int]:
 def _write_chunk(path: Path, frame: pd.DataFrame, metadata: dict) -> None:
     """Write a chunk under a temporary name, then rename: a chunk file either is complete or absent."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           CHUNK_METADATA_KEY: json.dumps(metadata).encode()})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), CHUNK_METADATA_KEY: json.dumps(metadata).encode()}
+    )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
@@ -309,10 +328,12 @@ def generate_synthetic(
 
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token = '<|endoftext|>' "
-                         "(GPT-2 convention).")
-    prompts = [[eos_id] + tokenizer(control_prefix(codes), add_special_tokens=False)["input_ids"]
-               for codes, _ in counts]
+        raise ValueError(
+            "the tokenizer has no eos_token; set tokenizer.eos_token = '<|endoftext|>' (GPT-2 convention)."
+        )
+    prompts = [
+        [eos_id] + tokenizer(control_prefix(codes), add_special_tokens=False)["input_ids"] for codes, _ in counts
+    ]
     _check_lengths(model, prompts, counts, cfg)
 
     out_dir = Path(out_dir)
@@ -329,22 +350,37 @@ def generate_synthetic(
     model.eval()
     generated_now = 0
     try:
-        with tqdm(total=total, initial=sum(n for i in done for _, n in plan[i]), unit="sample",
-                  desc="generate", disable=not progress) as bar:
+        with tqdm(
+            total=total,
+            initial=sum(n for i in done for _, n in plan[i]),
+            unit="sample",
+            desc="generate",
+            disable=not progress,
+        ) as bar:
             for index, chunk_plan in enumerate(plan):
                 if index in done:
                     continue
                 chunk_started = time.perf_counter()
-                rows, stats = _generate_chunk(model, tokenizer, prompts, chunk_plan, cfg,
-                                              chunk_seed(seed, index), eos_id, bar)
-                frame = pd.DataFrame({
-                    "text": [text for _, text in rows],
-                    **{column: [counts[code][0][name] for code, _ in rows] for column, name in columns.items()},
-                })
-                _write_chunk(_chunk_path(out_dir, index), frame, {
-                    "fingerprint": fingerprint, "chunk_index": index, "seed": chunk_seed(seed, index),
-                    "stats": stats, "wall_time_s": time.perf_counter() - chunk_started,
-                })
+                rows, stats = _generate_chunk(
+                    model, tokenizer, prompts, chunk_plan, cfg, chunk_seed(seed, index), eos_id, bar
+                )
+                frame = pd.DataFrame(
+                    {
+                        "text": [text for _, text in rows],
+                        **{column: [counts[code][0][name] for code, _ in rows] for column, name in columns.items()},
+                    }
+                )
+                _write_chunk(
+                    _chunk_path(out_dir, index),
+                    frame,
+                    {
+                        "fingerprint": fingerprint,
+                        "chunk_index": index,
+                        "seed": chunk_seed(seed, index),
+                        "stats": stats,
+                        "wall_time_s": time.perf_counter() - chunk_started,
+                    },
+                )
                 generated_now += 1
                 state["chunks_done"] = sorted(done | {index})
                 done.add(index)
@@ -353,12 +389,20 @@ def generate_synthetic(
         model.train(was_training)
 
     summary = _summarise(out_dir, plan, counts, cfg, seed, columns, fingerprint)
-    summary.update(wall_time_s=time.perf_counter() - started, chunks_generated_this_call=generated_now,
-                   resumed=generated_now < len(plan))
+    summary.update(
+        wall_time_s=time.perf_counter() - started,
+        chunks_generated_this_call=generated_now,
+        resumed=generated_now < len(plan),
+    )
     state.update(complete=True, summary=summary)
     write_json_atomic(out_dir / PROGRESS_FILE, state)
-    return SyntheticSet(out_dir=out_dir, chunk_files=[_chunk_path(out_dir, i) for i in range(len(plan))],
-                        n_samples=total, code_columns=columns, summary=summary)
+    return SyntheticSet(
+        out_dir=out_dir,
+        chunk_files=[_chunk_path(out_dir, i) for i in range(len(plan))],
+        n_samples=total,
+        code_columns=columns,
+        summary=summary,
+    )
 
 
 def _resolve_columns(fields: list[str], code_columns: Mapping[str, str] | None) -> dict[str, str]:
@@ -401,8 +445,9 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
     path = out_dir / PROGRESS_FILE
     other_run = None
     if path.exists() and (old := _recorded_fingerprint(path)) != fingerprint:
-        other_run = (f"{out_dir} holds a synthetic set made with different arguments (fingerprint {old} != "
-                     f"{fingerprint})")
+        other_run = (
+            f"{out_dir} holds a synthetic set made with different arguments (fingerprint {old} != {fingerprint})"
+        )
     for index in range(len(plan)):
         chunk = _chunk_path(out_dir, index)
         if not other_run and chunk.exists() and _recorded_fingerprint(chunk) != fingerprint:
@@ -410,8 +455,9 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
     if other_run and not restored:
         raise ValueError(f"{other_run}; use a fresh out_dir or delete that one.")
     if other_run:
-        warnings.warn(f"{other_run}: discarding this partial work of a killed build and generating from the start",
-                      stacklevel=3)
+        warnings.warn(
+            f"{other_run}: discarding this partial work of a killed build and generating from the start", stacklevel=3
+        )
         for chunk in out_dir.glob("chunk-*.parquet"):
             chunk.unlink()
     done = [index for index in range(len(plan)) if _chunk_path(out_dir, index).exists()]
@@ -441,8 +487,10 @@ def _recorded_fingerprint(path: Path) -> str | None:
 
 def _summarise(out_dir: Path, plan, counts, cfg, seed, columns, fingerprint) -> dict:
     """Manifest-ready totals, read back from the chunk files (so resumed runs count every chunk once)."""
-    per_code = [{"codes": codes, "requested": n, "produced": 0, "attempts": 0, "dropped_empty": 0,
-                 "new_tokens": 0} for codes, n in counts]
+    per_code = [
+        {"codes": codes, "requested": n, "produced": 0, "attempts": 0, "dropped_empty": 0, "new_tokens": 0}
+        for codes, n in counts
+    ]
     generation_time = 0.0
     for index in range(len(plan)):
         meta = _read_chunk_metadata(_chunk_path(out_dir, index))
@@ -451,8 +499,10 @@ def _summarise(out_dir: Path, plan, counts, cfg, seed, columns, fingerprint) -> 
             row = per_code[stat["code_index"]]
             for key in ("produced", "attempts", "dropped_empty", "new_tokens"):
                 row[key] += stat[key]
-    totals = {key: sum(row[key] for row in per_code) for key in ("requested", "produced", "attempts",
-                                                               "dropped_empty", "new_tokens")}
+    totals = {
+        key: sum(row[key] for row in per_code)
+        for key in ("requested", "produced", "attempts", "dropped_empty", "new_tokens")
+    }
     return {
         "n_requested": totals["requested"],
         "n_produced": totals["produced"],

@@ -37,5 +37,8 @@ def reference_epsilon(reference: str) -> float:
 
 
 def describe_reference(reference: str) -> str:
-    return ("public data only, epsilon = 0" if reference_epsilon(reference) == 0
-            else "fine-tuned on the private data without DP, epsilon = inf")
+    return (
+        "public data only, epsilon = 0"
+        if reference_epsilon(reference) == 0
+        else "fine-tuned on the private data without DP, epsilon = inf"
+    )

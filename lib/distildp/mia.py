@@ -21,6 +21,7 @@ A caveat of this bound for models trained on whole datasets: it audits membershi
 same distribution*, not worst-case neighbouring datasets, so it is a loose lower bound (far below the accounted
 epsilon); the canaries of `distildp.audit` are the stronger test.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,16 @@ class PrivacyBugError(AssertionError):
 
 
 # ---------------------------------------------------------------------------------------------- attacks
-def attack_scores(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None, reference=None,
-                  reference_tokenizer=None, reference_prefixes: Sequence[str] | None = None,
-                  batch_size: int = 64) -> np.ndarray:
+def attack_scores(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    prefixes: Sequence[str] | None = None,
+    reference=None,
+    reference_tokenizer=None,
+    reference_prefixes: Sequence[str] | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
     """Membership scores of `texts` (higher = more likely a training document): the loss attack, or with a
     `reference` model the reference attack. The reference may use its own tokenizer (default: the target's)."""
     target = sequence_losses(model, tokenizer, texts, prefixes, batch_size)
@@ -62,8 +70,10 @@ def reference_attack(target_losses: np.ndarray, reference_losses: np.ndarray) ->
     """Scores of the reference attack: how much lower the target's loss is than the reference model's."""
     target, ref = _finite("target_losses", target_losses), _finite("reference_losses", reference_losses)
     if target.shape != ref.shape:
-        raise AuditError(f"{target.shape[0]} target losses and {ref.shape[0]} reference losses: score the same "
-                         f"documents with both models")
+        raise AuditError(
+            f"{target.shape[0]} target losses and {ref.shape[0]} reference losses: score the same "
+            f"documents with both models"
+        )
     return ref - target
 
 
@@ -92,12 +102,19 @@ class RocMetrics:
         return 1.0 / self.n_nonmembers
 
     def as_dict(self) -> dict:
-        row = {"auc": self.auc.estimate, "auc_low": self.auc.low, "auc_high": self.auc.high,
-               "n_members": self.n_members, "n_nonmembers": self.n_nonmembers, "min_fpr": self.min_fpr,
-               "confidence": self.confidence}
+        row = {
+            "auc": self.auc.estimate,
+            "auc_low": self.auc.low,
+            "auc_high": self.auc.high,
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+            "min_fpr": self.min_fpr,
+            "confidence": self.confidence,
+        }
         for fpr, tpr in self.tpr_at_fpr.items():
-            row.update({f"tpr_at_{fpr:g}": tpr.estimate, f"tpr_at_{fpr:g}_low": tpr.low,
-                        f"tpr_at_{fpr:g}_high": tpr.high})
+            row.update(
+                {f"tpr_at_{fpr:g}": tpr.estimate, f"tpr_at_{fpr:g}_low": tpr.low, f"tpr_at_{fpr:g}_high": tpr.high}
+            )
         return row
 
 
@@ -107,8 +124,14 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
     return float(tprs[fprs <= fpr].max())  # roc_curve starts at (0, 0), so the set is never empty
 
 
-def roc_metrics(member_scores, nonmember_scores, fprs: Sequence[float] = FPR_TARGETS, confidence: float = 0.95,
-                n_bootstrap: int = 1000, seed: int = 0) -> RocMetrics:
+def roc_metrics(
+    member_scores,
+    nonmember_scores,
+    fprs: Sequence[float] = FPR_TARGETS,
+    confidence: float = 0.95,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> RocMetrics:
     """ROC AUC and TPR at each of `fprs` for scores of members (label 1) against non-members (label 0), with
     percentile intervals from `n_bootstrap` resamples of each group apart (so each keeps its size)."""
     members, nonmembers = _finite("member_scores", member_scores), _finite("nonmember_scores", nonmember_scores)
@@ -126,14 +149,17 @@ def roc_metrics(member_scores, nonmember_scores, fprs: Sequence[float] = FPR_TAR
 
     estimate = point(members, nonmembers)
     rng = np.random.default_rng(seed)
-    draws = np.array([point(rng.choice(members, members.size), rng.choice(nonmembers, nonmembers.size))
-                      for _ in range(n_bootstrap)]).reshape(n_bootstrap, len(estimate))
+    draws = np.array(
+        [point(rng.choice(members, members.size), rng.choice(nonmembers, nonmembers.size)) for _ in range(n_bootstrap)]
+    ).reshape(n_bootstrap, len(estimate))
     tail = (1 - confidence) / 2 * 100
-    low, high = (np.percentile(draws, [tail, 100 - tail], axis=0) if n_bootstrap
-                 else (np.full(len(estimate), np.nan),) * 2)
+    low, high = (
+        np.percentile(draws, [tail, 100 - tail], axis=0) if n_bootstrap else (np.full(len(estimate), np.nan),) * 2
+    )
     intervals = [Interval(e, float(lo), float(hi)) for e, lo, hi in zip(estimate, low, high)]
-    return RocMetrics(intervals[0], dict(zip(fprs, intervals[1:])), members.size, nonmembers.size, confidence,
-                      n_bootstrap)
+    return RocMetrics(
+        intervals[0], dict(zip(fprs, intervals[1:])), members.size, nonmembers.size, confidence, n_bootstrap
+    )
 
 
 # ---------------------------------------------------------------------------------------------- epsilon bound
@@ -171,8 +197,15 @@ class EpsilonLowerBound:
         return asdict(self)
 
 
-def epsilon_from_counts(true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
-                        delta: float, confidence: float = 0.95, threshold: float = math.nan) -> EpsilonLowerBound:
+def epsilon_from_counts(
+    true_positives: int,
+    n_members: int,
+    false_positives: int,
+    n_nonmembers: int,
+    delta: float,
+    confidence: float = 0.95,
+    threshold: float = math.nan,
+) -> EpsilonLowerBound:
     """The bound for an attack that flagged `true_positives` of `n_members` members and `false_positives` of
     `n_nonmembers` non-members: max of log((TPR_low - delta) / FPR_high) and log((TNR_low - delta) / FNR_high)."""
     if not 0 <= delta < 1:
@@ -184,13 +217,29 @@ def epsilon_from_counts(true_positives: int, n_members: int, false_positives: in
         candidates.append(math.log((tpr_low - delta) / fpr_high))
     if (1 - fpr_high) - delta > 0 and 1 - tpr_low > 0:  # the mirrored test: "non-member" as the flag
         candidates.append(math.log((1 - fpr_high - delta) / (1 - tpr_low)))
-    return EpsilonLowerBound(max(candidates), threshold, int(true_positives), int(n_members), int(false_positives),
-                             int(n_nonmembers), tpr_low, fpr_high, delta, confidence)
+    return EpsilonLowerBound(
+        max(candidates),
+        threshold,
+        int(true_positives),
+        int(n_members),
+        int(false_positives),
+        int(n_nonmembers),
+        tpr_low,
+        fpr_high,
+        delta,
+        confidence,
+    )
 
 
-def epsilon_lower_bound(member_scores, nonmember_scores, delta: float, confidence: float = 0.95,
-                        selection_fraction: float = 0.5, max_thresholds: int = 200, seed: int = 0
-                        ) -> EpsilonLowerBound:
+def epsilon_lower_bound(
+    member_scores,
+    nonmember_scores,
+    delta: float,
+    confidence: float = 0.95,
+    selection_fraction: float = 0.5,
+    max_thresholds: int = 200,
+    seed: int = 0,
+) -> EpsilonLowerBound:
     """The epsilon lower bound of the threshold attack "score >= t means member". The threshold t is the one
     with the best bound on a random `selection_fraction` of each group (up to `max_thresholds` quantiles of the
     scores tried); the bound is then computed on the remaining scores, which played no part in choosing t."""
@@ -202,12 +251,25 @@ def epsilon_lower_bound(member_scores, nonmember_scores, delta: float, confidenc
     n_select, n_eval = _split(nonmembers, selection_fraction, rng, "non-member")
     grid = np.unique(np.quantile(np.r_[m_select, n_select], np.linspace(0, 1, max_thresholds)))
     candidates = np.unique(np.r_[grid, (grid[1:] + grid[:-1]) / 2])  # midpoints too: thresholds inside gaps
-    bounds = np.array([epsilon_from_counts(int((m_select >= t).sum()), m_select.size, int((n_select >= t).sum()),
-                                           n_select.size, delta, confidence).epsilon for t in candidates])
+    bounds = np.array(
+        [
+            epsilon_from_counts(
+                int((m_select >= t).sum()), m_select.size, int((n_select >= t).sum()), n_select.size, delta, confidence
+            ).epsilon
+            for t in candidates
+        ]
+    )
     tied = candidates[bounds == bounds.max()]
     best = tied[(tied.size - 1) // 2]  # the middle of the best thresholds: the farthest from both groups' edges
-    return epsilon_from_counts(int((m_eval >= best).sum()), m_eval.size, int((n_eval >= best).sum()), n_eval.size,
-                               delta, confidence, threshold=float(best))
+    return epsilon_from_counts(
+        int((m_eval >= best).sum()),
+        m_eval.size,
+        int((n_eval >= best).sum()),
+        n_eval.size,
+        delta,
+        confidence,
+        threshold=float(best),
+    )
 
 
 def check_lower_bound(bound: EpsilonLowerBound | float, accounted_epsilon: float, what: str = "the model") -> None:
@@ -218,32 +280,52 @@ def check_lower_bound(bound: EpsilonLowerBound | float, accounted_epsilon: float
     if not accounted_epsilon >= 0:
         raise AuditError(f"accounted_epsilon={accounted_epsilon} must be >= 0 (math.inf for a non-private model)")
     if lower > accounted_epsilon:
-        chance = (f"; at confidence {bound.confidence} a correct guarantee gives this with probability at most "
-                  f"{1 - bound.confidence:.2g}, so rerun the audit with a fresh seed before ruling it a fluke"
-                  if isinstance(bound, EpsilonLowerBound) else "")
-        raise PrivacyBugError(f"PRIVACY BUG: the empirical lower bound epsilon >= {lower:.4g} for {what} exceeds its "
-                              f"accounted epsilon {accounted_epsilon:.4g}: it leaks more than its guarantee allows. "
-                              f"Check the noise calibration, the sampling and the accountant before releasing "
-                              f"anything{chance}")
+        chance = (
+            f"; at confidence {bound.confidence} a correct guarantee gives this with probability at most "
+            f"{1 - bound.confidence:.2g}, so rerun the audit with a fresh seed before ruling it a fluke"
+            if isinstance(bound, EpsilonLowerBound)
+            else ""
+        )
+        raise PrivacyBugError(
+            f"PRIVACY BUG: the empirical lower bound epsilon >= {lower:.4g} for {what} exceeds its "
+            f"accounted epsilon {accounted_epsilon:.4g}: it leaks more than its guarantee allows. "
+            f"Check the noise calibration, the sampling and the accountant before releasing "
+            f"anything{chance}"
+        )
 
 
-def membership_audit(member_scores, nonmember_scores, accounted_epsilon: float, delta: float,
-                     confidence: float = 0.95, n_bootstrap: int = 1000, seed: int = 0, what: str = "the model") -> dict:
+def membership_audit(
+    member_scores,
+    nonmember_scores,
+    accounted_epsilon: float,
+    delta: float,
+    confidence: float = 0.95,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    what: str = "the model",
+) -> dict:
     """ROC metrics and the epsilon lower bound side by side with the accounted epsilon, as one row; raises
     PrivacyBugError when the bound exceeds the accounted epsilon."""
     roc = roc_metrics(member_scores, nonmember_scores, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)
     bound = epsilon_lower_bound(member_scores, nonmember_scores, delta, confidence, seed=seed)
     check_lower_bound(bound, accounted_epsilon, what)
-    return {**roc.as_dict(), "epsilon_lower_bound": bound.epsilon, "epsilon_accounted": accounted_epsilon,
-            "delta": delta, "threshold": bound.threshold}
+    return {
+        **roc.as_dict(),
+        "epsilon_lower_bound": bound.epsilon,
+        "epsilon_accounted": accounted_epsilon,
+        "delta": delta,
+        "threshold": bound.threshold,
+    }
 
 
 def _split(scores: np.ndarray, fraction: float, rng: np.random.Generator, what: str) -> tuple[np.ndarray, np.ndarray]:
     order = rng.permutation(scores.size)
     cut = int(round(fraction * scores.size))
     if not 1 <= cut < scores.size:
-        raise AuditError(f"{scores.size} {what} score(s) cannot be split into a selection and an evaluation part; "
-                         f"pass at least 2 (hundreds for a useful bound)")
+        raise AuditError(
+            f"{scores.size} {what} score(s) cannot be split into a selection and an evaluation part; "
+            f"pass at least 2 (hundreds for a useful bound)"
+        )
     return scores[order[:cut]], scores[order[cut:]]
 
 
@@ -252,8 +334,10 @@ def _finite(name: str, values) -> np.ndarray:
     if array.size == 0:
         raise AuditError(f"{name} is empty; pass one score per document")
     if not np.isfinite(array).all():
-        raise AuditError(f"{name} holds {int((~np.isfinite(array)).sum())} non-finite value(s) (nan or inf); "
-                         f"score every document with a finite loss")
+        raise AuditError(
+            f"{name} holds {int((~np.isfinite(array)).sum())} non-finite value(s) (nan or inf); "
+            f"score every document with a finite loss"
+        )
     return array
 
 

@@ -5,6 +5,7 @@ A student example is [eos] + tok(text) + [eos]; a teacher example is [eos] + tok
 with prefix and text tokenized separately so the student's tokens are a suffix-aligned slice of the teacher's.
 Every token after the first [eos] is a target of the language-model loss.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,9 @@ HUB_MODELS: tuple[str, ...] = ("gpt2-large", "gpt2", "distilgpt2")
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: list[str], vocab_size: int = 4096,
-                    model_max_length: int = TINY_CONTEXT) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: list[str], vocab_size: int = 4096, model_max_length: int = TINY_CONTEXT
+) -> PreTrainedTokenizerFast:
     """Train a GPT-2 style byte-level BPE on `texts` (deterministic for a given input)."""
     if not texts:
         raise ValueError("train_tokenizer got no texts; pass the public corpus (a non-empty list of strings).")
@@ -71,7 +73,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 4096,
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
         model_max_length=model_max_length,
     )
 
@@ -86,8 +91,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}); "
-                         "use device='auto' or 'cpu', or install a CUDA build of torch.")
+        raise ValueError(
+            f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}); "
+            "use device='auto' or 'cpu', or install a CUDA build of torch."
+        )
     return resolved
 
 
@@ -97,14 +104,16 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, 
     `overrides` replace preset fields (e.g. n_layer=2) for experiments and tests.
     """
     if preset not in PRESETS:
-        hint = (f" '{preset}' is a hub model: use resolve_model() or load_pretrained()." if preset in HUB_MODELS
-                else "")
-        raise ValueError(f"Unknown preset '{preset}'. Known presets: {sorted(PRESETS)}; "
-                         f"hub models: {list(HUB_MODELS)}.{hint}")
+        hint = f" '{preset}' is a hub model: use resolve_model() or load_pretrained()." if preset in HUB_MODELS else ""
+        raise ValueError(
+            f"Unknown preset '{preset}'. Known presets: {sorted(PRESETS)}; hub models: {list(HUB_MODELS)}.{hint}"
+        )
     eos_id = tokenizer.eos_token_id
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,  # GPT2Config defaults to 50256
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,  # GPT2Config defaults to 50256
         **{**PRESETS[preset], **overrides},
     )
     torch.manual_seed(seed)  # weight initialisation draws from the global generator
@@ -121,16 +130,20 @@ def load_pretrained(name_or_path: str | os.PathLike) -> tuple[PreTrainedModel, P
         return _load(str(path), local_files_only=True)
     # Hub ids are "name" or "org/name"; anything else that looks like a path is a missing directory.
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
-        raise FileNotFoundError(f"No model directory at {path}; pass an existing save_pretrained() directory "
-                                f"or a hub name like {list(HUB_MODELS)}.")
+        raise FileNotFoundError(
+            f"No model directory at {path}; pass an existing save_pretrained() directory "
+            f"or a hub name like {list(HUB_MODELS)}."
+        )
     try:  # the local cache first: no network needed once a model was downloaded
         return _load(name, local_files_only=True)
     except OSError:
         pass
     if hub.offline_mode() or not hub.hub_reachable():
-        raise OSError(f"Cannot load '{name}': it is not in the local Hugging Face cache and the hub is unreachable "
-                      "(offline). Fix: connect once to download it into the cache, or pass a local directory "
-                      "written by save_pretrained().")
+        raise OSError(
+            f"Cannot load '{name}': it is not in the local Hugging Face cache and the hub is unreachable "
+            "(offline). Fix: connect once to download it into the cache, or pass a local directory "
+            "written by save_pretrained()."
+        )
     return _load(name, local_files_only=False)
 
 
@@ -152,13 +165,16 @@ def _load(name: str, local_files_only: bool) -> tuple[PreTrainedModel, PreTraine
     return model, tokenizer
 
 
-def resolve_model(name: str, tokenizer: PreTrainedTokenizerBase | None = None,
-                  seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def resolve_model(
+    name: str, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """One call for every model name: a tiny preset (fresh, needs `tokenizer`), a hub name or a local directory."""
     if name in PRESETS:
         if tokenizer is None:
-            raise ValueError(f"Preset '{name}' is built from scratch and needs a tokenizer: pass tokenizer=... "
-                             "(see train_tokenizer).")
+            raise ValueError(
+                f"Preset '{name}' is built from scratch and needs a tokenizer: pass tokenizer=... "
+                "(see train_tokenizer)."
+            )
         return build_model(name, tokenizer, seed), tokenizer
     return load_pretrained(name)
 
@@ -181,8 +197,9 @@ def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list
     return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def encode_plain(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int | None = None,
-                 overflow: str = "truncate") -> list[dict]:
+def encode_plain(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int | None = None, overflow: str = "truncate"
+) -> list[dict]:
     """Student examples [eos] + tok(text) + [eos] as dicts with `input_ids` (list[int]).
 
     A document longer than `max_length`:
@@ -194,8 +211,13 @@ def encode_plain(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
     return encode_with_prefix(tokenizer, None, texts, max_length, overflow)
 
 
-def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] | None, texts: list[str],
-                       max_length: int | None = None, overflow: str = "truncate") -> list[dict]:
+def encode_with_prefix(
+    tokenizer: PreTrainedTokenizerBase,
+    prefixes: list[str] | None,
+    texts: list[str],
+    max_length: int | None = None,
+    overflow: str = "truncate",
+) -> list[dict]:
     """Teacher examples [eos] + tok(prefix) + tok(text) + [eos]; prefix and text tokenized separately.
 
     Each dict has `input_ids` and `prefix_length` (number of prefix tokens, so student position i is teacher
@@ -217,12 +239,18 @@ def encode_with_prefix(tokenizer: PreTrainedTokenizerBase, prefixes: list[str] |
             examples.append({"input_ids": ids, "prefix_length": len(prefix_ids)})
         elif overflow == "truncate":
             if len(prefix_ids) + 2 > max_length:
-                raise ValueError(f"Control prefix {prefixes[i]!r} takes {len(prefix_ids)} tokens, leaving no text "
-                                 f"within max_length={max_length}; raise max_length or shorten the codes.")
+                raise ValueError(
+                    f"Control prefix {prefixes[i]!r} takes {len(prefix_ids)} tokens, leaving no text "
+                    f"within max_length={max_length}; raise max_length or shorten the codes."
+                )
             examples.append({"input_ids": ids[:max_length], "prefix_length": len(prefix_ids)})
         else:
             step = max_length - 1
             for start in range(0, len(ids) - 1, step):
-                examples.append({"input_ids": ids[start:start + max_length],
-                                 "prefix_length": len(prefix_ids) if start == 0 else 0})
+                examples.append(
+                    {
+                        "input_ids": ids[start : start + max_length],
+                        "prefix_length": len(prefix_ids) if start == 0 else 0,
+                    }
+                )
     return examples

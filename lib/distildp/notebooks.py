@@ -32,14 +32,21 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
             name = node.target.id
             type_name = ast.unparse(node.annotation)
             if _base_type(type_name) is None:
-                raise ParameterError(f"{notebook}: parameter {name!r} is annotated {type_name!r}; use one of "
-                                     f"{sorted(SCALAR_TYPES)} (or list[int], list[float], list[str])")
-            declared[name] = {"type": type_name, "default": ast.literal_eval(node.value) if node.value else None,
-                              "help": _comment_on_line(cell.source, node.lineno)}
+                raise ParameterError(
+                    f"{notebook}: parameter {name!r} is annotated {type_name!r}; use one of "
+                    f"{sorted(SCALAR_TYPES)} (or list[int], list[float], list[str])"
+                )
+            declared[name] = {
+                "type": type_name,
+                "default": ast.literal_eval(node.value) if node.value else None,
+                "help": _comment_on_line(cell.source, node.lineno),
+            }
         elif isinstance(node, (ast.Assign, ast.AugAssign)):
             names = [t.id for t in getattr(node, "targets", [getattr(node, "target", None)]) if isinstance(t, ast.Name)]
-            raise ParameterError(f"{notebook}: parameter(s) {names} have no type annotation; write e.g. "
-                                 f"`{names[0] if names else 'x'}: float = 1.0` so values can be checked")
+            raise ParameterError(
+                f"{notebook}: parameter(s) {names} have no type annotation; write e.g. "
+                f"`{names[0] if names else 'x'}: float = 1.0` so values can be checked"
+            )
     return declared
 
 
@@ -52,23 +59,26 @@ def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> dict
     checked = {}
     for name, value in params.items():
         if name not in declared:
-            raise ParameterError(f"{Path(notebook).name} has no parameter {name!r}; "
-                                 f"its parameters are {sorted(declared)}")
+            raise ParameterError(
+                f"{Path(notebook).name} has no parameter {name!r}; its parameters are {sorted(declared)}"
+            )
         checked[name] = _check_type(Path(notebook).name, name, value, declared[name]["type"])
     return checked
 
 
 def _check_type(where: str, name: str, value: Any, type_name: str) -> Any:
     base = _base_type(type_name)
-    hint = ("papermill's -p parses numbers and lists loosely: pass typed values with -y (YAML) "
-            "or through benchmarks/run.py")
+    hint = (
+        "papermill's -p parses numbers and lists loosely: pass typed values with -y (YAML) or through benchmarks/run.py"
+    )
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # 2 is a fine float; .inf in YAML is a float already
     if (base is int and isinstance(value, bool)) or not isinstance(value, base):
-        raise ParameterError(f"{where}: parameter {name!r} must be {type_name}, got {type(value).__name__} "
-                             f"{value!r}. {hint}")
+        raise ParameterError(
+            f"{where}: parameter {name!r} must be {type_name}, got {type(value).__name__} {value!r}. {hint}"
+        )
     if base is list and "[" in type_name:
-        item_name = type_name[type_name.index("[") + 1:-1]
+        item_name = type_name[type_name.index("[") + 1 : -1]
         return [_check_type(where, f"{name}[{i}]", item, item_name) for i, item in enumerate(value)]
     if base is float and math.isnan(value):
         raise ParameterError(f"{where}: parameter {name!r} is NaN")
@@ -91,15 +101,26 @@ def _parameters_cell(nb: nbformat.NotebookNode, where: Any) -> nbformat.Notebook
     return cells[0]
 
 
-def execute(notebook: str | Path, output: str | Path, params: Mapping[str, Any] | None = None,
-            cwd: str | Path | None = None, log_output: bool = False) -> nbformat.NotebookNode:
+def execute(
+    notebook: str | Path,
+    output: str | Path,
+    params: Mapping[str, Any] | None = None,
+    cwd: str | Path | None = None,
+    log_output: bool = False,
+) -> nbformat.NotebookNode:
     """Validate `params`, then run the notebook with papermill (kernel `python3`) into `output`."""
     import papermill
 
     checked = validate_parameters(notebook, params or {})
     return papermill.execute_notebook(
-        str(notebook), str(output), parameters=checked, kernel_name=KERNEL_NAME,
-        cwd=str(cwd or Path(notebook).parent), log_output=log_output, progress_bar=False)
+        str(notebook),
+        str(output),
+        parameters=checked,
+        kernel_name=KERNEL_NAME,
+        cwd=str(cwd or Path(notebook).parent),
+        log_output=log_output,
+        progress_bar=False,
+    )
 
 
 def strip_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -132,8 +153,10 @@ def convention_problems(notebook: str | Path) -> list[str]:
     else:
         unread = sorted(set(declared) - _papermill_parameter_names(nb, notebook))
         if unread:
-            problems.append(f"papermill cannot parse the parameter line(s) of {unread} (it warns 'Unable to parse "
-                            "line'): keep one '=' per line, none in the comment")
+            problems.append(
+                f"papermill cannot parse the parameter line(s) of {unread} (it warns 'Unable to parse "
+                "line'): keep one '=' per line, none in the comment"
+            )
     return problems
 
 

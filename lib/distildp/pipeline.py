@@ -86,8 +86,11 @@ class Pipeline:
     def data_config(self) -> dict:
         """The private data's part of artifact keys; the built-in source's fingerprint makes a changed corpus
         generator give new artifacts instead of reusing stale ones."""
-        return {"dataset": self.settings.dataset, "options": self.settings.dataset_options,
-                "source_fingerprint": self.corpus.info.get("source_fingerprint")}
+        return {
+            "dataset": self.settings.dataset,
+            "options": self.settings.dataset_options,
+            "source_fingerprint": self.corpus.info.get("source_fingerprint"),
+        }
 
     @functools.cached_property
     def public(self) -> PublicText:
@@ -102,10 +105,17 @@ class Pipeline:
         """The public text's part of artifact keys: what it is and a hash of its documents."""
         s = self.settings
         public = self.public
-        digest = hashlib.sha256(json.dumps([public.train, public.validation, public.train_prefixes,
-                                            public.validation_prefixes]).encode()).hexdigest()[:16]
-        return {"corpus": s.public_corpus, "options": s.public_options, "n_docs": s.n_public_docs,
-                "n_val": s.n_public_val, "coded_share": s.public_coded_share, "sha256": digest}
+        digest = hashlib.sha256(
+            json.dumps([public.train, public.validation, public.train_prefixes, public.validation_prefixes]).encode()
+        ).hexdigest()[:16]
+        return {
+            "corpus": s.public_corpus,
+            "options": s.public_options,
+            "n_docs": s.n_public_docs,
+            "n_val": s.n_public_val,
+            "coded_share": s.public_coded_share,
+            "sha256": digest,
+        }
 
     @functools.cached_property
     def delta(self) -> float:
@@ -133,8 +143,9 @@ class Pipeline:
         if source is None:
             return []
         names = list(self.corpus.code_columns.values())
-        return [control_prefix(dict(zip(names, key)))
-                for key in itertools.product(source.categories, source.stars)] * repeats
+        return [
+            control_prefix(dict(zip(names, key))) for key in itertools.product(source.categories, source.stars)
+        ] * repeats
 
     def pretrain_seed(self, seed: int) -> int:
         """The seed of the public models a point at `seed` starts from (Settings.pretrain_seed)."""
@@ -152,35 +163,58 @@ class Pipeline:
                 model, tok = self.load_model(name)
                 model.save_pretrained(out)
                 tok.save_pretrained(out)
-                return {"privacy": _no_private_data(), "metrics": self._evaluate(model, tok, "student"),
-                        "extra": {"device": str(self.device)}}
+                return {
+                    "privacy": _no_private_data(),
+                    "metrics": self._evaluate(model, tok, "student"),
+                    "extra": {"device": str(self.device)},
+                }
 
             return self.store.build("pretrained", config, build_hub)
         # the preset's fields are part of the key: editing a preset must not reuse models built before
         train_cfg = _seeded(s.pretrain, self.pretrain_seed(seed))
-        config = {"model": name, "architecture": PRESETS[name], "train": asdict(train_cfg),
-                  "tolerance": s.pretrain_tolerance, "public": self.public_config}
+        config = {
+            "model": name,
+            "architecture": PRESETS[name],
+            "train": asdict(train_cfg),
+            "tolerance": s.pretrain_tolerance,
+            "public": self.public_config,
+        }
         tokenizer_art = self.tokenizer()
 
         def build(out: Path) -> dict:
             tok = load_tokenizer(tokenizer_art.path)
             model = build_model(name, tok, seed=train_cfg.seed).to(self.device)
             public = self.public  # prefix tokens are targets here: the public text includes its headers
-            examples = encode_with_prefix(tok, public.train_prefixes, public.train, model.config.n_positions,
-                                          overflow="split")
+            examples = encode_with_prefix(
+                tok, public.train_prefixes, public.train, model.config.n_positions, overflow="split"
+            )
             half_epoch = max(1, len(examples) // (2 * train_cfg.batch_size))
-            check = BestOnHeldOut(model, tok, public.validation, half_epoch, tolerance=s.pretrain_tolerance,
-                                   prefixes=public.validation_prefixes)
+            check = BestOnHeldOut(
+                model,
+                tok,
+                public.validation,
+                half_epoch,
+                tolerance=s.pretrain_tolerance,
+                prefixes=public.validation_prefixes,
+            )
             report = train_causal_lm(model, examples, train_cfg, progress=self.progress, on_step=check)
             check.finish(report.steps)
             model.load_state_dict(check.best_state)
             model.save_pretrained(out)
             tok.save_pretrained(out)
             # Both roles are scored on plain text: the public models never saw control codes.
-            metrics = {"public_val_ppl": check.best_ppl, "steps": report.steps, "best_step": check.best_step,
-                       "converged": check.converged, **self._evaluate(model, tok, "student")}
-            return {"privacy": _no_private_data(), "metrics": metrics,
-                    "extra": {"losses": report.losses, "public_val_curve": check.curve, "device": str(self.device)}}
+            metrics = {
+                "public_val_ppl": check.best_ppl,
+                "steps": report.steps,
+                "best_step": check.best_step,
+                "converged": check.converged,
+                **self._evaluate(model, tok, "student"),
+            }
+            return {
+                "privacy": _no_private_data(),
+                "metrics": metrics,
+                "extra": {"losses": report.losses, "public_val_curve": check.curve, "device": str(self.device)},
+            }
 
         return self.store.build("pretrained", config, build, inputs={"tokenizer": tokenizer_art})
 
@@ -194,12 +228,16 @@ class Pipeline:
         teacher = self.dp_schedule(s.teacher_train)
         if method in ("distildp", "synthetic_only"):
             if s.histogram == "dp":
-                return [privacy.BudgetPart("teacher", 1 - s.histogram_share, *teacher),
-                        privacy.BudgetPart.gaussian("histogram", s.histogram_share)]
+                return [
+                    privacy.BudgetPart("teacher", 1 - s.histogram_share, *teacher),
+                    privacy.BudgetPart.gaussian("histogram", s.histogram_share),
+                ]
             return [privacy.BudgetPart("teacher", 1.0, *teacher)]
         if method == "dpkd":
-            return [privacy.BudgetPart("teacher", s.dpkd_teacher_share, *teacher),
-                    privacy.BudgetPart("student", 1 - s.dpkd_teacher_share, *self.dp_schedule(s.dpkd_train))]
+            return [
+                privacy.BudgetPart("teacher", s.dpkd_teacher_share, *teacher),
+                privacy.BudgetPart("student", 1 - s.dpkd_teacher_share, *self.dp_schedule(s.dpkd_train)),
+            ]
         if method == "dpsgd":
             return [privacy.BudgetPart("student", 1.0, *self.dp_schedule(s.student_train))]
         check_method(method, references=False)
@@ -224,13 +262,20 @@ class Pipeline:
         epsilon = privacy.check_epsilon(epsilon)
         if math.isinf(epsilon):
             return privacy.calibrate_composed(epsilon, self.delta, parts, s.accountant, scheme=s.budget_scheme)
-        config = {"epsilon": epsilon, "delta": self.delta, "accountant": s.accountant, "scheme": s.budget_scheme,
-                  "parts": [asdict(p) for p in parts]}
+        config = {
+            "epsilon": epsilon,
+            "delta": self.delta,
+            "accountant": s.accountant,
+            "scheme": s.budget_scheme,
+            "parts": [asdict(p) for p in parts],
+        }
 
         def build(out: Path) -> dict:
             cal = privacy.calibrate_composed(epsilon, self.delta, parts, s.accountant, scheme=s.budget_scheme)
-            fields = {k: getattr(cal, k) for k in ("target_epsilon", "delta", "accountant", "scheme", "epsilon",
-                                                   "part_epsilons", "part_deltas")}
+            fields = {
+                k: getattr(cal, k)
+                for k in ("target_epsilon", "delta", "accountant", "scheme", "epsilon", "part_epsilons", "part_deltas")
+            }
             write_json_atomic(out / "plan.json", {**fields, "noise_multipliers": cal.noise_multipliers()})
             return {"metrics": {"epsilon": cal.epsilon}}
 
@@ -239,8 +284,9 @@ class Pipeline:
         return privacy.ComposedCalibration(mechanisms={p.name: p.mechanism(noise[p.name]) for p in parts}, **saved)
 
     # ------------------------------------------------------------------------------------ private training
-    def private_model(self, role: str, seed: int, noise_multiplier: float | None, epsilon: float,
-                      kd_teacher: Artifact | None = None) -> Artifact:
+    def private_model(
+        self, role: str, seed: int, noise_multiplier: float | None, epsilon: float, kd_teacher: Artifact | None = None
+    ) -> Artifact:
         """Fine-tune on the private training split: DP-SGD at `noise_multiplier`, or non-private (None).
 
         role 'teacher' models code-prefixed text; role 'student' plain text, with the KD loss when
@@ -249,10 +295,18 @@ class Pipeline:
         s = self.settings
         private = noise_multiplier is not None
         train_cfg = _seeded(self.private_train_config(role, kd=kd_teacher is not None), seed)
-        config = {"role": role, "data": self.data_config, "train": asdict(train_cfg),
-                  "noise_multiplier": noise_multiplier, "max_grad_norm": s.max_grad_norm, "delta": self.delta,
-                  "accountant": s.accountant, "grad_sample_mode": s.grad_sample_mode,
-                  "kd": self._kd_config() if kd_teacher else None, **self._randomness_key(private)}
+        config = {
+            "role": role,
+            "data": self.data_config,
+            "train": asdict(train_cfg),
+            "noise_multiplier": noise_multiplier,
+            "max_grad_norm": s.max_grad_norm,
+            "delta": self.delta,
+            "accountant": s.accountant,
+            "grad_sample_mode": s.grad_sample_mode,
+            "kd": self._kd_config() if kd_teacher else None,
+            **self._randomness_key(private),
+        }
         inputs = {"pretrained": self.pretrained(role, seed)}
         if kd_teacher:
             inputs["teacher"] = kd_teacher
@@ -273,13 +327,19 @@ class Pipeline:
                     collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
                     loss_fn = self._kd_loss(teacher)
             privacy_cfg = PrivacyConfig(
-                target_epsilon=epsilon if private else math.inf, delta=self.delta if private else None,
-                max_grad_norm=s.max_grad_norm, accountant=s.accountant, noise_multiplier=noise_multiplier,
-                grad_sample_mode=s.grad_sample_mode, allow_delta_one_over_n=s.delta == "paper",
-                secret_randomness=s.dp_randomness == "secret")
+                target_epsilon=epsilon if private else math.inf,
+                delta=self.delta if private else None,
+                max_grad_norm=s.max_grad_norm,
+                accountant=s.accountant,
+                noise_multiplier=noise_multiplier,
+                grad_sample_mode=s.grad_sample_mode,
+                allow_delta_one_over_n=s.delta == "paper",
+                secret_randomness=s.dp_randomness == "secret",
+            )
             kwargs = {"loss_fn": loss_fn} if loss_fn else {}
-            report = train_causal_lm(model, examples, train_cfg, privacy_cfg,
-                                     collate_fn=collate, progress=self.progress, **kwargs)
+            report = train_causal_lm(
+                model, examples, train_cfg, privacy_cfg, collate_fn=collate, progress=self.progress, **kwargs
+            )
             if role == "teacher":
                 setattr(model.config, CONFIG_CODES_ATTR, list(self.corpus.code_columns.values()))
             model.save_pretrained(out)
@@ -289,8 +349,11 @@ class Pipeline:
             metrics = {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)}
             if role == "teacher" and not private:  # as a model of plain text, codes drawn as in the data
                 metrics["test_ppl_marginal"] = self.marginal_ppl(model, tok, self.train_code_counts)
-            return {"privacy": record, "metrics": metrics,
-                    "extra": {"losses": report.losses, "device": str(self.device)}}
+            return {
+                "privacy": record,
+                "metrics": metrics,
+                "extra": {"losses": report.losses, "device": str(self.device)},
+            }
 
         return self.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed)
 
@@ -300,22 +363,42 @@ class Pipeline:
         s = self.settings
         size = self.synthetic_count()
         mode = self.histogram_mode(histogram_noise)
-        config = {"size": size, "histogram": mode, "histogram_noise": histogram_noise,
-                  "generation": asdict(s.generation), "data": self.data_config, **self._randomness_key(mode == "dp")}
+        config = {
+            "size": size,
+            "histogram": mode,
+            "histogram_noise": histogram_noise,
+            "generation": asdict(s.generation),
+            "data": self.data_config,
+            **self._randomness_key(mode == "dp"),
+        }
 
         def build(out: Path) -> dict:
             hist, record = self.release_histogram(seed, histogram_noise)
             names = list(self.corpus.code_columns.values())
             code_counts = [(dict(zip(names, key)), n) for key, n in hist.items() if n > 0]
             model, tok = self.load_model(teacher.path)
-            result = generate_synthetic(model, tok, code_counts, out / "data", s.generation, seed=seed,
-                                        progress=self.progress, code_columns=self.corpus.code_columns)
+            result = generate_synthetic(
+                model,
+                tok,
+                code_counts,
+                out / "data",
+                s.generation,
+                seed=seed,
+                progress=self.progress,
+                code_columns=self.corpus.code_columns,
+            )
             # the test perplexity of what the synthetic text is drawn from (before top-k / top-p): the teacher
             # with codes drawn from the released histogram, scored like a student (gate 2 of the README)
             metrics = {"n_samples": result.n_samples, "teacher_marginal_ppl": self.marginal_ppl(model, tok, hist)}
-            return {"privacy": record, "metrics": metrics,
-                    "extra": {"histogram": {"|".join(k): n for k, n in hist.items()}, "generation": result.summary,
-                              "device": str(self.device)}}
+            return {
+                "privacy": record,
+                "metrics": metrics,
+                "extra": {
+                    "histogram": {"|".join(k): n for k, n in hist.items()},
+                    "generation": result.summary,
+                    "device": str(self.device),
+                },
+            }
 
         return self.store.build("synthetic", config, build, inputs={"teacher": teacher}, seed=seed)
 
@@ -361,8 +444,10 @@ class Pipeline:
         if source is not None:
             return list(itertools.product(self.corpus.info["categories"], source.stars)), []
         keys = sorted({tuple(c.values()) for c in self.corpus.codes("train")})
-        return keys, ["the set of codes was read off the private training data (no public schema known): "
-                      "which codes occur is not protected"]
+        return keys, [
+            "the set of codes was read off the private training data (no public schema known): "
+            "which codes occur is not protected"
+        ]
 
     # ------------------------------------------------------------------------------------ students
     def distilled_student(self, teacher: Artifact, synthetic: Artifact, seed: int, hard_labels_only: bool) -> Artifact:
@@ -371,8 +456,12 @@ class Pipeline:
         # lam = 0 without hidden-state alignment IS the hard-label loss: the synthetic_only student, not a second copy
         hard_labels_only = hard_labels_only or (s.lam == 0 and s.alpha == 0)
         kd = None if hard_labels_only else self._kd_config()
-        config = {"train": asdict(_seeded(s.distill_train, seed)), "kd": kd, "val_fraction": s.synthetic_val_fraction,
-                  "tolerance": s.distill_tolerance}
+        config = {
+            "train": asdict(_seeded(s.distill_train, seed)),
+            "kd": kd,
+            "val_fraction": s.synthetic_val_fraction,
+            "tolerance": s.distill_tolerance,
+        }
         inputs = {"pretrained": self.pretrained("student", seed), "teacher": teacher, "synthetic": synthetic}
 
         def build(out: Path) -> dict:
@@ -380,8 +469,10 @@ class Pipeline:
             frame = load_synthetic(synthetic.path / "data")
             teacher_states = "live every step" if kd else None
             texts = frame["text"].tolist()
-            prefixes = [control_prefix(dict(zip(self.corpus.code_columns.values(), row)))
-                        for row in frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)]
+            prefixes = [
+                control_prefix(dict(zip(self.corpus.code_columns.values(), row)))
+                for row in frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)
+            ]
             order = np.random.default_rng(seed).permutation(len(texts))
             n_val = max(1, int(len(texts) * s.synthetic_val_fraction))
             val_idx, train_idx = order[:n_val], order[n_val:]
@@ -399,16 +490,33 @@ class Pipeline:
                     model = StudentWithProjection(student, teacher_model.config.hidden_size).to(self.device)
                 kwargs = {"loss_fn": self._kd_loss(teacher_model, hidden_projection=project)}
                 if s.alpha == 0 and teacher_states_bytes(teacher_model, examples) <= s.teacher_cache_gib * 2**30:
-                    examples = attach_teacher_states(teacher_model, examples, tok.pad_token_id, s.teacher_context,
-                                                     batch_size=s.distill_train.batch_size, progress=self.progress)
+                    examples = attach_teacher_states(
+                        teacher_model,
+                        examples,
+                        tok.pad_token_id,
+                        s.teacher_context,
+                        batch_size=s.distill_train.batch_size,
+                        progress=self.progress,
+                    )
                     teacher_states = "cached once (distill.attach_teacher_states)"
             else:
                 collate, kwargs = None, {}
-            selector = BestOnHeldOut(model, tok, [texts[i] for i in val_idx],
-                                      every=max(1, round(len(examples) / s.distill_train.batch_size)),
-                                      tolerance=s.distill_tolerance)
-            report = train_causal_lm(model, examples, _seeded(s.distill_train, seed), collate_fn=collate,
-                                     progress=self.progress, on_step=selector, **kwargs)
+            selector = BestOnHeldOut(
+                model,
+                tok,
+                [texts[i] for i in val_idx],
+                every=max(1, round(len(examples) / s.distill_train.batch_size)),
+                tolerance=s.distill_tolerance,
+            )
+            report = train_causal_lm(
+                model,
+                examples,
+                _seeded(s.distill_train, seed),
+                collate_fn=collate,
+                progress=self.progress,
+                on_step=selector,
+                **kwargs,
+            )
             selector.finish(report.steps)
             model.load_state_dict(selector.best_state)
             model = student  # a projection, if any, served training only
@@ -416,26 +524,51 @@ class Pipeline:
             tok.save_pretrained(out)
             record = _nonprivate_record()
             record["notes"] = ["trained on synthetic text only: post-processing of the teacher and histogram"]
-            record["model_selection"] = (f"held-out synthetic text ({n_val} samples), checked once per epoch; "
-                                         f"best at step {selector.best_step} of {report.steps}")
-            metrics = {"synthetic_val_ppl": selector.best_ppl, "steps": report.steps, "best_step": selector.best_step,
-                       "converged": selector.converged, **self._evaluate(model, tok, "student")}
-            return {"privacy": record, "metrics": metrics,
-                    "extra": {"losses": report.losses, "synthetic_val_curve": selector.curve,
-                              "device": str(self.device), "teacher_states": teacher_states}}
+            record["model_selection"] = (
+                f"held-out synthetic text ({n_val} samples), checked once per epoch; "
+                f"best at step {selector.best_step} of {report.steps}"
+            )
+            metrics = {
+                "synthetic_val_ppl": selector.best_ppl,
+                "steps": report.steps,
+                "best_step": selector.best_step,
+                "converged": selector.converged,
+                **self._evaluate(model, tok, "student"),
+            }
+            return {
+                "privacy": record,
+                "metrics": metrics,
+                "extra": {
+                    "losses": report.losses,
+                    "synthetic_val_curve": selector.curve,
+                    "device": str(self.device),
+                    "teacher_states": teacher_states,
+                },
+            }
 
         return self.store.build("distilled_student", config, build, inputs=inputs, seed=seed)
 
     def _kd_config(self) -> dict:
         s = self.settings
-        return {"lam": s.lam, "temperature": s.temperature, "alpha": s.alpha, "teacher_context": s.teacher_context,
-                "weighting": s.kd_weighting}
+        return {
+            "lam": s.lam,
+            "temperature": s.temperature,
+            "alpha": s.alpha,
+            "teacher_context": s.teacher_context,
+            "weighting": s.kd_weighting,
+        }
 
     def _kd_loss(self, teacher, hidden_projection: bool = False):
         s = self.settings
-        return make_kd_loss_fn(teacher, lam=s.lam, temperature=s.temperature, alpha=s.alpha,
-                               teacher_context=s.teacher_context, hidden_projection=hidden_projection,
-                               weighting=s.kd_weighting)
+        return make_kd_loss_fn(
+            teacher,
+            lam=s.lam,
+            temperature=s.temperature,
+            alpha=s.alpha,
+            teacher_context=s.teacher_context,
+            hidden_projection=hidden_projection,
+            weighting=s.kd_weighting,
+        )
 
     # ------------------------------------------------------------------------------------ evaluation
     def _evaluate(self, model, tok, role: str) -> dict:
@@ -444,9 +577,15 @@ class Pipeline:
         metrics = {}
         for split, name in (("test", "test_ppl"), ("validation", "val_ppl")):
             prefixes = self.corpus.prefixes(split) if role == "teacher" else None
-            result = perplexity(model, tok, self.corpus.texts(split), prefixes=prefixes,
-                                stride=self.settings.eval_stride, per_document=self.settings.eval_per_document,
-                                progress=self.progress)
+            result = perplexity(
+                model,
+                tok,
+                self.corpus.texts(split),
+                prefixes=prefixes,
+                stride=self.settings.eval_stride,
+                per_document=self.settings.eval_per_document,
+                progress=self.progress,
+            )
             metrics[name] = result.ppl
             if split == "test":
                 metrics["test_tokens"] = result.n_tokens
@@ -460,14 +599,26 @@ class Pipeline:
         names = list(self.corpus.code_columns.values())
         keys = [key for key, n in code_counts.items() if n > 0]
         prefixes = [control_prefix(dict(zip(names, key))) for key in keys]
-        return marginal_perplexity(model, tok, self.corpus.texts("test"), prefixes, [code_counts[k] for k in keys],
-                                   batch_size=64, progress=self.progress).ppl
+        return marginal_perplexity(
+            model,
+            tok,
+            self.corpus.texts("test"),
+            prefixes,
+            [code_counts[k] for k in keys],
+            batch_size=64,
+            progress=self.progress,
+        ).ppl
 
     def floor(self, tok, role: str) -> float:
         """The exact floor for the role's view of the test split (codes given to teachers only)."""
         codes = self.corpus.codes("test") if role == "teacher" else None
-        return floor(self.corpus.source, tok, self.corpus.texts("test"), codes=codes,
-                     categories=self.corpus.info.get("categories")).ppl
+        return floor(
+            self.corpus.source,
+            tok,
+            self.corpus.texts("test"),
+            codes=codes,
+            categories=self.corpus.info.get("categories"),
+        ).ppl
 
     # ------------------------------------------------------------------------------------ methods
     def artifacts(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Artifact]:
@@ -484,8 +635,10 @@ class Pipeline:
             return {"teacher": teacher, "synthetic": synthetic, "student": student}
         if method == "dpkd":
             teacher = self.private_model("teacher", seed, noise.get("teacher"), epsilon)
-            return {"teacher": teacher, "student": self.private_model("student", seed, noise.get("student"),
-                                                                     epsilon, kd_teacher=teacher)}
+            return {
+                "teacher": teacher,
+                "student": self.private_model("student", seed, noise.get("student"), epsilon, kd_teacher=teacher),
+            }
         return {"student": self.private_model("student", seed, noise.get("student"), epsilon)}  # dpsgd
 
     def noise(self, method: str, epsilon: float) -> dict[str, float]:
@@ -507,13 +660,22 @@ class Pipeline:
         artifacts, student, teacher = list(arts.values()), arts["student"], arts.get("teacher")
         leaks = [a.privacy.get("leak") for a in artifacts if a.privacy.get("leak")]
         mechanisms = [m for m in plan.mechanisms.values() if m.noise_multiplier > 0]
-        total = privacy.privacy_record(mechanisms, self.delta, self.settings.accountant,
-                                       target_epsilon=epsilon, leaks=leaks) if mechanisms else None
+        total = (
+            privacy.privacy_record(
+                mechanisms, self.delta, self.settings.accountant, target_epsilon=epsilon, leaks=leaks
+            )
+            if mechanisms
+            else None
+        )
         first_dp = next((a.privacy for a in artifacts if a.privacy.get("private")), {})
         synthetic = arts.get("synthetic")
         return {
-            "dataset": self.settings.dataset, "method": method, "epsilon": epsilon,
-            "epsilon_spent": total["epsilon"] if total else math.inf, "delta": self.delta, "seed": seed,
+            "dataset": self.settings.dataset,
+            "method": method,
+            "epsilon": epsilon,
+            "epsilon_spent": total["epsilon"] if total else math.inf,
+            "delta": self.delta,
+            "seed": seed,
             "student_ppl": student.metrics["test_ppl"],
             "teacher_ppl": teacher.metrics["test_ppl"] if teacher else math.nan,
             "teacher_marginal_ppl": synthetic.metrics["teacher_marginal_ppl"] if synthetic else math.nan,
@@ -525,7 +687,8 @@ class Pipeline:
             "dp_randomness": self.settings.dp_randomness if mechanisms else "",
             "accountant": self.settings.accountant,
             "noise_multiplier": first_dp.get("noise_multiplier", 0.0),
-            "sample_rate": first_dp.get("sample_rate", math.nan), "steps": first_dp.get("steps", 0),
+            "sample_rate": first_dp.get("sample_rate", math.nan),
+            "steps": first_dp.get("steps", 0),
             "mechanisms": "; ".join(f"{name}: {m.describe()}" for name, m in plan.mechanisms.items()),
             "histogram": synthetic.privacy.get("release") if synthetic else "",
             "synthetic_size": synthetic.metrics["n_samples"] if synthetic else 0,
@@ -544,18 +707,30 @@ class Pipeline:
         role, epsilon = reference_role(method), reference_epsilon(method)
         art = self.reference_model(method, seed)  # pretrained ones scored on plain text: they never saw codes
         return {
-            "dataset": self.settings.dataset, "method": method, "epsilon": epsilon, "epsilon_spent": epsilon,
-            "delta": 0.0 if epsilon == 0 else self.delta, "seed": seed,
+            "dataset": self.settings.dataset,
+            "method": method,
+            "epsilon": epsilon,
+            "epsilon_spent": epsilon,
+            "delta": 0.0 if epsilon == 0 else self.delta,
+            "seed": seed,
             "student_ppl": art.metrics["test_ppl"] if role == "student" else math.nan,
             "teacher_ppl": art.metrics["test_ppl"] if role == "teacher" else math.nan,
             "teacher_marginal_ppl": art.metrics.get("test_ppl_marginal", math.nan),
             "val_ppl": art.metrics["val_ppl"] if role == "student" else math.nan,
             "teacher_val_ppl": art.metrics["val_ppl"] if role == "teacher" else math.nan,
-            "floor": self.floor_for("student"), "teacher_floor": self.floor_for("teacher"),
-            "private": epsilon == 0, "dp_randomness": "", "accountant": "", "noise_multiplier": 0.0,
+            "floor": self.floor_for("student"),
+            "teacher_floor": self.floor_for("teacher"),
+            "private": epsilon == 0,
+            "dp_randomness": "",
+            "accountant": "",
+            "noise_multiplier": 0.0,
             "sample_rate": math.nan,
-            "steps": art.privacy.get("steps", 0) or 0, "mechanisms": "", "histogram": "", "synthetic_size": 0,
-            "wall_time_s": art.manifest["wall_time_s"], "run_time_s": round(time.time() - started, 1),
+            "steps": art.privacy.get("steps", 0) or 0,
+            "mechanisms": "",
+            "histogram": "",
+            "synthetic_size": 0,
+            "wall_time_s": art.manifest["wall_time_s"],
+            "run_time_s": round(time.time() - started, 1),
         }
 
     def floor_for(self, role: str) -> float:
@@ -574,8 +749,15 @@ class BestOnHeldOut:
     `tolerance` > 0, it also asks training to stop (returns True) once a check improves on the best one by less
     than that relative amount: the held-out perplexity has flattened. None or 0: it never stops training."""
 
-    def __init__(self, model, tok, texts: list[str], every: int, tolerance: float | None = None,
-                 prefixes: list[str] | None = None):
+    def __init__(
+        self,
+        model,
+        tok,
+        texts: list[str],
+        every: int,
+        tolerance: float | None = None,
+        prefixes: list[str] | None = None,
+    ):
         self.model, self.tok, self.texts, self.every, self.tolerance = model, tok, texts, every, tolerance or None
         self.prefixes = prefixes
         self.best_ppl, self.best_step, self.best_state = math.inf, 0, copy.deepcopy(model.state_dict())
@@ -595,8 +777,9 @@ class BestOnHeldOut:
 
     def _check(self, step: int) -> float:
         """Score the held-out text, keep the best weights; return the relative improvement on the best so far."""
-        ppl = perplexity(self.model, self.tok, self.texts, prefixes=self.prefixes, per_document=True,
-                         progress=False).ppl
+        ppl = perplexity(
+            self.model, self.tok, self.texts, prefixes=self.prefixes, per_document=True, progress=False
+        ).ppl
         self.model.train()
         self.curve.append((step, ppl))
         improved_by = (self.best_ppl - ppl) / self.best_ppl if math.isfinite(self.best_ppl) else math.inf
@@ -635,18 +818,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pipe = Pipeline(make_settings(args.profile), ArtifactStore(args.store) if args.store else None)
     corpus = pipe.corpus
-    print(f"private corpus {pipe.settings.dataset!r}: " + ", ".join(f"{split} {len(frame)}" for split, frame in
-                                                                 corpus.splits.items()))
+    print(
+        f"private corpus {pipe.settings.dataset!r}: "
+        + ", ".join(f"{split} {len(frame)}" for split, frame in corpus.splits.items())
+    )
     ppl = {}
     for role in ("teacher", "student"):
         art = pipe.pretrained(role)
         ppl[role] = art.metrics["test_ppl"]
         floor_text = f"   floor {art.metrics['floor']:.2f}" if "floor" in art.metrics else ""
-        print(f"pretrained {role} ({pipe.model_name(role)}) test perplexity {ppl[role]:8.2f}{floor_text}"
-              f"   (plain text; {art.path})")
+        print(
+            f"pretrained {role} ({pipe.model_name(role)}) test perplexity {ppl[role]:8.2f}{floor_text}"
+            f"   (plain text; {art.path})"
+        )
     ratio = ppl["teacher"] / ppl["student"]
-    print(f"gate 1: pretrained teacher / student = {ratio:.3f}: {'PASS' if ratio <= GATE_1_RATIO else 'FAIL'} "
-          f"(<= {GATE_1_RATIO})")
+    print(
+        f"gate 1: pretrained teacher / student = {ratio:.3f}: {'PASS' if ratio <= GATE_1_RATIO else 'FAIL'} "
+        f"(<= {GATE_1_RATIO})"
+    )
     return 0
 
 

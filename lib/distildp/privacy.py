@@ -13,6 +13,7 @@ No training code lives here. Everything privacy-relevant that the suite reports 
 
 Adjacency is add/remove-one-record throughout (what Opacus' Poisson sampling analysis assumes).
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,9 @@ def check_delta(delta: float) -> float:
 
 def check_sample_rate(sample_rate: float) -> float:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not 0.0 < sample_rate <= 1.0:
-        raise ValueError(f"sample_rate={sample_rate!r} must lie in (0, 1]: it is batch_size / dataset_size "
-                         "(1 = full batch).")
+        raise ValueError(
+            f"sample_rate={sample_rate!r} must lie in (0, 1]: it is batch_size / dataset_size (1 = full batch)."
+        )
     return float(sample_rate)
 
 
@@ -84,10 +86,14 @@ def check_steps(steps: int, name: str = "steps") -> int:
 
 def check_noise_multiplier(noise_multiplier: float) -> float:
     """Noise multiplier >= 0; 0 means no noise (non-private, epsilon = inf)."""
-    if (isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real)
-            or not 0.0 <= noise_multiplier < math.inf):
-        raise ValueError(f"noise_multiplier={noise_multiplier!r} must be a finite number >= 0 "
-                         "(0 = no noise, non-private).")
+    if (
+        isinstance(noise_multiplier, bool)
+        or not isinstance(noise_multiplier, numbers.Real)
+        or not 0.0 <= noise_multiplier < math.inf
+    ):
+        raise ValueError(
+            f"noise_multiplier={noise_multiplier!r} must be a finite number >= 0 (0 = no noise, non-private)."
+        )
     return float(noise_multiplier)
 
 
@@ -96,8 +102,10 @@ def poisson_sample_rate(batch_size: int, dataset_size: int) -> float:
     check_steps(batch_size, "batch_size")
     check_steps(dataset_size, "dataset_size")
     if dataset_size < batch_size:
-        raise ValueError(f"the dataset ({dataset_size} examples) is smaller than the batch ({batch_size}); "
-                         "use a smaller batch_size or more data.")
+        raise ValueError(
+            f"the dataset ({dataset_size} examples) is smaller than the batch ({batch_size}); "
+            "use a smaller batch_size or more data."
+        )
     return batch_size / dataset_size
 
 
@@ -125,7 +133,8 @@ def resolve_delta(delta: float | str | None, n: int, allow_one_over_n: bool = Fa
         raise ValueError(
             f"delta={delta:.3g} >= 1/N = {one_over_n:.3g} (N={n}): such a delta allows releasing a whole record "
             f"at random. Use delta=None (-> {10.0 ** -len(str(n)):.0e}) or a smaller value; delta='paper' (or "
-            f"allow_one_over_n=True) reproduces the paper's delta = 1/N exactly.")
+            f"allow_one_over_n=True) reproduces the paper's delta = 1/N exactly."
+        )
     return delta
 
 
@@ -149,8 +158,13 @@ class DPSGDMechanism:
         return (self.noise_multiplier, self.sample_rate, self.steps)
 
     def describe(self) -> dict[str, Any]:
-        return {"mechanism": "poisson_subsampled_gaussian", "noise_multiplier": self.noise_multiplier,
-                "sample_rate": self.sample_rate, "steps": self.steps, "adjacency": "add/remove"}
+        return {
+            "mechanism": "poisson_subsampled_gaussian",
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "adjacency": "add/remove",
+        }
 
 
 @dataclass(frozen=True)
@@ -172,8 +186,13 @@ class GaussianMechanism:
         return (self.noise_multiplier, 1.0, self.count)  # the subsampled Gaussian at sample_rate 1
 
     def describe(self) -> dict[str, Any]:
-        return {"mechanism": "gaussian", "noise_multiplier": self.noise_multiplier, "sensitivity": 1.0,
-                "count": self.count, "adjacency": "add/remove"}
+        return {
+            "mechanism": "gaussian",
+            "noise_multiplier": self.noise_multiplier,
+            "sensitivity": 1.0,
+            "count": self.count,
+            "adjacency": "add/remove",
+        }
 
 
 Mechanism = DPSGDMechanism | GaussianMechanism
@@ -216,8 +235,11 @@ def _prv_epsilon(history, delta: float, eps_error: float) -> float:
         half_width = compute_safe_domain_size(prvs, counts, eps_error=eps_error, delta_error=delta_error)
     mesh = eps_error / math.sqrt(sum(counts) * math.log(12 / delta_error) / 2)
     if 2 * half_width / mesh > PRV_MAX_GRID:
-        warnings.warn("PRV grid too large (noise far too small for any useful epsilon); "
-                      "reporting the RDP epsilon, also an upper bound.", stacklevel=4)
+        warnings.warn(
+            "PRV grid too large (noise far too small for any useful epsilon); "
+            "reporting the RDP epsilon, also an upper bound.",
+            stacklevel=4,
+        )
         return _rdp_epsilon(history, delta)
     domain = Domain.create_aligned(-half_width, half_width, mesh)
     # log(1 - q) = -inf at q = 1 is expected in Opacus' formulas (np.where handles it)
@@ -245,8 +267,9 @@ def _epsilon(history, delta: float, accountant: str, eps_error: float | None) ->
     return min(coarse, _prv_epsilon(history, delta, fine_error))  # both are upper bounds
 
 
-def epsilon_spent(mechanisms: Sequence[Mechanism], delta: float, accountant: str = "prv",
-                  eps_error: float | None = None) -> float:
+def epsilon_spent(
+    mechanisms: Sequence[Mechanism], delta: float, accountant: str = "prv", eps_error: float | None = None
+) -> float:
     """Epsilon (an upper bound) of the composition of `mechanisms` at `delta`, in one accountant.
 
     No mechanisms -> 0.0; any mechanism without noise -> math.inf. eps_error (PRV only): None picks
@@ -260,8 +283,15 @@ def epsilon_spent(mechanisms: Sequence[Mechanism], delta: float, accountant: str
 
 
 # ------------------------------------------------------------------------------------- calibration
-def _smallest_passing(eps_of: Callable[[float], float], target: float, tolerance: float,
-                      low: float, high: float, start: float = 1.0, factor: float = 2.0) -> float | None:
+def _smallest_passing(
+    eps_of: Callable[[float], float],
+    target: float,
+    tolerance: float,
+    low: float,
+    high: float,
+    start: float = 1.0,
+    factor: float = 2.0,
+) -> float | None:
     """Smallest x in [low, high] with eps_of(x) <= target, for eps_of decreasing in x.
 
     Brackets by dividing/multiplying `start` by `factor`, then narrows the bracket by interpolating log(eps)
@@ -269,6 +299,7 @@ def _smallest_passing(eps_of: Callable[[float], float], target: float, tolerance
     instead of a dozen bisections. Returns an evaluated x with target - tolerance <= eps_of(x) <= target
     (or x == low, or a bracket of relative width 1e-6); None when even `high` exceeds the target.
     """
+
     def eps(x: float) -> float:
         try:
             with warnings.catch_warnings():
@@ -319,15 +350,24 @@ def _smallest_passing(eps_of: Callable[[float], float], target: float, tolerance
 
 def _tolerance(target: float, epsilon_tolerance: float) -> float:
     # absolute, but at most 1% of the target so small budget shares are met tightly too
-    if isinstance(epsilon_tolerance, bool) or not isinstance(epsilon_tolerance, numbers.Real) \
-            or not epsilon_tolerance > 0:
+    if (
+        isinstance(epsilon_tolerance, bool)
+        or not isinstance(epsilon_tolerance, numbers.Real)
+        or not epsilon_tolerance > 0
+    ):
         raise ValueError(f"epsilon_tolerance={epsilon_tolerance!r} must be > 0 (e.g. 0.01).")
     return min(epsilon_tolerance, 0.01 * target)
 
 
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                    accountant: str = "prv", others: Sequence[Mechanism] = (),
-                    epsilon_tolerance: float = 0.01) -> float:
+def calibrate_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "prv",
+    others: Sequence[Mechanism] = (),
+    epsilon_tolerance: float = 0.01,
+) -> float:
     """Smallest noise multiplier whose DP-SGD run, composed with `others`, spends <= target_epsilon.
 
     The reported epsilon is never above the target and (bracketed search) within
@@ -344,15 +384,17 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     def eps_of(sigma: float) -> float:
         return epsilon_spent([*others, DPSGDMechanism(sigma, q, steps)], delta, accountant)
 
-    sigma = _smallest_passing(eps_of, target, _tolerance(target, epsilon_tolerance),
-                              MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER)
+    sigma = _smallest_passing(
+        eps_of, target, _tolerance(target, epsilon_tolerance), MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER
+    )
     if sigma is None:
         spent_by_others = epsilon_spent(others, delta, accountant)
         raise ValueError(
             f"epsilon {target} at delta {delta:.3g} is unreachable with noise multipliers up to "
             f"{MAX_NOISE_MULTIPLIER:g} (sample_rate {q:.4g}, {steps} steps, {accountant}; the other mechanisms "
             f"alone spend {spent_by_others:.4g}). Use more data (smaller sample_rate), fewer steps, "
-            f"or a larger epsilon.")
+            f"or a larger epsilon."
+        )
     return sigma
 
 
@@ -410,9 +452,14 @@ class ComposedCalibration:
 SCHEMES = ("composed", "split")
 
 
-def calibrate_composed(target_epsilon: float, delta: float, parts: Sequence[BudgetPart],
-                       accountant: str = "prv", scheme: str = "composed",
-                       epsilon_tolerance: float = 0.01) -> ComposedCalibration:
+def calibrate_composed(
+    target_epsilon: float,
+    delta: float,
+    parts: Sequence[BudgetPart],
+    accountant: str = "prv",
+    scheme: str = "composed",
+    epsilon_tolerance: float = 0.01,
+) -> ComposedCalibration:
     """Noise multipliers for several mechanisms that together spend `target_epsilon` at `delta`.
 
     scheme='composed' (default): part i's noise is s * base_i, where base_i alone would spend
@@ -441,8 +488,9 @@ def calibrate_composed(target_epsilon: float, delta: float, parts: Sequence[Budg
 
     if math.isinf(target):
         mechs = {p.name: p.mechanism(0.0) for p in parts}
-        return ComposedCalibration(target, delta, accountant, scheme, mechs, math.inf,
-                                   {n: math.inf for n in names}, {n: delta for n in names})
+        return ComposedCalibration(
+            target, delta, accountant, scheme, mechs, math.inf, {n: math.inf for n in names}, {n: delta for n in names}
+        )
 
     def calibrate_alone(part: BudgetPart, eps: float, d: float) -> float:
         try:
@@ -465,8 +513,10 @@ def calibrate_composed(target_epsilon: float, delta: float, parts: Sequence[Budg
         # s starts at 1 (the bases) and ends near it: small bracket steps avoid costly tiny-noise probes
         scale = _smallest_passing(eps_of, target, tol, low, high, start=1.0, factor=1.25)
         if scale is None:
-            raise ValueError(f"epsilon {target} is unreachable for the composition within noise multipliers "
-                             f"up to {MAX_NOISE_MULTIPLIER:g}; use more data, fewer steps or a larger epsilon.")
+            raise ValueError(
+                f"epsilon {target} is unreachable for the composition within noise multipliers "
+                f"up to {MAX_NOISE_MULTIPLIER:g}; use more data, fewer steps or a larger epsilon."
+            )
         mechs = {p.name: p.mechanism(scale * base[p.name]) for p in parts}
 
     composed = epsilon_spent(list(mechs.values()), delta, accountant)
@@ -527,23 +577,35 @@ def uniform_histogram(keys: Iterable[Key], total: int) -> tuple[dict[Key, int], 
     if not keys:
         raise ValueError("no keys: the histogram needs at least one key (e.g. one control code).")
     counts = scale_to_total({k: 1.0 for k in keys}, total)
-    return counts, {"private": True, "release": "uniform histogram", "mechanism": None,
-                    "notes": ["uses no private data: free"]}
+    return counts, {
+        "private": True,
+        "release": "uniform histogram",
+        "mechanism": None,
+        "notes": ["uses no private data: free"],
+    }
 
 
-def exact_histogram(counts: Mapping[Key, int], total: int,
-                    keys: Iterable[Key] | None = None) -> tuple[dict[Key, int], dict[str, Any]]:
+def exact_histogram(
+    counts: Mapping[Key, int], total: int, keys: Iterable[Key] | None = None
+) -> tuple[dict[Key, int], dict[str, Any]]:
     """The paper's option: exact counts scaled to `total`. NOT private (the counts leak)."""
     exact = _check_counts(counts, keys)
     if sum(exact.values()) <= 0:
         raise ValueError("all counts are zero: the private data set is empty.")
     return scale_to_total(exact, total), {
-        "private": False, "release": "exact histogram", "mechanism": None,
-        "leak": "exact control-code counts (the paper's option): not differentially private"}
+        "private": False,
+        "release": "exact histogram",
+        "mechanism": None,
+        "leak": "exact control-code counts (the paper's option): not differentially private",
+    }
 
 
-def gaussian_noisy_counts(counts: Mapping[Key, int], noise_multiplier: float,
-                          seed: int | np.random.Generator, keys: Iterable[Key] | None = None) -> dict[Key, float]:
+def gaussian_noisy_counts(
+    counts: Mapping[Key, int],
+    noise_multiplier: float,
+    seed: int | np.random.Generator,
+    keys: Iterable[Key] | None = None,
+) -> dict[Key, float]:
     """The Gaussian mechanism: each count plus N(0, noise_multiplier^2) (L2 sensitivity 1)."""
     exact = _check_counts(counts, keys)
     sigma = check_noise_multiplier(noise_multiplier)
@@ -554,9 +616,13 @@ def gaussian_noisy_counts(counts: Mapping[Key, int], noise_multiplier: float,
     return {k: c + float(z) for (k, c), z in zip(exact.items(), noise)}
 
 
-def dp_histogram(counts: Mapping[Key, int], total: int, noise_multiplier: float,
-                 seed: int | np.random.Generator,
-                 keys: Iterable[Key] | None = None) -> tuple[dict[Key, int], dict[str, Any]]:
+def dp_histogram(
+    counts: Mapping[Key, int],
+    total: int,
+    noise_multiplier: float,
+    seed: int | np.random.Generator,
+    keys: Iterable[Key] | None = None,
+) -> tuple[dict[Key, int], dict[str, Any]]:
     """DP counts scaled to `total`: Gaussian mechanism, then post-processing (free).
 
     `keys` must be the PUBLIC set of possible keys (every category x stars), zeros included: keys taken
@@ -566,8 +632,12 @@ def dp_histogram(counts: Mapping[Key, int], total: int, noise_multiplier: float,
     """
     total = _check_total(total)
     noisy = gaussian_noisy_counts(counts, noise_multiplier, seed, keys)
-    record = {"private": True, "release": "DP histogram",
-              "mechanism": GaussianMechanism(noise_multiplier).describe(), "notes": []}
+    record = {
+        "private": True,
+        "release": "DP histogram",
+        "mechanism": GaussianMechanism(noise_multiplier).describe(),
+        "notes": [],
+    }
     if all(c <= 0 for c in noisy.values()):
         record["notes"].append("every noisy count <= 0: fell back to uniform (post-processing)")
         return uniform_histogram(list(noisy), total)[0], record
@@ -575,9 +645,16 @@ def dp_histogram(counts: Mapping[Key, int], total: int, noise_multiplier: float,
 
 
 # ------------------------------------------------------------------------------------- records
-def privacy_record(mechanisms: Sequence[Mechanism], delta: float, accountant: str = "prv", *,
-                   target_epsilon: float | None = None, max_grad_norm: float | None = None,
-                   leaks: Sequence[str] = (), notes: Sequence[str] = ()) -> dict[str, Any]:
+def privacy_record(
+    mechanisms: Sequence[Mechanism],
+    delta: float,
+    accountant: str = "prv",
+    *,
+    target_epsilon: float | None = None,
+    max_grad_norm: float | None = None,
+    leaks: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
     """The manifest's `privacy` record for everything a method released about the private data.
 
     `mechanisms`: every DP release (list the model's own DP-SGD run first: its noise, sample rate and
@@ -604,8 +681,7 @@ def privacy_record(mechanisms: Sequence[Mechanism], delta: float, accountant: st
         "notes": list(notes),
     }
     if accountant == "prv":
-        record["notes"].append("PRV upper bound (eps_error 0.01, or 0.25% of epsilon below 2), "
-                               "add/remove adjacency")
+        record["notes"].append("PRV upper bound (eps_error 0.01, or 0.25% of epsilon below 2), add/remove adjacency")
     if leaks:
         record["epsilon_private_parts"] = spent
     return record

@@ -13,6 +13,7 @@ private data it saw, and the audit grid's tables and figures.
 The primitives are `distildp.audit` (exposure), `distildp.mia` (attacks, bound) and `distildp.provenance`
 (training sets from manifests). A lower bound above the accounted epsilon raises `mia.PrivacyBugError`.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,14 @@ def accounted_epsilon(pipe: Pipeline, method: str, epsilon: float) -> float:
     return math.inf if math.isinf(epsilon) else pipe.plan(method, epsilon).epsilon
 
 
-def audit_method(pipe: Pipeline, method: str, epsilon: float, seed: int = 0, config: AuditConfig = AuditConfig(),
-                 progress: bool = True) -> list[dict]:
+def audit_method(
+    pipe: Pipeline,
+    method: str,
+    epsilon: float,
+    seed: int = 0,
+    config: AuditConfig = AuditConfig(),
+    progress: bool = True,
+) -> list[dict]:
     """Build (or reuse) every artifact of `method` at `epsilon` and audit each; one row per artifact, in the
     order of the data flow. Raises mia.PrivacyBugError when a model's epsilon lower bound exceeds the accounted
     epsilon, and AuditError when the private data holds no canaries (set dataset_options canaries)."""
@@ -77,17 +84,34 @@ def audit_method(pipe: Pipeline, method: str, epsilon: float, seed: int = 0, con
     rows = []
     for name, art in tqdm(arts.items(), desc=f"audit {method} eps={epsilon:g}", disable=not progress):
         found = training_set(art.path)
-        row = {**common, "model": name, "stage": art.stage, "artifact": f"{art.stage}/{art.key}",
-               "test_ppl": art.metrics.get("test_ppl", math.nan), "trained_on": "private text" if found.direct
-               else "synthetic text"}
+        row = {
+            **common,
+            "model": name,
+            "stage": art.stage,
+            "artifact": f"{art.stage}/{art.key}",
+            "test_ppl": art.metrics.get("test_ppl", math.nan),
+            "trained_on": "private text" if found.direct else "synthetic text",
+        }
         if name == "synthetic":
             row.update(_audit_synthetic(found, synthetic_texts(art.path)))
         else:
             role = "teacher" if art.stage == "private_teacher" else "student"
             model, tok = pipe.load_model(art.path)
             public, public_tok = pipe.load_model(pipe.pretrained(role, seed).path)
-            row.update(audit_model(model, tok, public, public_tok, found, role, accounted, pipe.delta, config,
-                                   what=f"{method}'s {name} at epsilon {epsilon:g}"))
+            row.update(
+                audit_model(
+                    model,
+                    tok,
+                    public,
+                    public_tok,
+                    found,
+                    role,
+                    accounted,
+                    pipe.delta,
+                    config,
+                    what=f"{method}'s {name} at epsilon {epsilon:g}",
+                )
+            )
         rows.append(row)
     return rows
 
@@ -95,25 +119,47 @@ def audit_method(pipe: Pipeline, method: str, epsilon: float, seed: int = 0, con
 def _audit_synthetic(found, texts: list[str]) -> dict:
     """Verbatim secrets in the synthetic text: a secret that appears there has leaked outright."""
     hits = secrets_in_texts(found.canaries, texts)
-    canaries = [{"secret": c["secret"], "repeats": c.get("repeats", len(c["rows"])),
-                 "texts_with_secret": h["texts_with_secret"]} for c, h in zip(found.canaries, hits)]
-    return {"n_texts": len(texts), "secrets_reproduced": sum(h["texts_with_secret"] > 0 for h in hits),
-            "n_canaries": len(hits), "canaries": canaries}
+    canaries = [
+        {
+            "secret": c["secret"],
+            "repeats": c.get("repeats", len(c["rows"])),
+            "texts_with_secret": h["texts_with_secret"],
+        }
+        for c, h in zip(found.canaries, hits)
+    ]
+    return {
+        "n_texts": len(texts),
+        "secrets_reproduced": sum(h["texts_with_secret"] > 0 for h in hits),
+        "n_canaries": len(hits),
+        "canaries": canaries,
+    }
 
 
-def audit_model(model, tok, public, public_tok, found, role: str, accounted: float, delta: float,
-                config: AuditConfig, what: str) -> dict:
+def audit_model(
+    model, tok, public, public_tok, found, role: str, accounted: float, delta: float, config: AuditConfig, what: str
+) -> dict:
     """One model's audit against the training set `found` (provenance.training_set): each canary's exposure
     beside the public model's, and the membership attacks with the epsilon lower bound they give. Raises
     mia.PrivacyBugError when that bound exceeds `accounted`; `what` names the model in that message."""
     with_codes = role == "teacher"  # a teacher was trained behind each row's control codes
-    options = {"method": "extrapolated", "n_samples": config.n_candidates, "seed": config.seed,
-               "batch_size": config.batch_size}
+    options = {
+        "method": "extrapolated",
+        "n_samples": config.n_candidates,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+    }
     exposures = canary_exposures(model, tok, found, config.space, with_codes=with_codes, **options)
     baseline = canary_exposures(public, public_tok, found, config.space, with_codes=with_codes, **options)
-    canaries = [{"secret": c["secret"], "repeats": c.get("repeats", len(c["rows"])), "exposure": e.exposure,
-                 "public_exposure": b.exposure, "rank": e.rank}
-                for c, e, b in zip(found.canaries, exposures, baseline)]
+    canaries = [
+        {
+            "secret": c["secret"],
+            "repeats": c.get("repeats", len(c["rows"])),
+            "exposure": e.exposure,
+            "public_exposure": b.exposure,
+            "rank": e.rank,
+        }
+        for c, e, b in zip(found.canaries, exposures, baseline)
+    ]
     # Rows holding a canary are left out of the members: their unusual sentence (whose format a model may learn
     # from the many such rows, which DP allows) would make them look like members, or unlike them, for that alone.
     with_canary = {r for c in found.canaries for r in c["rows"]}
@@ -121,18 +167,27 @@ def audit_model(model, tok, public, public_tok, found, role: str, accounted: flo
     members = [found.members[i] for i in kept]
     member_prefixes = [found.member_prefixes[i] for i in kept] if with_codes else None
     nonmember_prefixes = found.nonmember_prefixes if with_codes else None
-    out = {"max_exposure": config.space.max_exposure, "n_canaries": len(canaries), "canaries": canaries,
-           "roc": {}}
+    out = {"max_exposure": config.space.max_exposure, "n_canaries": len(canaries), "canaries": canaries, "roc": {}}
     groups = ((members, member_prefixes), (found.nonmembers, nonmember_prefixes))
     # each model scores each document once; both attacks are read from the same losses
     target = [sequence_losses(model, tok, texts, prefixes, config.batch_size) for texts, prefixes in groups]
-    public_losses = [sequence_losses(public, public_tok, texts, prefixes, config.batch_size)
-                     for texts, prefixes in groups]
+    public_losses = [
+        sequence_losses(public, public_tok, texts, prefixes, config.batch_size) for texts, prefixes in groups
+    ]
     for attack in ATTACKS:
-        scores = [mia.loss_attack(t) if attack == "loss" else mia.reference_attack(t, p)
-                  for t, p in zip(target, public_losses)]
-        audit = mia.membership_audit(*scores, accounted_epsilon=accounted, delta=delta, confidence=config.confidence,
-                                     n_bootstrap=config.n_bootstrap, seed=config.seed, what=f"{what} ({attack} attack)")
+        scores = [
+            mia.loss_attack(t) if attack == "loss" else mia.reference_attack(t, p)
+            for t, p in zip(target, public_losses)
+        ]
+        audit = mia.membership_audit(
+            *scores,
+            accounted_epsilon=accounted,
+            delta=delta,
+            confidence=config.confidence,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+            what=f"{what} ({attack} attack)",
+        )
         out.update({f"{attack}_{k}": v for k, v in audit.items() if k not in ("epsilon_accounted", "delta")})
         out["roc"][attack] = roc_points(*scores)
     out["epsilon_lower_bound"] = max(out[f"{a}_epsilon_lower_bound"] for a in ATTACKS)
@@ -157,8 +212,15 @@ def audit_rows(df: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(point["audits"], list):
             continue
         # an ablation point of the grid (another recipe) is told apart by its knob and value
-        variant = (f"{point['knob']}={point['value']:g}" if isinstance(point.get("value"), (int, float))
-                   else f"{point['knob']}={point['value']}") if point.get("kind") == "ablation" else ""
+        variant = (
+            (
+                f"{point['knob']}={point['value']:g}"
+                if isinstance(point.get("value"), (int, float))
+                else f"{point['knob']}={point['value']}"
+            )
+            if point.get("kind") == "ablation"
+            else ""
+        )
         rows += [{"variant": model_row.get("variant", variant), **model_row} for model_row in point["audits"]]
     if not rows:
         return pd.DataFrame()
@@ -194,19 +256,25 @@ def audit_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     rows = rows.assign(_m=rows["model"].map(order)).sort_values(["method", "variant", "epsilon", "_m"])
     lines = []
     for _, row in rows.iterrows():
-        line = {"method": _label(row["method"], row["variant"]), "ε target": _eps(row["epsilon"]),
-                "model": row["model"]}
+        line = {
+            "method": _label(row["method"], row["variant"]),
+            "ε target": _eps(row["epsilon"]),
+            "model": row["model"],
+        }
         for r in repeat_counts(rows):
             if row["model"] == "synthetic":
                 hits = [c for c in row["canaries"] if int(c["repeats"]) == r]
                 line[f"exposure ×{r}"] = f"{sum(c['texts_with_secret'] > 0 for c in hits)}/{len(hits)} verbatim"
             else:
-                line[f"exposure ×{r}"] = (f"{_mean_over(row['canaries'], r, 'exposure'):.1f} "
-                                          f"({_mean_over(row['canaries'], r, 'public_exposure'):.1f})")
+                line[f"exposure ×{r}"] = (
+                    f"{_mean_over(row['canaries'], r, 'exposure'):.1f} "
+                    f"({_mean_over(row['canaries'], r, 'public_exposure'):.1f})"
+                )
         for attack in ATTACKS:
             auc = row.get(f"{attack}_auc")
-            line[f"{attack} AUC"] = ("" if _missing(auc) else
-                                     f"{auc:.3f} [{row[f'{attack}_auc_low']:.3f}, {row[f'{attack}_auc_high']:.3f}]")
+            line[f"{attack} AUC"] = (
+                "" if _missing(auc) else f"{auc:.3f} [{row[f'{attack}_auc_low']:.3f}, {row[f'{attack}_auc_high']:.3f}]"
+            )
         tpr = row.get("reference_tpr_at_0.01")
         line["reference TPR @1% FPR"] = "" if _missing(tpr) else f"{tpr:.3f}"
         bound = row.get("epsilon_lower_bound")
@@ -239,14 +307,29 @@ def plot_exposure(rows: pd.DataFrame, path: str | Path | None = None):
         part = rows[rows["model"] == model]
         for (method, variant, epsilon), group in part.groupby(["method", "variant", "epsilon"]):
             canaries = [c for cs in group["canaries"] for c in cs]
-            ax.plot(repeats, [_mean_over(canaries, r, "exposure") for r in repeats], marker="o",
-                    label=f"{_label(method, variant)}, ε = {_eps(epsilon)}")
+            ax.plot(
+                repeats,
+                [_mean_over(canaries, r, "exposure") for r in repeats],
+                marker="o",
+                label=f"{_label(method, variant)}, ε = {_eps(epsilon)}",
+            )
         public = [c for cs in part["canaries"] for c in cs]
-        ax.plot(repeats, [_mean_over(public, r, "public_exposure") for r in repeats], color="grey", ls=":",
-                label="public model (never saw them)")
+        ax.plot(
+            repeats,
+            [_mean_over(public, r, "public_exposure") for r in repeats],
+            color="grey",
+            ls=":",
+            label="public model (never saw them)",
+        )
         ax.axhline(rows["max_exposure"].dropna().iloc[0], color="black", lw=0.8, ls="--", label="maximum")
-        ax.set(xscale="log", xticks=repeats, xticklabels=[str(r) for r in repeats],
-               xlabel="times each canary is in train", title=model, ylabel="exposure (bits)")
+        ax.set(
+            xscale="log",
+            xticks=repeats,
+            xticklabels=[str(r) for r in repeats],
+            xlabel="times each canary is in train",
+            title=model,
+            ylabel="exposure (bits)",
+        )
         ax.legend(fontsize=7)
     return _finish(fig, path)
 
@@ -260,12 +343,23 @@ def plot_roc(rows: pd.DataFrame, attack: str = "reference", path: str | Path | N
     for ax, model in zip(axes[0], models):
         for _, row in rows[rows["model"] == model].sort_values(["method", "variant", "epsilon"]).iterrows():
             curve = row["roc"][attack]
-            ax.plot(curve["fpr"], curve["tpr"], label=f"{_label(row['method'], row['variant'])}, "
-                                                      f"ε = {_eps(row['epsilon'])} "
-                                                      f"(AUC {row[f'{attack}_auc']:.2f})")
+            ax.plot(
+                curve["fpr"],
+                curve["tpr"],
+                label=f"{_label(row['method'], row['variant'])}, "
+                f"ε = {_eps(row['epsilon'])} "
+                f"(AUC {row[f'{attack}_auc']:.2f})",
+            )
         ax.plot([1e-4, 1], [1e-4, 1], color="grey", ls=":", label="chance")
-        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), xlabel="false positive rate",
-               ylabel="true positive rate", title=f"{model}: {attack} attack")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlim=(1e-3, 1),
+            ylim=(1e-3, 1.05),
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            title=f"{model}: {attack} attack",
+        )
         ax.legend(fontsize=7)
     return _finish(fig, path)
 
@@ -285,8 +379,13 @@ def plot_epsilon_bounds(rows: pd.DataFrame, path: str | Path | None = None):
         ax.scatter(x, group["epsilon_lower_bound"], label=f"{_label(method, variant)} {model}")
     ax.axvline(edge, color="grey", ls=":")
     ax.text(edge, 0, " ∞ (no DP)", rotation=90, va="bottom", fontsize=8)
-    ax.set(xlim=(0, edge * 1.05), ylim=(0, edge * 1.05), xlabel="accounted ε", ylabel="empirical ε lower bound (95%)",
-           title="Membership inference: ε lower bounds")
+    ax.set(
+        xlim=(0, edge * 1.05),
+        ylim=(0, edge * 1.05),
+        xlabel="accounted ε",
+        ylabel="empirical ε lower bound (95%)",
+        title="Membership inference: ε lower bounds",
+    )
     ax.legend(fontsize=7)
     return _finish(fig, path)
 
@@ -320,10 +419,15 @@ def write_audit_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: st
         "model's, which never saw them: what tokenization alone gives); for synthetic text, how many of those secrets "
         "it reproduces verbatim. AUC of the loss and reference membership attacks with 95% bootstrap intervals; the "
         "ε lower bound (Clopper-Pearson, 95%) of the better attack beside the accounted ε.\n\n"
-        + to_markdown(table, index=False) + "\n")
+        + to_markdown(table, index=False)
+        + "\n"
+    )
     written = [tables_dir / ROWS_FILE, tables_dir / "audit.csv", tables_dir / "audit.md"]
-    for name, plot in (("audit_exposure", plot_exposure), ("audit_roc", plot_roc),
-                       ("audit_epsilon", plot_epsilon_bounds)):
+    for name, plot in (
+        ("audit_exposure", plot_exposure),
+        ("audit_roc", plot_roc),
+        ("audit_epsilon", plot_epsilon_bounds),
+    ):
         plot(rows, path=figures_dir / f"{name}.png")
         written.append(figures_dir / f"{name}.png")
     return written

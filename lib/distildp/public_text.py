@@ -6,6 +6,7 @@ releases, so reading it at run time would make the corpus, and every number in r
 interpreter. `public_text.json.gz` holds what was read from it once (the Python version is recorded inside);
 `python -m distildp.public_text` rebuilds the file from the running Python.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,8 +25,10 @@ def frozen() -> dict:
     """{'python': version it was read from, 'general': word -> count, 'bigrams': word -> {next: count},
     'paragraphs': [prose paragraph, ...]}."""
     if not FROZEN.exists():
-        raise FileNotFoundError(f"{FROZEN} is missing from the installed package; reinstall it "
-                                "(`pip install -e .`) or rebuild it with `python -m distildp.public_text`.")
+        raise FileNotFoundError(
+            f"{FROZEN} is missing from the installed package; reinstall it "
+            "(`pip install -e .`) or rebuild it with `python -m distildp.public_text`."
+        )
     with gzip.open(FROZEN, "rt", encoding="utf-8") as f:
         return json.load(f)
 
@@ -61,8 +64,10 @@ def main() -> None:
     tables = read_pydoc()
     with gzip.GzipFile(FROZEN, "wb", mtime=0) as f:  # mtime=0: the same tables give the same bytes
         f.write(json.dumps(tables).encode("utf-8"))  # key order kept: the source depends on it
-    print(f"wrote {FROZEN} from Python {tables['python']}: {len(tables['general'])} words, "
-          f"{len(tables['paragraphs'])} paragraphs")
+    print(
+        f"wrote {FROZEN} from Python {tables['python']}: {len(tables['general'])} words, "
+        f"{len(tables['paragraphs'])} paragraphs"
+    )
 
 
 if __name__ == "__main__":

@@ -20,14 +20,58 @@ import pandas as pd
 from distildp.methods import METHODS, REFERENCES
 
 # The core columns (method, budget, perplexities, privacy spent) first, then the extras the pipeline and runner add.
-COLUMNS = ["dataset", "method", "epsilon", "delta", "seed", "student_ppl", "teacher_ppl", "floor", "accountant",
-           "noise_multiplier", "sample_rate", "steps", "synthetic_size", "wall_time_s"]
-EXTRA_COLUMNS = ["epsilon_spent", "teacher_floor", "teacher_marginal_ppl", "val_ppl", "teacher_val_ppl", "private",
-                 "dp_randomness", "mechanisms", "histogram", "run_time_s", "kind", "knob", "value", "variant",
-                 "point_id"]
-NUMERIC = ["epsilon", "epsilon_spent", "delta", "seed", "student_ppl", "teacher_ppl", "teacher_marginal_ppl",
-           "val_ppl", "teacher_val_ppl", "floor", "teacher_floor", "noise_multiplier", "sample_rate", "steps",
-           "synthetic_size", "wall_time_s", "run_time_s"]
+COLUMNS = [
+    "dataset",
+    "method",
+    "epsilon",
+    "delta",
+    "seed",
+    "student_ppl",
+    "teacher_ppl",
+    "floor",
+    "accountant",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "synthetic_size",
+    "wall_time_s",
+]
+EXTRA_COLUMNS = [
+    "epsilon_spent",
+    "teacher_floor",
+    "teacher_marginal_ppl",
+    "val_ppl",
+    "teacher_val_ppl",
+    "private",
+    "dp_randomness",
+    "mechanisms",
+    "histogram",
+    "run_time_s",
+    "kind",
+    "knob",
+    "value",
+    "variant",
+    "point_id",
+]
+NUMERIC = [
+    "epsilon",
+    "epsilon_spent",
+    "delta",
+    "seed",
+    "student_ppl",
+    "teacher_ppl",
+    "teacher_marginal_ppl",
+    "val_ppl",
+    "teacher_val_ppl",
+    "floor",
+    "teacher_floor",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "synthetic_size",
+    "wall_time_s",
+    "run_time_s",
+]
 # Gate 1 of the embedded default: the public teacher must be clearly better than the public student.
 GATE_1_RATIO = 0.8
 PUBLISHED_GRID = "quick"  # the grid whose tables are committed (results/tables)
@@ -84,8 +128,9 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 def as_float(values: pd.Series) -> pd.Series:
     """Numbers as floats; JSON rows (artifacts.jsonable) write inf and nan as strings, anything else unreadable
     becomes nan."""
-    return pd.to_numeric(values.replace({"inf": math.inf, "-inf": -math.inf, "nan": math.nan}),
-                         errors="coerce").astype(float)
+    return pd.to_numeric(values.replace({"inf": math.inf, "-inf": -math.inf, "nan": math.nan}), errors="coerce").astype(
+        float
+    )
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -146,11 +191,16 @@ def ppl_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     distildp = main[main["method"] == "distildp"]
     if distildp["teacher_marginal_ppl"].notna().any():
         add("distildp's DP teacher (codes from the DP histogram)", distildp, "teacher_marginal_ppl")
-    labels = {"pretrained_teacher": "pretrained_teacher (plain text)",
-              "nonprivate_teacher": "nonprivate_teacher (codes given)"}
+    labels = {
+        "pretrained_teacher": "pretrained_teacher (plain text)",
+        "nonprivate_teacher": "nonprivate_teacher (codes given)",
+    }
     for method in [r for r in REFERENCES if r in set(refs["method"])]:
-        add(labels.get(method, method), refs[refs["method"] == method],
-            "teacher_ppl" if method.endswith("teacher") else "student_ppl")
+        add(
+            labels.get(method, method),
+            refs[refs["method"] == method],
+            "teacher_ppl" if method.endswith("teacher") else "student_ppl",
+        )
     for column, label in (("floor", "floor (exact)"), ("teacher_floor", "teacher floor (exact, codes given)")):
         if label.startswith("teacher") and not any(m.endswith("teacher") for m in refs["method"]):
             continue
@@ -178,21 +228,32 @@ def gates_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     student = refs.loc[refs["method"] == "pretrained_student", "student_ppl"].dropna()
     if not teacher.empty and not student.empty:
         ratio = teacher.mean() / student.mean()
-        records.append({"check": f"gate 1: pretrained teacher <= {GATE_1_RATIO} x pretrained student", "ε": "",
-                        "DistilDP side": f"teacher {mean_std(teacher, digits)}",
-                        "other side": f"student {mean_std(student, digits)}", "margin": f"ratio {ratio:.3f}",
-                        "result": "PASS" if ratio <= GATE_1_RATIO else "FAIL"})
+        records.append(
+            {
+                "check": f"gate 1: pretrained teacher <= {GATE_1_RATIO} x pretrained student",
+                "ε": "",
+                "DistilDP side": f"teacher {mean_std(teacher, digits)}",
+                "other side": f"student {mean_std(student, digits)}",
+                "margin": f"ratio {ratio:.3f}",
+                "result": "PASS" if ratio <= GATE_1_RATIO else "FAIL",
+            }
+        )
     main = df[df["kind"] == "main"]
     for epsilon in sorted(main["epsilon"].unique()):
         at = main[main["epsilon"] == epsilon]
         dp_teacher = at.loc[at["method"] == "distildp", "teacher_marginal_ppl"].dropna()
         dpsgd = at.loc[at["method"] == "dpsgd", "student_ppl"].dropna()
         if not dp_teacher.empty and not dpsgd.empty:
-            records.append({"check": "gate 2: DP teacher (as sampled) < DP-SGD student", "ε": eps_label(epsilon)[2:],
-                            "DistilDP side": f"teacher {mean_std(dp_teacher, digits)}",
-                            "other side": f"dpsgd {mean_std(dpsgd, digits)}",
-                            "margin": f"{dp_teacher.mean() - dpsgd.mean():+.{digits}f}",
-                            "result": "PASS" if dp_teacher.mean() < dpsgd.mean() else "FAIL"})
+            records.append(
+                {
+                    "check": "gate 2: DP teacher (as sampled) < DP-SGD student",
+                    "ε": eps_label(epsilon)[2:],
+                    "DistilDP side": f"teacher {mean_std(dp_teacher, digits)}",
+                    "other side": f"dpsgd {mean_std(dpsgd, digits)}",
+                    "margin": f"{dp_teacher.mean() - dpsgd.mean():+.{digits}f}",
+                    "result": "PASS" if dp_teacher.mean() < dpsgd.mean() else "FAIL",
+                }
+            )
         ours = at.loc[at["method"] == "distildp", "student_ppl"].dropna()
         others = {m: at.loc[at["method"] == m, "student_ppl"].dropna() for m in BASELINES}
         others = {m: v for m, v in others.items() if not v.empty}
@@ -202,14 +263,21 @@ def gates_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
         gap = others[best].mean() - ours.mean()
         stds = [v.std(ddof=1) for v in (ours, *others.values()) if len(v) > 1]
         noise = 2 * max(stds) if stds else math.nan
-        result = ("WIN" if gap > noise else "LOSS" if -gap > noise else "TIE") if stds else \
-            ("ahead (1 seed)" if gap > 0 else "behind (1 seed)")
-        records.append({"check": "DistilDP student vs the best baseline", "ε": eps_label(epsilon)[2:],
-                        "DistilDP side": f"distildp {mean_std(ours, digits)}",
-                        "other side": f"{best} {mean_std(others[best], digits)}",
-                        "margin": (f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if stds
-                                   else f"{-gap:+.{digits}f}"),
-                        "result": result})
+        result = (
+            ("WIN" if gap > noise else "LOSS" if -gap > noise else "TIE")
+            if stds
+            else ("ahead (1 seed)" if gap > 0 else "behind (1 seed)")
+        )
+        records.append(
+            {
+                "check": "DistilDP student vs the best baseline",
+                "ε": eps_label(epsilon)[2:],
+                "DistilDP side": f"distildp {mean_std(ours, digits)}",
+                "other side": f"{best} {mean_std(others[best], digits)}",
+                "margin": (f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if stds else f"{-gap:+.{digits}f}"),
+                "result": result,
+            }
+        )
     return pd.DataFrame(records, columns=["check", "ε", "DistilDP side", "other side", "margin", "result"])
 
 
@@ -243,19 +311,29 @@ def regime_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
             return frame.loc[frame["method"] == method, metric].mean()
 
         ratio = ppl(cell_refs, "pretrained_teacher", "teacher_ppl") / ppl(cell_refs, "pretrained_student")
-        teacher, dpsgd, ours = (ppl(cell_main, "distildp", "teacher_marginal_ppl"), ppl(cell_main, "dpsgd"),
-                                ppl(cell_main, "distildp"))
+        teacher, dpsgd, ours = (
+            ppl(cell_main, "distildp", "teacher_marginal_ppl"),
+            ppl(cell_main, "dpsgd"),
+            ppl(cell_main, "distildp"),
+        )
         baselines = {m: ppl(cell_main, m) for m in BASELINES if m in set(cell_main["method"])}
         best = min(baselines, key=baselines.get) if baselines else ""
-        records.append({
-            "axis": axis, "value": value, "ε": eps_label(epsilon)[2:],
-            "gate 1 (teacher/student)": round(ratio, 3),
-            "gate 1": "" if math.isnan(ratio) else "PASS" if ratio <= GATE_1_RATIO else "FAIL",
-            "DP teacher": round(teacher, digits), "dpsgd": round(dpsgd, digits),
-            "gate 2": "" if math.isnan(teacher) or math.isnan(dpsgd) else "PASS" if teacher < dpsgd else "FAIL",
-            "distildp": round(ours, digits), "best baseline": best,
-            "Δ distildp - best": round(ours - baselines[best], digits) if best else math.nan,
-            "seeds": len(seeds)})
+        records.append(
+            {
+                "axis": axis,
+                "value": value,
+                "ε": eps_label(epsilon)[2:],
+                "gate 1 (teacher/student)": round(ratio, 3),
+                "gate 1": "" if math.isnan(ratio) else "PASS" if ratio <= GATE_1_RATIO else "FAIL",
+                "DP teacher": round(teacher, digits),
+                "dpsgd": round(dpsgd, digits),
+                "gate 2": "" if math.isnan(teacher) or math.isnan(dpsgd) else "PASS" if teacher < dpsgd else "FAIL",
+                "distildp": round(ours, digits),
+                "best baseline": best,
+                "Δ distildp - best": round(ours - baselines[best], digits) if best else math.nan,
+                "seeds": len(seeds),
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -302,12 +380,20 @@ def ablation_table(df: pd.DataFrame, knob: str, digits: int = 2) -> pd.DataFrame
     selection = "teacher_val_ppl" if str(rows["knob"].iloc[0]).startswith("teacher_train") else "val_ppl"
     records = []
     for (method, epsilon, _), group in rows.groupby(["method", "epsilon", _value_key(rows)], sort=False):
-        records.append({knob: group["value"].iloc[0], "method": method, "epsilon": eps_label(epsilon)[2:],
-                        "student_ppl": mean_std(group["student_ppl"], digits),
-                        "teacher_ppl": mean_std(group["teacher_ppl"], digits),
-                        "val_ppl": mean_std(group["val_ppl"], digits),
-                        "teacher_val_ppl": mean_std(group["teacher_val_ppl"], digits), "seeds": group["seed"].nunique(),
-                        "_order": _sortable(group["value"].iloc[0]), "_selection": group[selection].mean()})
+        records.append(
+            {
+                knob: group["value"].iloc[0],
+                "method": method,
+                "epsilon": eps_label(epsilon)[2:],
+                "student_ppl": mean_std(group["student_ppl"], digits),
+                "teacher_ppl": mean_std(group["teacher_ppl"], digits),
+                "val_ppl": mean_std(group["val_ppl"], digits),
+                "teacher_val_ppl": mean_std(group["teacher_val_ppl"], digits),
+                "seeds": group["seed"].nunique(),
+                "_order": _sortable(group["value"].iloc[0]),
+                "_selection": group[selection].mean(),
+            }
+        )
     table = pd.DataFrame(records).sort_values(["method", "epsilon", "_order"])
     best = table.groupby(["method", "epsilon"])["_selection"].transform("min")
     table[f"best {selection}"] = np.where(table["_selection"] == best, "✓", "")
@@ -349,8 +435,7 @@ def seed_noise(df: pd.DataFrame, epsilon: float) -> float:
     """Twice the largest seed std (ddof=1) among DistilDP and the baselines at `epsilon`: the margin a win or a
     loss must exceed in the verdict. NaN when no method there has two seeds."""
     main = normalise(df)
-    main = main[(main["kind"] == "main") & (main["epsilon"] == epsilon)
-                & main["method"].isin(("distildp", *BASELINES))]
+    main = main[(main["kind"] == "main") & (main["epsilon"] == epsilon) & main["method"].isin(("distildp", *BASELINES))]
     stds = [v.std(ddof=1) for _, v in main.groupby("method")["student_ppl"] if len(v.dropna()) > 1]
     return 2 * max(stds) if stds else math.nan
 
@@ -372,16 +457,21 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
     if not teacher.empty and not student.empty:
         ratio = teacher["teacher_ppl"].mean() / student["student_ppl"].mean()
         status = "PASS" if ratio <= GATE_1_RATIO else "FAIL"
-        text = (f"Gate 1 {status}: the pretrained teacher's test perplexity "
-                f"({mean_std(teacher['teacher_ppl'], digits)}) is {ratio:.3f} x the pretrained student's "
-                f"({mean_std(student['student_ppl'], digits)}); DistilDP "
-                f"needs at most {GATE_1_RATIO}.")
-        per_seed = (teacher.groupby("seed")["teacher_ppl"].mean()
-                    / student.groupby("seed")["student_ppl"].mean()).dropna()
+        text = (
+            f"Gate 1 {status}: the pretrained teacher's test perplexity "
+            f"({mean_std(teacher['teacher_ppl'], digits)}) is {ratio:.3f} x the pretrained student's "
+            f"({mean_std(student['student_ppl'], digits)}); DistilDP "
+            f"needs at most {GATE_1_RATIO}."
+        )
+        per_seed = (
+            teacher.groupby("seed")["teacher_ppl"].mean() / student.groupby("seed")["student_ppl"].mean()
+        ).dropna()
         if len(per_seed) > 1:
             passed = int((per_seed <= GATE_1_RATIO).sum())
-            text += (f" Seed by seed (each its own public pretraining): {', '.join(f'{r:.3f}' for r in per_seed)}, "
-                     f"passing on {passed} of {len(per_seed)}.")
+            text += (
+                f" Seed by seed (each its own public pretraining): {', '.join(f'{r:.3f}' for r in per_seed)}, "
+                f"passing on {passed} of {len(per_seed)}."
+            )
         sentences.append(text)
     main = df[df["kind"] == "main"]
     for epsilon in sorted(main["epsilon"].unique()):
@@ -395,7 +485,8 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
             sentences.append(
                 f"ε = {eps}, gate 2 {'PASS' if head_start > 0 else 'FAIL'}: DistilDP's DP teacher, scored as its "
                 f"synthetic text is sampled, is at {mean_std(dp_teacher, digits)}, {_relative(-head_start, f)} "
-                f"the DP-SGD student ({mean_std(ppl['dpsgd'], digits)}).")
+                f"the DP-SGD student ({mean_std(ppl['dpsgd'], digits)})."
+            )
         others = {m: ppl[m] for m in BASELINES if m in ppl}
         if "distildp" in ppl and others:
             ours = ppl["distildp"]
@@ -403,29 +494,40 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
             gap = others[best].mean() - ours.mean()  # above 0: DistilDP's student is better
             noise = seed_noise(at, epsilon)
             side = _relative(-gap, f)
-            compared = (f"DistilDP's student ({mean_std(ours, digits)}) is {side} the best baseline, {best} "
-                        f"({mean_std(others[best], digits)})")
+            compared = (
+                f"DistilDP's student ({mean_std(ours, digits)}) is {side} the best baseline, {best} "
+                f"({mean_std(others[best], digits)})"
+            )
             if math.isnan(noise):
-                sentences.append(f"ε = {eps}, one seed: {compared}; with one seed there is no seed std, so no "
-                                 f"verdict.")
+                sentences.append(f"ε = {eps}, one seed: {compared}; with one seed there is no seed std, so no verdict.")
             elif abs(gap) > noise:
                 word = "WIN for DistilDP" if gap > 0 else "LOSS for DistilDP"
-                sentences.append(f"ε = {eps}, {word}: {compared}, {abs(gap) / noise:.1f} times twice the largest "
-                                 f"seed std ({noise:{f}}), over {ours.size} seeds.")
+                sentences.append(
+                    f"ε = {eps}, {word}: {compared}, {abs(gap) / noise:.1f} times twice the largest "
+                    f"seed std ({noise:{f}}), over {ours.size} seeds."
+                )
             else:
-                sentences.append(f"ε = {eps}, TIE: {compared}, within twice the largest seed std ({noise:{f}}), "
-                                 f"over {ours.size} seeds.")
-            by_seed = at[at["method"].isin(["distildp", best])].pivot_table(
-                index="seed", columns="method", values="student_ppl", aggfunc="mean").dropna()
+                sentences.append(
+                    f"ε = {eps}, TIE: {compared}, within twice the largest seed std ({noise:{f}}), "
+                    f"over {ours.size} seeds."
+                )
+            by_seed = (
+                at[at["method"].isin(["distildp", best])]
+                .pivot_table(index="seed", columns="method", values="student_ppl", aggfunc="mean")
+                .dropna()
+            )
             if len(by_seed) > 1:
                 margins = by_seed[best] - by_seed["distildp"]
-                sentences.append(f"ε = {eps}, seed by seed: DistilDP's student is below {best}'s on "
-                                 f"{int((margins > 0).sum())} of {len(margins)} seeds (by "
-                                 f"{', '.join(f'{m:{f}}' for m in margins)}).")
+                sentences.append(
+                    f"ε = {eps}, seed by seed: DistilDP's student is below {best}'s on "
+                    f"{int((margins > 0).sum())} of {len(margins)} seeds (by "
+                    f"{', '.join(f'{m:{f}}' for m in margins)})."
+                )
         if len(ppl) > 1:
             ranked = sorted(ppl, key=lambda m: ppl[m].mean())
-            sentences.append(f"ε = {eps}, every method, best first: "
-                             + ", ".join(f"{m} {ppl[m].mean():{f}}" for m in ranked) + ".")
+            sentences.append(
+                f"ε = {eps}, every method, best first: " + ", ".join(f"{m} {ppl[m].mean():{f}}" for m in ranked) + "."
+            )
     nonprivate = refs.loc[refs["method"] == "nonprivate_student", "student_ppl"].dropna()
     ours_by_eps = main[main["method"] == "distildp"].groupby("epsilon")["student_ppl"].mean()
     ours_by_eps = ours_by_eps[np.isfinite(ours_by_eps.index)]
@@ -433,9 +535,12 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
         floor = df["floor"].dropna()
         sentences.append(
             f"For scale: the student fine-tuned on the private data without privacy reaches {nonprivate.mean():{f}}; "
-            + "; ".join(f"DistilDP's at ε = {eps_label(e)[2:]} is {_relative(p - nonprivate.mean(), f)} it"
-                        for e, p in ours_by_eps.items())
-            + (f"; no model can go below the exact floor, {floor.mean():{f}}." if not floor.empty else "."))
+            + "; ".join(
+                f"DistilDP's at ε = {eps_label(e)[2:]} is {_relative(p - nonprivate.mean(), f)} it"
+                for e, p in ours_by_eps.items()
+            )
+            + (f"; no model can go below the exact floor, {floor.mean():{f}}." if not floor.empty else ".")
+        )
     return sentences
 
 
@@ -459,15 +564,19 @@ def regime_story(table: pd.DataFrame, noise: float | None = None, digits: int = 
     wins, losses = table[table["_delta"] < -band], table[table["_delta"] > band]
     ties = table[table["_delta"].abs() <= band] if band else table.iloc[0:0]
     seeds = _seeds_label(table["seeds"]) if "seeds" in table else ""
-    sentences = [f"The regime map has {len(table)} cells"
-                 + (" (one seed each)" if seeds == "1" else f" ({seeds} seeds each)" if seeds else "")
-                 + f", each moving one axis from the embedded default: DistilDP's student is below the best "
-                 f"baseline in {len(wins)}, above it in {len(losses)}"
-                 + (f", and within ±{band:{f}} (a tie) in {len(ties)}" if band else "") + "."]
+    sentences = [
+        f"The regime map has {len(table)} cells"
+        + (" (one seed each)" if seeds == "1" else f" ({seeds} seeds each)" if seeds else "")
+        + f", each moving one axis from the embedded default: DistilDP's student is below the best "
+        f"baseline in {len(wins)}, above it in {len(losses)}"
+        + (f", and within ±{band:{f}} (a tie) in {len(ties)}" if band else "")
+        + "."
+    ]
     widest_win = table.loc[table["_delta"].idxmin()]
     if widest_win["_delta"] < 0:
-        sentences.append(f"Widest win: {name(widest_win)} (Δ {widest_win['_delta']:+{f}} against "
-                         f"{widest_win['best baseline']}).")
+        sentences.append(
+            f"Widest win: {name(widest_win)} (Δ {widest_win['_delta']:+{f}} against {widest_win['best baseline']})."
+        )
     for _, cell in losses.sort_values("_delta", ascending=False).iterrows():
         failed = [g for g in ("gate 1", "gate 2") if cell.get(g) == "FAIL"]
         teacher_vs_dpsgd = cell["DP teacher"] - cell["dpsgd"]  # below 0: the teacher's head start
@@ -476,17 +585,21 @@ def regime_story(table: pd.DataFrame, noise: float | None = None, digits: int = 
             f"Behind at {name(cell)}: Δ {cell['_delta']:+{f}} against {cell['best baseline']}, "
             + (f"{' and '.join(failed)} failing" if failed else "both gates passing")
             + f": the DP teacher is {_relative(teacher_vs_dpsgd, f)} the DP-SGD student, DistilDP's student "
-              f"{_relative(gap, f)} the teacher, so {_relative(teacher_vs_dpsgd + gap, f)} DP-SGD"
-            + ("." if cell["best baseline"] == "dpsgd" else f"; {cell['best baseline']} is lower still."))
+            f"{_relative(gap, f)} the teacher, so {_relative(teacher_vs_dpsgd + gap, f)} DP-SGD"
+            + ("." if cell["best baseline"] == "dpsgd" else f"; {cell['best baseline']} is lower still.")
+        )
     if not ties.empty:
-        sentences.append("Within the tie band: " + ", ".join(f"{name(c)} (Δ {c['_delta']:+{f}})"
-                                                             for _, c in ties.iterrows()) + ".")
+        sentences.append(
+            "Within the tie band: " + ", ".join(f"{name(c)} (Δ {c['_delta']:+{f}})" for _, c in ties.iterrows()) + "."
+        )
     failing = table[(table.get("gate 1") == "FAIL") | (table.get("gate 2") == "FAIL")]
     ahead_anyway = failing[failing["_delta"] < -band]
     if not ahead_anyway.empty:
-        sentences.append("A gate fails but DistilDP is still ahead at: " + ", ".join(
-            f"{name(c)} (Δ {c['_delta']:+{f}})" for _, c in ahead_anyway.iterrows())
-            + ": the gates are premises, not a prediction.")
+        sentences.append(
+            "A gate fails but DistilDP is still ahead at: "
+            + ", ".join(f"{name(c)} (Δ {c['_delta']:+{f}})" for _, c in ahead_anyway.iterrows())
+            + ": the gates are premises, not a prediction."
+        )
     return sentences
 
 
@@ -519,12 +632,16 @@ def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
     fig = ax.figure
     positions, ticks, labels = _x_positions(main["epsilon"])
     for method in [m for m in METHODS if m in set(main["method"])] + sorted(set(main["method"]) - set(METHODS)):
-        stats = (main[main["method"] == method].groupby("epsilon")["student_ppl"]
-                 .agg(["mean", "std"]).reset_index())
+        stats = main[main["method"] == method].groupby("epsilon")["student_ppl"].agg(["mean", "std"]).reset_index()
         stats = stats[stats["epsilon"].isin(positions)]
-        ax.errorbar(np.array([positions[e] for e in stats["epsilon"]], dtype=float), stats["mean"].to_numpy(float),
-                    yerr=stats["std"].fillna(0).to_numpy(float),
-                    marker="o", capsize=3, label=method)
+        ax.errorbar(
+            np.array([positions[e] for e in stats["epsilon"]], dtype=float),
+            stats["mean"].to_numpy(float),
+            yerr=stats["std"].fillna(0).to_numpy(float),
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     for i, (method, group) in enumerate(refs.groupby("method")):
         ax.axhline(group["student_ppl"].mean(), linestyle="--", color=f"C{5 + i}", label=method)
     floor = df["floor"].dropna()
@@ -539,8 +656,10 @@ def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
         ax.set_yscale("log")
     ax.set_xlabel("ε (total privacy budget; ∞ = non-private)")
     ax.set_ylabel("student test perplexity")
-    ax.set_title("Student perplexity vs ε" + (f" ({', '.join(sorted(set(df['dataset'].dropna())))})"
-                                               if df["dataset"].notna().any() else ""))
+    ax.set_title(
+        "Student perplexity vs ε"
+        + (f" ({', '.join(sorted(set(df['dataset'].dropna())))})" if df["dataset"].notna().any() else "")
+    )
     return _finish(fig, ax, path)
 
 
@@ -574,12 +693,19 @@ def plot_ablation(df: pd.DataFrame, knob: str, path: str | Path | None = None, a
     fig = ax.figure
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rows["value"])
     for (method, epsilon), group in rows.groupby(["method", "epsilon"]):
-        stats = group.groupby(_value_key(group)).agg(value=("value", "first"), mean=("student_ppl", "mean"),
-                                                   std=("student_ppl", "std"))
+        stats = group.groupby(_value_key(group)).agg(
+            value=("value", "first"), mean=("student_ppl", "mean"), std=("student_ppl", "std")
+        )
         stats = stats.sort_values("value") if numeric else stats
         x = stats["value"] if numeric else [str(v) for v in stats["value"]]
-        ax.errorbar(x, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                    label=f"{method}, {eps_label(epsilon)}")
+        ax.errorbar(
+            x,
+            stats["mean"],
+            yerr=stats["std"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=f"{method}, {eps_label(epsilon)}",
+        )
     floor = rows["floor"].dropna()
     if not floor.empty:
         ax.axhline(floor.mean(), color="black", linewidth=1.5, label="floor (exact)")
@@ -590,8 +716,9 @@ def plot_ablation(df: pd.DataFrame, knob: str, path: str | Path | None = None, a
 
 
 # ---------------------------------------------------------------------------------------------- report
-def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Path,
-                 regime_map: bool = False) -> list[Path]:
+def write_report(
+    df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Path, regime_map: bool = False
+) -> list[Path]:
     """Write every table and figure for these rows; return the paths written.
 
     tables/ppl_vs_eps.csv (main and reference rows), ppl_vs_eps.md (the mean ± std table),
@@ -621,20 +748,35 @@ def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Pa
 
     main = df[df["kind"].isin(["main", "reference"])]
     if not main.empty:
+
         def table_with_gates(part: pd.DataFrame) -> str:
             gates = gates_table(part)
             failed = gates[gates["result"] == "FAIL"]["check"].tolist()
-            warning = (f"**Gate failed** ({'; '.join(failed)}): the method's premise does not hold here; read the "
-                       f"results with that in mind.\n\n" if failed else "")
+            warning = (
+                f"**Gate failed** ({'; '.join(failed)}): the method's premise does not hold here; read the "
+                f"results with that in mind.\n\n"
+                if failed
+                else ""
+            )
             gates_md = to_markdown(gates, index=False) + "\n" if len(gates) else ""
             reproducible = (part["dp_randomness"] == "reproducible").any()
-            note = ("\nDP noise reproducible from the public seed (`dp_randomness: reproducible`, a benchmark on a "
-                    "synthetic corpus): not a releasable model.\n" if reproducible else "")
+            note = (
+                "\nDP noise reproducible from the public seed (`dp_randomness: reproducible`, a benchmark on a "
+                "synthetic corpus): not a releasable model.\n"
+                if reproducible
+                else ""
+            )
             return warning + gates_md + to_markdown(ppl_table(part)) + note
 
-        sections(main, "ppl_vs_eps", "The gates (DistilDP's premises, see the README) and the verdict, then the "
-                 "student test perplexity, mean ± std over seeds (lower is better).\n\n", table_with_gates,
-                 plot_ppl_vs_eps, as_markdown=True)
+        sections(
+            main,
+            "ppl_vs_eps",
+            "The gates (DistilDP's premises, see the README) and the verdict, then the "
+            "student test perplexity, mean ± std over seeds (lower is better).\n\n",
+            table_with_gates,
+            plot_ppl_vs_eps,
+            as_markdown=True,
+        )
     if regime_map:
         df.to_csv(tables_dir / "rows.csv", index=False)  # every cell's rows: what the map is computed from
         table = regime_table(df)
@@ -643,15 +785,25 @@ def write_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Pa
             "The regime map: each cell moves one axis from the embedded default. Δ = DistilDP's student minus the "
             "best baseline's test perplexity (below 0: DistilDP wins); gate 1: pretrained teacher / student "
             f"(pass at <= {GATE_1_RATIO}); gate 2: DistilDP's DP teacher (as sampled) below the DP-SGD student.\n\n"
-            + to_markdown(table, index=False))
+            + to_markdown(table, index=False)
+        )
         plot_regime(table, figures_dir / "regime.png")
-        written += [tables_dir / "rows.csv", tables_dir / "regime.csv", tables_dir / "regime.md",
-                    figures_dir / "regime.png"]
+        written += [
+            tables_dir / "rows.csv",
+            tables_dir / "regime.csv",
+            tables_dir / "regime.md",
+            figures_dir / "regime.png",
+        ]
         return written  # its cells are the ablations: no separate ablation tables
     for knob in ablation_knobs(df):
         rows = df[(df["kind"] == "ablation") & (df["knob"] == knob)]
-        sections(rows, f"ablation_{knob}", f"Ablation of `{knob}` (other settings at their defaults).\n\n",
-                 lambda part, k=knob: ablation_table(part, k), lambda part, path, k=knob: plot_ablation(part, k, path))
+        sections(
+            rows,
+            f"ablation_{knob}",
+            f"Ablation of `{knob}` (other settings at their defaults).\n\n",
+            lambda part, k=knob: ablation_table(part, k),
+            lambda part, path, k=knob: plot_ablation(part, k, path),
+        )
     return written
 
 

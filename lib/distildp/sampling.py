@@ -57,8 +57,9 @@ def n_positions(model: torch.nn.Module) -> int:
     return int(n) if n else 2**31
 
 
-def next_token_distribution(logits: torch.Tensor, tokens: torch.Tensor, n_pad: torch.Tensor,
-                            cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_distribution(
+    logits: torch.Tensor, tokens: torch.Tensor, n_pad: torch.Tensor, cfg: GenerationConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The distribution transformers samples the next token from, over the k best candidates only.
 
     logits: (batch, vocab) for the next token; tokens: (batch, length) each row's tokens so far, LEFT-padded
@@ -75,7 +76,7 @@ def next_token_distribution(logits: torch.Tensor, tokens: torch.Tensor, n_pad: t
         # the pads too, which bans nothing more for our prompts, [eos] first and [eos] as pad). Each window
         # whose first n-1 tokens equal the row's last n-1 tokens bans its own last token.
         windows = tokens.unfold(1, n, 1)
-        hit = (windows[..., :-1] == tokens[:, tokens.shape[1] - n + 1:].unsqueeze(1)).all(-1)
+        hit = (windows[..., :-1] == tokens[:, tokens.shape[1] - n + 1 :].unsqueeze(1)).all(-1)
         hit &= torch.arange(windows.shape[1], device=tokens.device) >= n_pad.unsqueeze(1)
         ban = torch.where(hit, -math.inf, math.inf).to(scores.dtype)
         scores = scores.scatter_reduce(1, windows[..., -1], ban, "amin")
@@ -139,23 +140,28 @@ class _GPT2Decoder:
         if not isinstance(model, GPT2LMHeadModel):
             raise TypeError(f"sampling decodes GPT-2 teachers (GPT2LMHeadModel) only; got {type(model).__name__}.")
         config, weight = model.config, model.transformer.wte.weight
-        unsupported = [flag for flag in ("reorder_and_upcast_attn", "add_cross_attention")
-                       if getattr(config, flag, False)]
+        unsupported = [
+            flag for flag in ("reorder_and_upcast_attn", "add_cross_attention") if getattr(config, flag, False)
+        ]
         if unsupported:
-            raise ValueError(f"the sampler's GPT-2 decode step does not implement config {unsupported}; "
-                             "sample with transformers' generate() for such a model.")
+            raise ValueError(
+                f"the sampler's GPT-2 decode step does not implement config {unsupported}; "
+                "sample with transformers' generate() for such a model."
+            )
         self.model, self.heads = model, config.n_head
         head_dim = config.n_embd // config.n_head
         self.keys = [weight.new_empty(batch, self.heads, length, head_dim) for _ in model.transformer.h]
         self.values = [weight.new_empty(batch, self.heads, length, head_dim) for _ in model.transformer.h]
         # GPT2Attention's scaling, from the config (older transformers do not store it on the module)
-        scale = head_dim ** -0.5 if config.scale_attn_weights else 1.0
-        self.scales = [scale / (i + 1) if config.scale_attn_by_inverse_layer_idx else scale
-                       for i in range(config.n_layer)]
+        scale = head_dim**-0.5 if config.scale_attn_weights else 1.0
+        self.scales = [
+            scale / (i + 1) if config.scale_attn_by_inverse_layer_idx else scale for i in range(config.n_layer)
+        ]
         # GPT-2's "gelu_new" is the tanh approximation of GELU, which torch computes in one kernel
         tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
-        self.acts = [partial(F.gelu, approximate="tanh") if tanh_gelu else block.mlp.act
-                     for block in model.transformer.h]
+        self.acts = [
+            partial(F.gelu, approximate="tanh") if tanh_gelu else block.mlp.act for block in model.transformer.h
+        ]
         self.length = 0  # positions held in the buffers
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -170,8 +176,9 @@ class _GPT2Decoder:
             q, k, v = qkv.view(batch, new, 3, self.heads, -1).unbind(2)
             keys[:, :, start:end] = k.transpose(1, 2)
             values[:, :, start:end] = v.transpose(1, 2)
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys[:, :, :end], values[:, :, :end],
-                                                  attn_mask=mask, scale=scale)
+            attn = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=scale
+            )
             hidden = hidden + _conv1d(block.attn.c_proj, attn.transpose(1, 2).reshape(batch, new, -1))
             hidden = hidden + _conv1d(block.mlp.c_proj, act(_conv1d(block.mlp.c_fc, _norm(block.ln_2, hidden))))
         self.length = end
@@ -196,8 +203,9 @@ def _norm(layer: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerationConfig,
-                 eos_id: int) -> list[list[int]]:
+def sample_batch(
+    model: torch.nn.Module, prompts: list[list[int]], cfg: GenerationConfig, eos_id: int
+) -> list[list[int]]:
     """Sample one continuation per prompt, cut at (and excluding) its first [eos].
 
     Prompts are LEFT-padded (the pads are masked out and get position 0, as `generate` does) so every row's
@@ -217,7 +225,7 @@ def sample_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: Generati
         return [[] for _ in prompts]
     tokens = torch.full((len(prompts), width + steps), eos_id, dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        tokens[row, width - len(prompt):width] = torch.tensor(prompt)
+        tokens[row, width - len(prompt) : width] = torch.tensor(prompt)
     tokens, n_pad, budget = tokens.to(device), (width - lengths).to(device), (cfg.max_length - lengths).to(device)
     rows = torch.arange(len(prompts), device=device)  # batch row -> prompt index
     text = torch.arange(width + steps, device=device) >= n_pad.unsqueeze(1)  # False on padding
@@ -249,7 +257,7 @@ def sample_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: Generati
             rows, tokens, n_pad, budget, text, token = (x[order] for x in (rows, tokens, n_pad, budget, text, token))
             decoder.compact(targets, sources, batch)
             padded = bool(n_pad.any())
-        mask = text[:, None, None, :length + 1] if padded else None  # without padding a new token sees all
+        mask = text[:, None, None, : length + 1] if padded else None  # without padding a new token sees all
         logits = decoder(token.unsqueeze(1), (length - n_pad).unsqueeze(1), mask)
 
     continuations = []

@@ -26,6 +26,7 @@ The general vocabulary and bigrams were counted in ``pydoc_data.topics`` once an
 ``ReviewSource.fingerprint`` hashes the built tables so manifests can tell sources apart.
 Canaries (digits) are not in the vocabulary: text containing them has ``log_prob == -inf``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,9 @@ CATEGORY_ASPECTS: dict[str, dict[str, list[str]]] = {
         "hair": "haircut stylist salon bangs highlights blowout color trim layers shampoo".split(),
         "nails": "manicure pedicure polish gel acrylic cuticles nail technician toes shellac".split(),
         "massage": "massage masseuse facial tension knots aromatherapy relaxing deep tissue scrub".split(),
-        "booking": ("booked walkin rescheduled deposit gratuity membership package voucher giftcard "
-                    "consultation").split(),
+        "booking": (
+            "booked walkin rescheduled deposit gratuity membership package voucher giftcard consultation"
+        ).split(),
     },
     "Health & Medical": {
         "dentist": "dentist hygienist cleaning cavity filling crown braces molar xray gums".split(),
@@ -113,8 +115,14 @@ PUBLIC_CATEGORIES = ["Shopping", "Home Services", "Nightlife", "Active Life"]
 BORROWED_ASPECTS: dict[str, list[tuple[str, str]]] = {
     "Nightlife": [("Restaurants", a) for a in ("food", "service", "price", "ambience")]
     + [("Hotels & Travel", "location"), ("Hotels & Travel", "amenities")],
-    "Shopping": [("Pets", "store"), ("Pets", "grooming"), ("Beauty & Spas", "hair"), ("Beauty & Spas", "nails"),
-                 ("Beauty & Spas", "booking"), ("Automotive", "dealership")],
+    "Shopping": [
+        ("Pets", "store"),
+        ("Pets", "grooming"),
+        ("Beauty & Spas", "hair"),
+        ("Beauty & Spas", "nails"),
+        ("Beauty & Spas", "booking"),
+        ("Automotive", "dealership"),
+    ],
     "Home Services": [("Automotive", a) for a in ("repair", "cost", "wait")]
     + [("Hotels & Travel", "room"), ("Hotels & Travel", "staff"), ("Health & Medical", "office")],
     "Active Life": [("Health & Medical", a) for a in ("dentist", "doctor", "care")]
@@ -124,23 +132,66 @@ for _public, _borrowed in BORROWED_ASPECTS.items():
     CATEGORY_ASPECTS[_public].update({f"{a} ({c})": CATEGORY_ASPECTS[c][a] for c, a in _borrowed})
 
 SENTIMENT = {
-    "negative": ("terrible awful rude dirty worst horrible disappointing disgusting slow unprofessional "
-                 "bland filthy ignored waste mediocre avoid nasty sloppy careless angry").split(),
-    "mixed": ("okay decent average alright however although somewhat inconsistent reasonable "
-              "typical fair acceptable ordinary passable").split(),
-    "positive": ("amazing excellent friendly delicious clean wonderful fantastic best perfect awesome "
-                 "great love lovely recommend helpful professional fresh quick spotless outstanding").split(),
+    "negative": (
+        "terrible awful rude dirty worst horrible disappointing disgusting slow unprofessional "
+        "bland filthy ignored waste mediocre avoid nasty sloppy careless angry"
+    ).split(),
+    "mixed": (
+        "okay decent average alright however although somewhat inconsistent reasonable "
+        "typical fair acceptable ordinary passable"
+    ).split(),
+    "positive": (
+        "amazing excellent friendly delicious clean wonderful fantastic best perfect awesome "
+        "great love lovely recommend helpful professional fresh quick spotless outstanding"
+    ).split(),
 }
 # Share of (negative, mixed, positive) sentiment words for 1..5 stars.
-SENTIMENT_MIX = np.array([[.80, .15, .05], [.60, .30, .10], [.25, .50, .25], [.10, .30, .60], [.05, .15, .80]])
+SENTIMENT_MIX = np.array(
+    [[0.80, 0.15, 0.05], [0.60, 0.30, 0.10], [0.25, 0.50, 0.25], [0.10, 0.30, 0.60], [0.05, 0.15, 0.80]]
+)
 # Punctuation (. ! ? ,) by stars: angry and delighted reviews shout.
-PUNCT_BY_STARS = np.array([[.50, .15, .08, .27], [.56, .08, .06, .30], [.60, .04, .06, .30],
-                           [.57, .08, .03, .32], [.50, .18, .02, .30]])
+PUNCT_BY_STARS = np.array(
+    [
+        [0.50, 0.15, 0.08, 0.27],
+        [0.56, 0.08, 0.06, 0.30],
+        [0.60, 0.04, 0.06, 0.30],
+        [0.57, 0.08, 0.03, 0.32],
+        [0.50, 0.18, 0.02, 0.30],
+    ]
+)
 STAR_LENGTH_SHIFT = np.array([8.0, 6.0, 2.0, -2.0, -4.0])  # unhappy reviewers write longer
-STARTERS = {"the": 20, "i": 12, "we": 10, "my": 7, "this": 8, "it": 8, "they": 6, "our": 5, "overall": 3,
-            "honestly": 2, "also": 3, "so": 3, "if": 3, "when": 4, "there": 3, "everything": 3}
-AFTER_COMMA = {"and": 20, "but": 12, "so": 8, "which": 6, "the": 8, "i": 6, "we": 5, "although": 3,
-               "then": 4, "it": 5, "they": 4, "though": 2}
+STARTERS = {
+    "the": 20,
+    "i": 12,
+    "we": 10,
+    "my": 7,
+    "this": 8,
+    "it": 8,
+    "they": 6,
+    "our": 5,
+    "overall": 3,
+    "honestly": 2,
+    "also": 3,
+    "so": 3,
+    "if": 3,
+    "when": 4,
+    "there": 3,
+    "everything": 3,
+}
+AFTER_COMMA = {
+    "and": 20,
+    "but": 12,
+    "so": 8,
+    "which": 6,
+    "the": 8,
+    "i": 6,
+    "we": 5,
+    "although": 3,
+    "then": 4,
+    "it": 5,
+    "they": 4,
+    "though": 2,
+}
 GLUE = "and was is were are with for but the to of in at very so really too that".split()
 # Mixture weights of the word components: bigram, general, category, aspect, sentiment.
 WORD_WEIGHTS = np.array([0.42, 0.12, 0.14, 0.16, 0.16])
@@ -149,6 +200,7 @@ WORD_WEIGHTS = np.array([0.42, 0.12, 0.14, 0.16, 0.16])
 @dataclass
 class Record:
     """One document: its text and its control codes, e.g. {"Business Category": ..., "Review Stars": ...}."""
+
     text: str
     codes: dict[str, str] = field(default_factory=dict)
 
@@ -156,6 +208,7 @@ class Record:
 @dataclass
 class Lexicon:
     """Everything word-level the source is built from (so a tiny, enumerable one can be swapped in)."""
+
     aspects: dict[str, dict[str, list[str]]]
     sentiment: dict[str, list[str]]
     general: dict[str, float]  # word -> count (general unigram)
@@ -176,12 +229,16 @@ def pydoc_lexicon() -> Lexicon:
 def tiny_lexicon() -> Lexicon:
     """A handful of words so that every document of length <= 3 can be enumerated in a test."""
     return Lexicon(
-        aspects={"Restaurants": {"food": ["pizza"], "service": ["waiter"]},
-                 "Hotels & Travel": {"room": ["bed"], "staff": ["valet"]}},
+        aspects={
+            "Restaurants": {"food": ["pizza"], "service": ["waiter"]},
+            "Hotels & Travel": {"room": ["bed"], "staff": ["valet"]},
+        },
         sentiment={"negative": ["rude"], "mixed": [], "positive": ["great"]},
         general={"the": 3.0, "good": 1.0},
         bigrams={"the": {"good": 2.0, "the": 1.0}},
-        starters={"the": 1.0, "good": 1.0}, after_comma={"the": 1.0}, glue=["the", "good"],
+        starters={"the": 1.0, "good": 1.0},
+        after_comma={"the": 1.0},
+        glue=["the", "good"],
     )
 
 
@@ -205,10 +262,10 @@ class _Table:
         for r, (ids, probs) in enumerate(rows):
             if len(set(ids.tolist())) != len(ids):
                 raise ValueError("a distribution row lists a token twice")
-            self.ids[r, : len(ids)], self.ids[r, len(ids):] = ids, ids[-1]
+            self.ids[r, : len(ids)], self.ids[r, len(ids) :] = ids, ids[-1]
             self.probs[r, : len(ids)] = probs
             self.cdf[r, : len(ids)] = np.cumsum(probs)
-            self.cdf[r, len(ids) - 1:] = 1.0  # exact 1 at the end: no draw falls past the last id
+            self.cdf[r, len(ids) - 1 :] = 1.0  # exact 1 at the end: no draw falls past the last id
             if dense:
                 self.dense[r, ids] = probs
 
@@ -225,9 +282,19 @@ class ReviewSource:
 
     # Short reviews (mean ~19 words, at most 32): compute per document grows with length, and the quick grid must
     # run in minutes on 2 CPU cores.
-    def __init__(self, seed: int = 0, *, lexicon: Lexicon | None = None, max_tokens: int = 32,
-                 min_tokens: int = 8, length_center: float = 14.0, length_scale: float = 3.0,
-                 punct_base: float = 0.02, punct_slope: float = 0.035, punct_max: float = 0.6):
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        lexicon: Lexicon | None = None,
+        max_tokens: int = 32,
+        min_tokens: int = 8,
+        length_center: float = 14.0,
+        length_scale: float = 3.0,
+        punct_base: float = 0.02,
+        punct_slope: float = 0.035,
+        punct_max: float = 0.6,
+    ):
         if not 1 <= min_tokens <= max_tokens:
             raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {min_tokens=} {max_tokens=}")
         lex = lexicon or pydoc_lexicon()
@@ -239,8 +306,9 @@ class ReviewSource:
 
         # Vocabulary: punctuation, then general words by frequency, then lexicon words.
         extra = [w for a in lex.aspects.values() for ws in a.values() for w in ws]
-        extra += ([w for ws in lex.sentiment.values() for w in ws] + list(lex.starters) + list(lex.after_comma)
-                  + lex.glue)
+        extra += (
+            [w for ws in lex.sentiment.values() for w in ws] + list(lex.starters) + list(lex.after_comma) + lex.glue
+        )
         words = sorted(lex.general, key=lambda w: (-lex.general[w], w))
         words += sorted(set(extra) - set(words))
         self.tokens: list[str] = list(PUNCT) + words
@@ -263,8 +331,10 @@ class ReviewSource:
                 topic_rows.append((ids(ws), rng.dirichlet(np.full(len(ws), 2.0))))
         self.topic = _Table(topic_rows, V)  # row = c * n_topics + z
         self.category = _Table([self._lexicon_row(lex.aspects[n], ids, rng) for n in self.categories], V)
-        polar = [(ids(lex.sentiment[k]), _normalise(1.0 / np.arange(1, len(lex.sentiment[k]) + 1)))
-                 for k in ("negative", "mixed", "positive")]
+        polar = [
+            (ids(lex.sentiment[k]), _normalise(1.0 / np.arange(1, len(lex.sentiment[k]) + 1)))
+            for k in ("negative", "mixed", "positive")
+        ]
         sent_rows = []
         for mix in SENTIMENT_MIX:
             parts = [(i, m * p) for (i, p), m in zip(polar, mix) if len(i)]
@@ -307,9 +377,19 @@ class ReviewSource:
         """Identifies the source by what it is, not by float bits: the vocabulary, every table written to 9
         significant digits, and 64 documents drawn from it. Equal on any machine whose arithmetic agrees to
         far better than 9 digits, so artifact keys and golden values do not depend on the CPU."""
-        tables = (self.p_category, self.p_stars, self.p_topic, self.topic.probs, self.category.probs,
-                  self.sentiment.probs, self.general.probs, self.bigram.probs, self.p_punct, self.punct.probs,
-                  self.hazard)
+        tables = (
+            self.p_category,
+            self.p_stars,
+            self.p_topic,
+            self.topic.probs,
+            self.category.probs,
+            self.sentiment.probs,
+            self.general.probs,
+            self.bigram.probs,
+            self.p_punct,
+            self.punct.probs,
+            self.hazard,
+        )
         digest = hashlib.sha256("|".join(self.tokens).encode())
         for table in tables:
             digest.update(" ".join(f"{x:.9g}" for x in np.ravel(table).tolist()).encode())
@@ -325,8 +405,16 @@ class ReviewSource:
     @classmethod
     def tiny(cls, seed: int = 0, max_tokens: int = 3, min_tokens: int = 1) -> ReviewSource:
         """An enumerable configuration (a dozen tokens, at most `max_tokens` per document) for tests."""
-        return cls(seed, lexicon=tiny_lexicon(), max_tokens=max_tokens, min_tokens=min_tokens, length_center=1.0,
-                   length_scale=1.0, punct_base=0.3, punct_slope=0.2)
+        return cls(
+            seed,
+            lexicon=tiny_lexicon(),
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            length_center=1.0,
+            length_scale=1.0,
+            punct_base=0.3,
+            punct_slope=0.2,
+        )
 
     # ---------------------------------------------------------------- codes
     def _category_weights(self, categories: list[str] | None) -> np.ndarray:
@@ -342,8 +430,9 @@ class ReviewSource:
         try:
             return self.categories.index(codes[CATEGORY]), self.stars.index(codes[STARS])
         except (KeyError, ValueError):
-            raise ValueError(f"codes must be {{{CATEGORY!r}: one of {self.categories}, {STARS!r}: one of "
-                             f"{self.stars}}}; got {codes}") from None
+            raise ValueError(
+                f"codes must be {{{CATEGORY!r}: one of {self.categories}, {STARS!r}: one of {self.stars}}}; got {codes}"
+            ) from None
 
     def log_prob_codes(self, codes: dict[str, str], categories: list[str] | None = None) -> float:
         """Exact log p(codes), renormalised over `categories` when given."""
@@ -352,16 +441,22 @@ class ReviewSource:
             return float(np.log(self._category_weights(categories)[c]) + np.log(self.p_stars[c, s]))
 
     # ---------------------------------------------------------------- sampling
-    def sample(self, n: int, rng_or_seed: int | np.random.Generator | np.random.SeedSequence = 0,
-               categories: list[str] | None = None) -> list[Record]:
+    def sample(
+        self,
+        n: int,
+        rng_or_seed: int | np.random.Generator | np.random.SeedSequence = 0,
+        categories: list[str] | None = None,
+    ) -> list[Record]:
         """Draw `n` documents with their codes; deterministic in the seed."""
         rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
         cat = rng.choice(len(self.categories), size=n, p=self._category_weights(categories))
         star = (rng.random(n)[:, None] >= np.cumsum(self.p_stars[cat], 1)).sum(1).clip(max=len(self.stars) - 1)
         topic = (rng.random(n)[:, None] >= np.cumsum(self.p_topic[cat], 1)).sum(1).clip(max=self.n_topics - 1)
         tokens = self._sample_tokens(cat, star, topic, rng)
-        return [Record(self.render(row), {CATEGORY: self.categories[c], STARS: self.stars[s]})
-                for row, c, s in zip(tokens, cat, star)]
+        return [
+            Record(self.render(row), {CATEGORY: self.categories[c], STARS: self.stars[s]})
+            for row, c, s in zip(tokens, cat, star)
+        ]
 
     def _sample_tokens(self, cat, star, topic, rng) -> list[list[int]]:
         n = len(cat)
@@ -385,8 +480,13 @@ class ReviewSource:
             w = ~is_punct
             comp = (u[3, w][:, None] >= cum_w).sum(1).clip(max=4)
             iw, uw, tw = i[w], rng.random(int(w.sum())), np.empty(int(w.sum()), dtype=np.int64)
-            tables = [(self.bigram, prev[iw]), (self.general, np.zeros_like(iw)), (self.category, cat[iw]),
-                      (self.topic, cat[iw] * self.n_topics + topic[iw]), (self.sentiment, star[iw])]
+            tables = [
+                (self.bigram, prev[iw]),
+                (self.general, np.zeros_like(iw)),
+                (self.category, cat[iw]),
+                (self.topic, cat[iw] * self.n_topics + topic[iw]),
+                (self.sentiment, star[iw]),
+            ]
             for k, (table, rows) in enumerate(tables):
                 m = comp == k
                 tw[m] = table.draw(rows[m], uw[m])
@@ -442,7 +542,7 @@ class ReviewSource:
             raise ValueError(f"{len(texts)} texts but {len(codes)} code dicts")
         index = np.array([self._code_index(c) for c in codes], dtype=np.int64).reshape(-1, 2)
         out = np.empty(len(texts))
-        for (c, s) in {tuple(x) for x in index.tolist()}:  # one pass per code pair
+        for c, s in {tuple(x) for x in index.tolist()}:  # one pass per code pair
             rows = np.flatnonzero((index[:, 0] == c) & (index[:, 1] == s))
             out[rows] = self._log_lik([texts[r] for r in rows], np.array([c]), np.array([s]))[:, 0, 0]
         return out
@@ -491,9 +591,11 @@ class ReviewSource:
         nC, K = len(cats), self.n_topics
         # Terms that depend only on the stars: punctuation, END hazards (shape tokens x S').
         with np.errstate(divide="ignore"):
-            star_terms = np.where(is_punct[:, None],
-                                  np.log(p_punct[:, None] * self.punct.dense[stars][:, np.minimum(tok, 3)].T),
-                                  np.log1p(-p_punct)[:, None])
+            star_terms = np.where(
+                is_punct[:, None],
+                np.log(p_punct[:, None] * self.punct.dense[stars][:, np.minimum(tok, 3)].T),
+                np.log1p(-p_punct)[:, None],
+            )
             haz = self.hazard[stars][:, pos].T  # (tokens, S')
             star_terms += np.where(can_end[:, None], np.log1p(-haz), 0.0)
         log_star = np.add.reduceat(star_terms, np.cumsum(lengths) - lengths, axis=0)  # docs are contiguous
@@ -501,8 +603,11 @@ class ReviewSource:
         last = np.cumsum(lengths) - 1
         end_ok = np.isin(tok[last], (0, 1, 2)) & (lengths >= self.min_tokens)
         with np.errstate(divide="ignore"):
-            end = np.where(lengths[:, None] >= self.max_tokens, 0.0,
-                           np.where(end_ok[:, None], np.log(self.hazard[stars][:, lengths].T), -np.inf))
+            end = np.where(
+                lengths[:, None] >= self.max_tokens,
+                0.0,
+                np.where(end_ok[:, None], np.log(self.hazard[stars][:, lengths].T), -np.inf),
+            )
         # Word tokens: mixture over components; the aspect term is per (c, z), summed out at the end.
         w = np.flatnonzero(~is_punct)
         tw, pw = tok[w], prev[w]
@@ -512,8 +617,12 @@ class ReviewSource:
         topic_rows = (cats[:, None] * K + np.arange(K)).ravel()
         topic_term = WORD_WEIGHTS[3] * self.topic.dense[topic_rows][:, tw].T.reshape(len(w), nC, K)
         sent_term = WORD_WEIGHTS[4] * self.sentiment.dense[stars][:, tw].T  # (w, S')
-        mix = (base[:, None, None, None] + cat_term[:, :, None, None] + topic_term[:, :, None, :]
-               + sent_term[:, None, :, None])  # (w, C', S', K)
+        mix = (
+            base[:, None, None, None]
+            + cat_term[:, :, None, None]
+            + topic_term[:, :, None, :]
+            + sent_term[:, None, :, None]
+        )  # (w, C', S', K)
         with np.errstate(divide="ignore"):
             # every document starts with a word, so each has a non-empty run of word tokens
             log_words = np.add.reduceat(np.log(mix), np.searchsorted(doc_of[w], np.arange(len(docs))), axis=0)
