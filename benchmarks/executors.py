@@ -129,6 +129,8 @@ def make_executor(kind: str, folder: Path, settings: dict, job_name: str, parall
 def sbatch_script(folder: Path, settings: dict, job_name: str, n_jobs: int, parallelism: int | None) -> str:
     """The sbatch script SlurmExecutor submits for `n_jobs` jobs (an array when there are several), built by
     submitit's own builder from the same parameters, without submitting (nor needing Slurm)."""
+    # submitit's private builder, the one SlurmExecutor writes every script with (submitit is pinned, and
+    # tests/test_executors.py checks the dry run against the script a mocked submission writes)
     from submitit.slurm.slurm import _make_sbatch_string
 
     folder = Path(folder).expanduser().absolute()  # as submitit's Executor stores it
