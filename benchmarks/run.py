@@ -1012,7 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_runner(os.getppid())  # the job's own process: nothing of the point outlives the job
         outcome = run_prepared_point(Path(args.run_point).resolve(), args.threads)
         if outcome is not None:
-            print(f"{'ok' if outcome.ok else 'FAILED'} {outcome.point_id}  {outcome.seconds:.1f} s {outcome.error}")
+            error = f": {outcome.error}" if outcome.error else ""
+            print(f"{'ok' if outcome.ok else 'FAILED'} {outcome.point_id}  {outcome.seconds:.1f} s{error}")
         return 0 if outcome is None or outcome.ok else 1
     started = time.time()
     try:
@@ -1056,8 +1057,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             submitted, twins = submit_grid(grid, points, runs_dir, store, args.executor, settings, args.jobs, folder)
-        except Exception as err:  # noqa: BLE001 - no Slurm here, sbatch refused the script, ...: say so, plainly
-            print(f"error: submitting the {args.executor} jobs failed: {err}", file=sys.stderr)
+        except (RuntimeError, OSError) as err:  # no Slurm here, sbatch refused the script, ...: submitit says which
+            hint = " (--dry-run shows the sbatch script without Slurm)" if args.executor == "slurm" else ""
+            print(f"error: submitting the {args.executor} jobs failed: {err}{hint}", file=sys.stderr)
             return 2
         if args.no_wait:
             print(f"not waiting: once the jobs are done, `--collect` builds the tables ({tables_dir})")

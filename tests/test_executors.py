@@ -227,6 +227,16 @@ def test_local_jobs_run_the_grid_and_make_the_plain_runners_tables(tmp_path, cap
     assert len(list((results / "tiny" / "submitit").glob("*_log.out"))) == 2  # submitit's logs, one per job
 
 
+def test_a_failing_local_job_is_reported_with_its_points_log(tmp_path, capsys):
+    axes = {"method": ["dpsgd"], "epsilon": [2.0], "seed": [13]}  # the stand-in raises at seed 13
+    grid = tiny_grid(tmp_path, make_notebook(tmp_path), axes=axes, ablations={})
+    assert cli(grid, tmp_path / "results", "--executor", "local") == 1
+    err = capsys.readouterr().err
+    log = tmp_path / "results" / "runs" / "tiny" / "dpsgd__eps2__seed13" / "run.log"
+    assert "FAILED dpsgd__eps2__seed13" in err and f"exit status 1; last lines of {log}" in err
+    assert "stand-in failure for seed 13" in err
+
+
 # Both points build the same artifact. Whoever holds the store's lock waits, inside its build, until the other
 # point is seen waiting for that lock (filelock logs each wait), so both want the artifact at the same time.
 SHARED = """
