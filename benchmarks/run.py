@@ -4,6 +4,7 @@
     python benchmarks/run.py --grid smoke --dry-run         # check the grid, list its points: todo/done/busy
     python benchmarks/run.py --grid full --shard 3/8        # one task of a cluster job array
     python benchmarks/run.py --grid full --tables-only      # rebuild tables from the finished points
+    python benchmarks/run.py --grid paper --executor slurm  # one Slurm job per point (benchmarks/executors.py)
 
 The whole grid is checked before any kernel starts: keys, parameter types (the notebook's annotated
 `parameters` cell), method names, and every point's Settings, built as its notebook builds them and checked
@@ -25,6 +26,13 @@ process. Another runner on the same results skips such a point with a message (i
 run for hours); rerun once the owner is done. Points are processes of their own (a Ctrl-C reaches the runner,
 which stops them) that die with their runner even when it is killed with SIGKILL, taking their kernels along.
 Shared stages (pretrained models, DP teachers, synthetic sets) come from the artifact store (--store).
+
+Executors: `process` (the default) runs the points in this runner's child processes, as above. `slurm` submits
+one job per unfinished point, as one job array, with the grid's `slurm:` settings (partition, time, mem, GPUs,
+CPUs; flags override them) and waits for it (--no-wait: submit and exit; --collect builds the tables later);
+`local` submits the same jobs as processes of this machine through submitit. A job runs `--run-point`: it
+claims the point's lock, skips the point when it is finished or owned by a live process, clears it and runs
+it as the runner's own processes do. Submitit's pickles and logs go to <results>/<grid>/submitit/.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+import executors  # benchmarks/executors.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = ROOT / "benchmarks" / "grids"
@@ -66,7 +77,9 @@ TOP_KEYS = {
     "ablations",
     "regime_map",
     "report",
+    "slurm",
 }
+EXECUTORS = ("process", "slurm", "local")  # see the docstring
 REPORTS = ("ppl_vs_eps", "audit")  # what write_tables makes of the rows: perplexity tables, or the privacy audit
 CORE_AXES = ("method", "epsilon", "seed")
 ABLATION_KEYS = {"values", "method", "epsilon", "seeds", "knob", "with"}
@@ -101,6 +114,7 @@ class Grid:
     regime_map: bool = False  # report the ablations as a regime map (results.regime_table)
     report: str = "ppl_vs_eps"  # 'audit': the rows are notebook 08's (distildp.privacy_audit.write_audit_report)
     notes: list[str] = field(default_factory=list)  # what the checks adjusted (e.g. a profile's options left out)
+    slurm: dict = field(default_factory=dict)  # the cluster jobs' settings (executors.SLURM_SETTINGS)
 
 
 # ---------------------------------------------------------------------------------------------- grid files
@@ -277,7 +291,19 @@ def _load_grid(name_or_path: str) -> Grid:
     report = spec.get("report", "ppl_vs_eps")
     if report not in REPORTS:
         fail("report", f"{report!r} is not a report; choose one of {list(REPORTS)}")
-    return Grid(name=path.stem, path=path, notebook=notebook, points=points, regime_map=regime_map, report=report)
+    try:
+        slurm = executors.check_slurm_settings(spec.get("slurm") or {})
+    except executors.SlurmSettingError as err:
+        fail(f"slurm.{err.key}" if err.key else "slurm", err.message)
+    return Grid(
+        name=path.stem,
+        path=path,
+        notebook=notebook,
+        points=points,
+        regime_map=regime_map,
+        report=report,
+        slurm=slurm,
+    )
 
 
 def _check_method(method: str, key: str, fail) -> None:
@@ -459,12 +485,14 @@ class Outcome:
 
 
 class Runner:
-    """Executes points in child processes (one each, `jobs` at a time) and can stop them all on Ctrl-C."""
+    """Executes points in child processes (one each, `jobs` at a time) and can stop them all on Ctrl-C.
 
-    def __init__(self, jobs: int):
+    `threads`: each point's threads (default: this process's cores shared among the jobs)."""
+
+    def __init__(self, jobs: int, threads: int | None = None):
         self.jobs = jobs
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.threads = max(1, cpus // jobs)
+        self.threads = threads or max(1, cpus // jobs)
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = False  # set by stop_all: no new point starts after it
@@ -523,12 +551,7 @@ class Runner:
             )
         finally:
             os.close(lock_fd)  # after timing.json: another runner may take the point from here on
-        point_id = point_dir.name
-        if code == 0 and (point_dir / ROW_FILE).exists():
-            return Outcome(point_id, True, seconds, log)
-        reason = f"exit status {code}" if code else "the notebook finished without writing row.json"
-        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-15:])
-        return Outcome(point_id, False, seconds, log, f"{reason}; last lines of {log}:\n{tail}")
+        return point_outcome(point_dir)
 
     def stop_all(self) -> None:
         with self._lock:
@@ -538,6 +561,28 @@ class Runner:
                     os.killpg(child.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+
+def point_outcome(point_dir: Path, job_error: str = "") -> Outcome:
+    """How a point's last run ended, from its files: row.json, timing.json (written when its process exits)
+    and run.log. `job_error`: why the cluster job that was to run it failed, if it did."""
+    log = point_dir / LOG_FILE
+    timing = json.loads((point_dir / TIMING_FILE).read_text()) if (point_dir / TIMING_FILE).exists() else None
+    seconds = timing["seconds"] if timing else 0.0
+    if timing is None:
+        if (point_dir / ROW_FILE).exists():  # a twin's row, copied
+            return Outcome(point_dir.name, True, seconds, log)
+        if is_busy(point_dir):
+            reason = f"still owned by process {_owner(point_dir)} (another runner or job); its owner reports it"
+        else:
+            reason = f"it did not run: {job_error}" if job_error else "it did not run"
+        return Outcome(point_dir.name, False, seconds, log, reason)
+    code = timing["exit_status"]
+    if code == 0 and (point_dir / ROW_FILE).exists():
+        return Outcome(point_dir.name, True, seconds, log)
+    reason = f"exit status {code}" if code else "the notebook finished without writing row.json"
+    tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-15:]) if log.exists() else ""
+    return Outcome(point_dir.name, False, seconds, log, f"{reason}; last lines of {log}:\n{tail}")
 
 
 def execute_point(point_dir: Path, runner_pid: int | None = None, lock_fd: int | None = None) -> None:
@@ -662,12 +707,11 @@ def _clear(point_dir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def run_grid(
-    grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str, progress: bool = True
-) -> list[Outcome]:
-    """Run the unfinished points; return their outcomes (finished ones are skipped)."""
-    from tqdm.auto import tqdm
-
+def prepare_points(
+    grid: Grid, points: list[Point], runs_dir: Path, store: str
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, dict]], list[str]]:
+    """Claim, clear and describe (point.json) every unfinished point: (point dir, its lock's descriptor) each;
+    then the twins (an ablation reusing a main point's row: point dir, request) and the points a live process owns."""
     todo, twins, busy = [], [], []
     for point in points:
         point_dir = runs_dir / point.point_id
@@ -688,6 +732,16 @@ def run_grid(
         _clear(point_dir)  # interrupted or asked with other parameters: start it again from scratch
         (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
         todo.append((point_dir, lock_fd))
+    return todo, twins, busy
+
+
+def run_grid(
+    grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str, progress: bool = True
+) -> list[Outcome]:
+    """Run the unfinished points; return their outcomes (finished ones are skipped)."""
+    from tqdm.auto import tqdm
+
+    todo, twins, busy = prepare_points(grid, points, runs_dir, store)
     print(
         f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
         f"finished, {len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
@@ -735,6 +789,113 @@ def _copy_twin(point_dir: Path, request: dict, source_dir: Path) -> None:
     write_json_atomic(point_dir / ROW_FILE, json.loads((source_dir / ROW_FILE).read_text()))
 
 
+def collect(grid: Grid, points: list[Point], runs_dir: Path, store: str) -> list[str]:
+    """After jobs ran without a waiting runner: copy the twins' rows; return the points not finished yet."""
+    unfinished = []
+    for point in points:
+        point_dir = runs_dir / point.point_id
+        request = _request(point, grid, store)
+        if point.same_as:
+            _copy_twin(point_dir, request, runs_dir / point.same_as)
+            if not (point_dir / ROW_FILE).exists():
+                unfinished.append(point.point_id)
+        elif not is_finished(point_dir, request):
+            unfinished.append(point.point_id)
+    return unfinished
+
+
+# ---------------------------------------------------------------------------------------------- cluster jobs
+# The runner prepares the points as for its own processes (prepare_points), lets go of them and submits one
+# job per point (benchmarks/executors.py); each job runs `--run-point`, which takes the point as a runner does.
+def jobs_folder(results: Path, grid: Grid) -> Path:
+    """Where submitit keeps a grid's job pickles and logs."""
+    return results / grid.name / "submitit"
+
+
+def point_command(point_dir: Path, threads: int | None) -> list[str]:
+    """What a cluster job runs for one prepared point."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-point", str(point_dir)]
+    return command + (["--threads", str(threads)] if threads else [])
+
+
+def job_threads(kind: str, settings: dict, jobs: int | None) -> int | None:
+    """A point's threads in a job: a Slurm job's cores (None: as many as it is given); local jobs share this
+    machine's cores as the runner's own processes do."""
+    return settings.get("cpus_per_task") if kind == "slurm" else Runner(jobs or 1).threads
+
+
+def run_prepared_point(point_dir: Path, threads: int | None = None) -> Outcome | None:
+    """A job's point (`--run-point`): the point a runner prepared (its point.json), run as the runner's own
+    processes run it. None when there is nothing to do: it is finished, or a live process owns it (a runner, or
+    a job submitted twice)."""
+    lock_fd = _claim(point_dir)
+    if lock_fd is None:
+        print(f"skipped {point_dir.name}: process {_owner(point_dir)} owns it", flush=True)
+        return None
+    try:
+        request = json.loads((point_dir / POINT_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        os.close(lock_fd)
+        raise RuntimeError(
+            f"{point_dir / POINT_FILE} is missing or unreadable: a runner writes it before it submits"
+        ) from err
+    if is_finished(point_dir, request):
+        os.close(lock_fd)
+        print(f"skipped {point_dir.name}: finished already", flush=True)
+        return None
+    _clear(point_dir)  # what a killed or requeued run of this job left
+    (point_dir / POINT_FILE).write_text(json.dumps(request, indent=2))
+    return Runner(1, threads).run(point_dir, lock_fd)
+
+
+def submit_grid(
+    grid: Grid,
+    points: list[Point],
+    runs_dir: Path,
+    store: str,
+    kind: str,
+    settings: dict,
+    jobs: int | None,
+    folder: Path,
+) -> tuple[list[tuple[Path, Any]], list[tuple[Path, dict]]]:
+    """Submit one job per unfinished point; return (point dir, submitit job) each, and the twins to copy once
+    their main points are done. `jobs`: the array's parallelism (Slurm; None: all at once), or the share of
+    this machine's cores each local job's point gets."""
+    executor = executors.make_executor(kind, folder, settings, f"distildp-{grid.name}", jobs)  # no Slurm: stop here
+    todo, twins, busy = prepare_points(grid, points, runs_dir, store)
+    for _, lock_fd in todo:
+        os.close(lock_fd)  # each job claims its point again when it starts
+    print(
+        f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
+        f"finished, {len(todo)} to submit as {kind} jobs"
+        + (f", {len(twins)} reusing a main point's row" if twins else ""),
+        flush=True,
+    )
+    for entry in busy:
+        print(f"skipped {entry}: a live process owns this point (a runner or a job); rerun when it is done", flush=True)
+    if not todo:
+        return [], twins
+    threads = job_threads(kind, settings, jobs)
+    submitted = executors.submit(executor, [point_command(point_dir, threads) for point_dir, _ in todo], ROOT)
+    for (point_dir, _), job in zip(todo, submitted):
+        print(f"job {job.job_id}  {point_dir.name}", flush=True)
+    print(f"submitted {len(submitted)} {kind} job(s); their logs are in {folder}", flush=True)
+    return [(point_dir, job) for (point_dir, _), job in zip(todo, submitted)], twins
+
+
+def wait_for_jobs(submitted: list[tuple[Path, Any]], kind: str) -> list[Outcome]:
+    """Each job's outcome as it finishes (read from its point's files, with the job's error if it never ran it)."""
+    point_dirs = {job.job_id: point_dir for point_dir, job in submitted}
+    outcomes = []
+    for job in executors.as_completed([job for _, job in submitted], kind):
+        error = job.exception()
+        outcome = point_outcome(point_dirs[job.job_id], str(error) if error else "")
+        outcomes.append(outcome)
+        status = "ok" if outcome.ok else "FAILED"
+        print(f"{status:6} {outcome.point_id}  {outcome.seconds:.1f} s  (job {job.job_id})", flush=True)
+    return outcomes
+
+
 def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path) -> list[Path]:
     from distildp.results import load_rows, write_report
 
@@ -758,7 +919,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--grid", default="quick", help="grid name in benchmarks/grids/ or a .yaml path")
-    parser.add_argument("--jobs", type=int, default=1, help="points run at once (each in its own process)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="points run at once, each in its own process (default 1); with --executor slurm, the job array's "
+        "parallelism (default: all at once); local jobs all start at once and share the cores as N processes would",
+    )
     parser.add_argument("--shard", help="i/n: run only the points whose index %% n == i (cluster job arrays)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
     parser.add_argument(
@@ -767,13 +933,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="check the grid and list its points; run nothing")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild tables/figures from finished points")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="process",
+        help="process: this runner's child processes (default); slurm: one Slurm job per point, as a job array; "
+        "local: the same jobs as processes of this machine, through submitit",
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="build the tables from the finished points (after --no-wait)"
+    )
+    cluster = parser.add_argument_group(
+        "cluster jobs (--executor slurm or local); flags override the grid's `slurm:` settings"
+    )
+    for key in executors.FLAG_SETTINGS:
+        kind, what = executors.SLURM_SETTINGS[key]
+        metavar = "MINUTES" if key == "time" else key.upper()
+        cluster.add_argument(f"--{key.replace('_', '-')}", dest=f"slurm_{key}", type=kind, metavar=metavar, help=what)
+    cluster.add_argument("--no-wait", action="store_true", help="submit and exit (then --collect builds the tables)")
+    parser.add_argument(
+        "--run-point", help="run one point a runner prepared (what each cluster job runs): results/runs/<grid>/<id>"
+    )
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # internal: --run-point's point's threads
     parser.add_argument("--execute-point", help=argparse.SUPPRESS)  # internal: the child process of one point
     parser.add_argument("--runner-pid", type=int, help=argparse.SUPPRESS)  # internal: ...which dies with this pid
     parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # internal: ...and holds this lock
     args = parser.parse_args(argv)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
+    flags = [
+        f"--{key.replace('_', '-')}" for key in executors.FLAG_SETTINGS if getattr(args, f"slurm_{key}") is not None
+    ]
+    if args.executor == "process" and (flags or args.no_wait):
+        parser.error(
+            f"{' '.join(flags + ['--no-wait'] * args.no_wait)}: for cluster jobs; add --executor slurm or local"
+        )
     return args
+
+
+def job_settings(grid: Grid, args: argparse.Namespace) -> dict:
+    """The grid's `slurm:` settings with the flags' values over them, checked (SlurmSettingError names the flag)."""
+    flags = {key: getattr(args, f"slurm_{key}") for key in executors.FLAG_SETTINGS}
+    flags = {key: value for key, value in flags.items() if value is not None}
+    try:
+        executors.check_slurm_settings(flags)
+    except executors.SlurmSettingError as err:
+        raise executors.SlurmSettingError(f"--{err.key.replace('_', '-')}", err.message) from err
+    settings = {**grid.slurm, **flags}
+    if args.executor == "slurm":
+        try:
+            executors.slurm_parameters(settings, "", None)  # what submitting needs besides the types: a time limit
+        except executors.SlurmSettingError as err:
+            raise executors.SlurmSettingError(f"slurm.{err.key}", err.message) from err
+    return settings
+
+
+def print_jobs(kind: str, settings: dict, grid: Grid, point_dirs: list[Path], jobs: int | None, folder: Path) -> None:
+    """--dry-run: the jobs that would be submitted, and for Slurm the sbatch script, as submitit builds it."""
+    if not point_dirs:
+        print(f"no {kind} job to submit: every point is finished or owned by a live process")
+        return
+    if kind == "slurm":
+        script = executors.sbatch_script(folder, settings, f"distildp-{grid.name}", len(point_dirs), jobs)
+        print(f"\nthe sbatch script submitit would submit for {len(point_dirs)} point(s) (not submitted):\n")
+        print(script)
+    threads = job_threads(kind, settings, jobs)
+    print(f"{len(point_dirs)} {kind} job(s), each running one point (job logs in {folder}):")
+    for index, point_dir in enumerate(point_dirs):
+        print(f"  {index}: {shlex.join(point_command(point_dir, threads))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -781,10 +1008,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.execute_point:
         execute_point(Path(args.execute_point), args.runner_pid, args.lock_fd)
         return 0
+    if args.run_point:
+        _die_with_runner(os.getppid())  # the job's own process: nothing of the point outlives the job
+        outcome = run_prepared_point(Path(args.run_point).resolve(), args.threads)
+        if outcome is not None:
+            error = f": {outcome.error}" if outcome.error else ""
+            print(f"{'ok' if outcome.ok else 'FAILED'} {outcome.point_id}  {outcome.seconds:.1f} s{error}")
+        return 0 if outcome is None or outcome.ok else 1
     started = time.time()
     try:
         grid = load_grid(args.grid)
         points = shard(grid.points, args.shard)
+        settings = job_settings(grid, args) if args.executor != "process" else {}
     except (GridError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -795,13 +1030,50 @@ def main(argv: list[str] | None = None) -> int:
     from distildp.results import grid_dirs
 
     runs_dir, tables_dir, figures_dir = grid_dirs(results, grid.name)
+    folder = jobs_folder(results, grid)
     if args.dry_run:
+        to_submit = []
         for point in points:
             done = is_finished(runs_dir / point.point_id, _request(point, grid, store))
-            print(f"{'done' if done else 'busy' if is_busy(runs_dir / point.point_id) else 'todo'}  {point.point_id}")
+            status = "done" if done else "busy" if is_busy(runs_dir / point.point_id) else "todo"
+            print(f"{status}  {point.point_id}")
+            if status == "todo" and not point.same_as:
+                to_submit.append(point)
         print(f"{len(points)} points ({grid.path}); runs in {runs_dir}, tables in {tables_dir}")
+        if args.executor != "process":
+            print_jobs(args.executor, settings, grid, [runs_dir / p.point_id for p in to_submit], args.jobs, folder)
         return 0
-    outcomes = [] if args.tables_only else run_grid(grid, points, runs_dir, args.jobs, store, not args.no_progress)
+    outcomes = []
+    if args.collect:
+        unfinished = collect(grid, points, runs_dir, store)
+        print(
+            f"{len(points) - len(unfinished)} of {len(points)} points finished"
+            + (f"; not yet: {', '.join(unfinished)}" if unfinished else "")
+        )
+    elif args.tables_only:
+        pass
+    elif args.executor == "process":
+        outcomes = run_grid(grid, points, runs_dir, args.jobs or 1, store, not args.no_progress)
+    else:
+        try:
+            submitted, twins = submit_grid(grid, points, runs_dir, store, args.executor, settings, args.jobs, folder)
+        except (RuntimeError, OSError) as err:  # no Slurm here, sbatch refused the script, ...: submitit says which
+            hint = " (--dry-run shows the sbatch script without Slurm)" if args.executor == "slurm" else ""
+            print(f"error: submitting the {args.executor} jobs failed: {err}{hint}", file=sys.stderr)
+            return 2
+        if args.no_wait:
+            print(f"not waiting: once the jobs are done, `--collect` builds the tables ({tables_dir})")
+            return 0
+        try:
+            outcomes = wait_for_jobs(submitted, args.executor)
+        except KeyboardInterrupt:
+            print(
+                "\nstopped waiting; Slurm jobs go on (scancel stops them), `--collect` builds the tables",
+                file=sys.stderr,
+            )
+            return 130
+        for point_dir, request in twins:
+            _copy_twin(point_dir, request, runs_dir / request["same_as"])
     write_tables(grid, runs_dir, tables_dir, figures_dir)
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:

@@ -12,7 +12,7 @@ import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"distildp", "run", "helpers", "conftest"}  # the library, benchmarks/run.py, and the tests' own modules
+OWN = {"distildp", "run", "executors", "helpers", "conftest"}  # the library, benchmarks/, and the tests' own modules
 # Pinned but never imported: what runs the code rather than being imported by it
 TOOLS = {
     "ipykernel": "the kernel papermill runs notebooks in",
