@@ -11,7 +11,7 @@ from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import distildp.sampling as sampling
-from distildp.data import control_prefix
+from distildp.corpus import control_prefix
 from distildp.sampling import GenerationConfig, draw, next_token_distribution, sample_batch
 
 from helpers import CODES, code_teacher, code_tokenizer
