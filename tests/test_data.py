@@ -10,7 +10,8 @@ import pytest
 from distildp import data, hub, hub_corpora
 from distildp.corpus import control_prefix, display_name
 from distildp.data import load_corpus, load_public
-from distildp.source import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
+from distildp.lexicon import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
+from distildp.source import ReviewSource
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = dict(n_train=60, n_val=20, n_test=20)

@@ -19,7 +19,8 @@ from distildp.canaries import insert_canaries
 from distildp.corpus import SPLITS, Corpus, control_prefix
 from distildp.csv_corpus import count_csv_rows, load_csv_dir, read_csv
 from distildp.hub_corpora import HUB_LOADERS, as_frame, load_dataset
-from distildp.source import CATEGORY, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, STARS, Record, ReviewSource
+from distildp.lexicon import PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
+from distildp.source import CATEGORY, STARS, Record, ReviewSource
 
 KNOWN_CORPORA = ("builtin", "csv:<dir>", "yelp", "big_patent", "dbpedia_14")
 
@@ -159,7 +160,7 @@ def load_public(
     """The public corpus that tokenizer and models are pretrained on, by name:
 
     - 'builtin': reviews of the PUBLIC categories (no codes; they write about every private aspect, see
-      `distildp.source.BORROWED_ASPECTS`) plus Python's documentation as general prose: the domain is covered,
+      `distildp.lexicon.BORROWED_ASPECTS`) plus Python's documentation as general prose: the domain is covered,
       as web text covers Yelp for GPT-2. `n_docs` reviews for training, `n_val` more held out. A share
       `coded_share` of them is written behind its public control codes (`control_prefix`), as web text holds
       labelled text: a pretrained model has seen the format, and fine-tuning only has to learn the private
