@@ -122,8 +122,8 @@ def draw(candidates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return candidates.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
 
 
-def _next_token(logits: torch.Tensor, tokens: torch.Tensor, n_pad: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
-    """sample_batch's choice of each row's next token (tests replace it to script the tokens)."""
+def next_token(logits: torch.Tensor, tokens: torch.Tensor, n_pad: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Each row's next token as sample_batch chooses it: the distribution `cfg` defines, then one draw."""
     return draw(*next_token_distribution(logits, tokens, n_pad, cfg))
 
 
@@ -241,7 +241,7 @@ def sample_batch(
     padded = bool(n_pad.any())
     for step in range(steps):
         length = width + step
-        token = _next_token(logits, tokens[:, :length], n_pad, cfg)
+        token = next_token(logits, tokens[:, :length], n_pad, cfg)
         tokens[:, length] = token
         new[rows, step] = token
         done = (token == eos_id) | (budget <= step + 1)
