@@ -29,7 +29,7 @@ MANIFEST = "book.json"
 # Parameters beyond profile and store, per notebook (by name prefix): 05's shorter sweep as in the smoke tests
 # (tests/test_notebooks_run.py); 07 on the committed quick grid instead of the smoke grid nobody has run; 08 audits
 # DistilDP (its teacher, synthetic text and student, unlike the tests' DP-SGD student) on 2 canaries per repeat count
-# and 100 candidates each: about 4 minutes instead of 16 with its 8 canaries and 2,000 candidates.
+# and 100 candidates each, far fewer than its own 8 canaries and 2,000 candidates (docs/performance.md).
 PARAMS: dict[str, dict[str, Any]] = {
     "05_": {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]},
     "07_": {"grid": "quick"},

@@ -237,7 +237,7 @@ def check_sigma_for_epsilon(sigma_for_epsilon: Callable, hidden: bool = False) -
 
     cases = [(2.0, 1e-4, 0.25, 12, "rdp")]
     if hidden:
-        cases += [(0.5, 1e-5, 0.01, 200, "rdp"), (8.0, 1e-4, 0.1, 50, "rdp")]  # PRV works alike, 5x slower
+        cases += [(0.5, 1e-5, 0.01, 200, "rdp"), (8.0, 1e-4, 0.1, 50, "rdp")]  # PRV is checked alike, more slowly
         inf = call_answer(sigma_for_epsilon, "sigma_for_epsilon", math.inf, 1e-4, 0.25, 12, "rdp")
         if inf != 0:
             fail(f"sigma_for_epsilon(inf, ...) returned {inf!r}: an infinite budget needs no noise, return 0.0.")

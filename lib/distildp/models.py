@@ -29,10 +29,10 @@ EOS = "<|endoftext|>"
 TINY_CONTEXT = 128
 
 # Tiny GPT-2s for 2 CPU cores. No dropout: DP noise already regularises, and drawing dropout's random masks is a
-# large share of a tiny model's forward and backward pass on a CPU. The student is narrow, so its capacity limits it (as
-# DistilGPT2's does next to GPT-2 Large); the teachers differ from it in width and depth. Parameters at the
-# default 2,048-token vocabulary (embeddings tied to the output layer, counted once), and the ratio to the
-# student's, total (without the embeddings):
+# large share of a tiny model's forward and backward pass on a CPU (docs/performance.md). The student is narrow,
+# so its capacity limits it (as DistilGPT2's does next to GPT-2 Large); the teachers differ from it in width and
+# depth. Parameters at the default 2,048-token vocabulary (embeddings tied to the output layer, counted once), and
+# the ratio to the student's, total (without the embeddings):
 #   tiny-student   width 16, 2 layers:  41k (6.6k without embeddings)
 #   teacher-1.6x   width 24, 2 layers:  67k, 1.6x (2.2x): a teacher hardly bigger than its student
 #   teacher-4x     width 40, 4 layers: 166k, 4.0x (12x)

@@ -27,7 +27,7 @@ class GenerationConfig:
     temperature: float = 1.0
     no_repeat_ngram_size: int = 2
     max_length: int = 128  # tokens per sample INCLUDING the [eos] + prefix prompt, as in the paper
-    batch_size: int = 32  # tiny teacher, 1 CPU thread: 16 pays more per-step overhead per token, 64 is no faster
+    batch_size: int = 32  # enough rows to amortise each decode step's overhead on a CPU (docs/performance.md)
     chunk_size: int = 512  # samples per parquet file: the unit of resumption and of memory
     max_attempts_factor: float = 4.0  # give up on a code after this many attempts per requested sample
 

@@ -108,7 +108,7 @@ class ReviewSource:
     """
 
     # Short reviews (mean ~19 words, at most 32): compute per document grows with length, and the quick grid must
-    # run in minutes on 2 CPU cores.
+    # run in minutes on 2 CPU cores (docs/performance.md).
     def __init__(
         self,
         seed: int = 0,
