@@ -141,11 +141,9 @@ def top_p_before_temperature(logits, top_k, top_p, temperature):
     return probs / probs.sum(-1, keepdim=True)
 
 
-def _kd(**mistake):
+def _kd(mistake: str):
     def loss(student_logits, teacher_logits, targets, loss_mask, lam, temperature):
-        return model_exercises.kd_variant(
-            student_logits, teacher_logits, targets, loss_mask, lam, temperature, **mistake
-        )
+        return model_exercises.kd_variant(student_logits, teacher_logits, targets, loss_mask, lam, temperature, mistake)
 
     return loss
 
@@ -188,12 +186,12 @@ WRONG_ANSWERS = [
     ("dp_histogram_by_hand", histogram_without_noise, "exact histogram"),
     ("sampling_distribution", top_k_not_renormalised, "renormalise over the tokens kept"),
     ("sampling_distribution", top_p_before_temperature, "before applying the temperature"),
-    ("distillation_loss", _kd(t_squared=False), "not multiplied by t²"),
-    ("distillation_loss", _kd(batch_mean=True), "its OWN scored"),
-    ("distillation_loss", _kd(ignore_mask=True), "padding positions count"),
-    ("distillation_loss", _kd(ce_at_t=True), "the CE is at temperature 1"),
-    ("distillation_loss", _kd(reverse_kl=True), "KL is reversed"),
-    ("distillation_loss", _kd(one_minus_lam=False), "not weighted by (1 − λ)"),
+    ("distillation_loss", _kd("t_squared"), "not multiplied by t²"),
+    ("distillation_loss", _kd("batch_mean"), "its OWN scored"),
+    ("distillation_loss", _kd("ignore_mask"), "padding positions count"),
+    ("distillation_loss", _kd("ce_at_t"), "the CE is at temperature 1"),
+    ("distillation_loss", _kd("reverse_kl"), "KL is reversed"),
+    ("distillation_loss", _kd("one_minus_lam"), "not weighted by (1 − λ)"),
     ("floor_by_hand", floor_without_closing_eos, "closing <|endoftext|>"),
     ("floor_by_hand", floor_over_every_category, "you summed the codes over every category"),
     ("verdict", verdict_with_one_std, "twice the largest seed std"),

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from distildp.exercises import ExerciseError, answer_tensor, call_answer, fail, seeds_for
+from distildp.exercises import ExerciseError, answer_tensor, call_answer, fail, seeds_for, tensor_answer
 
 # Opacus divides by (norm + 1e-6) when clipping, and so do notebook 02 and the references here.
 CLIP_EPSILON = 1e-6
@@ -47,14 +47,8 @@ def check_per_example_gradients(per_example_gradients: Callable, hidden: bool = 
         batch = 1 if hidden and seed == 4 else 6  # a batch of one: the per-example and batch gradients agree
         inputs, targets = torch.randn(batch, 5), torch.randint(0, 3, (batch,))
         expected = reference_per_example_gradients(model, inputs, targets)
-        got = answer_tensor(
-            call_answer(per_example_gradients, "per_example_gradients", model, inputs, targets), "per_example_gradients"
-        )
-        if got.shape != expected.shape:
-            fail(
-                f"per_example_gradients returned shape {tuple(got.shape)}; expected {tuple(expected.shape)}: one "
-                f"row per example, each row every parameter's gradient flattened in model.parameters() order."
-            )
+        rows = ": one row per example, each row every parameter's gradient flattened in model.parameters() order"
+        got = tensor_answer(per_example_gradients, "per_example_gradients", (model, inputs, targets), expected, rows)
         if torch.allclose(got, expected.double(), atol=1e-5, rtol=1e-4):
             continue
         mean_grad = _batch_gradient(model, inputs, targets, "mean").double()
@@ -140,17 +134,9 @@ def check_noisy_step(noisy_step: Callable, hidden: bool = False) -> None:
         grads = torch.randn(batch, 40, generator=g, dtype=torch.float64) * scales
         clip, expected_size = 1.0, 8.0  # 5 drawn where 8 were expected: dividing by either shows
         want = reference_noisy_step(grads, clip, 0.0, expected_size, torch.Generator())
-        got = answer_tensor(
-            call_answer(
-                noisy_step, "noisy_step", grads.clone(), clip, 0.0, expected_size, torch.Generator().manual_seed(seed)
-            ),
-            "noisy_step",
-        )
-        if got.shape != want.shape:
-            fail(
-                f"noisy_step returned shape {tuple(got.shape)}; expected {tuple(want.shape)} (one number per "
-                f"parameter coordinate){' even for an empty batch' if batch == 0 else ''}."
-            )
+        args = (grads.clone(), clip, 0.0, expected_size, torch.Generator().manual_seed(seed))
+        holds = " (one number per parameter coordinate)" + (" even for an empty batch" if batch == 0 else "")
+        got = tensor_answer(noisy_step, "noisy_step", args, want, holds)
         if torch.allclose(got, want, atol=1e-6):
             continue
         total = grads.sum(0)

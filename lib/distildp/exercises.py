@@ -55,6 +55,15 @@ def answer_tensor(value: Any, name: str) -> torch.Tensor:
         fail(f"{name} must return a tensor (or a list of numbers), got {type(value).__name__}.")
 
 
+def tensor_answer(fn: Callable, name: str, args: tuple, like: torch.Tensor, holds: str) -> torch.Tensor:
+    """The student's `fn(*args)` as a float64 tensor of `like`'s shape; if the shape differs, the feedback gives
+    both and `holds` (what the result holds, e.g. ': one loss per sequence')."""
+    got = answer_tensor(call_answer(fn, name, *args), name)
+    if got.shape != like.shape:
+        fail(f"{name} returned shape {tuple(got.shape)}; expected {tuple(like.shape)}{holds}.")
+    return got
+
+
 def seeds_for(hidden: bool) -> list[int]:
     """The seeds a check runs on: one for the public check, five for grading."""
     return [0, 1, 2, 3, 4] if hidden else [0]

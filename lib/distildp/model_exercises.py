@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distildp.exercises import answer_tensor, call_answer, fail, seeds_for
+from distildp.exercises import call_answer, fail, seeds_for, tensor_answer
 
 
 # ------------------------------------------------------------------------ 4. top-k / top-p sampling (notebook 04)
@@ -62,16 +62,10 @@ def check_sampling_distribution(sampling_distribution: Callable, hidden: bool = 
         logits = 2 * torch.randn(4, 30, generator=torch.Generator().manual_seed(seed))
         for top_k, top_p, temperature in settings:
             want = reference_sampling_distribution(logits, top_k, top_p, temperature).double()
-            got = answer_tensor(
-                call_answer(sampling_distribution, "sampling_distribution", logits.clone(), top_k, top_p, temperature),
-                "sampling_distribution",
-            )
             where = f"(top_k={top_k}, top_p={top_p}, temperature={temperature}, seed {seed})"
-            if got.shape != want.shape:
-                fail(
-                    f"sampling_distribution returned shape {tuple(got.shape)}; expected {tuple(want.shape)}: "
-                    f"a probability for every token of the vocabulary (0 for the tokens cut) {where}."
-                )
+            holds = f": a probability for every token of the vocabulary (0 for the tokens cut) {where}"
+            args = (logits.clone(), top_k, top_p, temperature)
+            got = tensor_answer(sampling_distribution, "sampling_distribution", args, want, holds)
             if torch.allclose(got, want, atol=1e-5):
                 continue
             sums = got.sum(-1)
@@ -126,40 +120,6 @@ def _kd_inputs(seed: int, temperature_scale: float = 2.0):
     return student, teacher, targets, mask
 
 
-def kd_variant(
-    student,
-    teacher,
-    targets,
-    mask,
-    lam,
-    t,
-    *,
-    t_squared=True,
-    ce_at_t=False,
-    batch_mean=False,
-    ignore_mask=False,
-    no_shift=False,
-    reverse_kl=False,
-    one_minus_lam=True,
-) -> torch.Tensor:
-    """The loss with one usual mistake switched on (all off: the library's formula)."""
-    if no_shift:
-        s, te, y, w = student, teacher, targets, mask
-    else:
-        s, te, y, w = student[:, :-1], teacher[:, :-1], targets[:, 1:], mask[:, 1:]
-    if ignore_mask:
-        w = torch.ones_like(w)
-    s, te = s.double(), te.double()
-    log_s_t, log_t_t = F.log_softmax(s / t, -1), F.log_softmax(te / t, -1)
-    ce = -(F.log_softmax(s / t if ce_at_t else s, -1)).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    kl = ((log_s_t.exp() * (log_s_t - log_t_t)) if reverse_kl else (log_t_t.exp() * (log_t_t - log_s_t))).sum(-1)
-    per_token = (1 - lam if one_minus_lam else 1.0) * ce + lam * (t**2 if t_squared else 1.0) * kl
-    w = w.double()
-    if batch_mean:
-        return ((per_token * w).sum() / w.sum().clamp(min=1)).expand(len(s))
-    return (per_token * w).sum(1) / w.sum(1).clamp(min=1)
-
-
 KD_MISTAKES = {
     "t_squared": (
         "your KL term is not multiplied by t²: with softened distributions the KL's gradient shrinks "
@@ -180,6 +140,33 @@ KD_MISTAKES = {
 }
 
 
+def kd_variant(student, teacher, targets, mask, lam, t, mistake: str | None = None) -> torch.Tensor:
+    """The loss by the library's formula, or with one usual mistake made: `mistake` is a key of KD_MISTAKES
+    ('t_squared' and 'one_minus_lam' leave out the factor they name)."""
+    if mistake is not None and mistake not in KD_MISTAKES:
+        raise ValueError(f"unknown mistake {mistake!r}; use one of {sorted(KD_MISTAKES)} or None")
+    if mistake == "no_shift":
+        s, te, y, w = student, teacher, targets, mask
+    else:
+        s, te, y, w = student[:, :-1], teacher[:, :-1], targets[:, 1:], mask[:, 1:]
+    if mistake == "ignore_mask":
+        w = torch.ones_like(w)
+    s, te = s.double(), te.double()
+    log_s_t, log_t_t = F.log_softmax(s / t, -1), F.log_softmax(te / t, -1)
+    ce = -(F.log_softmax(s / t if mistake == "ce_at_t" else s, -1)).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if mistake == "reverse_kl":
+        kl = (log_s_t.exp() * (log_s_t - log_t_t)).sum(-1)
+    else:
+        kl = (log_t_t.exp() * (log_t_t - log_s_t)).sum(-1)
+    ce_weight = 1.0 if mistake == "one_minus_lam" else 1 - lam
+    kl_weight = lam * (1.0 if mistake == "t_squared" else t**2)
+    per_token = ce_weight * ce + kl_weight * kl
+    w = w.double()
+    if mistake == "batch_mean":
+        return ((per_token * w).sum() / w.sum().clamp(min=1)).expand(len(s))
+    return (per_token * w).sum(1) / w.sum(1).clamp(min=1)
+
+
 def check_kd_loss(distillation_loss: Callable, hidden: bool = False) -> None:
     """distillation_loss(student_logits, teacher_logits, targets, loss_mask, lam, temperature) -> (B,) losses."""
     from distildp.distill import kd_loss
@@ -192,25 +179,9 @@ def check_kd_loss(distillation_loss: Callable, hidden: bool = False) -> None:
             mask[2] = 0.0  # a sequence with nothing scored contributes 0
         for lam, t in settings:
             want = kd_loss(student, teacher, targets, mask, lam=lam, temperature=t).total.double()
-            got = answer_tensor(
-                call_answer(
-                    distillation_loss,
-                    "distillation_loss",
-                    student.clone(),
-                    teacher.clone(),
-                    targets.clone(),
-                    mask.clone(),
-                    lam,
-                    t,
-                ),
-                "distillation_loss",
-            )
             where = f"(lam={lam}, t={t}, seed {seed})"
-            if got.shape != want.shape:
-                fail(
-                    f"distillation_loss returned shape {tuple(got.shape)}; expected {tuple(want.shape)}: one loss "
-                    f"per sequence {where}."
-                )
+            args = (student.clone(), teacher.clone(), targets.clone(), mask.clone(), lam, t)
+            got = tensor_answer(distillation_loss, "distillation_loss", args, want, f": one loss per sequence {where}")
             if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
                 continue
             if not torch.isfinite(got).all():
@@ -219,10 +190,7 @@ def check_kd_loss(distillation_loss: Callable, hidden: bool = False) -> None:
                     f"number of scored tokens clamped to at least 1), and use log_softmax, not log(softmax)."
                 )
             for mistake, message in KD_MISTAKES.items():
-                # t_squared and one_minus_lam are parts of the right formula (on by default): the mistake drops them
-                variant = kd_variant(
-                    student, teacher, targets, mask, lam, t, **{mistake: mistake not in ("t_squared", "one_minus_lam")}
-                )
+                variant = kd_variant(student, teacher, targets, mask, lam, t, mistake)
                 if torch.allclose(got, variant, atol=1e-4, rtol=1e-4):
                     fail(f"{message} {where}")
             fail(

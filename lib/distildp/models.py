@@ -71,14 +71,9 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=EOS,
-        eos_token=EOS,
-        unk_token=EOS,
-        pad_token=EOS,
-        model_max_length=model_max_length,
-    )
+    # as GPT-2: its one special token begins, ends and pads every sequence (and stands for the unknown, never needed)
+    special = dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), EOS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **special)
 
 
 # ----------------------------------------------------------------------------------------------- models
