@@ -90,10 +90,11 @@ grade-needs-submissions:
 
 exercises: setup $(EXERCISES)/.built
 
-$(EXERCISES)/.built: $(VENV)/.installed $(EXERCISE_NOTEBOOKS) lib/distildp/exercises.py
-	$(PY) -m distildp.exercises build $(EXERCISES)
+$(EXERCISES)/.built: $(VENV)/.installed $(EXERCISE_NOTEBOOKS) $(addprefix lib/distildp/,exercises.py dp_exercises.py \
+	model_exercises.py grading.py)
+	$(PY) -m distildp.grading build $(EXERCISES)
 	touch $@
 
 # the folder is checked first, before anything is built
 grade: grade-needs-submissions setup $(EXERCISES)/.built
-	$(PY) -m distildp.exercises grade $(SUBMISSIONS) --autograders $(EXERCISES)/autograder --csv $(GRADES)
+	$(PY) -m distildp.grading grade $(SUBMISSIONS) --autograders $(EXERCISES)/autograder --csv $(GRADES)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from distildp.data import control_prefix, pydoc_paragraphs
+from distildp.corpus import control_prefix
+from distildp.data import pydoc_paragraphs
 from distildp.generate import generate_synthetic
 from distildp.models import load_pretrained, train_tokenizer
 from distildp.sampling import GenerationConfig

@@ -897,7 +897,8 @@ def wait_for_jobs(submitted: list[tuple[Path, Any]], kind: str) -> list[Outcome]
 
 
 def write_tables(grid: Grid, runs_dir: Path, tables_dir: Path, figures_dir: Path) -> list[Path]:
-    from distildp.results import load_rows, write_report
+    from distildp.report import write_report
+    from distildp.results import load_rows
 
     rows = load_rows(runs_dir, only=[p.point_id for p in grid.points])
     if rows.empty:

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distildp.data import control_prefix
+from distildp.corpus import control_prefix
 from distildp.dpsgd import (
     PrivacyConfig,
     TrainConfig,

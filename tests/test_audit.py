@@ -33,7 +33,8 @@ from distildp.audit import (
     secrets_in_texts,
     sequence_nll,
 )
-from distildp.data import control_prefix, load_corpus
+from distildp.corpus import control_prefix
+from distildp.data import load_corpus
 from distildp.evaluate import perplexity
 from distildp.generate import generate_synthetic
 from distildp.models import build_model, train_tokenizer

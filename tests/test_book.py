@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from distildp import book
-from distildp.exercises import EXERCISE_NOTEBOOKS, questions
+from distildp.grading import EXERCISE_NOTEBOOKS, questions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from distildp import data
+from distildp import csv_corpus, data
 from distildp.data import load_corpus, load_public
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -81,7 +81,7 @@ def test_well_formed_variants_still_load(tmp_path):
 def test_fixtures_still_load_and_count():
     corpus = load_corpus(f"csv:{FIXTURES / 'csv_corpus'}")
     assert {s: len(f) for s, f in corpus.splits.items()} == {"train": 3, "validation": 1, "test": 2}
-    assert data.count_csv_rows(FIXTURES / "csv_corpus" / "train.csv") == 3
+    assert csv_corpus.count_csv_rows(FIXTURES / "csv_corpus" / "train.csv") == 3
     assert data.train_size(f"csv:{FIXTURES / 'csv_corpus'}") == 3
     assert data.train_size("yelp", {"data_dir": str(FIXTURES / "csv_corpus"), "n_train": 2}) == 2
     assert data.train_size("builtin", {"n_train": 123}) == 123
@@ -93,12 +93,12 @@ def test_fixtures_still_load_and_count():
 def test_count_follows_the_file(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("text\na\nb\n")
-    assert data.count_csv_rows(path) == 2
+    assert csv_corpus.count_csv_rows(path) == 2
     path.write_text("text\na\nb\nc\n")
-    assert data.count_csv_rows(path) == 3
+    assert csv_corpus.count_csv_rows(path) == 3
     path.write_text("text,label\na,1,2\n")
     with pytest.raises(ValueError, match="line 2: 3 fields"):
-        data.count_csv_rows(path)
+        csv_corpus.count_csv_rows(path)
 
 
 def test_public_csv_is_read_as_strictly(tmp_path):

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distildp import data
-from distildp.data import control_prefix, load_corpus, load_public
-from distildp.source import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES, ReviewSource
+from distildp import data, hub, hub_corpora
+from distildp.corpus import control_prefix, display_name
+from distildp.data import load_corpus, load_public
+from distildp.lexicon import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
+from distildp.source import ReviewSource
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = dict(n_train=60, n_val=20, n_test=20)
@@ -133,9 +135,9 @@ def test_csv_dir_happy_path():
 
 
 def test_display_names():
-    assert data.display_name("label_business_category") == "Business Category"
-    assert data.display_name("label1") == "Label 1"
-    assert data.display_name("label") == "Label"
+    assert display_name("label_business_category") == "Business Category"
+    assert display_name("label1") == "Label 1"
+    assert display_name("label") == "Label"
 
 
 def write_dir(tmp_path, train=None, val=None, test=None, val_name="val.csv"):
@@ -228,8 +230,8 @@ def test_hub_loader_fails_fast_and_clearly_offline(monkeypatch, tmp_path):
 
 
 def test_hub_loader_fails_fast_when_unreachable(monkeypatch):
-    monkeypatch.setattr(data, "_hub_offline", lambda: False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub_corpora, "datasets_offline", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(ConnectionError, match=r"(?s)unreachable.*HF_DATASETS_OFFLINE=1"):
         load_corpus("yelp")
     with pytest.raises(FileNotFoundError, match="not found"):

@@ -11,7 +11,7 @@ import torch
 
 from distildp.artifacts import ArtifactStore
 from distildp.config import make_settings
-from distildp.data import control_prefix
+from distildp.corpus import control_prefix
 from distildp.evaluate import perplexity
 from distildp.generate import generate_synthetic, load_synthetic
 from distildp.methods import METHODS

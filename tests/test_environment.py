@@ -6,9 +6,9 @@ import importlib.metadata
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +101,17 @@ def test_every_imported_package_is_declared_and_every_pin_is_used():
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
     unused = _declared() - used - set(TOOLS)
     assert not unused, f"declared but never imported (and not a tool in TOOLS): {sorted(unused)}"
+
+
+def test_one_python_floor():
+    """requires-python, ruff's target version and the conda environment's Python name one version, the oldest the
+    pinned set installs on, and the tests run on it or later."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    floor = re.fullmatch(r">=(3\.\d+)", pyproject["project"]["requires-python"]).group(1)
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + floor.replace(".", "")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")] == [f"python={floor}"]
+    assert sys.version_info[:2] >= tuple(int(part) for part in floor.split("."))
 
 
 def test_torch_is_pinned_to_the_cached_cpu_wheel():

@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distildp import exercises, privacy
-from distildp.exercises import ExerciseError, questions
+from distildp import dp_exercises, grading, model_exercises, privacy
+from distildp.exercises import ExerciseError
+from distildp.grading import questions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-QUESTIONS = {q.name: q for name in exercises.EXERCISE_NOTEBOOKS for q in questions(NOTEBOOKS / f"{name}.ipynb")}
+QUESTIONS = {q.name: q for name in grading.EXERCISE_NOTEBOOKS for q in questions(NOTEBOOKS / f"{name}.ipynb")}
 AUTOGRADED = sorted(name for name, q in QUESTIONS.items() if not q.manual)
 
 
@@ -41,7 +42,7 @@ def test_the_seven_exercises_are_in_the_teaching_notebooks():
 
 @pytest.mark.parametrize("name", AUTOGRADED)
 def test_solution_passes_every_check(name):
-    outcome = exercises.run_question(QUESTIONS[name], QUESTIONS[name].solution, hidden=True)
+    outcome = grading.run_question(QUESTIONS[name], QUESTIONS[name].solution, hidden=True)
     assert all(error is None for error in outcome.values()), outcome
 
 
@@ -49,7 +50,7 @@ def test_solution_passes_every_check(name):
 def test_student_version_as_shipped_fails_every_check(name):
     q = QUESTIONS[name]
     assert "BEGIN SOLUTION" not in q.student_solution() and "..." in q.student_solution()
-    outcome = exercises.run_question(q, q.student_solution(), hidden=True)
+    outcome = grading.run_question(q, q.student_solution(), hidden=True)
     assert all(error and "replace the `...`" in error for error in outcome.values()), outcome
 
 
@@ -140,9 +141,9 @@ def top_p_before_temperature(logits, top_k, top_p, temperature):
     return probs / probs.sum(-1, keepdim=True)
 
 
-def _kd(**mistake):
+def _kd(mistake: str):
     def loss(student_logits, teacher_logits, targets, loss_mask, lam, temperature):
-        return exercises._kd_variant(student_logits, teacher_logits, targets, loss_mask, lam, temperature, **mistake)
+        return model_exercises.kd_variant(student_logits, teacher_logits, targets, loss_mask, lam, temperature, mistake)
 
     return loss
 
@@ -185,17 +186,33 @@ WRONG_ANSWERS = [
     ("dp_histogram_by_hand", histogram_without_noise, "exact histogram"),
     ("sampling_distribution", top_k_not_renormalised, "renormalise over the tokens kept"),
     ("sampling_distribution", top_p_before_temperature, "before applying the temperature"),
-    ("distillation_loss", _kd(t_squared=False), "not multiplied by t²"),
-    ("distillation_loss", _kd(batch_mean=True), "its OWN scored"),
-    ("distillation_loss", _kd(ignore_mask=True), "padding positions count"),
-    ("distillation_loss", _kd(ce_at_t=True), "the CE is at temperature 1"),
-    ("distillation_loss", _kd(reverse_kl=True), "KL is reversed"),
-    ("distillation_loss", _kd(one_minus_lam=False), "not weighted by (1 − λ)"),
+    ("distillation_loss", _kd("t_squared"), "not multiplied by t²"),
+    ("distillation_loss", _kd("batch_mean"), "its OWN scored"),
+    ("distillation_loss", _kd("ignore_mask"), "padding positions count"),
+    ("distillation_loss", _kd("ce_at_t"), "the CE is at temperature 1"),
+    ("distillation_loss", _kd("reverse_kl"), "KL is reversed"),
+    ("distillation_loss", _kd("one_minus_lam"), "not weighted by (1 − λ)"),
     ("floor_by_hand", floor_without_closing_eos, "closing <|endoftext|>"),
     ("floor_by_hand", floor_over_every_category, "you summed the codes over every category"),
     ("verdict", verdict_with_one_std, "twice the largest seed std"),
     ("verdict", verdict_with_flipped_margin, "wrong sign"),
 ]
+
+
+# the function each exercise asks for -> the check its test cells call
+CHECKS = {
+    "per_example_gradients": dp_exercises.check_per_example_gradients,
+    "poisson_batch": dp_exercises.check_poisson_batch,
+    "noisy_step": dp_exercises.check_noisy_step,
+    "sigma_for_epsilon": dp_exercises.check_sigma_for_epsilon,
+    "composed_epsilon": dp_exercises.check_composed_epsilon,
+    "default_delta": dp_exercises.check_default_delta,
+    "dp_histogram_by_hand": dp_exercises.check_dp_histogram,
+    "sampling_distribution": model_exercises.check_sampling_distribution,
+    "distillation_loss": model_exercises.check_kd_loss,
+    "floor_by_hand": model_exercises.check_floor,
+    "verdict": model_exercises.check_verdict,
+}
 
 
 @pytest.mark.parametrize(
@@ -205,7 +222,7 @@ WRONG_ANSWERS = [
 )
 def test_wrong_answer_gets_its_targeted_message(function, wrong, message):
     with pytest.raises(ExerciseError) as caught:
-        exercises.CHECKS[function](wrong, hidden=True)
+        CHECKS[function](wrong, hidden=True)
     assert message in str(caught.value), str(caught.value)
 
 
@@ -220,7 +237,15 @@ def test_each_exercise_has_a_wrong_answer_tested():
         "q7_results_verdict": {"verdict"},
     }
     assert set(functions_by_question) == set(AUTOGRADED)
-    assert set().union(*functions_by_question.values()) == {w[0] for w in WRONG_ANSWERS} == set(exercises.CHECKS)
+    assert set().union(*functions_by_question.values()) == {w[0] for w in WRONG_ANSWERS} == set(CHECKS)
+    # every check the library has is in CHECKS, and the notebooks' test cells call it on that function
+    library = {
+        f for module in (dp_exercises, model_exercises) for n, f in vars(module).items() if n.startswith("check_")
+    }
+    assert set(CHECKS.values()) == library
+    test_cells = [t for q in QUESTIONS.values() for t in q.public_tests + q.hidden_tests]
+    for function, check in CHECKS.items():
+        assert any(f"{check.__name__}({function}" in t for t in test_cells), function
 
 
 def test_the_empty_codes_edge_case_needs_a_clear_error():
@@ -232,49 +257,49 @@ def test_the_empty_codes_edge_case_needs_a_clear_error():
         )
 
     with pytest.raises(ExerciseError, match="must raise ValueError"):
-        exercises.check_dp_histogram(no_error_for_no_codes, hidden=True)
+        dp_exercises.check_dp_histogram(no_error_for_no_codes, hidden=True)
 
 
 def test_references_agree_with_transformers_warpers():
     logits = 2 * torch.randn(4, 30, generator=torch.Generator().manual_seed(0))
     for setting in [(5, 0.9, 1.0), (0, 0.8, 2.0), (10, 0.7, 0.5), (1, 1.0, 1.0)]:
         torch.testing.assert_close(
-            exercises.reference_sampling_distribution(logits, *setting),
-            exercises.transformers_sampling_distribution(logits, *setting),
+            model_exercises.reference_sampling_distribution(logits, *setting),
+            model_exercises.transformers_sampling_distribution(logits, *setting),
         )
 
 
 def test_verdict_reference_reads_the_committed_table():
     from distildp import results
 
-    table = results.read_csv(exercises.committed_results_table())
-    answer = exercises.reference_verdict(table, 2.0)
+    table = results.read_csv(model_exercises.committed_results_table())
+    answer = model_exercises.reference_verdict(table, 2.0)
     main = table[(table["kind"] == "main") & (table["epsilon"] == 2.0)]
     means = main.groupby("method")["student_ppl"].mean()
     assert answer["best_baseline"] == min(results.BASELINES, key=lambda m: means[m])
     assert math.isclose(answer["margin"], means["distildp"] - means[answer["best_baseline"]])
     # the changed tables the hidden check uses cover all three outcomes
-    outcomes = [exercises.reference_verdict(t, 2.0)["result"] for t in exercises._shifted_tables(table)]
+    outcomes = [model_exercises.reference_verdict(t, 2.0)["result"] for t in model_exercises.shifted_tables(table)]
     assert sorted(outcomes) == ["LOSS", "TIE", "WIN"]
 
 
 # ------------------------------------------------------------------------------ build and grade, the pieces
 def test_strip_solution_keeps_the_signature_and_replaces_the_body():
     source = 'def f(x):\n    """doc"""\n    # BEGIN SOLUTION\n    return x + 1\n    # END SOLUTION\n'
-    assert exercises.strip_solution(source) == 'def f(x):\n    """doc"""\n    ...'
+    assert grading.strip_solution(source) == 'def f(x):\n    """doc"""\n    ...'
     with pytest.raises(ValueError, match="no '# END SOLUTION'"):
-        exercises.strip_solution("# BEGIN SOLUTION\nx = 1\n")
+        grading.strip_solution("# BEGIN SOLUTION\nx = 1\n")
 
 
 def test_grading_copy_ignores_every_code_cell_outside_the_questions():
-    nb = exercises.grading_copy(NOTEBOOKS / "05_distillation.ipynb")
+    nb = grading.grading_copy(NOTEBOOKS / "05_distillation.ipynb")
     inside, seen = False, {"ignored": 0, "graded": 0}
     for cell in nb.cells:
-        marker = exercises._raw_marker(cell)
+        marker = grading.otter_marker(cell)
         if marker in ("# BEGIN QUESTION", "# END QUESTION"):
             inside = marker == "# BEGIN QUESTION"
         elif cell.cell_type == "code":
-            ignored = exercises.IGNORE_TAG in cell.metadata.get("tags", [])
+            ignored = grading.IGNORE_TAG in cell.metadata.get("tags", [])
             assert ignored != inside
             seen["ignored" if ignored else "graded"] += 1
     assert seen["ignored"] >= 5 and seen["graded"] >= 1
@@ -289,7 +314,7 @@ def test_scores_are_read_per_question_from_otter_results():
             {"name": "q2_accountant", "score": 0, "max_score": 3.0},
         ]
     }
-    assert exercises.scores_from_results(results) == {"q1_dp_sgd_step": 1.5, "q2_accountant": 0.0}
+    assert grading.scores_from_results(results) == {"q1_dp_sgd_step": 1.5, "q2_accountant": 0.0}
 
 
 def test_submissions_are_matched_to_their_assignment(tmp_path):
@@ -299,20 +324,20 @@ def test_submissions_are_matched_to_their_assignment(tmp_path):
     }
     by_metadata = tmp_path / "anything.ipynb"
     by_metadata.write_text(json.dumps({"metadata": {"otter": {"assignment_name": "ex05_distillation"}}, "cells": []}))
-    assert exercises._autograder_for(by_metadata, zips) == zips["ex05_distillation"]
+    assert grading.autograder_for(by_metadata, zips) == zips["ex05_distillation"]
     by_name = tmp_path / "02_dp_sgd_alice.ipynb"
     by_name.write_text("{}")
-    assert exercises._autograder_for(by_name, zips) == zips["ex02_dp_sgd"]
+    assert grading.autograder_for(by_name, zips) == zips["ex02_dp_sgd"]
     stranger = tmp_path / "homework.ipynb"
     stranger.write_text("{}")
-    assert exercises._autograder_for(stranger, zips) is None
+    assert grading.autograder_for(stranger, zips) is None
 
 
 def test_grade_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        exercises.grade(tmp_path / "nope", tmp_path, tmp_path / "g.csv")
+        grading.grade(tmp_path / "nope", tmp_path, tmp_path / "g.csv")
     with pytest.raises(FileNotFoundError, match="run `make exercises` first"):
-        exercises.grade(tmp_path, tmp_path, tmp_path / "g.csv")
+        grading.grade(tmp_path, tmp_path, tmp_path / "g.csv")
 
 
 # ------------------------------------------------------------------------------ the real thing (minutes)
@@ -334,7 +359,7 @@ def _submissions(built: Path, folder: Path) -> None:
 def test_make_exercises_then_make_grade(tmp_path):
     built = tmp_path / "exercises"
     subprocess.run(["make", "exercises", f"EXERCISES={built}"], cwd=ROOT, check=True)
-    for name in exercises.EXERCISE_NOTEBOOKS:
+    for name in grading.EXERCISE_NOTEBOOKS:
         student = (built / "student" / f"{name}.ipynb").read_text()
         assert "BEGIN SOLUTION" not in student and "grader.check(" in student
         assert (built / "autograder" / f"{name}-autograder.zip").exists()
@@ -374,7 +399,7 @@ def test_dp_sgd_references_agree_with_opacus():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
     inputs, targets = torch.randn(6, 5), torch.randint(0, 3, (6,))
-    expected = exercises.reference_per_example_gradients(model, inputs, targets)
+    expected = dp_exercises.reference_per_example_gradients(model, inputs, targets)
     sampled = GradSampleModule(model, loss_reduction="sum")  # so each row is that example's own gradient
     F.cross_entropy(sampled(inputs), targets, reduction="sum").backward()
     opacus_rows = torch.cat([p.grad_sample.flatten(1) for p in sampled.parameters()], dim=1)
@@ -383,6 +408,6 @@ def test_dp_sgd_references_agree_with_opacus():
         sampler = UniformWithReplacementSampler(
             num_samples=24, sample_rate=0.25, generator=torch.Generator().manual_seed(seed)
         )
-        assert sorted(next(iter(sampler))) == exercises.reference_poisson_batch(
+        assert sorted(next(iter(sampler))) == dp_exercises.reference_poisson_batch(
             24, 0.25, torch.Generator().manual_seed(seed)
         )

@@ -12,7 +12,7 @@ from transformers import GPT2LMHeadModel
 
 import distildp.generate as gen
 from distildp.artifacts import ArtifactStore, config_hash
-from distildp.data import control_prefix
+from distildp.corpus import control_prefix
 from distildp.generate import generate_synthetic, load_synthetic
 from distildp.sampling import GenerationConfig, sample_batch
 

@@ -18,7 +18,7 @@ def _regime_rows(results_dir: Path) -> None:
     """A two-cell regime map (epsilon 2, and lam 1) as benchmarks/run.py writes it, for 09 to read."""
     import pandas as pd
 
-    from distildp import results
+    from distildp.report import write_report
 
     rows = [
         {"method": m, "epsilon": 2.0, "seed": 0, "student_ppl": p, "teacher_marginal_ppl": 80.0, "kind": "main"}
@@ -39,7 +39,7 @@ def _regime_rows(results_dir: Path) -> None:
         },
     ]
     tables = results_dir / "regime" / "tables"
-    results.write_report(pd.DataFrame(rows), tables, results_dir / "regime" / "figures", regime_map=True)
+    write_report(pd.DataFrame(rows), tables, results_dir / "regime" / "figures", regime_map=True)
 
 
 def _params(name: str, tmp_path: Path) -> dict:
@@ -100,10 +100,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.notebook
 def test_07_tells_the_story_of_the_committed_results(tmp_path):
     """07 on a copy of the committed results/ (the quick grid, the full grid, the regime map): its output holds the
-    sentences `results.story` writes from the committed table, the verdict with the committed numbers, and the
+    sentences `story.story` writes from the committed table, the verdict with the committed numbers, and the
     across-seeds and regime parts; it writes nothing into the results folder it reads (the copy, so that a grid
     writing into results/ meanwhile cannot disturb the check)."""
-    from distildp import results
+    from distildp import results, story
 
     committed = NOTEBOOKS.parent / "results"
     shutil.copytree(committed, tmp_path / "results", ignore=shutil.ignore_patterns("runs"))
@@ -122,14 +122,14 @@ def test_07_tells_the_story_of_the_committed_results(tmp_path):
     )
     printed = " ".join(printed.split())  # the notebook wraps its sentences
     table = results.read_csv(committed / "tables" / "ppl_vs_eps.csv")
-    story = results.story(table)
-    assert story and all(" ".join(s.split()) in printed for s in story)
+    sentences = story.story(table)
+    assert sentences and all(" ".join(s.split()) in printed for s in sentences)
     verdict = results.gates_table(table).iloc[-1]
-    win = next(s for s in story if "best baseline" in s)
+    win = next(s for s in sentences if "best baseline" in s)
     assert verdict["result"] == "WIN" and "WIN for DistilDP" in win
     assert verdict["DistilDP side"].removeprefix("distildp ") in win and verdict["other side"].split(" ", 1)[1] in win
     assert "The full grid, seeds with their own public pretraining" in printed
-    full = results.story(results.read_csv(committed / "full" / "tables" / "ppl_vs_eps.csv"))
+    full = story.story(results.read_csv(committed / "full" / "tables" / "ppl_vs_eps.csv"))
     assert all(" ".join(s.split()) in printed for s in full)
     assert "The regime map has" in printed and "Behind at" in printed
     assert _snapshot(tmp_path / "results") == before  # 07 only reads the results folder it is given

@@ -1,4 +1,5 @@
-"""distildp.results: mean ± std tables over seeds, ∞, references and floors, Markdown, figures, round trips."""
+"""distildp.results, .report and .story: mean ± std tables over seeds, ∞, references and floors, the gates and the
+verdict, Markdown, figures, round trips, and the sentences told from the tables."""
 
 import json
 import math
@@ -7,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distildp import results
+from distildp import report, results, story
 
 INF = math.inf
 
@@ -98,7 +99,10 @@ def test_reading_results_does_not_load_torch():
     import subprocess
     import sys
 
-    check = "import sys, distildp.results; assert 'torch' not in sys.modules, 'results imported torch'"
+    check = (
+        "import sys, distildp.results, distildp.report, distildp.story; "
+        "assert 'torch' not in sys.modules, 'reading results imported torch'"
+    )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
@@ -139,7 +143,7 @@ def test_gates_and_verdict():
 def test_a_failed_gate_is_written_next_to_the_results(tmp_path):
     df = rows()
     df.loc[df["method"] == "distildp", "teacher_marginal_ppl"] = 30.0  # worse than the DP-SGD student
-    results.write_report(df, tmp_path / "t", tmp_path / "f")
+    report.write_report(df, tmp_path / "t", tmp_path / "f")
     text = (tmp_path / "t" / "ppl_vs_eps.md").read_text()
     assert text.index("**Gate failed** (gate 2") < text.index("| gate 2") < text.index("| distildp ")
     gate_2 = [line for line in text.splitlines() if line.startswith("| gate 2")]
@@ -157,7 +161,7 @@ def test_ablation_table_and_plot(tmp_path):
     assert table["lam"].tolist() == [0.0, 0.8]
     assert table["student_ppl"].tolist() == [f"14.00 ± {np.std([13, 15], ddof=1):.2f}", "11.00 ± 0.00"]
     assert table["seeds"].tolist() == [2, 2]
-    results.plot_ablation(rows(), "lam", tmp_path / "lam.png")
+    report.plot_ablation(rows(), "lam", tmp_path / "lam.png")
     assert (tmp_path / "lam.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no ablation rows for knob 'alpha'; knobs present: \\['lam'\\]"):
         results.ablation_table(rows(), "alpha")
@@ -173,7 +177,7 @@ def test_markdown_has_a_header_rule_and_every_cell():
 
 
 def test_plot_places_infinity_at_the_right_end(tmp_path):
-    fig = results.plot_ppl_vs_eps(rows())
+    fig = report.plot_ppl_vs_eps(rows())
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == ["1", "∞"] and ax.get_xscale() == "log"
@@ -183,7 +187,7 @@ def test_plot_places_infinity_at_the_right_end(tmp_path):
     floor = next(line for line in ax.get_lines() if line.get_label() == "floor (exact)")
     assert floor.get_ydata()[0] == 5.0
     fig.clf()
-    results.plot_ppl_vs_eps(rows(), tmp_path / "ppl.png")
+    report.plot_ppl_vs_eps(rows(), tmp_path / "ppl.png")
     assert (tmp_path / "ppl.png").stat().st_size > 1000
 
 
@@ -216,7 +220,7 @@ def test_load_rows_reads_json_infinities_and_point_files(tmp_path):
 
 
 def test_write_report_round_trips_through_csv(tmp_path):
-    written = results.write_report(rows(), tmp_path / "tables", tmp_path / "figures")
+    written = report.write_report(rows(), tmp_path / "tables", tmp_path / "figures")
     names = sorted(p.name for p in written)
     assert names == [
         "ablation_lam.csv",
@@ -236,7 +240,7 @@ def test_variants_get_their_own_sections_and_figures(tmp_path):
     other = df.copy()
     other["dataset"], other["student_ppl"] = "yelp", other["student_ppl"] * 2
     df["variant"], other["variant"] = "dataset-builtin", "dataset-yelp"
-    written = results.write_report(pd.concat([df, other]), tmp_path / "t", tmp_path / "f")
+    written = report.write_report(pd.concat([df, other]), tmp_path / "t", tmp_path / "f")
     assert {"ppl_vs_eps_dataset-builtin.png", "ppl_vs_eps_dataset-yelp.png"} <= {p.name for p in written}
     text = (tmp_path / "t" / "ppl_vs_eps.md").read_text()
     assert "### dataset-yelp" in text and "24.00 ± 4.00" in text
@@ -296,7 +300,7 @@ def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_
     tiny = table.loc[("teacher_model", "tiny-teacher")]
     assert tiny["gate 1 (teacher/student)"] == round(69 / 70, 3) and tiny["gate 1"] == "FAIL"
     assert tiny["seeds"] == 1 and tiny["dpsgd"] == 20.0  # the main grid's dpsgd at the same seed
-    written = results.write_report(
+    written = report.write_report(
         pd.concat([df, pd.DataFrame(extra)], ignore_index=True), tmp_path / "t", tmp_path / "f", regime_map=True
     )
     assert {"regime.md", "regime.png"} <= {p.name for p in written}
@@ -313,23 +317,25 @@ def _verdicts(df: pd.DataFrame) -> dict[str, str]:
 
 
 def test_story_reads_the_gates_the_verdict_and_the_seeds_off_the_table():
-    story = results.story(rows())
-    assert story[0] == (
+    sentences = story.story(rows())
+    assert sentences[0] == (
         "Gate 1 PASS: the pretrained teacher's test perplexity (50.00) is 0.714 x the pretrained "
         "student's (70.00); DistilDP needs at most 0.8."
     )
     assert (
         "ε = 1, gate 2 PASS: DistilDP's DP teacher, scored as its synthetic text is sampled, is at 11.50 ± 2.00, "
         "10.50 below the DP-SGD student (22.00 ± 2.65)."
-    ) in story
+    ) in sentences
     noise = 2 * np.std([20, 21, 25], ddof=1)  # dpsgd's std is the largest at eps 1
     assert (
         f"ε = 1, WIN for DistilDP: DistilDP's student (12.00 ± 2.00) is 10.00 below the best baseline, dpsgd "
         f"(22.00 ± 2.65), {10 / noise:.1f} times twice the largest seed std ({noise:.2f}), over 3 seeds."
-    ) in story
-    assert "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 3 of 3 seeds (by 10.00, 9.00, 11.00)." in story
-    assert "ε = 1, every method, best first: distildp 12.00, dpsgd 22.00." in story
-    assert story[-1] == (
+    ) in sentences
+    assert (
+        "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 3 of 3 seeds (by 10.00, 9.00, 11.00)." in sentences
+    )
+    assert "ε = 1, every method, best first: distildp 12.00, dpsgd 22.00." in sentences
+    assert sentences[-1] == (
         "For scale: the student fine-tuned on the private data without privacy reaches 7.50; "
         "DistilDP's at ε = 1 is 4.50 above it; no model can go below the exact floor, 5.00."
     )
@@ -338,7 +344,7 @@ def test_story_reads_the_gates_the_verdict_and_the_seeds_off_the_table():
 
 def test_story_says_tie_and_loss_by_the_verdicts_rule():
     df = rows()
-    assert [s.split(":")[0] for s in results.story(df) if "best baseline" in s] == [
+    assert [s.split(":")[0] for s in story.story(df) if "best baseline" in s] == [
         "ε = 1, WIN for DistilDP",
         "ε = ∞, WIN for DistilDP",
     ]
@@ -346,20 +352,23 @@ def test_story_says_tie_and_loss_by_the_verdicts_rule():
     df.loc[at_inf, "student_ppl"] = [8.0, 8.6, 9.2]  # gap 0.6 < 2 x 0.6: a tie
     at_1 = (df["method"] == "distildp") & (df["epsilon"] == 1.0) & df["kind"].isna()
     df.loc[at_1, "student_ppl"] = [30.0, 31.0, 32.0]
-    story = results.story(df)
+    sentences = story.story(df)
     verdicts = {
         s.split(",")[0].removeprefix("ε = "): s.split(",")[1].split(":")[0].strip()
-        for s in story
+        for s in sentences
         if "best baseline" in s
     }
     assert verdicts == {"1": "LOSS for DistilDP", "∞": "TIE"}
     assert _verdicts(df) == {"1": "LOSS", "∞": "TIE"}  # the same rule as the gates table
-    assert any(s.startswith("ε = 1, LOSS for DistilDP: DistilDP's student (31.00 ± 1.00) is 9.00 above") for s in story)
+    assert any(
+        s.startswith("ε = 1, LOSS for DistilDP: DistilDP's student (31.00 ± 1.00) is 9.00 above") for s in sentences
+    )
     assert (
-        "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)." in story
+        "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)."
+        in sentences
     )
     df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0
-    assert results.story(df)[0].startswith("Gate 1 FAIL: ")
+    assert story.story(df)[0].startswith("Gate 1 FAIL: ")
 
 
 def test_story_with_one_seed_gives_no_verdict_and_several_pretraining_seeds_give_each_ratio():
@@ -368,16 +377,16 @@ def test_story_with_one_seed_gives_no_verdict_and_several_pretraining_seeds_give
     assert (
         "ε = 1, one seed: DistilDP's student (10.00) is 10.00 below the best baseline, dpsgd (20.00); with one "
         "seed there is no seed std, so no verdict."
-    ) in results.story(one)
+    ) in story.story(one)
     assert math.isnan(results.seed_noise(one, 1.0))
     several = rows()
     extra = [
         {"method": m, "epsilon": 0.0, "seed": 1, "kind": "reference", **v}
         for m, v in (("pretrained_teacher", {"teacher_ppl": 60.0}), ("pretrained_student", {"student_ppl": 70.0}))
     ]
-    first = results.story(pd.concat([several, pd.DataFrame(extra)], ignore_index=True))[0]
+    first = story.story(pd.concat([several, pd.DataFrame(extra)], ignore_index=True))[0]
     assert first.endswith("Seed by seed (each its own public pretraining): 0.714, 0.857, passing on 1 of 2.")
-    assert results.story(pd.DataFrame(columns=["method"])) == []
+    assert story.story(pd.DataFrame(columns=["method"])) == []
 
 
 def test_regime_story_counts_wins_and_explains_each_loss():
@@ -399,21 +408,21 @@ def test_regime_story_counts_wins_and_explains_each_loss():
         for v, p, t in ((1.0, 25.0, 24.0), (8.0, 21.0, 15.0))
     ]  # at 1x the DP teacher is above dpsgd's 20
     table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
-    story = results.regime_story(table, noise=1.5)
+    sentences = story.regime_story(table, noise=1.5)
     # cells: eps 1 (12 vs dpsgd 22: -10), eps inf (8 vs 9.5: -1.5, a tie at 1.5), synthetic 1x (+5), 8x (+1: a tie)
-    assert story[0] == (
+    assert sentences[0] == (
         "The regime map has 4 cells (1–3 seeds each), each moving one axis from the embedded "
         "default: DistilDP's student is below the best baseline in 1, above it in 1, and within "
         "±1.50 (a tie) in 2."
     )
-    assert story[1] == "Widest win: epsilon = 1 (Δ -10.00 against dpsgd)."
-    assert story[2] == (
+    assert sentences[1] == "Widest win: epsilon = 1 (Δ -10.00 against dpsgd)."
+    assert sentences[2] == (
         "Behind at synthetic_factor = 1.0: Δ +5.00 against dpsgd, gate 2 failing: the DP teacher is "
         "4.00 above the DP-SGD student, DistilDP's student 1.00 above the teacher, so 5.00 above "
         "DP-SGD."
     )
-    assert story[3] == "Within the tie band: epsilon = ∞ (Δ -1.50), synthetic_factor = 8.0 (Δ +1.00)."
+    assert sentences[3] == "Within the tie band: epsilon = ∞ (Δ -1.50), synthetic_factor = 8.0 (Δ +1.00)."
     # the same from the CSV the runner writes (values and epsilons as text)
-    csv_story = results.regime_story(pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False))), noise=1.5)
-    assert csv_story == story
-    assert results.regime_story(table)[0].endswith("below the best baseline in 2, above it in 2.")
+    csv_story = story.regime_story(pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False))), noise=1.5)
+    assert csv_story == sentences
+    assert story.regime_story(table)[0].endswith("below the best baseline in 2, above it in 2.")

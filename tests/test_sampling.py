@@ -11,7 +11,7 @@ from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import distildp.sampling as sampling
-from distildp.data import control_prefix
+from distildp.corpus import control_prefix
 from distildp.sampling import GenerationConfig, draw, next_token_distribution, sample_batch
 
 from helpers import CODES, code_teacher, code_tokenizer
@@ -148,7 +148,7 @@ def test_cached_decoding_with_left_padding_and_dropped_rows_equals_full_forward(
             chosen.append(eos if step == stop[row] else 20 + (3 * row + step) % 25)
         return torch.tensor(chosen)
 
-    monkeypatch.setattr(sampling, "_next_token", scripted)
+    monkeypatch.setattr(sampling, "next_token", scripted)
     got = sample_batch(model, prompts, cfg, eos)
     budgets = [cfg.max_length - len(p) for p in prompts]
     assert got == [
@@ -212,14 +212,18 @@ def test_sample_batch_is_seeded():
 
 
 @pytest.mark.parametrize("vocab, k", [(2048, 50), (2049, 50), (300, 7), (1000, 1), (50, 50)])
-def test_top_k_over_blocks_equals_torch_topk(vocab, k):
+def test_top_k_candidates_are_torch_topk(vocab, k):
+    """The candidates (found over blocks of the vocabulary) are torch.topk's, with its order and ties."""
     scores = torch.randn(4, vocab, generator=torch.Generator().manual_seed(vocab)) * 3
     scores[0, 3:] = -math.inf  # fewer allowed tokens than k: the rest are -inf ties
-    values, ids = sampling._top_k(scores, k)
+    cfg = GenerationConfig(top_k=k, top_p=1.0, temperature=1.0, no_repeat_ngram_size=0)
+    ids, probs = next_token_distribution(
+        scores, torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, dtype=torch.long), cfg
+    )
     expected = torch.topk(scores, k)
-    assert torch.equal(values, expected.values)
     assert torch.equal(ids[1:], expected.indices[1:]) and torch.equal(ids[0, :3], expected.indices[0, :3])
-    assert torch.equal(scores.gather(1, ids), values)  # ids in range, each with its value
+    assert torch.equal(scores.gather(1, ids), expected.values)  # ids in range, each with its value
+    torch.testing.assert_close(probs, expected.values.softmax(-1))
 
 
 def test_draw_follows_the_probabilities():

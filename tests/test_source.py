@@ -8,7 +8,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import chisquare
 
-from distildp.source import CATEGORY, PRIVATE_CATEGORIES, STARS, ReviewSource
+from distildp.lexicon import PRIVATE_CATEGORIES
+from distildp.source import CATEGORY, STARS, ReviewSource
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
 """DistilDP Lab: differentially private knowledge distillation of language models.
 
-One idea per module: `artifacts` (cached stage outputs), `params` (typed notebook parameters),
-`source`/`data` (corpora), `models` (tokenizer, presets, pretraining), `privacy` (accounting),
-`dpsgd` (private training on Opacus), `generate` (synthetic text), `distill` (KD losses and
-students), `evaluate` (perplexity and its floor), `pipeline` (the stages wired together),
-`results` (tables and plots); the empirical privacy audit: `provenance` (a model's training set, from its
-manifests), `audit` (canary exposure), `mia` (membership inference and the epsilon lower bound).
+One idea per module (docs/architecture.md says who owns what): the built-in data (`source`, `lexicon`,
+`public_text`); corpora (`corpus`, `data`, `csv_corpus`, `hub_corpora`, `canaries`); models and private training
+(`models`, `hub`, `dpsgd`, `bookkeeping`, `conv1d_grad_sampler`, `privacy`); synthetic text (`sampling`,
+`generate`); distillation and evaluation (`distill`, `evaluate`); the stages wired through the store (`config`,
+`methods`, `pipeline`, `artifacts`); the results (`results`, `report`, `story`); the empirical privacy audit
+(`provenance`, `audit`, `mia`, `privacy_audit`); teaching (`notebooks`, `exercises`, `dp_exercises`,
+`model_exercises`, `grading`, `book`).
 """
 
 __version__ = "0.1.0"

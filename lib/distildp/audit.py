@@ -19,7 +19,7 @@ How the audit fits together (part 2, membership inference and the epsilon lower 
                                    epsilon lower bound, checked against the accounted epsilon
 
 Canaries are inserted by the corpus (`load_corpus('builtin', canaries=..., canary_repeats=...)`, see
-`distildp.data.insert_canaries`), so a pipeline run with those dataset options trains every method on them and
+`distildp.canaries.insert_canaries`), so a pipeline run with those dataset options trains every method on them and
 `provenance.training_set` finds them again.
 """
 
@@ -48,7 +48,7 @@ class AuditError(ValueError):
 @dataclass(frozen=True)
 class SecretSpace:
     """The candidate secrets: `groups` of characters from `alphabet`, joined by `separator`, written into
-    `template`. The default is the format `distildp.data.insert_canaries` writes: 'My secret code is 4821 7395.'
+    `template`. The default is the format `distildp.canaries.insert_canaries` writes: 'My secret code is 4821 7395.'
     (10^8 candidates). `preceding` is what precedes the sentence in a training document (insert_canaries appends
     ' ' + sentence to a review): candidates are scored as preceding + sentence, so the model sees the tokens it was
     trained on (' My', not a document-initial 'My')."""

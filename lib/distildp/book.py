@@ -21,13 +21,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from distildp.grading import otter_marker, strip_solution
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PROFILE = "smoke"
 MANIFEST = "book.json"
 # Parameters beyond profile and store, per notebook (by name prefix): 05's shorter sweep as in the smoke tests
 # (tests/test_notebooks_run.py); 07 on the committed quick grid instead of the smoke grid nobody has run; 08 audits
 # DistilDP (its teacher, synthetic text and student, unlike the tests' DP-SGD student) on 2 canaries per repeat count
-# and 100 candidates each: about 4 minutes instead of 16 with its 8 canaries and 2,000 candidates.
+# and 100 candidates each, far fewer than its own 8 canaries and 2,000 candidates (docs/performance.md).
 PARAMS: dict[str, dict[str, Any]] = {
     "05_": {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]},
     "07_": {"grid": "quick"},
@@ -40,20 +42,6 @@ _EMBEDDED_IMG = re.compile(r"<img\b[^>]*\bsrc=\"data:image/", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- one page
-OTTER_MARKERS = {
-    f"# {edge} {part}" for edge in ("BEGIN", "END") for part in ("QUESTION", "SOLUTION", "TESTS", "PROMPT")
-}
-OTTER_MARKERS.add("# ASSIGNMENT CONFIG")
-
-
-def _marker(cell) -> str:
-    """The otter marker a raw cell carries ('# BEGIN SOLUTION', ...), upper case; '' for any other cell."""
-    if cell.cell_type != "raw" or not cell.source.strip():
-        return ""
-    first = cell.source.strip().splitlines()[0].strip().upper()
-    return first if first in OTTER_MARKERS else ""
-
-
 def student_view(nb):
     """The executed notebook as a student sees it: every exercise's solution left out.
 
@@ -68,12 +56,10 @@ def student_view(nb):
 
     import yaml
 
-    from distildp.exercises import strip_solution
-
     nb = copy.deepcopy(nb)
     kept, question, region, checked = [], None, "", False
     for cell in nb.cells:
-        marker = _marker(cell)
+        marker = otter_marker(cell)
         if marker:
             if marker == "# BEGIN QUESTION":
                 question = (yaml.safe_load("\n".join(cell.source.strip().splitlines()[1:])) or {}).get("name", "")

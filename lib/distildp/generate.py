@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distildp.artifacts import mark_resumable, restored_by_store, write_json_atomic
-from distildp.data import control_prefix
+from distildp.corpus import control_prefix
 from distildp.sampling import GenerationConfig, n_positions, sample_batch
 
 PROGRESS_FILE = "progress.json"

@@ -29,10 +29,10 @@ EOS = "<|endoftext|>"
 TINY_CONTEXT = 128
 
 # Tiny GPT-2s for 2 CPU cores. No dropout: DP noise already regularises, and drawing dropout's random masks is a
-# large share of a tiny model's forward and backward pass on a CPU. The student is narrow, so its capacity limits it (as
-# DistilGPT2's does next to GPT-2 Large); the teachers differ from it in width and depth. Parameters at the
-# default 2,048-token vocabulary (embeddings tied to the output layer, counted once), and the ratio to the
-# student's, total (without the embeddings):
+# large share of a tiny model's forward and backward pass on a CPU (docs/performance.md). The student is narrow,
+# so its capacity limits it (as DistilGPT2's does next to GPT-2 Large); the teachers differ from it in width and
+# depth. Parameters at the default 2,048-token vocabulary (embeddings tied to the output layer, counted once), and
+# the ratio to the student's, total (without the embeddings):
 #   tiny-student   width 16, 2 layers:  41k (6.6k without embeddings)
 #   teacher-1.6x   width 24, 2 layers:  67k, 1.6x (2.2x): a teacher hardly bigger than its student
 #   teacher-4x     width 40, 4 layers: 166k, 4.0x (12x)
@@ -71,14 +71,9 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=EOS,
-        eos_token=EOS,
-        unk_token=EOS,
-        pad_token=EOS,
-        model_max_length=model_max_length,
-    )
+    # as GPT-2: its one special token begins, ends and pads every sequence (and stands for the unknown, never needed)
+    special = dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), EOS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **special)
 
 
 # ----------------------------------------------------------------------------------------------- models

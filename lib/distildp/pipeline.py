@@ -30,7 +30,8 @@ import torch
 from distildp import privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import PROFILES, Settings, make_settings
-from distildp.data import Corpus, PublicText, control_prefix, load_corpus, load_public
+from distildp.corpus import Corpus, control_prefix
+from distildp.data import PublicText, load_corpus, load_public
 from distildp.distill import (
     StudentWithProjection,
     attach_teacher_states,

@@ -27,7 +27,7 @@ class GenerationConfig:
     temperature: float = 1.0
     no_repeat_ngram_size: int = 2
     max_length: int = 128  # tokens per sample INCLUDING the [eos] + prefix prompt, as in the paper
-    batch_size: int = 32  # tiny teacher, 1 CPU thread: 16 pays more per-step overhead per token, 64 is no faster
+    batch_size: int = 32  # enough rows to amortise each decode step's overhead on a CPU (docs/performance.md)
     chunk_size: int = 512  # samples per parquet file: the unit of resumption and of memory
     max_attempts_factor: float = 4.0  # give up on a code after this many attempts per requested sample
 
@@ -122,8 +122,8 @@ def draw(candidates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return candidates.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
 
 
-def _next_token(logits: torch.Tensor, tokens: torch.Tensor, n_pad: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
-    """sample_batch's choice of each row's next token (tests replace it to script the tokens)."""
+def next_token(logits: torch.Tensor, tokens: torch.Tensor, n_pad: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Each row's next token as sample_batch chooses it: the distribution `cfg` defines, then one draw."""
     return draw(*next_token_distribution(logits, tokens, n_pad, cfg))
 
 
@@ -241,7 +241,7 @@ def sample_batch(
     padded = bool(n_pad.any())
     for step in range(steps):
         length = width + step
-        token = _next_token(logits, tokens[:, :length], n_pad, cfg)
+        token = next_token(logits, tokens[:, :length], n_pad, cfg)
         tokens[:, length] = token
         new[rows, step] = token
         done = (token == eos_id) | (budget <= step + 1)

@@ -1,0 +1,218 @@
+"""The hub datasets of the paper as corpora: Yelp reviews (stars; with the DistilDP CSV folder, business category
+too), Big Patent abstracts (CPC section) and DBpedia-14 abstracts (class), each from the hub or from local files in
+the hub's schema. `load_dataset` fails fast, with the fix, when the hub is out of reach.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distildp import hub
+from distildp.corpus import SPLITS, Corpus, corpus_from_frames
+from distildp.csv_corpus import load_csv_dir
+from distildp.source import STARS
+
+BIG_PATENT_SECTIONS = {
+    "a": "Human Necessities",
+    "b": "Performing Operations; Transporting",
+    "c": "Chemistry; Metallurgy",
+    "d": "Textiles; Paper",
+    "e": "Fixed Constructions",
+    "f": "Mechanical Engineering; Lighting; Heating; Weapons; Blasting",
+    "g": "Physics",
+    "h": "Electricity",
+    "y": "General tagging of new or cross-sectional technology",
+}
+DBPEDIA_CLASSES = [
+    "Company",
+    "EducationalInstitution",
+    "Artist",
+    "Athlete",
+    "OfficeHolder",
+    "MeanOfTransportation",
+    "Building",
+    "NaturalPlace",
+    "Village",
+    "Animal",
+    "Plant",
+    "Album",
+    "Film",
+    "WrittenWork",
+]
+
+
+def yelp_to_columns(table) -> pd.DataFrame:
+    """Yelp rows -> text + label columns.
+
+    Accepts the hub's `yelp_review_full` schema (`label` 0..4, `text`) -> Review Stars "1.0".."5.0",
+    or DistilDP-style CSV rows (`text` + `label*` columns, passed through).
+    """
+    df = as_frame(table)
+    if "text" in df.columns and "label" in df.columns and pd.api.types.is_integer_dtype(df["label"]):
+        return pd.DataFrame({"text": df["text"], "label_review_stars": [f"{int(v) + 1}.0" for v in df["label"]]})
+    return df
+
+
+def big_patent_to_columns(table, section: str) -> pd.DataFrame:
+    """big_patent rows (`abstract`, `description`) of one CPC section -> text (the abstract) + CPC section name."""
+    if section not in BIG_PATENT_SECTIONS:
+        raise ValueError(f"unknown CPC section {section!r}; known: {sorted(BIG_PATENT_SECTIONS)}")
+    df = as_frame(table)
+    return pd.DataFrame({"text": df["abstract"].str.strip(), "label_cpc_section": BIG_PATENT_SECTIONS[section]})
+
+
+def dbpedia_to_columns(table) -> pd.DataFrame:
+    """dbpedia_14 rows (`label` 0..13, `title`, `content`) -> text (the content) + class name."""
+    df = as_frame(table)
+    return pd.DataFrame(
+        {"text": df["content"].str.strip(), "label_class": [DBPEDIA_CLASSES[int(v)] for v in df["label"]]}
+    )
+
+
+def as_frame(table) -> pd.DataFrame:
+    """A hub split (a `datasets.Dataset`) or a frame, as a pandas frame."""
+    return table if isinstance(table, pd.DataFrame) else table.to_pandas()
+
+
+def datasets_offline() -> bool:
+    """Whether `datasets` may not go online (hub.offline_mode, or its own HF_HUB_OFFLINE)."""
+    import datasets
+
+    return hub.offline_mode() or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+
+
+def load_dataset(path: str, config: str | None = None, *, data_files=None, cache_dir=None, corpus: str):
+    """`datasets.load_dataset` with a clear error instead of a stack of retries when the hub is unreachable."""
+    import datasets
+
+    if data_files is not None:  # local files of the hub's schema
+        missing = [f for f in np.atleast_1d(list(data_files.values())) if not Path(f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{corpus}: data file(s) not found: {missing}")
+        suffix = Path(next(iter(data_files.values()))).suffix.lstrip(".")
+        fmt = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(suffix)
+        if fmt is None:
+            raise ValueError(f"{corpus}: cannot tell the format of {data_files}; use .csv, .json(l) or .parquet")
+        return datasets.load_dataset(fmt, data_files=data_files, cache_dir=cache_dir)
+    fix = (
+        f"connect to the internet (unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), or pass local files: "
+        f"load_corpus({corpus!r}, data_files={{'train': ..., 'test': ...}}) in the hub's schema, or a "
+        f"prepared folder via load_corpus('csv:<dir>')"
+    )
+    if not datasets_offline() and not hub.hub_reachable():  # fail now, not after a minute of retries
+        raise ConnectionError(
+            f"could not load dataset {path!r} for corpus {corpus!r}: the hub "
+            f"({hub.hub_host()}) is unreachable. Fix: {fix}; or, if it is cached, set "
+            f"HF_DATASETS_OFFLINE=1 to use the cached copy"
+        )
+    try:
+        return datasets.load_dataset(path, config, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 - any failure here means "the data is not reachable"
+        state = "offline mode is on and it is not cached" if datasets_offline() else "the hub could not be reached"
+        raise ConnectionError(
+            f"could not load dataset {path!r}{f' ({config})' if config else ''} for corpus "
+            f"{corpus!r}: {state} ({type(err).__name__}: {str(err)[:200]}). Fix: {fix}"
+        ) from err
+
+
+def _three_splits(
+    parts: dict[str, pd.DataFrame], seed: int, val_fraction: float, limits: dict[str, int | None]
+) -> dict[str, pd.DataFrame]:
+    """Carve validation from train when missing, then subsample each split to its limit (seeded)."""
+    parts = dict(parts)
+    rng = np.random.default_rng(seed)
+    if "validation" not in parts:
+        train = parts["train"]
+        n_val = max(1, int(round(val_fraction * len(train))))
+        order = rng.permutation(len(train))
+        parts["validation"] = train.iloc[order[:n_val]].reset_index(drop=True)
+        parts["train"] = train.iloc[order[n_val:]].reset_index(drop=True)
+    if "test" not in parts:
+        raise ValueError(f"the dataset has no test split (splits: {list(parts)}); provide one")
+    for split, n in limits.items():
+        if n is not None and n < len(parts[split]):
+            parts[split] = parts[split].iloc[np.sort(rng.choice(len(parts[split]), n, replace=False))]
+    return {s: parts[s].reset_index(drop=True) for s in SPLITS}
+
+
+def _hub_corpus(name: str, parts: dict[str, pd.DataFrame], code_names, seed, val_fraction, sizes) -> Corpus:
+    """A corpus from a hub dataset's splits, already text + label columns: 'val' or 'valid' is the validation split,
+    `sizes` the (train, validation, test) limits, None for all."""
+    parts = {("validation" if s in ("val", "valid") else s): frame for s, frame in parts.items()}
+    frames = _three_splits(parts, seed, val_fraction, dict(zip(SPLITS, sizes)))
+    return corpus_from_frames(name, frames, code_names=code_names, info={"seed": seed})
+
+
+def load_yelp(
+    data_dir: str | None = None,
+    hub_name: str = "Yelp/yelp_review_full",
+    data_files=None,
+    cache_dir=None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train=None,
+    n_val=None,
+    n_test=None,
+    code_names: dict[str, str] | None = None,
+) -> Corpus:
+    """Yelp reviews. `data_dir`: the DistilDP/Yue et al. CSV folder (text + label columns, e.g.
+    Business Category and Review Stars); otherwise `hub_name` (default: stars only, no category)."""
+    names = {"label_review_stars": STARS, **(code_names or {})}
+    if data_dir is not None:
+        corpus = load_csv_dir(data_dir, name="yelp", code_names=code_names)
+        sizes = {"train": n_train, "validation": n_val, "test": n_test}
+        frames = _three_splits(corpus.splits, seed, val_fraction, sizes)
+        return corpus_from_frames("yelp", frames, code_names=corpus.code_columns, info={"data_dir": str(data_dir)})
+    raw = load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp")
+    parts = {split: yelp_to_columns(raw[split]) for split in raw}
+    return _hub_corpus("yelp", parts, names, seed, val_fraction, (n_train, n_val, n_test))
+
+
+def load_big_patent(
+    hub_name: str = "NortheasternUniversity/big_patent",
+    sections: str = "abcdefghy",
+    data_files: dict[str, dict[str, str]] | None = None,
+    cache_dir=None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train=None,
+    n_val=None,
+    n_test=None,
+) -> Corpus:
+    """Patent abstracts labelled with their CPC section; one hub config per section letter.
+    `data_files`: {section letter: {split: path}} of local files in the hub's schema."""
+
+    merged: dict[str, list[pd.DataFrame]] = {}
+    for sec in sections:
+        files = None if data_files is None else data_files.get(sec)
+        if data_files is not None and files is None:
+            continue
+        raw = load_dataset(hub_name, sec, data_files=files, cache_dir=cache_dir, corpus="big_patent")
+        for split in raw:
+            merged.setdefault(split, []).append(big_patent_to_columns(raw[split], sec))
+    parts = {split: pd.concat(frames, ignore_index=True) for split, frames in merged.items()}
+    return _hub_corpus(
+        "big_patent", parts, {"label_cpc_section": "CPC Section"}, seed, val_fraction, (n_train, n_val, n_test)
+    )
+
+
+def load_dbpedia(
+    hub_name: str = "fancyzhx/dbpedia_14",
+    data_files=None,
+    cache_dir=None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train=None,
+    n_val=None,
+    n_test=None,
+) -> Corpus:
+    """DBpedia-14 article abstracts labelled with their class name."""
+    raw = load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="dbpedia_14")
+    parts = {split: dbpedia_to_columns(raw[split]) for split in raw}
+    return _hub_corpus("dbpedia_14", parts, {"label_class": "Class"}, seed, val_fraction, (n_train, n_val, n_test))
+
+
+HUB_LOADERS = {"yelp": load_yelp, "big_patent": load_big_patent, "dbpedia_14": load_dbpedia}
