@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from distildp import histogram
 from distildp.exercises import ExerciseError, answer_tensor, call_answer, fail, seeds_for, tensor_answer
 
 # Opacus divides by (norm + 1e-6) when clipping, and so do notebook 02 and the references here.
@@ -307,8 +308,8 @@ def check_default_delta(default_delta: Callable, hidden: bool = False) -> None:
 
 # ------------------------------------------------------------------------ 3. the DP histogram (notebook 04)
 def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> None:
-    """dp_histogram_by_hand(counts, keys, total, noise_multiplier, seed) -> {key: samples}, as privacy.dp_histogram."""
-    from distildp import privacy
+    """dp_histogram_by_hand(counts, keys, total, noise_multiplier, seed) -> {key: samples}, as
+    histogram.dp_histogram."""
 
     keys = [(c, f"{s}.0") for c in ("Restaurants", "Hotels", "Beauty") for s in range(1, 6)]
     cases = [({k: 40 + 10 * i for i, k in enumerate(keys)}, 300, 2.0, 0)]
@@ -319,12 +320,12 @@ def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> 
         seed = next(
             s
             for s in range(10_000)
-            if all(v <= 0 for v in privacy.gaussian_noisy_counts(nothing, 1.0, s, keys[:3]).values())
+            if all(v <= 0 for v in histogram.gaussian_noisy_counts(nothing, 1.0, s, keys[:3]).values())
         )
         cases.append((nothing, 30, 1.0, seed))
     for counts, total, sigma, seed in cases:
         ks = keys[:3] if not counts else keys
-        want, _ = privacy.dp_histogram(counts, total, sigma, seed=seed, keys=ks)
+        want, _ = histogram.dp_histogram(counts, total, sigma, seed=seed, keys=ks)
         got = call_answer(dp_histogram_by_hand, "dp_histogram_by_hand", dict(counts), list(ks), total, sigma, seed)
         if not isinstance(got, Mapping):
             fail(f"dp_histogram_by_hand must return a dict {{code: samples}}, got {type(got).__name__}.")
@@ -342,9 +343,9 @@ def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> 
         if sum(got.values()) != total:
             fail(
                 f"your counts sum to {sum(got.values())}, not to total = {total}: scale to the total and round by "
-                f"largest remainder (privacy.scale_to_total) so that exactly `total` samples are drawn."
+                f"largest remainder (histogram.scale_to_total) so that exactly `total` samples are drawn."
             )
-        exact = privacy.scale_to_total({k: counts.get(k, 0) for k in ks}, total) if any(counts.values()) else None
+        exact = histogram.scale_to_total({k: counts.get(k, 0) for k in ks}, total) if any(counts.values()) else None
         if got == exact:
             fail(
                 "your counts are the exact histogram: add N(0, sigma²) noise to every count (the Gaussian "
@@ -353,10 +354,10 @@ def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> 
         if not any(counts.values()):
             fail(
                 "when every noisy count is <= 0 there is nothing to scale: fall back to the uniform histogram "
-                "(privacy.uniform_histogram), still post-processing."
+                "(histogram.uniform_histogram), still post-processing."
             )
         fail(
-            f"your histogram differs from privacy.dp_histogram (seed {seed}, sigma {sigma}, total {total}): draw "
+            f"your histogram differs from histogram.dp_histogram (seed {seed}, sigma {sigma}, total {total}): draw "
             f"the noise as np.random.default_rng(seed).normal(0, sigma, size=len(keys)), in the order of `keys`."
         )
     if hidden:

@@ -1,7 +1,7 @@
 """Stage 2 of DistilDP: a synthetic corpus sampled from a teacher prompted with control codes, on disk.
 
 Generation only reads the (DP) teacher, so it is post-processing and costs no privacy. The number of
-samples per control code comes from elsewhere (a DP histogram, `distildp.privacy.dp_histogram`) and
+samples per control code comes from elsewhere (a DP histogram, `distildp.histogram.dp_histogram`) and
 arrives here as `code_counts`.
 
 The teacher was trained on [eos] + tok(prefix) + tok(text) + [eos]; we prompt it with

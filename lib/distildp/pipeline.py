@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distildp import privacy
+from distildp import histogram, privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import PROFILES, Settings, make_settings
 from distildp.corpus import Corpus, control_prefix
@@ -426,12 +426,12 @@ class Pipeline:
         if mode == "dp":
             secret = self.settings.dp_randomness == "secret"
             noise_seed = np.random.default_rng(secret_seed()) if secret else seed
-            hist, record = privacy.dp_histogram(counts, size, histogram_noise, seed=noise_seed, keys=keys)
+            hist, record = histogram.dp_histogram(counts, size, histogram_noise, seed=noise_seed, keys=keys)
             record["randomness"] = RANDOMNESS[self.settings.dp_randomness]
         elif mode == "exact":
-            hist, record = privacy.exact_histogram(counts, size, keys=keys)
+            hist, record = histogram.exact_histogram(counts, size, keys=keys)
         else:
-            hist, record = privacy.uniform_histogram(keys, size)
+            hist, record = histogram.uniform_histogram(keys, size)
         record.setdefault("notes", []).extend(key_note)
         return hist, record
 
