@@ -7,8 +7,10 @@ environment variables) and the tests assert on what they returned.
 import json
 import math
 import os
+import shutil
 import socket
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,9 +18,13 @@ import torch
 import torch.multiprocessing as mp
 
 import distildp.generate as gen
+import distildp.pipeline as pipeline_module
 from distildp import distributed
+from distildp.artifacts import ArtifactStore, config_hash
+from distildp.config import make_settings
 from distildp.dpsgd import TrainConfig, train_causal_lm
 from distildp.generate import generate_synthetic, load_synthetic
+from distildp.pipeline import Pipeline
 from distildp.sampling import GenerationConfig
 
 from helpers import CODES, COLUMNS, code_teacher, code_tokenizer, make_examples, params, seeded_privacy, tiny_model
@@ -248,3 +254,107 @@ def test_a_killed_shard_resumes_with_only_the_missing_chunks(one_process_set, tm
 def test_sharded_generation_needs_a_process_group(tmp_path):
     with pytest.raises(ValueError, match="torchrun"):
         _generate(tmp_path / "data", sharded=True)
+
+
+# ---------------------------------------------------------------------------------------------- the store
+def _collective_build(rank: int, root, fail_commit: bool) -> dict:
+    """Every process runs the builder (an all-reduce inside); rank 0's files become the artifact."""
+    store, calls = ArtifactStore(root), []
+
+    def builder(out):
+        calls.append(out)
+        total = torch.tensor([rank + 1.0])
+        torch.distributed.all_reduce(total)
+        (out / "written_by.txt").write_text(f"rank {rank}, sum {total.item():g}")
+        return {"metrics": {"sum": total.item()}, **({"unknown": 1} if fail_commit and rank == 0 else {})}
+
+    try:
+        art = store.build("stage", {"x": 1}, builder, collective=True)
+        again = store.build("stage", {"x": 1}, builder, collective=True)
+    except Exception as err:  # what each process saw
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {
+        "path": str(art.path),
+        "again": str(again.path),
+        "text": (art.path / "written_by.txt").read_text(),
+        "built_on": art.manifest["built_on"],
+        "builds": [str(path) for path in calls],
+    }
+
+
+def test_collective_build_runs_everywhere_and_rank_0_writes(tmp_path):
+    rank0, rank1 = run_processes(_collective_build, tmp_path / "store", False, out_dir=tmp_path)
+    assert rank0["path"] == rank1["path"] == rank0["again"] == rank1["again"]
+    assert rank0["text"] == "rank 0, sum 3"  # rank 0's file, after a collective every process took part in
+    assert rank0["built_on"]["world_size"] == WORLD and rank0["built_on"]["backend"] == "gloo"
+    assert len(rank0["builds"]) == len(rank1["builds"]) == 1  # the second call found it built, on both
+    assert ".tmp-" in rank0["builds"][0] and ".scratch-" in rank1["builds"][0]
+    leftovers = [p.name for p in (tmp_path / "store" / "stage").iterdir() if p.name.startswith(".")]
+    assert not [name for name in leftovers if not name.endswith(".lock")]
+
+
+def test_a_failed_commit_on_rank_0_fails_every_process(tmp_path):
+    rank0, rank1 = run_processes(_collective_build, tmp_path / "store", True, out_dir=tmp_path)
+    assert rank0["error"].startswith("ValueError") and "unknown keys" in rank0["error"]
+    assert rank1["error"].startswith("RuntimeError: rank 0 could not write stage") and "unknown keys" in rank1["error"]
+    assert not (tmp_path / "store" / "stage" / config_hash("stage", {"x": 1})).exists()
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+EPSILON = 4.0
+
+
+def _pipeline(world: int, root) -> Pipeline:
+    return Pipeline(make_settings("smoke", {"world_size": world}), ArtifactStore(root), progress=False)
+
+
+def _store_with_public_models(source: Path, root: Path) -> Path:
+    """A fresh store holding only `source`'s public models (a DP teacher's key does not depend on world_size, so
+    one-process and two-process teachers of the same seed need stores of their own)."""
+    for stage in ("tokenizer", "pretrained"):
+        shutil.copytree(source / stage, root / stage, ignore=shutil.ignore_patterns(".*"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def public_models(smoke_store):
+    pipe = _pipeline(1, smoke_store)
+    pipe.pretrained("teacher")
+    pipe.pretrained("student")
+    return smoke_store
+
+
+def _build_method(rank: int, root, method: str, seed: int) -> dict:
+    arts = _pipeline(WORLD, root).artifacts(method, EPSILON, seed)
+    return {name: {"path": str(art.path), "manifest": art.manifest} for name, art in arts.items()}
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("found built, nothing should train or sample")
+
+
+def test_two_process_pipeline_keeps_the_keys_and_records_its_processes(public_models, tmp_path, monkeypatch):
+    root = _store_with_public_models(public_models, tmp_path / "store")
+    rank0, rank1 = run_processes(_build_method, root, "distildp", 7, out_dir=tmp_path)
+    assert {name: art["path"] for name, art in rank0.items()} == {name: art["path"] for name, art in rank1.items()}
+    teacher, synthetic = rank0["teacher"]["manifest"], rank0["synthetic"]["manifest"]
+    assert teacher["privacy"]["world_size"] == WORLD and teacher["privacy"]["backend"] == "gloo"
+    assert teacher["built_on"]["world_size"] == synthetic["built_on"]["world_size"] == WORLD
+    generation = synthetic["extra"]["generation"]
+    assert generation["world_size"] == WORLD and generation["chunks_generated_this_call"] == generation["n_chunks"]
+    assert rank0["student"]["manifest"]["built_on"].get("world_size") is None  # built by one process
+    # one process, the same settings but for world_size: the same keys, found built
+    monkeypatch.setattr(pipeline_module, "train_causal_lm", _fail)
+    monkeypatch.setattr(pipeline_module, "generate_synthetic", _fail)
+    arts = _pipeline(1, root).artifacts("distildp", EPSILON, 7)
+    assert {name: str(art.path) for name, art in arts.items()} == {name: art["path"] for name, art in rank0.items()}
+
+
+def test_world_size_is_a_setting_checked_against_the_launch(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="1 or more"):
+        make_settings("smoke", {"world_size": 0})
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node 2"):
+        _pipeline(2, "unused")
+    assert "world_size" not in make_settings("smoke").as_config()  # the default: old recorded settings match
+    assert make_settings("smoke", {"world_size": 2}).as_config()["world_size"] == 2
