@@ -1,7 +1,7 @@
 """Data-parallel DP-SGD and sharded generation on 2 CPU processes (gloo), against one process.
 
-Each group of checks runs its processes once (torch.multiprocessing.spawn, as torchrun would start them: the same
-environment variables) and the tests assert on what they returned.
+Each group of checks runs its processes once (forked by torch.multiprocessing, with the environment variables torchrun
+would give them) and the tests assert on what they returned; the slow ones also run torchrun itself.
 """
 
 import json
@@ -9,6 +9,9 @@ import math
 import os
 import shutil
 import socket
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +30,17 @@ from distildp.generate import generate_synthetic, load_synthetic
 from distildp.pipeline import Pipeline
 from distildp.sampling import GenerationConfig
 
-from helpers import CODES, COLUMNS, code_teacher, code_tokenizer, make_examples, params, seeded_privacy, tiny_model
+from helpers import (
+    CODES,
+    COLUMNS,
+    ROOT,
+    code_teacher,
+    code_tokenizer,
+    make_examples,
+    params,
+    seeded_privacy,
+    tiny_model,
+)
 
 WORLD = 2
 N = 24  # examples: 12 per process
@@ -358,3 +371,43 @@ def test_world_size_is_a_setting_checked_against_the_launch(monkeypatch):
         _pipeline(2, "unused")
     assert "world_size" not in make_settings("smoke").as_config()  # the default: old recorded settings match
     assert make_settings("smoke", {"world_size": 2}).as_config()["world_size"] == 2
+
+
+def _dp_teachers(rank: int, root, seeds) -> list[float]:
+    pipe = _pipeline(WORLD, root)
+    noise = pipe.noise("distildp", EPSILON)["teacher"]
+    return [pipe.private_model("teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
+
+
+@pytest.mark.slow
+def test_a_two_process_dp_teacher_reaches_the_one_process_perplexity_within_seed_noise(public_models, tmp_path):
+    """The smoke profile's DP teacher (distildp's noise at epsilon 4) over three seeds, on one process and on two:
+    the means differ by less than twice the one-process spread across seeds."""
+    seeds = (0, 1, 2)
+    pipe = _pipeline(1, _store_with_public_models(public_models, tmp_path / "one"))
+    noise = pipe.noise("distildp", EPSILON)["teacher"]
+    one = [pipe.private_model("teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
+    two_root = _store_with_public_models(public_models, tmp_path / "two")
+    two = run_processes(_dp_teachers, two_root, seeds, out_dir=tmp_path)[0]
+    spread = statistics.stdev(one)
+    assert spread > 0 and one != two, (one, two)
+    assert abs(statistics.mean(two) - statistics.mean(one)) < 2 * spread, (one, two)
+
+
+@pytest.mark.slow
+def test_torchrun_builds_a_method_on_two_processes(public_models, tmp_path):
+    """The documented command (docs/scale.md): torchrun starts two processes of the pipeline's command line."""
+    root = _store_with_public_models(public_models, tmp_path / "store")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distildp.pipeline"]
+    command += ["--profile", "smoke", "--world-size", "2", "--method", "distildp", "--epsilon", "4", "--seed", "5"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")])}
+    env.update(OMP_NUM_THREADS="1")
+    done = subprocess.run(command + ["--store", str(root)], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.splitlines()
+    assert len([line for line in lines if "built by 2 processes" in line]) == 2  # the DP teacher, the synthetic set
+    assert any(line.startswith("student: distilled_student") for line in lines)
+    row = json.loads(next(line for line in lines if line.startswith("{")))
+    assert row["method"] == "distildp" and row["seed"] == 5 and row["epsilon_spent"] <= EPSILON
+    [teacher] = ArtifactStore(root).list("private_teacher")
+    assert teacher.privacy["world_size"] == 2 and teacher.privacy["epsilon"] <= EPSILON
