@@ -270,20 +270,24 @@ def test_sharded_generation_needs_a_process_group(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the store
-def _collective_build(rank: int, root, fail_commit: bool) -> dict:
-    """Every process runs the builder (an all-reduce inside); rank 0's files become the artifact."""
+def _store_build(rank: int, root, collective: bool, fail: str | None) -> dict:
+    """Every process asks for the same artifact twice; rank 0's files become it. A collective builder all-reduces.
+    fail: 'commit' (rank 0's builder returns a key the manifest refuses) or 'builder' (rank 0's builder raises)."""
     store, calls = ArtifactStore(root), []
 
     def builder(out):
-        calls.append(out)
+        calls.append(str(out))
         total = torch.tensor([rank + 1.0])
-        torch.distributed.all_reduce(total)
+        if collective:
+            torch.distributed.all_reduce(total)
+        if fail == "builder" and rank == 0:
+            raise OSError("disk full")
         (out / "written_by.txt").write_text(f"rank {rank}, sum {total.item():g}")
-        return {"metrics": {"sum": total.item()}, **({"unknown": 1} if fail_commit and rank == 0 else {})}
+        return {"metrics": {"sum": total.item()}, **({"unknown": 1} if fail == "commit" and rank == 0 else {})}
 
     try:
-        art = store.build("stage", {"x": 1}, builder, collective=True)
-        again = store.build("stage", {"x": 1}, builder, collective=True)
+        art = store.build("stage", {"x": 1}, builder, collective=collective)
+        again = store.build("stage", {"x": 1}, builder, collective=collective)
     except Exception as err:  # what each process saw
         return {"error": f"{type(err).__name__}: {err}"}
     return {
@@ -291,25 +295,40 @@ def _collective_build(rank: int, root, fail_commit: bool) -> dict:
         "again": str(again.path),
         "text": (art.path / "written_by.txt").read_text(),
         "built_on": art.manifest["built_on"],
-        "builds": [str(path) for path in calls],
+        "builds": calls,
     }
 
 
+def _no_leftovers(root: Path) -> None:
+    assert [p.name for p in (root / "stage").iterdir() if p.name.startswith(".")] == [
+        f".{config_hash('stage', {'x': 1})}.lock"
+    ]
+
+
 def test_collective_build_runs_everywhere_and_rank_0_writes(tmp_path):
-    rank0, rank1 = run_processes(_collective_build, tmp_path / "store", False, out_dir=tmp_path)
+    rank0, rank1 = run_processes(_store_build, tmp_path / "store", True, None, out_dir=tmp_path)
     assert rank0["path"] == rank1["path"] == rank0["again"] == rank1["again"]
     assert rank0["text"] == "rank 0, sum 3"  # rank 0's file, after a collective every process took part in
     assert rank0["built_on"]["world_size"] == WORLD and rank0["built_on"]["backend"] == "gloo"
     assert len(rank0["builds"]) == len(rank1["builds"]) == 1  # the second call found it built, on both
     assert ".tmp-" in rank0["builds"][0] and ".scratch-" in rank1["builds"][0]
-    leftovers = [p.name for p in (tmp_path / "store" / "stage").iterdir() if p.name.startswith(".")]
-    assert not [name for name in leftovers if not name.endswith(".lock")]
+    _no_leftovers(tmp_path / "store")
 
 
-def test_a_failed_commit_on_rank_0_fails_every_process(tmp_path):
-    rank0, rank1 = run_processes(_collective_build, tmp_path / "store", True, out_dir=tmp_path)
-    assert rank0["error"].startswith("ValueError") and "unknown keys" in rank0["error"]
-    assert rank1["error"].startswith("RuntimeError: rank 0 could not write stage") and "unknown keys" in rank1["error"]
+def test_other_builds_run_on_rank_0_alone(tmp_path):
+    rank0, rank1 = run_processes(_store_build, tmp_path / "store", False, None, out_dir=tmp_path)
+    assert rank0["path"] == rank1["path"] and rank0["text"] == "rank 0, sum 1"
+    assert len(rank0["builds"]) == 1 and rank1["builds"] == []
+    assert "world_size" not in rank0["built_on"]  # built by one process
+    _no_leftovers(tmp_path / "store")
+
+
+@pytest.mark.parametrize("collective, fail", [(True, "commit"), (False, "commit"), (False, "builder")])
+def test_a_failure_on_rank_0_fails_every_process(tmp_path, collective, fail):
+    rank0, rank1 = run_processes(_store_build, tmp_path / "store", collective, fail, out_dir=tmp_path)
+    why = "unknown keys" if fail == "commit" else "OSError: disk full"
+    assert why in rank0["error"] and why in rank1["error"]
+    assert rank1["error"].startswith("RuntimeError: rank 0 could not build stage")
     assert not (tmp_path / "store" / "stage" / config_hash("stage", {"x": 1})).exists()
 
 
@@ -338,8 +357,15 @@ def public_models(smoke_store):
 
 
 def _build_method(rank: int, root, method: str, seed: int) -> dict:
-    arts = _pipeline(WORLD, root).artifacts(method, EPSILON, seed)
-    return {name: {"path": str(art.path), "manifest": art.manifest} for name, art in arts.items()}
+    trained = []
+    train = pipeline_module.train_causal_lm
+    pipeline_module.train_causal_lm = lambda *args, **kwargs: trained.append(1) or train(*args, **kwargs)
+    pipe = _pipeline(WORLD, root)
+    arts = pipe.artifacts(method, EPSILON, seed)
+    before = len(trained)
+    arts["nonprivate_student"] = pipe.reference_model("nonprivate_student", seed)  # no collectives: rank 0 alone
+    found = {name: {"path": str(art.path), "manifest": art.manifest} for name, art in arts.items()}
+    return found | {"nonprivate_trainings": len(trained) - before}
 
 
 def _fail(*args, **kwargs):
@@ -349,18 +375,24 @@ def _fail(*args, **kwargs):
 def test_two_process_pipeline_keeps_the_keys_and_records_its_processes(public_models, tmp_path, monkeypatch):
     root = _store_with_public_models(public_models, tmp_path / "store")
     rank0, rank1 = run_processes(_build_method, root, "distildp", 7, out_dir=tmp_path)
-    assert {name: art["path"] for name, art in rank0.items()} == {name: art["path"] for name, art in rank1.items()}
+    assert {name: rank0[name]["path"] for name in ("teacher", "synthetic", "student")} == {
+        name: rank1[name]["path"] for name in ("teacher", "synthetic", "student")
+    }
     teacher, synthetic = rank0["teacher"]["manifest"], rank0["synthetic"]["manifest"]
     assert teacher["privacy"]["world_size"] == WORLD and teacher["privacy"]["backend"] == "gloo"
     assert teacher["built_on"]["world_size"] == synthetic["built_on"]["world_size"] == WORLD
     generation = synthetic["extra"]["generation"]
     assert generation["world_size"] == WORLD and generation["chunks_generated_this_call"] == generation["n_chunks"]
     assert rank0["student"]["manifest"]["built_on"].get("world_size") is None  # built by one process
+    assert rank0["nonprivate_trainings"] == 1 and rank1["nonprivate_trainings"] == 0
+    assert rank0["nonprivate_student"]["path"] == rank1["nonprivate_student"]["path"]
+    assert (Path(rank0["nonprivate_student"]["path"]) / "model.safetensors").exists()
     # one process, the same settings but for world_size: the same keys, found built
     monkeypatch.setattr(pipeline_module, "train_causal_lm", _fail)
     monkeypatch.setattr(pipeline_module, "generate_synthetic", _fail)
     arts = _pipeline(1, root).artifacts("distildp", EPSILON, 7)
-    assert {name: str(art.path) for name, art in arts.items()} == {name: art["path"] for name, art in rank0.items()}
+    assert {name: str(art.path) for name, art in arts.items()} == {name: rank0[name]["path"] for name in arts}
+    assert set(arts) == {"teacher", "synthetic", "student"}
 
 
 def test_world_size_is_a_setting_checked_against_the_launch(monkeypatch):

@@ -297,17 +297,17 @@ class ArtifactStore:
         `privacy`, `metrics` and `extra`, which go into the manifest. Folders it marks with
         `mark_resumable` outlive a failed or killed build (see the module's docstring).
 
-        collective: in a data-parallel run (`distildp.distributed`) every process calls this and runs `builder`,
-        which takes part in collectives (DP-SGD's all-reduce, sharded generation); see `_build_together`.
-        Outside a process group of several processes it changes nothing.
+        In a data-parallel run (`distildp.distributed`) every process calls this for the same stages, and rank 0
+        alone writes artifacts (see `_build_together`). collective: every process runs `builder` too, which takes
+        part in collectives (DP-SGD's all-reduce, sharded generation); otherwise rank 0 runs it alone while the
+        others wait. Outside a process group of several processes `collective` changes nothing.
         """
+        from distildp import distributed
+
         key = config_hash(stage, config, inputs)
         final = self.path_for(stage, key)
-        if collective:
-            from distildp import distributed
-
-            if distributed.world_size() > 1:
-                return self._build_together(stage, key, final, config, builder, inputs, seed)
+        if distributed.world_size() > 1:
+            return self._build_together(stage, key, final, config, builder, inputs, seed, collective)
         if final.exists():
             try:
                 return read_artifact(final, key, self.verify)
@@ -320,30 +320,30 @@ class ArtifactStore:
                 self._build_into(stage, key, final, config, builder, inputs, seed)
         return finished or read_artifact(final, key, self.verify)
 
-    def _build_together(self, stage, key, final, config, builder, inputs, seed) -> Artifact:
-        """A build that every process of a data-parallel run takes part in. Rank 0 decides, under the file lock,
-        whether the artifact must be built, and tells the others; then all run `builder`. Rank 0 builds into the
-        temporary directory that becomes the artifact; the others into a scratch folder beside it, deleted after
-        (a builder that wants their files, like sharded generation, asks rank 0 where its folder is: see
-        `distildp.distributed.broadcast`). Once rank 0 has written the manifest and renamed the folder into place
-        (or failed to), it tells the others, which then read the artifact. A process that fails inside `builder`
-        leaves the others waiting in a collective: torchrun then stops them all, and a rerun resumes what was
-        marked resumable."""
+    def _build_together(self, stage, key, final, config, builder, inputs, seed, collective: bool) -> Artifact:
+        """A build in a data-parallel run, where rank 0 alone writes (transformers' save_pretrained, for one, writes
+        nothing on other ranks once a process group runs). Rank 0 decides, under the file lock, whether the artifact
+        must be built, and tells the others. A collective build then runs `builder` in every process: rank 0's in
+        the temporary directory that becomes the artifact, the others' in a scratch folder beside it, deleted after
+        (a builder that wants their files, like sharded generation, asks rank 0 where its folder is:
+        `distildp.distributed.broadcast`). Otherwise rank 0 runs it alone. Once rank 0 has written the manifest and
+        renamed the folder into place, or failed to, it tells the others, which then read the artifact or raise.
+        A process that fails inside a collective builder leaves the others waiting in a collective: torchrun then
+        stops them all, and a rerun resumes what was marked resumable."""
         from distildp import distributed
 
         if not distributed.is_main():
             must_build = distributed.broadcast(None)  # rank 0's decision
-            if not must_build:
-                return read_artifact(final, key, self.verify)
-            scratch = final.parent / f".scratch-{key}-rank{distributed.rank()}-{uuid.uuid4().hex[:8]}"
-            scratch.mkdir(parents=True)
-            try:
-                builder(scratch)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            failure = distributed.broadcast(None)
+            if must_build and collective:
+                scratch = final.parent / f".scratch-{key}-rank{distributed.rank()}-{uuid.uuid4().hex[:8]}"
+                scratch.mkdir(parents=True)
+                try:
+                    builder(scratch)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            failure = distributed.broadcast(None) if must_build else None
             if failure:
-                raise RuntimeError(f"rank 0 could not write {stage} {key}: {failure}")
+                raise RuntimeError(f"rank 0 could not build {stage} {key}: {failure}")
             return read_artifact(final, key, self.verify)
 
         self._writable_dir(final.parent)
@@ -354,17 +354,19 @@ class ArtifactStore:
             must_build = distributed.broadcast(finished is None)
             if not must_build:
                 return finished
-            built = []
+            builder_done = []
 
             def build_then_note(tmp: Path):
                 result = builder(tmp)
-                built.append(True)
+                builder_done.append(True)
                 return result
 
             try:
-                self._build_into(stage, key, final, config, build_then_note, inputs, seed, distributed.describe())
+                processes = distributed.describe() if collective else None
+                self._build_into(stage, key, final, config, build_then_note, inputs, seed, processes)
             except BaseException as err:
-                if built:  # the others wait for word of the commit, not in a collective of the builder
+                # the others wait for this word unless they are in a collective of the builder
+                if builder_done or not collective:
                     distributed.broadcast(f"{type(err).__name__}: {err}")
                 raise
             distributed.broadcast(None)

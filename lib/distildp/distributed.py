@@ -19,9 +19,10 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-# Ranks wait for rank 0 while it evaluates and writes an artifact, or waits for another job's build of the same
-# artifact (the store's file lock): longer than torch's default of 30 minutes can be needed.
-TIMEOUT = datetime.timedelta(hours=6)
+# The other ranks wait in a broadcast while rank 0 alone builds a stage without collectives (pretraining or
+# distillation: hours for the paper's models) or waits for another job's build of the same artifact (the store's
+# file lock): far longer than torch's default of 30 minutes.
+TIMEOUT = datetime.timedelta(hours=24)
 
 
 def launched_world_size() -> int:

@@ -72,8 +72,9 @@ class Pipeline:
         self.settings = settings or Settings()
         self.store = store or ArtifactStore()
         self.progress = progress
-        # joins torchrun's process group, or names the fix when world_size and the processes launched differ
-        self.backend = distributed.init(self.settings.world_size, self.device)
+        distributed.check_world_size(self.settings.world_size)  # before any stage: names the launch to use
+        if self.data_parallel:
+            distributed.init(self.settings.world_size, self.device)  # torchrun's process group
 
     @property
     def data_parallel(self) -> bool:
@@ -360,7 +361,7 @@ class Pipeline:
                 data_parallel=collective,
                 **kwargs,
             )
-            if not distributed.is_main():
+            if collective and not distributed.is_main():
                 return None  # every process holds the same model: rank 0 saves and evaluates it
             if role == "teacher":
                 setattr(model.config, CONFIG_CODES_ATTR, list(self.corpus.code_columns.values()))
@@ -414,7 +415,7 @@ class Pipeline:
                 sharded=self.data_parallel,
             )
             if not distributed.is_main():
-                return None
+                return None  # rank 0 evaluates and records the set
             # the test perplexity of what the synthetic text is drawn from (before top-k / top-p): the teacher
             # with codes drawn from the released histogram, scored like a student (gate 2 of the README)
             metrics = {"n_samples": result.n_samples, "teacher_marginal_ppl": self.marginal_ppl(model, tok, hist)}
