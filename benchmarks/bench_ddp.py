@@ -9,7 +9,9 @@ batch: B random token sequences with batch_size = B, so q = 1 and every step hol
 batch would vary in size from step to step and layout to layout). Each process cuts its share into physical
 batches of at most --physical. Time per step is measured after --warmup steps, on rank 0 (the processes step
 together: each step ends with their all-reduce). Each layout PxT starts P fresh processes (spawned, with the
-environment variables torchrun sets) of T torch threads each. Writes results/benchmarks/ddp.csv.
+environment variables torchrun sets) of T torch threads each. Layouts take turns for --repeats rounds, so a change in
+the machine's load falls on all of them; the table has the median, min and max over the rounds. Writes
+results/benchmarks/ddp.csv.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import csv
 import os
 import platform
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +41,10 @@ FIELDS = [
     "global_batch",
     "physical_batch",
     "steps_timed",
-    "seconds_per_step",
+    "repeats",
+    "seconds_per_step_median",
+    "seconds_per_step_min",
+    "seconds_per_step_max",
     "speedup_vs_1x1",
     "cpus",
     "load_average_before",
@@ -141,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--physical", type=int, default=32, help="examples per forward/backward pass, per process")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (at least 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the layouts")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per process, NCCL)")
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "ddp.csv"))
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be at least 1")
+    if min(args.warmup, args.steps, args.repeats) < 1:
+        parser.error("--warmup, --steps and --repeats must be at least 1")
     layouts = []
     for layout in args.layouts:
         try:
@@ -156,19 +163,27 @@ def main(argv: list[str] | None = None) -> int:
 
     import opacus
 
+    seconds: dict[tuple[str, str], list[float]] = {}
+    backends, loads = {}, {}
+    for round_ in range(args.repeats):
+        for mode in args.modes:
+            for layout, processes, threads in layouts:
+                load = os.getloadavg()[0]
+                taken, backends[layout] = run_layout(processes, threads, mode, args)
+                seconds.setdefault((mode, layout), []).append(taken)
+                loads.setdefault((mode, layout), []).append(load)
+                print(f"round {round_ + 1}: {mode:12s} {layout}: {taken:.3f} s per step (load {load:.1f})", flush=True)
     rows = []
     for mode in args.modes:
-        baseline = None
+        baseline = statistics.median(seconds[mode, "1x1"]) if (mode, "1x1") in seconds else None
         for layout, processes, threads in layouts:
-            load = os.getloadavg()[0]
-            seconds, backend = run_layout(processes, threads, mode, args)
-            baseline = seconds if layout == "1x1" else baseline
+            taken = seconds[mode, layout]
             rows.append(
                 {
                     "layout": layout,
                     "processes": processes,
                     "threads_per_process": threads,
-                    "backend": backend,
+                    "backend": backends[layout],
                     "device": args.device,
                     "grad_sample_mode": mode,
                     "model": args.model,
@@ -177,17 +192,17 @@ def main(argv: list[str] | None = None) -> int:
                     "global_batch": args.batch,
                     "physical_batch": args.physical,
                     "steps_timed": args.steps,
-                    "seconds_per_step": round(seconds, 4),
-                    "speedup_vs_1x1": round(baseline / seconds, 3) if baseline else "",
+                    "repeats": args.repeats,
+                    "seconds_per_step_median": round(statistics.median(taken), 4),
+                    "seconds_per_step_min": round(min(taken), 4),
+                    "seconds_per_step_max": round(max(taken), 4),
+                    "speedup_vs_1x1": round(baseline / statistics.median(taken), 3) if baseline else "",
                     "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                    "load_average_before": round(load, 2),
+                    "load_average_before": round(statistics.median(loads[mode, layout]), 2),
                     "torch": torch.__version__,
                     "opacus": opacus.__version__,
                     "machine": platform.processor() or platform.machine(),
                 }
-            )
-            print(
-                f"{mode:12s} {layout}: {seconds:.3f} s per global batch of {args.batch} (load {load:.1f})", flush=True
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
