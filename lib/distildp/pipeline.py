@@ -11,8 +11,8 @@ Every method at a given (epsilon, delta) spends exactly that total, composed in 
 
 With `Settings.world_size` N > 1 (N processes launched by torchrun, each building the same Pipeline) the DP-SGD
 stages train data-parallel and the synthetic set is sampled in N shards, every process taking part in those
-builds while rank 0 alone writes the artifacts (`ArtifactStore.build(collective=True)`); the other stages are
-built once, by whichever process takes the store's lock first, and read by the others.
+builds (`ArtifactStore.build(collective=True)`); the other stages are built by rank 0 alone while the others
+wait. Rank 0 writes every artifact; the others read them.
 """
 
 from __future__ import annotations
