@@ -75,7 +75,7 @@ def _process(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
 
 def run_processes(fn, *args, out_dir, world: int = WORLD) -> list:
     """fn(rank, *args) in each of `world` processes of one gloo group; their results, by rank."""
-    # forked, not spawned: the processes start without importing torch again, in a second rather than tens
+    # forked, not spawned: the processes start in a second instead of importing torch again for tens of seconds
     mp.start_processes(_process, args=(world, _free_port(), fn, args, str(out_dir)), nprocs=world, start_method="fork")
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
 
