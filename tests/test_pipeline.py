@@ -205,7 +205,7 @@ class KeyRecorder(ArtifactStore):
         super().__init__(root)
         self.asked: list[tuple[str, str]] = []
 
-    def build(self, stage, config, builder, inputs=None, seed=None):
+    def build(self, stage, config, builder, inputs=None, seed=None, collective=False):
         key = config_hash(stage, config, inputs)
         self.asked.append((stage, key))
         return self.find(stage, config, inputs) or SimpleNamespace(stage=stage, key=key, path=self.path_for(stage, key))

@@ -289,15 +289,25 @@ class ArtifactStore:
         builder: Callable[[Path], Mapping[str, Any] | None],
         inputs: Mapping[str, Artifact] | None = None,
         seed: int | None = None,
+        collective: bool = False,
     ) -> Artifact:
         """Return the artifact for (stage, config, inputs), building it with `builder(tmp_dir)` if needed.
 
         `builder` writes its files into the directory it is given and may return a dict with any of
         `privacy`, `metrics` and `extra`, which go into the manifest. Folders it marks with
         `mark_resumable` outlive a failed or killed build (see the module's docstring).
+
+        In a data-parallel run (`distildp.distributed`) every process calls this for the same stages, and rank 0
+        alone writes artifacts (see `_build_together`). collective: every process runs `builder` too, which takes
+        part in collectives (DP-SGD's all-reduce, sharded generation); otherwise rank 0 runs it alone while the
+        others wait. Outside a process group of several processes `collective` changes nothing.
         """
+        from distildp import distributed
+
         key = config_hash(stage, config, inputs)
         final = self.path_for(stage, key)
+        if distributed.world_size() > 1:
+            return self._build_together(stage, key, final, config, builder, inputs, seed, collective)
         if final.exists():
             try:
                 return read_artifact(final, key, self.verify)
@@ -305,55 +315,119 @@ class ArtifactStore:
                 pass  # decided under the lock below, where no one else is writing it
         self._writable_dir(final.parent)
         with FileLock(str(final.parent / f".{key}.lock")):
-            if final.exists():
+            finished = self._finished(final, key)  # perhaps built by another process while we waited
+            if finished is None:
+                self._build_into(stage, key, final, config, builder, inputs, seed)
+        return finished or read_artifact(final, key, self.verify)
+
+    def _build_together(self, stage, key, final, config, builder, inputs, seed, collective: bool) -> Artifact:
+        """A build in a data-parallel run, where rank 0 alone writes (transformers' save_pretrained, for one, writes
+        nothing on other ranks once a process group runs). Rank 0 decides, under the file lock, whether the artifact
+        must be built, and tells the others. A collective build then runs `builder` in every process: rank 0's in
+        the temporary directory that becomes the artifact, the others' in a scratch folder beside it, deleted after
+        (a builder that wants their files, like sharded generation, asks rank 0 where its folder is:
+        `distildp.distributed.broadcast`). Otherwise rank 0 runs it alone. Once rank 0 has written the manifest and
+        renamed the folder into place, or failed to, it tells the others, which then read the artifact or raise.
+        A process that fails inside a collective builder leaves the others waiting in a collective: torchrun then
+        stops them all, and a rerun resumes what was marked resumable."""
+        from distildp import distributed
+
+        if not distributed.is_main():
+            must_build = distributed.broadcast(None)  # rank 0's decision
+            if must_build and collective:
+                scratch = final.parent / f".scratch-{key}-rank{distributed.rank()}-{uuid.uuid4().hex[:8]}"
+                scratch.mkdir(parents=True)
                 try:
-                    return read_artifact(final, key, self.verify)  # built by another process while we waited
-                except CorruptArtifactError as err:
-                    self._set_aside(final, err)
-            resume = final.parent / f".resume-{key}"
-            for stale in final.parent.glob(f".tmp-{key}-*"):  # left by a killed build of this key
-                _keep_resumable(stale, resume)
+                    builder(scratch)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            failure = distributed.broadcast(None) if must_build else None
+            if failure:
+                raise RuntimeError(f"rank 0 could not build {stage} {key}: {failure}")
+            return read_artifact(final, key, self.verify)
+
+        self._writable_dir(final.parent)
+        with FileLock(str(final.parent / f".{key}.lock")):
+            finished = self._finished(final, key)
+            for stale in final.parent.glob(f".scratch-{key}-*"):  # left by a killed run's other ranks
                 shutil.rmtree(stale, ignore_errors=True)
-            tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            _restore_resumable(resume, tmp)
+            must_build = distributed.broadcast(finished is None)
+            if not must_build:
+                return finished
+            builder_done = []
+
+            def build_then_note(tmp: Path):
+                result = builder(tmp)
+                builder_done.append(True)
+                return result
+
             try:
-                start = time.time()
-                result = dict(builder(tmp) or {})
-                for marker in tmp.rglob(RESUMABLE):
-                    marker.unlink()  # a finished artifact has nothing to resume
-                files = _file_table(tmp)
-                manifest = {
-                    "stage": stage,
-                    "key": key,
-                    "config": jsonable(dict(config)),
-                    "inputs": {name: {"stage": art.stage, "key": art.key} for name, art in (inputs or {}).items()},
-                    "seed": seed,
-                    "privacy": jsonable(result.pop("privacy", None)),
-                    "metrics": jsonable(result.pop("metrics", {})),
-                    "extra": jsonable(result.pop("extra", {})),
-                    "versions": library_versions(),
-                    "built_on": machine_info(),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "wall_time_s": round(time.time() - start, 3),
-                    "files": files,
-                    **_hash_tables(tmp, files),
-                }
-                if result:
-                    raise ValueError(
-                        f"builder for {stage!r} returned unknown keys {sorted(result)}; "
-                        "return only 'privacy', 'metrics' and 'extra'"
-                    )
-                write_json_atomic(tmp / MANIFEST, manifest)
-                os.replace(tmp, final)
-            except BaseException:
-                try:
-                    _keep_resumable(tmp, resume)
-                except OSError:
-                    pass  # losing the partial work must not hide why the build failed
-                shutil.rmtree(tmp, ignore_errors=True)
+                processes = distributed.describe() if collective else None
+                self._build_into(stage, key, final, config, build_then_note, inputs, seed, processes)
+            except BaseException as err:
+                # the others wait for this word unless they are in a collective of the builder
+                if builder_done or not collective:
+                    distributed.broadcast(f"{type(err).__name__}: {err}")
                 raise
+            distributed.broadcast(None)
         return read_artifact(final, key, self.verify)
+
+    def _finished(self, final: Path, key: str) -> Artifact | None:
+        """The finished artifact at `final`, or None; a corrupt one is set aside (call under the lock)."""
+        if not final.exists():
+            return None
+        try:
+            return read_artifact(final, key, self.verify)
+        except CorruptArtifactError as err:
+            self._set_aside(final, err)
+            return None
+
+    def _build_into(self, stage, key, final, config, builder, inputs, seed, processes: dict | None = None) -> None:
+        """Run `builder` in a fresh temporary directory, write the manifest, rename it to `final` (under the lock).
+        `processes`: the data-parallel run that built it, recorded beside the machine."""
+        resume = final.parent / f".resume-{key}"
+        for stale in final.parent.glob(f".tmp-{key}-*"):  # left by a killed build of this key
+            _keep_resumable(stale, resume)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        _restore_resumable(resume, tmp)
+        try:
+            start = time.time()
+            result = dict(builder(tmp) or {})
+            for marker in tmp.rglob(RESUMABLE):
+                marker.unlink()  # a finished artifact has nothing to resume
+            files = _file_table(tmp)
+            manifest = {
+                "stage": stage,
+                "key": key,
+                "config": jsonable(dict(config)),
+                "inputs": {name: {"stage": art.stage, "key": art.key} for name, art in (inputs or {}).items()},
+                "seed": seed,
+                "privacy": jsonable(result.pop("privacy", None)),
+                "metrics": jsonable(result.pop("metrics", {})),
+                "extra": jsonable(result.pop("extra", {})),
+                "versions": library_versions(),
+                "built_on": {**machine_info(), **(processes or {})},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "wall_time_s": round(time.time() - start, 3),
+                "files": files,
+                **_hash_tables(tmp, files),
+            }
+            if result:
+                raise ValueError(
+                    f"builder for {stage!r} returned unknown keys {sorted(result)}; "
+                    "return only 'privacy', 'metrics' and 'extra'"
+                )
+            write_json_atomic(tmp / MANIFEST, manifest)
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                _keep_resumable(tmp, resume)
+            except OSError:
+                pass  # losing the partial work must not hide why the build failed
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def _writable_dir(self, directory: Path) -> None:
         """Create `directory` and check that files can be made in it; StoreNotWritableError if not."""

@@ -119,6 +119,10 @@ class Settings:
     # Where models train and run: 'auto' (a CUDA GPU if torch sees one), 'cpu', 'cuda', 'cuda:N'. Not part of
     # any artifact's identity (the same recipe on another device is the same experiment); manifests record it.
     device: str = "auto"
+    # Processes that train each DP model together (data-parallel DP-SGD) and share the synthetic set's sampling,
+    # launched by torchrun (distildp.distributed). Not part of any artifact's identity: the same mechanism (sigma, q,
+    # steps, epsilon) on more processes is the same experiment; manifests record it.
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         # types first: a number that YAML read as text would otherwise fail below with a bare TypeError
@@ -142,6 +146,8 @@ class Settings:
             )
         if not self.synthetic_factor > 0:
             raise ValueError(f"synthetic_factor={self.synthetic_factor} must be > 0")
+        if self.world_size < 1:
+            raise ValueError(f"world_size={self.world_size}; it is a number of processes, 1 or more")
         if not self.teacher_cache_gib >= 0:
             raise ValueError(f"teacher_cache_gib={self.teacher_cache_gib} must be >= 0 (0 = no cache)")
         for name in ("pretrain_tolerance", "distill_tolerance"):
@@ -173,7 +179,10 @@ class Settings:
         return self
 
     def as_config(self) -> dict:
-        return asdict(self)
+        config = asdict(self)
+        if self.world_size == 1:
+            del config["world_size"]  # the default: settings recorded before the field existed still match
+        return config
 
 
 # ---------------------------------------------------------------------------------------- profiles

@@ -6,7 +6,9 @@ probability q = batch_size / N, the accountant's assumption), every example's gr
 `max_grad_norm`, Gaussian noise is added once per logical batch, and large logical batches are split
 into physical ones by `BatchMemoryManager` (each Poisson batch sorted by length first, so the physical
 batches pad little; the sum of clipped gradients does not depend on the order). With epsilon = inf the same
-loop runs on shuffled batches with no Opacus at all.
+loop runs on shuffled batches with no Opacus at all. Data-parallel (`data_parallel=True`, N processes under
+torchrun) each process samples its own share of the examples at the same q, and Opacus' distributed optimizers
+sum the clipped gradients over the processes and add the noise once: the privacy of one process.
 
 The privacy unit is one example (one sequence), so a loss function returns one number per sequence:
 `loss_fn(model, batch) -> (B,)`, the mean over that sequence's scored tokens. A token-weighted batch
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distildp import privacy
+from distildp import distributed, privacy
 from distildp.models import encode_plain
 
 Batch = dict[str, torch.Tensor]
@@ -113,6 +115,8 @@ class TrainReport:
     epochs: float
     n_examples: int
     randomness: str = ""  # how the Poisson batches and the noise were drawn (RANDOMNESS), for DP runs
+    world_size: int = 1  # processes that trained together (data-parallel DP-SGD)
+    backend: str | None = None  # their process group's backend (gloo, nccl); None for one process
     losses: list[float] = field(default_factory=list)  # mean training loss per step (not private)
     wall_time_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -136,6 +140,8 @@ class TrainReport:
             "grad_sample_mode": self.grad_sample_mode,
             "randomness": self.randomness,
             "tied_embeddings_untied": self.tied_embeddings_untied,
+            "world_size": self.world_size,
+            "backend": self.backend,
             "notes": list(self.notes),
         }
 
@@ -262,6 +268,25 @@ def _validate(n: int, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig) -> Non
         raise ValueError(f"noise_multiplier={p.noise_multiplier}; must be >= 0, or None to calibrate.")
 
 
+def _data_parallel_group(data_parallel: bool, privacy_cfg: PrivacyConfig, n: int) -> tuple[int, int]:
+    """(rank, world size) of this process in a data-parallel run; (0, 1) otherwise."""
+    if not data_parallel:
+        return 0, 1
+    if not privacy_cfg.private:
+        raise ValueError(
+            "data_parallel=True is for DP-SGD; non-private training runs in one process: leave data_parallel out."
+        )
+    if not distributed.is_initialized():
+        raise ValueError(
+            "data_parallel=True needs the process group of the run: launch the processes with torchrun and call "
+            "distildp.distributed.init(world_size) first."
+        )
+    world = distributed.world_size()
+    if n < world:
+        raise ValueError(f"{n} examples cannot be shared by {world} processes; use at most {n} processes.")
+    return distributed.rank(), world
+
+
 def _schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -330,6 +355,9 @@ class _Loop:
     sampler_rng: torch.Generator
     device: torch.device
     finish_step: Callable[[float, int], bool]  # after each optimizer step: True stops (non-private) training
+    data_parallel: bool = False  # one of the processes of a data-parallel DP-SGD run
+    rank: int = 0
+    world_size: int = 1
 
 
 def train_causal_lm(
@@ -342,6 +370,7 @@ def train_causal_lm(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     pad_id: int | None = None,
+    data_parallel: bool = False,
 ) -> TrainReport:
     """Train `model` in place on `examples` (dicts with `input_ids`, optional `loss_mask`).
 
@@ -349,10 +378,16 @@ def train_causal_lm(
     model config's pad or eos id); extra keys flow to `loss_fn(model, batch) -> (B,)`.
     `on_step(step, loss)` is called after every optimizer step; in non-private training a True return stops it
     (e.g. once a held-out perplexity has converged). Returns a TrainReport.
+
+    data_parallel: this is one of the processes of a data-parallel DP-SGD run (`distildp.distributed.init`), each
+    called with the same arguments. Every process Poisson-samples its own share of the examples at the same rate
+    q, so their union is a Poisson batch of all examples at rate q; the clipped per-example gradients are summed
+    over the processes and noise is added once, so the privacy is that of one process.
     """
     privacy_cfg = privacy_cfg or PrivacyConfig()
     n = len(examples)
     _validate(n, train_cfg, privacy_cfg)
+    rank, world = _data_parallel_group(data_parallel, privacy_cfg, n)
     if collate_fn is None:
         config = getattr(model, "config", None)
         pad = pad_id if pad_id is not None else getattr(config, "pad_token_id", None)
@@ -370,9 +405,11 @@ def train_causal_lm(
     physical = train_cfg.physical_batch_size or train_cfg.batch_size
 
     p = privacy_cfg
-    torch.manual_seed(train_cfg.seed)  # dropout
+    torch.manual_seed(distributed.rank_seed(train_cfg.seed, rank))  # dropout
     secret = p.private and p.secret_randomness
-    sampler_rng = torch.Generator().manual_seed(secret_seed() if secret else train_cfg.seed)
+    sampler_rng = torch.Generator().manual_seed(
+        secret_seed() if secret else distributed.rank_seed(train_cfg.seed, rank)
+    )
     untied = p.private and p.grad_sample_mode == "ghost" and untie_embeddings(model)
     device = next(model.parameters()).device
     trainable = [param for param in model.parameters() if param.requires_grad]
@@ -425,6 +462,9 @@ def train_causal_lm(
         sampler_rng,
         device,
         finish_step,
+        data_parallel,
+        rank,
+        world,
     )
     if p.private:
         _train_private(loop, p)
@@ -467,6 +507,7 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
     """DP-SGD on Opacus: Poisson batches, per-example clipping (hooks, ghost or book-keeping), noise once per
     logical batch, and the accountant stepped at the true sample rate."""
     from opacus import PrivacyEngine
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
@@ -482,11 +523,17 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
     bookkeeping = p.grad_sample_mode == "bookkeeping"
 
     # Poisson sampling with q = batch_size / N exactly, for all the steps in one pass. Empty index
-    # lists reach the loop as None (GPT-2 cannot run a forward pass on zero rows).
-    poisson = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=loop.sampler_rng, steps=steps)
+    # lists reach the loop as None (GPT-2 cannot run a forward pass on zero rows). Data-parallel, each process
+    # samples its own disjoint share of the examples at the same q: the union is a Poisson batch of all of them.
+    # (Opacus' DistributedUniformWithReplacementSampler skips empty batches: the processes would fall out of
+    # step with each other, and the accountant would count steps that were never taken.)
+    share = range(loop.rank, n, loop.world_size)
+    poisson = UniformWithReplacementSampler(
+        num_samples=len(share), sample_rate=q, generator=loop.sampler_rng, steps=steps
+    )
     loader = DataLoader(
-        list(loop.examples),
-        batch_sampler=_ShortestFirst(poisson, loop.lengths),
+        [loop.examples[i] for i in share],
+        batch_sampler=_ShortestFirst(poisson, [loop.lengths[i] for i in share]),
         collate_fn=lambda exs: loop.collate_fn(exs) if exs else None,
     )
     noise_rng = torch.Generator(device=loop.device).manual_seed(
@@ -498,11 +545,17 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
         warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs are token ids
         engine = PrivacyEngine(accountant=p.accountant)
         criterion = None
+        # Opacus' wrapper broadcasts rank 0's weights, and makes make_private choose its distributed optimizers:
+        # they all-reduce the clipped sums and add noise on rank 0 only. The loss still calls `model` itself,
+        # whose layers carry the hooks.
+        module = DPDDP(model) if loop.data_parallel else model
         if bookkeeping:
-            hooks, dp_optimizer = _bookkeeping_private(engine, model, loop.optimizer, sigma, p.max_grad_norm, noise_rng)
+            hooks, dp_optimizer = _bookkeeping_private(
+                engine, model, loop.optimizer, sigma, p.max_grad_norm, noise_rng, loop.data_parallel
+            )
         else:
             made = engine.make_private(
-                module=model,
+                module=module,
                 optimizer=loop.optimizer,
                 data_loader=loader,
                 noise_multiplier=sigma,
@@ -516,8 +569,11 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
             hooks, dp_optimizer = made[0], made[1]
             criterion = made[2] if ghost else None
         # make_private infers q as 1/len(loader) (= 1/steps here); point the averaging and the
-        # accountant at the true q = batch_size / N instead.
-        dp_optimizer.expected_batch_size = train_cfg.batch_size
+        # accountant at the true q = batch_size / N instead. Opacus' distributed optimizers divide the
+        # all-reduced sum by the world size once more, so they take the expected batch size per process.
+        dp_optimizer.expected_batch_size = (
+            train_cfg.batch_size / loop.world_size if loop.data_parallel else train_cfg.batch_size
+        )
         account = engine.accountant.get_optimizer_hook_fn(sample_rate=q)
         stepped = []
 
@@ -546,7 +602,9 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
                     dp_optimizer.zero_grad(set_to_none=True)
                     if stepped:
                         stepped.clear()
-                        loop.finish_step(loss_sum, count)
+                        if loop.data_parallel:  # the reported loss is the global batch's
+                            loss_sum, count = distributed.sum_over_ranks([loss_sum, count])
+                        loop.finish_step(loss_sum, int(count))
                         loss_sum, count = 0.0, 0
         finally:
             hooks.cleanup()  # the model leaves with no Opacus hooks or attributes
@@ -561,19 +619,27 @@ def _train_private(loop: _Loop, p: PrivacyConfig) -> None:
         f"Poisson sampling, q = {train_cfg.batch_size}/{n}",
         "bookkeeping clipping" if bookkeeping else sampler_note,
     ]
+    if loop.data_parallel:
+        report.world_size, report.backend = loop.world_size, distributed.backend()
+        report.notes.append(
+            f"data-parallel over {loop.world_size} processes ({report.backend}): each Poisson-samples its own "
+            f"1/{loop.world_size} of the examples at rate q; clipped gradients summed over them, noise added once"
+        )
 
 
-def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_rng):
+def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_rng, data_parallel):
     """Book-keeping clipping's hooks and Opacus' optimizer for summed clipped gradients (ghost mode's):
     it accumulates each physical batch's `p.grad` over a logical batch, adds noise once and scales by the
-    expected batch size. Sampling and accounting stay with the caller, as for make_private."""
-    from opacus.optimizers import DPOptimizerFastGradientClipping
+    expected batch size; its distributed form also all-reduces the sums and adds the noise on rank 0 only.
+    Sampling and accounting stay with the caller, as for make_private."""
+    from opacus.optimizers import DistributedDPOptimizerFastGradientClipping, DPOptimizerFastGradientClipping
 
     from distildp.bookkeeping import BookkeepingClipper
 
     engine.validate(module=model, optimizer=None, data_loader=None)  # no layers that mix examples
     clipper = BookkeepingClipper(model, max_grad_norm)
-    dp_optimizer = DPOptimizerFastGradientClipping(
+    optimizer_class = DistributedDPOptimizerFastGradientClipping if data_parallel else DPOptimizerFastGradientClipping
+    dp_optimizer = optimizer_class(
         optimizer,
         noise_multiplier=sigma,
         max_grad_norm=max_grad_norm,

@@ -13,7 +13,10 @@ On disk the synthetic set is a folder of parquet chunks plus `progress.json`:
   killed run, re-run with the same arguments, generates only the missing chunks and ends with exactly
   the data an uninterrupted run gives. Only one chunk is ever held in memory;
 - the folder is marked resumable for the artifact store (`distildp.artifacts.mark_resumable`), so inside a
-  store build the chunks of a killed build survive the store's cleanup and its retry resumes from them.
+  store build the chunks of a killed build survive the store's cleanup and its retry resumes from them;
+- N processes of a data-parallel run (`sharded=True`) fill one folder together: each generates the chunks whose
+  index % N is its rank, with the same per-chunk seeds, so they write exactly the set one process writes. Rank 0
+  alone checks the folder and writes `progress.json`; what is done is read off the chunk files.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from distildp import distributed
 from distildp.artifacts import mark_resumable, restored_by_store, write_json_atomic
 from distildp.corpus import control_prefix
 from distildp.sampling import GenerationConfig, n_positions, sample_batch
@@ -307,6 +311,7 @@ def generate_synthetic(
     code_columns: Mapping[str, str] | None = None,
     known_codes: Collection[str] | Mapping[str, Collection[str]] | None = None,
     trained_with_codes: bool | None = None,
+    sharded: bool = False,
 ) -> SyntheticSet:
     """Sample `count` texts for every (codes, count) in `code_counts` into parquet chunks in `out_dir`.
 
@@ -315,6 +320,9 @@ def generate_synthetic(
     known_codes: the teacher's training fields (ordered), or a mapping field -> allowed values; unknown
         codes raise. Defaults to `model.config.distildp_control_codes` when the pipeline has set it.
     trained_with_codes: False (or `model.config.distildp_control_codes == []`) refuses a plain-text teacher.
+    sharded: this is one of the processes of a data-parallel run (`distildp.distributed.init`), all called with
+        the same arguments and out_dir: each generates its share of the chunks, and all return once every chunk
+        is written.
     Re-running with the same arguments resumes: completed chunks are kept, missing ones generated. An
     out_dir made with other arguments is refused, unless it is partial work the artifact store kept from
     a killed build (then it is discarded and generation starts over).
@@ -336,28 +344,35 @@ def generate_synthetic(
     ]
     _check_lengths(model, prompts, counts, cfg)
 
+    rank, world = _shard(sharded)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    restored = restored_by_store(out_dir)
-    mark_resumable(out_dir)  # a store build killed midway keeps the chunks for its retry
     fingerprint = _fingerprint(model, tokenizer, counts, cfg, seed, columns)
     plan = plan_chunks([n for _, n in counts], cfg.chunk_size)
-    state = _start_or_resume(out_dir, fingerprint, plan, counts, cfg, seed, columns, restored)
+    state = None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        restored = restored_by_store(out_dir)
+        mark_resumable(out_dir)  # a store build killed midway keeps the chunks for its retry
+        state = _start_or_resume(out_dir, fingerprint, plan, counts, cfg, seed, columns, restored)
+    if sharded:
+        distributed.barrier()  # the folder is checked (another run's work discarded) before anyone writes to it
 
-    done = set(state["chunks_done"])
+    done = set(_chunks_present(out_dir, len(plan)))
+    mine = [index for index in range(len(plan)) if index % world == rank]
     total = sum(n for _, n in counts)
     was_training = model.training
     model.eval()
     generated_now = 0
     try:
         with tqdm(
-            total=total,
-            initial=sum(n for i in done for _, n in plan[i]),
+            total=sum(n for i in mine for _, n in plan[i]),
+            initial=sum(n for i in done.intersection(mine) for _, n in plan[i]),
             unit="sample",
-            desc="generate",
+            desc="generate" if world == 1 else f"generate (rank {rank} of {world})",
             disable=not progress,
         ) as bar:
-            for index, chunk_plan in enumerate(plan):
+            for index in mine:
+                chunk_plan = plan[index]
                 if index in done:
                     continue
                 chunk_started = time.perf_counter()
@@ -382,20 +397,28 @@ def generate_synthetic(
                     },
                 )
                 generated_now += 1
-                state["chunks_done"] = sorted(done | {index})
                 done.add(index)
-                write_json_atomic(out_dir / PROGRESS_FILE, state)
+                if state is not None:  # rank 0 keeps progress.json; the chunk files are what counts
+                    state["chunks_done"] = _chunks_present(out_dir, len(plan))
+                    write_json_atomic(out_dir / PROGRESS_FILE, state)
     finally:
         model.train(was_training)
 
+    if sharded:
+        distributed.barrier()  # every chunk is written
+        generated_now = int(distributed.sum_over_ranks([generated_now])[0])
     summary = _summarise(out_dir, plan, counts, cfg, seed, columns, fingerprint)
     summary.update(
         wall_time_s=time.perf_counter() - started,
         chunks_generated_this_call=generated_now,
         resumed=generated_now < len(plan),
+        world_size=world,
     )
-    state.update(complete=True, summary=summary)
-    write_json_atomic(out_dir / PROGRESS_FILE, state)
+    if state is not None:
+        state.update(complete=True, chunks_done=list(range(len(plan))), summary=summary)
+        write_json_atomic(out_dir / PROGRESS_FILE, state)
+    if sharded:
+        distributed.barrier()  # progress.json says complete before any process returns
     return SyntheticSet(
         out_dir=out_dir,
         chunk_files=[_chunk_path(out_dir, i) for i in range(len(plan))],
@@ -403,6 +426,23 @@ def generate_synthetic(
         code_columns=columns,
         summary=summary,
     )
+
+
+def _shard(sharded: bool) -> tuple[int, int]:
+    """(rank, world size) of this process's share of the chunks; (0, 1) unsharded."""
+    if not sharded:
+        return 0, 1
+    if not distributed.is_initialized():
+        raise ValueError(
+            "sharded=True needs the process group of a data-parallel run: launch the processes with torchrun and "
+            "call distildp.distributed.init(world_size) first."
+        )
+    return distributed.rank(), distributed.world_size()
+
+
+def _chunks_present(out_dir: Path, n_chunks: int) -> list[int]:
+    """The chunks written so far: a chunk file is complete or absent (written under a temporary name, renamed)."""
+    return [index for index in range(n_chunks) if _chunk_path(out_dir, index).exists()]
 
 
 def _resolve_columns(fields: list[str], code_columns: Mapping[str, str] | None) -> dict[str, str]:
@@ -441,7 +481,7 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
     other arguments (a secret noise draw gives another histogram) it is discarded rather than refused.
     """
     for leftover in out_dir.glob(".*.tmp-*"):
-        leftover.unlink()  # a chunk or progress file a killed run was writing (one run per folder at a time)
+        leftover.unlink()  # a chunk or progress file a killed run was writing (other shards wait for this check)
     path = out_dir / PROGRESS_FILE
     other_run = None
     if path.exists() and (old := _recorded_fingerprint(path)) != fingerprint:
@@ -460,7 +500,7 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
         )
         for chunk in out_dir.glob("chunk-*.parquet"):
             chunk.unlink()
-    done = [index for index in range(len(plan)) if _chunk_path(out_dir, index).exists()]
+    done = _chunks_present(out_dir, len(plan))
     state = {
         "fingerprint": fingerprint,
         "complete": False,

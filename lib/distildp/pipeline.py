@@ -8,6 +8,11 @@
 
 Every method at a given (epsilon, delta) spends exactly that total, composed in one accountant
 (`distildp.privacy.calibrate_composed`), and every artifact records what it spent.
+
+With `Settings.world_size` N > 1 (N processes launched by torchrun, each building the same Pipeline) the DP-SGD
+stages train data-parallel and the synthetic set is sampled in N shards, every process taking part in those
+builds (`ArtifactStore.build(collective=True)`); the other stages are built by rank 0 alone while the others
+wait. Rank 0 writes every artifact; the others read them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distildp import histogram, privacy
+from distildp import distributed, histogram, privacy
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import PROFILES, Settings, make_settings
 from distildp.corpus import Corpus, control_prefix
@@ -68,6 +73,14 @@ class Pipeline:
         self.settings = settings or Settings()
         self.store = store or ArtifactStore()
         self.progress = progress
+        distributed.check_world_size(self.settings.world_size)  # before any stage: names the launch to use
+        if self.data_parallel:
+            distributed.init(self.settings.world_size, self.device)  # torchrun's process group
+
+    @property
+    def data_parallel(self) -> bool:
+        """Several processes build the DP stages together."""
+        return self.settings.world_size > 1
 
     # ------------------------------------------------------------------------------------ data
     @functools.cached_property
@@ -76,7 +89,7 @@ class Pipeline:
 
     @functools.cached_property
     def device(self) -> torch.device:
-        return resolve_device(self.settings.device)
+        return distributed.rank_device(resolve_device(self.settings.device))
 
     def load_model(self, name_or_path) -> tuple:
         """(model on this pipeline's device, tokenizer) from an artifact's directory or a hub name."""
@@ -295,6 +308,7 @@ class Pipeline:
         """
         s = self.settings
         private = noise_multiplier is not None
+        collective = private and self.data_parallel  # non-private fine-tuning runs in one process
         train_cfg = _seeded(self.private_train_config(role, kd=kd_teacher is not None), seed)
         config = {
             "role": role,
@@ -339,8 +353,17 @@ class Pipeline:
             )
             kwargs = {"loss_fn": loss_fn} if loss_fn else {}
             report = train_causal_lm(
-                model, examples, train_cfg, privacy_cfg, collate_fn=collate, progress=self.progress, **kwargs
+                model,
+                examples,
+                train_cfg,
+                privacy_cfg,
+                collate_fn=collate,
+                progress=self.progress and distributed.is_main(),
+                data_parallel=collective,
+                **kwargs,
             )
+            if collective and not distributed.is_main():
+                return None  # every process holds the same model: rank 0 saves and evaluates it
             if role == "teacher":
                 setattr(model.config, CONFIG_CODES_ATTR, list(self.corpus.code_columns.values()))
             model.save_pretrained(out)
@@ -356,7 +379,7 @@ class Pipeline:
                 "extra": {"losses": report.losses, "device": str(self.device)},
             }
 
-        return self.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed)
+        return self.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed, collective=collective)
 
     # ------------------------------------------------------------------------------------ synthetic text
     def synthetic(self, teacher: Artifact, seed: int, histogram_noise: float | None) -> Artifact:
@@ -373,8 +396,11 @@ class Pipeline:
             **self._randomness_key(mode == "dp"),
         }
 
-        def build(out: Path) -> dict:
-            hist, record = self.release_histogram(seed, histogram_noise)
+        def build(out: Path) -> dict | None:
+            # one DP histogram for all processes (each drawing its own would release several), and one folder:
+            # every process samples its shard of the chunks into rank 0's build directory
+            hist, record = distributed.run_on_main(lambda: self.release_histogram(seed, histogram_noise))
+            data_dir = distributed.broadcast(out / "data")
             names = list(self.corpus.code_columns.values())
             code_counts = [(dict(zip(names, key)), n) for key, n in hist.items() if n > 0]
             model, tok = self.load_model(teacher.path)
@@ -382,12 +408,15 @@ class Pipeline:
                 model,
                 tok,
                 code_counts,
-                out / "data",
+                data_dir,
                 s.generation,
                 seed=seed,
                 progress=self.progress,
                 code_columns=self.corpus.code_columns,
+                sharded=self.data_parallel,
             )
+            if not distributed.is_main():
+                return None  # rank 0 evaluates and records the set
             # the test perplexity of what the synthetic text is drawn from (before top-k / top-p): the teacher
             # with codes drawn from the released histogram, scored like a student (gate 2 of the README)
             metrics = {"n_samples": result.n_samples, "teacher_marginal_ppl": self.marginal_ppl(model, tok, hist)}
@@ -401,7 +430,9 @@ class Pipeline:
                 },
             }
 
-        return self.store.build("synthetic", config, build, inputs={"teacher": teacher}, seed=seed)
+        return self.store.build(
+            "synthetic", config, build, inputs={"teacher": teacher}, seed=seed, collective=self.data_parallel
+        )
 
     @functools.cached_property
     def train_code_counts(self) -> Counter:
@@ -808,18 +839,41 @@ def _nonprivate_record() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m distildp.pipeline [--profile quick]`: build the public models of the embedded default (tokenizer,
-    pretrained teacher and student) and print their test perplexities beside the exact floor, and gate 1."""
+    pretrained teacher and student) and print their test perplexities beside the exact floor, and gate 1.
+    With --method, build that method's artifacts at --epsilon and --seed instead, and print them and its row.
+    `torchrun --nproc_per_node N -m distildp.pipeline --world-size N ...` trains its DP stages on N processes."""
     import argparse
 
-    from distildp.results import GATE_1_RATIO
+    from distildp.methods import METHODS
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     parser.add_argument("--store", default=None, help="artifact store directory (default: .artifacts/)")
+    parser.add_argument("--method", default=None, choices=METHODS + REFERENCES, help="build this method's artifacts")
+    parser.add_argument("--epsilon", type=float, default=2.0, help="the method's total budget (with --method)")
+    parser.add_argument("--seed", type=int, default=0, help="the method's seed (with --method)")
+    parser.add_argument(
+        "--world-size", type=int, default=1, help="processes, as launched by torchrun --nproc_per_node (default 1)"
+    )
     args = parser.parse_args(argv)
-    pipe = Pipeline(make_settings(args.profile), ArtifactStore(args.store) if args.store else None)
+    overrides = {"world_size": args.world_size} if args.world_size != 1 else {}
+    pipe = Pipeline(make_settings(args.profile, overrides), ArtifactStore(args.store) if args.store else None)
+    if args.method:
+        return _build_method(pipe, args.method, args.epsilon, args.seed)
+    return _build_public(pipe)
+
+
+def _say(*args) -> None:
+    """print, from one process only (the others build the same things)."""
+    if distributed.is_main():
+        print(*args, flush=True)
+
+
+def _build_public(pipe: Pipeline) -> int:
+    from distildp.results import GATE_1_RATIO
+
     corpus = pipe.corpus
-    print(
+    _say(
         f"private corpus {pipe.settings.dataset!r}: "
         + ", ".join(f"{split} {len(frame)}" for split, frame in corpus.splits.items())
     )
@@ -828,15 +882,32 @@ def main(argv: list[str] | None = None) -> int:
         art = pipe.pretrained(role)
         ppl[role] = art.metrics["test_ppl"]
         floor_text = f"   floor {art.metrics['floor']:.2f}" if "floor" in art.metrics else ""
-        print(
+        _say(
             f"pretrained {role} ({pipe.model_name(role)}) test perplexity {ppl[role]:8.2f}{floor_text}"
             f"   (plain text; {art.path})"
         )
     ratio = ppl["teacher"] / ppl["student"]
-    print(
+    _say(
         f"gate 1: pretrained teacher / student = {ratio:.3f}: {'PASS' if ratio <= GATE_1_RATIO else 'FAIL'} "
         f"(<= {GATE_1_RATIO})"
     )
+    return 0
+
+
+def _build_method(pipe: Pipeline, method: str, epsilon: float, seed: int) -> int:
+    started = time.time()
+    arts = pipe.artifacts(method, epsilon, seed)
+    for name, art in arts.items():
+        processes = art.manifest["built_on"].get("world_size", 1)
+        spent = art.privacy.get("epsilon")
+        spent_text = f"   epsilon {spent:.3f}" if isinstance(spent, float) and math.isfinite(spent) else ""
+        ppl = art.metrics.get("test_ppl")
+        ppl_text = f"   test perplexity {ppl:.2f}" if ppl is not None else ""
+        built_by = f"built by {processes} processes" if processes > 1 else "built by one process"
+        _say(f"{name}: {art.stage} {art.key} ({built_by}){ppl_text}{spent_text}   {art.path}")
+    row = pipe.run(method, epsilon, seed)  # read back from the store
+    _say(json.dumps({k: row[k] for k in ("method", "epsilon", "epsilon_spent", "seed", "student_ppl", "teacher_ppl")}))
+    _say(f"{time.time() - started:.1f} s on {pipe.settings.world_size} process(es)")
     return 0
 
 
