@@ -216,7 +216,7 @@ def _generate(out_dir, sharded: bool) -> dict:
 
 def _generate_shard(rank: int, out_dir, die_before_chunk: int | None) -> dict:
     if rank == 1 and die_before_chunk is not None:
-        real_write = gen._write_chunk
+        real_write = gen.write_chunk
 
         def write(path, frame, metadata):
             if metadata["chunk_index"] == die_before_chunk:
@@ -227,7 +227,7 @@ def _generate_shard(rank: int, out_dir, die_before_chunk: int | None) -> dict:
                 os._exit(3)  # no exception handler, no cleanup: as SIGKILL
             real_write(path, frame, metadata)
 
-        gen._write_chunk = write  # in this process only
+        gen.write_chunk = write  # in this process only
     return _generate(out_dir, sharded=True)
 
 

@@ -104,7 +104,7 @@ def test_generation_leaves_global_rng_alone(model, tokenizer, tmp_path):
 
 def test_interrupted_run_resumes_to_identical_result(model, tokenizer, tmp_path, monkeypatch):
     run(model, tokenizer, tmp_path / "full", counts=(4, 5, 8))
-    real_write = gen._write_chunk
+    real_write = gen.write_chunk
     written = []
 
     def crash_after_two(path, frame, metadata):
@@ -113,15 +113,15 @@ def test_interrupted_run_resumes_to_identical_result(model, tokenizer, tmp_path,
         real_write(path, frame, metadata)
         written.append(path.name)
 
-    monkeypatch.setattr(gen, "_write_chunk", crash_after_two)
+    monkeypatch.setattr(gen, "write_chunk", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         run(model, tokenizer, tmp_path / "resumed", counts=(4, 5, 8))
     with pytest.raises(ValueError, match="incomplete"):
         load_synthetic(tmp_path / "resumed")
-    monkeypatch.setattr(gen, "_write_chunk", real_write)
+    monkeypatch.setattr(gen, "write_chunk", real_write)
 
     generated = []
-    monkeypatch.setattr(gen, "_generate_chunk", _recording(gen._generate_chunk, generated))
+    monkeypatch.setattr(gen, "generate_chunk", _recording(gen.generate_chunk, generated))
     result = run(model, tokenizer, tmp_path / "resumed", counts=(4, 5, 8))
     assert written == ["chunk-00000.parquet", "chunk-00001.parquet"]
     assert len(generated) == 2 and result.summary["chunks_generated_this_call"] == 2  # 4 chunks of <=5
@@ -152,8 +152,8 @@ def _synthetic_stage(model, tokenizer, counts):
 
 
 def _crash_after(k, crash):
-    """A _write_chunk that writes k chunks, then calls crash()."""
-    real_write, written = gen._write_chunk, []
+    """A write_chunk that writes k chunks, then calls crash()."""
+    real_write, written = gen.write_chunk, []
 
     def write(path, frame, metadata):
         if len(written) == k:
@@ -183,7 +183,7 @@ def test_store_build_of_a_killed_generation_resumes_at_the_next_chunk(model, tok
     stage_dir = tmp_path / "store" / "synthetic"
     if kill == "exception":
         with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-            patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
+            patch.setattr(gen, "write_chunk", _crash_after(2, _interrupt))
             store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
         assert sorted(p.name for p in (stage_dir / f".resume-{key}" / "data").glob("chunk-*")) == [
             "chunk-00000.parquet",
@@ -192,7 +192,7 @@ def test_store_build_of_a_killed_generation_resumes_at_the_next_chunk(model, tok
     else:
 
         def killed_build():
-            gen._write_chunk = _crash_after(2, _die)  # in the child only
+            gen.write_chunk = _crash_after(2, _die)  # in the child only
             store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
 
         child = mp.get_context("fork").Process(target=killed_build)
@@ -202,7 +202,7 @@ def test_store_build_of_a_killed_generation_resumes_at_the_next_chunk(model, tok
         [stale] = stage_dir.glob(f".tmp-{key}-*")  # what the store's cleanup used to delete
         assert len(list((stale / "data").glob("chunk-*"))) == 2
     generated = []
-    monkeypatch.setattr(gen, "_generate_chunk", _recording(gen._generate_chunk, generated))
+    monkeypatch.setattr(gen, "generate_chunk", _recording(gen.generate_chunk, generated))
     art = store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
     assert len(generated) == 2
     summary = json.loads((art.path / "data" / gen.PROGRESS_FILE).read_text())["summary"]
@@ -222,7 +222,7 @@ def test_kept_chunks_made_with_other_counts_are_discarded_not_refused(model, tok
         return {"metrics": {"n_samples": run(model, tokenizer, out / "data", counts=next(draws)).n_samples}}
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
+        patch.setattr(gen, "write_chunk", _crash_after(2, _interrupt))
         store.build("synthetic", {"histogram": "dp"}, build)
     with pytest.warns(UserWarning, match="different arguments.*discarding"):
         art = store.build("synthetic", {"histogram": "dp"}, build)
@@ -235,7 +235,7 @@ def test_damaged_kept_chunk_is_discarded_so_the_retry_cannot_fail_forever(model,
     monkeypatch.setenv("DISTILDP_VERIFY", "full")
     store, config = ArtifactStore(tmp_path / "store"), {"counts": [4, 5, 8]}
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(gen, "_write_chunk", _crash_after(2, _interrupt))
+        patch.setattr(gen, "write_chunk", _crash_after(2, _interrupt))
         store.build("synthetic", config, _synthetic_stage(model, tokenizer, (4, 5, 8)))
     kept = tmp_path / "store" / "synthetic" / f".resume-{config_hash('synthetic', config)}" / "data"
     chunk = kept / "chunk-00001.parquet"
@@ -347,8 +347,8 @@ def test_prompts_of_different_lengths_share_a_batch_only_when_positions_allow(mo
     eos = tokenizer.eos_token_id
     prompts = [[eos] + tokenizer(control_prefix(c), add_special_tokens=False)["input_ids"] for c in CODES]
     need, budget = {0: 3, 2: 2}, {0: 9, 2: 9}
-    assert gen._next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 0, None) == [0, 0, 0]
-    assert gen._next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 5, None) == [0, 0, 0, 2, 2]
+    assert gen.next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 0, None) == [0, 0, 0]
+    assert gen.next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 5, None) == [0, 0, 0, 2, 2]
     with pytest.raises(ValueError, match="positions"):
         sample_batch(tight, [prompts[0], prompts[2]], small_cfg(), eos)
 

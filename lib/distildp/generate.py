@@ -213,7 +213,7 @@ def _fingerprint(
 # One chunk: batches of prompts until every code has its samples
 
 
-def _generate_chunk(
+def generate_chunk(
     model,
     tokenizer,
     prompts: list[list[int]],
@@ -235,7 +235,7 @@ def _generate_chunk(
     with torch.random.fork_rng(devices=_cuda_devices(model)):
         torch.manual_seed(seed)
         while any(need.values()):
-            slots = _next_batch(plan, need, budget, prompts, cfg.batch_size, length_slack, stats)
+            slots = next_batch(plan, need, budget, prompts, cfg.batch_size, length_slack, stats)
             for code, ids in zip(slots, sample_batch(model, [prompts[c] for c in slots], cfg, eos_id)):
                 stats[code]["attempts"] += 1
                 budget[code] -= 1
@@ -253,7 +253,7 @@ def _generate_chunk(
     return rows, [stats[code] for code, _ in plan]
 
 
-def _next_batch(plan, need: dict, budget: dict, prompts, batch_size: int, length_slack: int, stats) -> list[int]:
+def next_batch(plan, need: dict, budget: dict, prompts, batch_size: int, length_slack: int, stats) -> list[int]:
     """The codes of the next batch: those still short of their count, in plan order, while the padded
     batch fits the teacher's positions (prompt lengths within `length_slack`; see sample_batch)."""
     slots: list[int] = []
@@ -280,7 +280,7 @@ def _cuda_devices(model: torch.nn.Module) -> list[int]:
 # Files
 
 
-def _write_chunk(path: Path, frame: pd.DataFrame, metadata: dict) -> None:
+def write_chunk(path: Path, frame: pd.DataFrame, metadata: dict) -> None:
     """Write a chunk under a temporary name, then rename: a chunk file either is complete or absent."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(
@@ -376,7 +376,7 @@ def generate_synthetic(
                 if index in done:
                     continue
                 chunk_started = time.perf_counter()
-                rows, stats = _generate_chunk(
+                rows, stats = generate_chunk(
                     model, tokenizer, prompts, chunk_plan, cfg, chunk_seed(seed, index), eos_id, bar
                 )
                 frame = pd.DataFrame(
@@ -385,7 +385,7 @@ def generate_synthetic(
                         **{column: [counts[code][0][name] for code, _ in rows] for column, name in columns.items()},
                     }
                 )
-                _write_chunk(
+                write_chunk(
                     _chunk_path(out_dir, index),
                     frame,
                     {
