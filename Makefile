@@ -72,6 +72,8 @@ bench: setup
 		--configs hooks+conv1d ghost bookkeeping
 	$(PY) benchmarks/bench_dpsgd_sweep.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_ddp.py
+	$(PY) benchmarks/cost_model.py
 
 clean-store:
 	rm -rf .artifacts
