@@ -66,7 +66,8 @@ book: setup
 	$(PY) -m distildp.book build $(BOOK)
 
 # speed and memory benchmarks (not tests; run them on a quiet machine): DP-SGD's clipping modes side by side
-# against non-private steps, how that grows with batch, length and model size, and generation throughput
+# against non-private steps, how that grows with batch, length and model size, generation throughput, data-parallel
+# steps on 1 and 2 processes, and the paper grid's GPU-hours from the measured step times
 bench: setup
 	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 6 \
 		--configs hooks+conv1d ghost bookkeeping
