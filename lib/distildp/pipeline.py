@@ -217,13 +217,7 @@ class Pipeline:
             model.save_pretrained(out)
             tok.save_pretrained(out)
             # Both roles are scored on plain text: the public models never saw control codes.
-            metrics = {
-                "public_val_ppl": check.best_ppl,
-                "steps": report.steps,
-                "best_step": check.best_step,
-                "converged": check.converged,
-                **self._evaluate(model, tok, "student"),
-            }
+            metrics = self._evaluate_selected(model, tok, "public_val_ppl", check, report.steps)
             return {
                 "privacy": _no_private_data(),
                 "metrics": metrics,
@@ -560,13 +554,7 @@ class Pipeline:
                 f"held-out synthetic text ({n_val} samples), checked once per epoch; "
                 f"best at step {selector.best_step} of {report.steps}"
             )
-            metrics = {
-                "synthetic_val_ppl": selector.best_ppl,
-                "steps": report.steps,
-                "best_step": selector.best_step,
-                "converged": selector.converged,
-                **self._evaluate(model, tok, "student"),
-            }
+            metrics = self._evaluate_selected(model, tok, "synthetic_val_ppl", selector, report.steps)
             return {
                 "privacy": record,
                 "metrics": metrics,
@@ -603,6 +591,16 @@ class Pipeline:
         )
 
     # ------------------------------------------------------------------------------------ evaluation
+    def _evaluate_selected(self, model, tok, held_out: str, selector: BestOnHeldOut, steps: int) -> dict:
+        """A student-role model kept at its best held-out step: that selection beside its test evaluation."""
+        return {
+            held_out: selector.best_ppl,
+            "steps": steps,
+            "best_step": selector.best_step,
+            "converged": selector.converged,
+            **self._evaluate(model, tok, "student"),
+        }
+
     def _evaluate(self, model, tok, role: str) -> dict:
         """Test and validation perplexity: teachers get the control codes as unscored context, students plain
         text. The validation split is what learning rates are chosen on (never the test split)."""
