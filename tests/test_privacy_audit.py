@@ -13,6 +13,7 @@ from distildp import mia, privacy_audit
 from distildp.audit import AuditError
 from distildp.data import load_corpus
 from distildp.models import build_model, train_tokenizer
+from distildp.privacy_audit import ScoredModel
 from distildp.provenance import TrainingSet
 from distildp.source import ReviewSource
 
@@ -101,9 +102,16 @@ def memorised():
 CONFIG = privacy_audit.AuditConfig(n_candidates=200, n_bootstrap=50)
 
 
+def as_student(accounted: float, what: str) -> dict:
+    """audit_model's keywords for a student-role model at delta 1e-3."""
+    return {"role": "student", "accounted": accounted, "delta": 1e-3, "config": CONFIG, "what": what}
+
+
 def test_a_memorising_model_is_caught_by_every_test_and_canary_rows_stay_out_of_the_members(memorised):
     model, public, tok, found = memorised
-    row = privacy_audit.audit_model(model, tok, public, tok, found, "student", math.inf, 1e-3, CONFIG, "memoriser")
+    row = privacy_audit.audit_model(
+        ScoredModel(model, tok), ScoredModel(public, tok), found, **as_student(math.inf, "memoriser")
+    )
     assert [c["repeats"] for c in row["canaries"]] == [1, 3]
     once, thrice = row["canaries"]
     assert thrice["exposure"] > 20 and thrice["public_exposure"] < 5  # ranked among the first of 10^8 candidates
@@ -118,12 +126,16 @@ def test_a_memorising_model_is_caught_by_every_test_and_canary_rows_stay_out_of_
 def test_a_leak_above_the_accounted_epsilon_is_a_privacy_bug(memorised):
     model, public, tok, found = memorised
     with pytest.raises(mia.PrivacyBugError, match="PRIVACY BUG.*memoriser \\(loss attack\\)"):
-        privacy_audit.audit_model(model, tok, public, tok, found, "student", 0.1, 1e-3, CONFIG, "memoriser")
+        privacy_audit.audit_model(
+            ScoredModel(model, tok), ScoredModel(public, tok), found, **as_student(0.1, "memoriser")
+        )
 
 
 def test_an_untrained_model_shows_nothing(memorised):
     _, public, tok, found = memorised
-    row = privacy_audit.audit_model(public, tok, public, tok, found, "student", 1.0, 1e-3, CONFIG, "untrained")
+    row = privacy_audit.audit_model(
+        ScoredModel(public, tok), ScoredModel(public, tok), found, **as_student(1.0, "untrained")
+    )
     assert all(c["exposure"] == pytest.approx(c["public_exposure"]) for c in row["canaries"])
     assert row["reference_auc"] == 0.5  # target and reference are one model: every score is 0
     assert row["epsilon_lower_bound"] == 0.0

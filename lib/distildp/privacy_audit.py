@@ -20,6 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -100,15 +101,13 @@ def audit_method(
             public, public_tok = pipe.load_model(pipe.pretrained(role, seed).path)
             row.update(
                 audit_model(
-                    model,
-                    tok,
-                    public,
-                    public_tok,
+                    ScoredModel(model, tok),
+                    ScoredModel(public, public_tok),
                     found,
-                    role,
-                    accounted,
-                    pipe.delta,
-                    config,
+                    role=role,
+                    accounted=accounted,
+                    delta=pipe.delta,
+                    config=config,
                     what=f"{method}'s {name} at epsilon {epsilon:g}",
                 )
             )
@@ -135,12 +134,29 @@ def _audit_synthetic(found, texts: list[str]) -> dict:
     }
 
 
+class ScoredModel(NamedTuple):
+    """A language model and its tokenizer: what the audit scores documents and secrets with."""
+
+    model: Any
+    tok: Any
+
+
 def audit_model(
-    model, tok, public, public_tok, found, role: str, accounted: float, delta: float, config: AuditConfig, what: str
+    target: ScoredModel,
+    reference: ScoredModel,
+    found,
+    *,
+    role: str,
+    accounted: float,
+    delta: float,
+    config: AuditConfig,
+    what: str,
 ) -> dict:
-    """One model's audit against the training set `found` (provenance.training_set): each canary's exposure
-    beside the public model's, and the membership attacks with the epsilon lower bound they give. Raises
-    mia.PrivacyBugError when that bound exceeds `accounted`; `what` names the model in that message."""
+    """`target`'s audit against the training set `found` (provenance.training_set), with `reference` (the public
+    model it started from) as the baseline: each canary's exposure beside the reference's, and the membership
+    attacks with the epsilon lower bound they give. Raises mia.PrivacyBugError when that bound exceeds
+    `accounted`; `what` names the model in that message."""
+    (model, tok), (public, public_tok) = target, reference
     with_codes = role == "teacher"  # a teacher was trained behind each row's control codes
     options = {
         "method": "extrapolated",
