@@ -348,12 +348,13 @@ def generate_synthetic(
     out_dir = Path(out_dir)
     fingerprint = _fingerprint(model, tokenizer, counts, cfg, seed, columns)
     plan = plan_chunks([n for _, n in counts], cfg.chunk_size)
+    target = _SetPlan(out_dir, fingerprint, plan, counts, cfg, seed, columns)
     state = None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         restored = restored_by_store(out_dir)
         mark_resumable(out_dir)  # a store build killed midway keeps the chunks for its retry
-        state = _start_or_resume(out_dir, fingerprint, plan, counts, cfg, seed, columns, restored)
+        state = _start_or_resume(target, restored)
     if sharded:
         distributed.barrier()  # the folder is checked (another run's work discarded) before anyone writes to it
 
@@ -407,7 +408,7 @@ def generate_synthetic(
     if sharded:
         distributed.barrier()  # every chunk is written
         generated_now = int(distributed.sum_over_ranks([generated_now])[0])
-    summary = _summarise(out_dir, plan, counts, cfg, seed, columns, fingerprint)
+    summary = _summarise(target)
     summary.update(
         wall_time_s=time.perf_counter() - started,
         chunks_generated_this_call=generated_now,
@@ -474,12 +475,36 @@ def _check_lengths(model, prompts: list[list[int]], counts, cfg: GenerationConfi
             )
 
 
-def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, columns, restored: bool) -> dict:
+@dataclass(frozen=True)
+class _SetPlan:
+    """One synthetic set on disk: its folder, its chunks' plan, and the arguments its fingerprint covers."""
+
+    out_dir: Path
+    fingerprint: str
+    plan: list[list[tuple[int, int]]]
+    counts: list[tuple[dict[str, str], int]]
+    cfg: GenerationConfig
+    seed: int
+    columns: dict[str, str]
+
+    def description(self) -> dict:
+        """What progress.json and the summary both record of the set's arguments."""
+        return {
+            "sampling": asdict(self.cfg),
+            "seed": self.seed,
+            "n_chunks": len(self.plan),
+            "code_columns": self.columns,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def _start_or_resume(target: _SetPlan, restored: bool) -> dict:
     """Load progress.json if it describes this very run; trust chunk files over it (they are atomic).
 
     restored: out_dir is partial work the artifact store kept from a killed build. If that was made with
     other arguments (a secret noise draw gives another histogram) it is discarded rather than refused.
     """
+    out_dir, fingerprint, plan = target.out_dir, target.fingerprint, target.plan
     for leftover in out_dir.glob(".*.tmp-*"):
         leftover.unlink()  # a chunk or progress file a killed run was writing (other shards wait for this check)
     path = out_dir / PROGRESS_FILE
@@ -502,14 +527,10 @@ def _start_or_resume(out_dir: Path, fingerprint: str, plan, counts, cfg, seed, c
             chunk.unlink()
     done = _chunks_present(out_dir, len(plan))
     state = {
-        "fingerprint": fingerprint,
+        **target.description(),
         "complete": False,
-        "n_chunks": len(plan),
         "chunk_plan": plan,
-        "code_counts": [{"codes": codes, "count": n} for codes, n in counts],
-        "code_columns": columns,
-        "sampling": asdict(cfg),
-        "seed": seed,
+        "code_counts": [{"codes": codes, "count": n} for codes, n in target.counts],
         "chunks_done": done,
     }
     write_json_atomic(path, state)
@@ -525,15 +546,15 @@ def _recorded_fingerprint(path: Path) -> str | None:
         return None
 
 
-def _summarise(out_dir: Path, plan, counts, cfg, seed, columns, fingerprint) -> dict:
+def _summarise(target: _SetPlan) -> dict:
     """Manifest-ready totals, read back from the chunk files (so resumed runs count every chunk once)."""
     per_code = [
         {"codes": codes, "requested": n, "produced": 0, "attempts": 0, "dropped_empty": 0, "new_tokens": 0}
-        for codes, n in counts
+        for codes, n in target.counts
     ]
     generation_time = 0.0
-    for index in range(len(plan)):
-        meta = _read_chunk_metadata(_chunk_path(out_dir, index))
+    for index in range(len(target.plan)):
+        meta = _read_chunk_metadata(_chunk_path(target.out_dir, index))
         generation_time += meta["wall_time_s"]
         for stat in meta["stats"]:
             row = per_code[stat["code_index"]]
@@ -550,11 +571,7 @@ def _summarise(out_dir: Path, plan, counts, cfg, seed, columns, fingerprint) -> 
         "dropped_empty": totals["dropped_empty"],
         "new_tokens": totals["new_tokens"],
         "per_code": per_code,
-        "sampling": asdict(cfg),
-        "seed": seed,
-        "n_chunks": len(plan),
-        "code_columns": columns,
-        "fingerprint": fingerprint,
+        **target.description(),
         "generation_time_s": generation_time,
     }
 
