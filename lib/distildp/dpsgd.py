@@ -466,11 +466,13 @@ def train_causal_lm(
         rank,
         world,
     )
-    if p.private:
-        _train_private(loop, p)
-    else:
-        _train_plain(loop)
-    bar.close()
+    try:
+        if p.private:
+            _train_private(loop, p)
+        else:
+            _train_plain(loop)
+    finally:
+        bar.close()  # also when training raises: a bar left open keeps writing to its stream
     model.eval()
     report.wall_time_s = time.perf_counter() - start
     return report
