@@ -7,6 +7,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# submitit configures logging when it is first imported (logging.config.dictConfig), which closes every handler
+# that exists then: imported mid-session, it closed a handler bound to pytest's captured stderr (absl's, made when
+# a test imported dp_accounting) and with it pytest's capture. The runner's tests keep submitit's logging as is.
+os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
 # Every artifact read hashes every byte (the store's quick level skips the middle of files over 64 MiB).
 os.environ.setdefault("DISTILDP_VERIFY", "full")
 

@@ -23,11 +23,6 @@ from distildp import results as results_module
 
 from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
 
-# Out of the default suite for now: run after other test modules in one pytest session (`make test`), a test of
-# this module ends with pytest's own output capture closed ("I/O operation on closed file", pytest exits). Alone,
-# every test here passes: `pytest -m slow tests/test_executors.py` (or `make test-slow`).
-pytestmark = pytest.mark.slow
-
 
 def tiny_grid(directory: Path, notebook: Path, **changes) -> Path:
     """Two methods at one epsilon and a lam ablation at the grid's own setting (a twin of the distildp point):
