@@ -735,6 +735,17 @@ def prepare_points(
     return todo, twins, busy
 
 
+def say_prepared(grid: Grid, points: list[Point], todo: list, twins: list, busy: list, action: str, owner: str) -> None:
+    """What prepare_points found: how many points are finished, to `action`, reused from a twin, or owned by `owner`."""
+    print(
+        f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
+        f"finished, {len(todo)} {action}" + (f", {len(twins)} reusing a main point's row" if twins else ""),
+        flush=True,
+    )
+    for entry in busy:
+        print(f"skipped {entry}: a live process owns this point ({owner}); rerun when it is done", flush=True)
+
+
 def run_grid(
     grid: Grid, points: list[Point], runs_dir: Path, jobs: int, store: str, progress: bool = True
 ) -> list[Outcome]:
@@ -742,14 +753,15 @@ def run_grid(
     from tqdm.auto import tqdm
 
     todo, twins, busy = prepare_points(grid, points, runs_dir, store)
-    print(
-        f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
-        f"finished, {len(todo)} to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)"
-        + (f", {len(twins)} reusing a main point's row" if twins else ""),
-        flush=True,
+    say_prepared(
+        grid,
+        points,
+        todo,
+        twins,
+        busy,
+        f"to run with {jobs} job(s) x {Runner(jobs).threads} thread(s)",
+        "another runner",
     )
-    for entry in busy:
-        print(f"skipped {entry}: a live process owns this point (another runner); rerun when it is done", flush=True)
     runner = Runner(jobs)
     outcomes = []
     bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="point", disable=not progress or not todo)
@@ -865,14 +877,7 @@ def submit_grid(
     todo, twins, busy = prepare_points(grid, points, runs_dir, store)
     for _, lock_fd in todo:
         os.close(lock_fd)  # each job claims its point again when it starts
-    print(
-        f"grid {grid.name}: {len(points)} points, {len(points) - len(todo) - len(twins) - len(busy)} already "
-        f"finished, {len(todo)} to submit as {kind} jobs"
-        + (f", {len(twins)} reusing a main point's row" if twins else ""),
-        flush=True,
-    )
-    for entry in busy:
-        print(f"skipped {entry}: a live process owns this point (a runner or a job); rerun when it is done", flush=True)
+    say_prepared(grid, points, todo, twins, busy, f"to submit as {kind} jobs", "a runner or a job")
     if not todo:
         return [], twins
     threads = job_threads(kind, settings, jobs)
