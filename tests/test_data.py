@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from distildp import data, hub, hub_corpora
+from distildp.config import make_settings
 from distildp.corpus import control_prefix, display_name
 from distildp.data import load_corpus, load_public
 from distildp.lexicon import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
@@ -214,6 +215,18 @@ def test_hub_schema_mappings_on_local_fixtures(tmp_path):
         "A toothbrush with a replaceable head. (test)": "Human Necessities",
         "A circuit for charging a battery. (test)": "Electricity",
     }
+
+
+def test_hub_loaders_take_the_split_options_by_name_and_type(tmp_path):
+    for name in ("yelp", "big_patent", "dbpedia_14"):
+        assert {"seed", "val_fraction", "n_train", "n_val", "n_test", "cache_dir"} <= set(data.corpus_options(name))
+    with pytest.raises(ValueError, match=r"dataset_options.n_test must be int or None, got str '5'"):
+        make_settings("smoke", {"dataset": "dbpedia_14", "dataset_options": {"n_test": "5"}})
+    with pytest.raises(ValueError, match=r"\['n_trian'\] do not apply to dataset 'big_patent'"):
+        make_settings("smoke", {"dataset": "big_patent", "dataset_options": {"n_trian": 5}})
+    files = {s: str(FIXTURES / "dbpedia_14" / f"{s}.jsonl") for s in ("train", "test")}
+    small = load_corpus("dbpedia_14", data_files=files, cache_dir=str(tmp_path), n_train=2, n_test=1, seed=3)
+    assert [len(small.splits[s]) for s in ("train", "test")] == [2, 1]
 
 
 def test_yelp_csv_folder_is_the_distildp_shape():

@@ -5,6 +5,8 @@ the hub's schema. `load_dataset` fails fast, with the fix, when the hub is out o
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -118,73 +120,77 @@ def load_dataset(path: str, config: str | None = None, *, data_files=None, cache
         ) from err
 
 
-def _three_splits(
-    parts: dict[str, pd.DataFrame], seed: int, val_fraction: float, limits: dict[str, int | None]
+def three_splits(
+    parts: dict[str, pd.DataFrame],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Carve validation from train when missing, then subsample each split to its limit (seeded)."""
-    parts = dict(parts)
+    """Train, validation and test from a dataset's splits ('val' or 'valid' names validation): validation carved
+    from train when missing (`val_fraction`), then each split subsampled to its `n_*` limit (seeded; None: all).
+    Its keyword options are every hub loader's options too (`takes_split_options`)."""
+    parts = {("validation" if s in ("val", "valid") else s): frame for s, frame in parts.items()}
     rng = np.random.default_rng(seed)
     if "validation" not in parts:
         train = parts["train"]
-        n_val = max(1, int(round(val_fraction * len(train))))
+        n_val_carved = max(1, int(round(val_fraction * len(train))))
         order = rng.permutation(len(train))
-        parts["validation"] = train.iloc[order[:n_val]].reset_index(drop=True)
-        parts["train"] = train.iloc[order[n_val:]].reset_index(drop=True)
+        parts["validation"] = train.iloc[order[:n_val_carved]].reset_index(drop=True)
+        parts["train"] = train.iloc[order[n_val_carved:]].reset_index(drop=True)
     if "test" not in parts:
         raise ValueError(f"the dataset has no test split (splits: {list(parts)}); provide one")
-    for split, n in limits.items():
+    for split, n in zip(SPLITS, (n_train, n_val, n_test)):
         if n is not None and n < len(parts[split]):
             parts[split] = parts[split].iloc[np.sort(rng.choice(len(parts[split]), n, replace=False))]
     return {s: parts[s].reset_index(drop=True) for s in SPLITS}
 
 
-def _hub_corpus(name: str, parts: dict[str, pd.DataFrame], code_names, seed, val_fraction, sizes) -> Corpus:
-    """A corpus from a hub dataset's splits, already text + label columns: 'val' or 'valid' is the validation split,
-    `sizes` the (train, validation, test) limits, None for all."""
-    parts = {("validation" if s in ("val", "valid") else s): frame for s, frame in parts.items()}
-    frames = _three_splits(parts, seed, val_fraction, dict(zip(SPLITS, sizes)))
-    return corpus_from_frames(name, frames, code_names=code_names, info={"seed": seed})
+def takes_split_options(loader):
+    """Declare on `loader`, which passes `**split_options` on to `three_splits`, the options that takes: its
+    signature and annotations, as `inspect` and the settings' option checks read them, list each one by name."""
+    own = inspect.signature(loader)
+    split = [p for p in inspect.signature(three_splits).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    loader.__signature__ = own.replace(
+        parameters=[p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD] + split
+    )
+    loader.__annotations__ = {**typing.get_type_hints(three_splits), **typing.get_type_hints(loader)}
+    return loader
 
 
+@takes_split_options
 def load_yelp(
     data_dir: str | None = None,
     hub_name: str = "Yelp/yelp_review_full",
     data_files=None,
     cache_dir=None,
-    seed: int = 0,
-    val_fraction: float = 0.05,
-    n_train=None,
-    n_val=None,
-    n_test=None,
     code_names: dict[str, str] | None = None,
+    **split_options,
 ) -> Corpus:
     """Yelp reviews. `data_dir`: the DistilDP/Yue et al. CSV folder (text + label columns, e.g.
     Business Category and Review Stars); otherwise `hub_name` (default: stars only, no category)."""
-    names = {"label_review_stars": STARS, **(code_names or {})}
     if data_dir is not None:
         corpus = load_csv_dir(data_dir, name="yelp", code_names=code_names)
-        sizes = {"train": n_train, "validation": n_val, "test": n_test}
-        frames = _three_splits(corpus.splits, seed, val_fraction, sizes)
+        frames = three_splits(corpus.splits, **split_options)
         return corpus_from_frames("yelp", frames, code_names=corpus.code_columns, info={"data_dir": str(data_dir)})
     raw = load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp")
-    parts = {split: yelp_to_columns(raw[split]) for split in raw}
-    return _hub_corpus("yelp", parts, names, seed, val_fraction, (n_train, n_val, n_test))
+    frames = three_splits({split: yelp_to_columns(raw[split]) for split in raw}, **split_options)
+    names = {"label_review_stars": STARS, **(code_names or {})}
+    return corpus_from_frames("yelp", frames, code_names=names, info={"seed": split_options.get("seed", 0)})
 
 
+@takes_split_options
 def load_big_patent(
     hub_name: str = "NortheasternUniversity/big_patent",
     sections: str = "abcdefghy",
     data_files: dict[str, dict[str, str]] | None = None,
     cache_dir=None,
-    seed: int = 0,
-    val_fraction: float = 0.05,
-    n_train=None,
-    n_val=None,
-    n_test=None,
+    **split_options,
 ) -> Corpus:
     """Patent abstracts labelled with their CPC section; one hub config per section letter.
     `data_files`: {section letter: {split: path}} of local files in the hub's schema."""
-
     merged: dict[str, list[pd.DataFrame]] = {}
     for sec in sections:
         files = None if data_files is None else data_files.get(sec)
@@ -193,26 +199,20 @@ def load_big_patent(
         raw = load_dataset(hub_name, sec, data_files=files, cache_dir=cache_dir, corpus="big_patent")
         for split in raw:
             merged.setdefault(split, []).append(big_patent_to_columns(raw[split], sec))
-    parts = {split: pd.concat(frames, ignore_index=True) for split, frames in merged.items()}
-    return _hub_corpus(
-        "big_patent", parts, {"label_cpc_section": "CPC Section"}, seed, val_fraction, (n_train, n_val, n_test)
+    frames = three_splits(
+        {split: pd.concat(parts, ignore_index=True) for split, parts in merged.items()}, **split_options
     )
+    names = {"label_cpc_section": "CPC Section"}
+    return corpus_from_frames("big_patent", frames, code_names=names, info={"seed": split_options.get("seed", 0)})
 
 
-def load_dbpedia(
-    hub_name: str = "fancyzhx/dbpedia_14",
-    data_files=None,
-    cache_dir=None,
-    seed: int = 0,
-    val_fraction: float = 0.05,
-    n_train=None,
-    n_val=None,
-    n_test=None,
-) -> Corpus:
+@takes_split_options
+def load_dbpedia(hub_name: str = "fancyzhx/dbpedia_14", data_files=None, cache_dir=None, **split_options) -> Corpus:
     """DBpedia-14 article abstracts labelled with their class name."""
     raw = load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="dbpedia_14")
-    parts = {split: dbpedia_to_columns(raw[split]) for split in raw}
-    return _hub_corpus("dbpedia_14", parts, {"label_class": "Class"}, seed, val_fraction, (n_train, n_val, n_test))
+    frames = three_splits({split: dbpedia_to_columns(raw[split]) for split in raw}, **split_options)
+    names = {"label_class": "Class"}
+    return corpus_from_frames("dbpedia_14", frames, code_names=names, info={"seed": split_options.get("seed", 0)})
 
 
 HUB_LOADERS = {"yelp": load_yelp, "big_patent": load_big_patent, "dbpedia_14": load_dbpedia}
