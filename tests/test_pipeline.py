@@ -54,22 +54,10 @@ def test_each_method_spends_exactly_its_budget(pipe, rows, method):
 
 
 def test_rows_have_the_design_columns(rows):
-    design = {
-        "dataset",
-        "method",
-        "epsilon",
-        "delta",
-        "seed",
-        "student_ppl",
-        "teacher_ppl",
-        "floor",
-        "accountant",
-        "noise_multiplier",
-        "sample_rate",
-        "steps",
-        "synthetic_size",
-        "wall_time_s",
-    }
+    design = set(
+        "dataset method epsilon delta seed student_ppl teacher_ppl floor accountant noise_multiplier sample_rate "
+        "steps synthetic_size wall_time_s".split()
+    )
     for row in rows.values():
         assert design <= set(row)
     assert rows["distildp"]["synthetic_size"] == make_settings("smoke").synthetic_size
@@ -246,7 +234,7 @@ def test_a_student_reference_row_builds_only_the_student(tmp_path):
 def test_held_out_selection_stops_only_with_a_positive_tolerance(tolerance, stops_at):
     """tolerance 0 (distillation's default, as the paper: every epoch runs, the best is kept) never stops
     training, not even after an epoch that got worse; a positive tolerance stops at the first flat check."""
-    from distildp.pipeline import BestOnHeldOut
+    from distildp.evaluate import BestOnHeldOut
 
     improvements = iter([math.inf, 0.05, -0.02, 0.03])  # the third check is worse than the best
 

@@ -22,6 +22,7 @@ the embeddings, and the final hidden states of the two models are always paired.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+
+from distildp.models import encode_plain
 
 TEACHER_CONTEXTS = ("code_prefix", "none")
 # How the soft-label term is weighed against the hard-label CE (see kd_loss).
@@ -392,6 +395,14 @@ def teacher_logits_for_student(
 # ----------------------------------------------------------------------------------------------
 
 
+def kd_examples(tok, texts: list[str], prefixes: list[str], context: int) -> list[dict]:
+    """Student examples [eos]+text+[eos] with `prefix_ids`, short enough that the teacher's
+    [eos]+prefix+text+[eos] still fits its context (the student sees the same text tokens as the teacher)."""
+    prefix_ids = tok(prefixes, add_special_tokens=False)["input_ids"]
+    examples = encode_plain(tok, texts, context - max(len(ids) for ids in prefix_ids))
+    return [{**ex, "prefix_ids": ids} for ex, ids in zip(examples, prefix_ids)]
+
+
 def make_kd_loss_fn(
     teacher: nn.Module,
     lam: float = 0.4,
@@ -414,6 +425,7 @@ def make_kd_loss_fn(
         raise ValueError(f"weighting={weighting!r}; choose one of {KD_WEIGHTINGS}.")
     teacher.eval()  # soft labels without dropout; the teacher is never trained here
     want_hidden = alpha > 0
+    weighted_kd_loss = functools.partial(kd_loss, lam=lam, temperature=temperature, alpha=alpha, weighting=weighting)
 
     def loss_fn(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         out = model(
@@ -438,18 +450,15 @@ def make_kd_loss_fn(
                         f"teacher's {t_width}: train StudentWithProjection(student, teacher_width={t_width})."
                     )
                 raise _width_error(s_width, t_width)
-        return kd_loss(
+        parts = weighted_kd_loss(
             out.logits,
             teach.logits,
             batch["input_ids"],
             batch["loss_mask"],
-            lam=lam,
-            temperature=temperature,
             student_hidden=student_hidden,
             teacher_hidden=teacher_hidden,
-            alpha=alpha,
-            weighting=weighting,
-        ).total
+        )
+        return parts.total
 
     return loss_fn
 

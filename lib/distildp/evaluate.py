@@ -8,6 +8,7 @@ model conditions on, and `floor()` divides by exactly that count.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -256,3 +257,48 @@ def floor(
         nats = -sum(source.log_prob_marginal(text, categories=categories) for text in texts)
     n_tokens = sum(len(ids) + 1 for ids in token_ids(tokenizer, texts))
     return PerplexityResult(math.exp(nats / n_tokens), nats, n_tokens)
+
+
+class BestOnHeldOut:
+    """on_step callback: every `every` steps, score held-out text and keep the best weights. With a
+    `tolerance` > 0, it also asks training to stop (returns True) once a check improves on the best one by less
+    than that relative amount: the held-out perplexity has flattened. None or 0: it never stops training."""
+
+    def __init__(
+        self,
+        model,
+        tok,
+        texts: list[str],
+        every: int,
+        tolerance: float | None = None,
+        prefixes: list[str] | None = None,
+    ):
+        self.model, self.tok, self.texts, self.every, self.tolerance = model, tok, texts, every, tolerance or None
+        self.prefixes = prefixes
+        self.best_ppl, self.best_step, self.best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+        self.curve: list[tuple[int, float]] = []
+        self.converged = False
+
+    def __call__(self, step: int, loss: float) -> bool:
+        if step % self.every:
+            return False
+        self.converged = self._check(step) < (self.tolerance if self.tolerance is not None else -math.inf)
+        return self.converged
+
+    def finish(self, steps: int) -> None:
+        """A last check after the final step (training may end between two checks)."""
+        if not self.curve or self.curve[-1][0] != steps:
+            self._check(steps)
+
+    def _check(self, step: int) -> float:
+        """Score the held-out text, keep the best weights; return the relative improvement on the best so far."""
+        ppl = perplexity(
+            self.model, self.tok, self.texts, prefixes=self.prefixes, per_document=True, progress=False
+        ).ppl
+        self.model.train()
+        self.curve.append((step, ppl))
+        improved_by = (self.best_ppl - ppl) / self.best_ppl if math.isfinite(self.best_ppl) else math.inf
+        if ppl < self.best_ppl:
+            self.best_ppl, self.best_step = ppl, step
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        return improved_by

@@ -262,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distildp.grading", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="otter assign every exercise notebook")
-    build_cmd.add_argument("out", help="e.g. build/exercises")
-    build_cmd.add_argument("--notebooks", default="notebooks")
+    build_cmd.add_argument("out", help="the folder for student/, autograder/ and solutions/, e.g. build/exercises")
+    build_cmd.add_argument("--notebooks", default="notebooks", help="the exercise notebooks' folder")
     grade_cmd = commands.add_parser("grade", help="otter run every notebook of a folder into a CSV")
-    grade_cmd.add_argument("submissions")
-    grade_cmd.add_argument("--autograders", default="build/exercises/autograder")
-    grade_cmd.add_argument("--csv", required=True)
+    grade_cmd.add_argument("submissions", help="a folder of the students' filled-in notebooks")
+    grade_cmd.add_argument(
+        "--autograders", default="build/exercises/autograder", help="the autograder zips `build` wrote"
+    )
+    grade_cmd.add_argument("--csv", required=True, help="the grades' file: a row per notebook, a column per question")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.out, args.notebooks)

@@ -17,7 +17,6 @@ wait. Rank 0 writes every artifact; the others read them.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import itertools
@@ -32,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from distildp import distributed, histogram, privacy
+from distildp import distributed, histogram, privacy, rows
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
-from distildp.config import PROFILES, Settings, make_settings
+from distildp.config import Settings
 from distildp.corpus import Corpus, control_prefix
 from distildp.data import PublicText, load_corpus, load_public
 from distildp.distill import (
@@ -42,11 +41,12 @@ from distildp.distill import (
     attach_teacher_states,
     check_compatible,
     collate_kd,
+    kd_examples,
     make_kd_loss_fn,
     teacher_states_bytes,
 )
 from distildp.dpsgd import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed, train_causal_lm
-from distildp.evaluate import floor, marginal_perplexity, perplexity
+from distildp.evaluate import BestOnHeldOut, floor, marginal_perplexity, perplexity
 from distildp.generate import CONFIG_CODES_ATTR, generate_synthetic, load_synthetic
 from distildp.methods import REFERENCES, check_method, reference_epsilon, reference_role
 from distildp.models import (
@@ -146,7 +146,7 @@ class Pipeline:
             # the schema's texts give the control-code prefixes short encodings
             tok = train_tokenizer(self.public.train + self._schema_texts(), s.vocab_size)
             tok.save_pretrained(out)
-            return {"metrics": {"vocab_size": len(tok)}, "privacy": _no_private_data()}
+            return {"metrics": {"vocab_size": len(tok)}, "privacy": privacy.public_data_record()}
 
         return self.store.build("tokenizer", config, build)
 
@@ -178,7 +178,7 @@ class Pipeline:
                 model.save_pretrained(out)
                 tok.save_pretrained(out)
                 return {
-                    "privacy": _no_private_data(),
+                    "privacy": privacy.public_data_record(),
                     "metrics": self._evaluate(model, tok, "student"),
                     "extra": {"device": str(self.device)},
                 }
@@ -219,7 +219,7 @@ class Pipeline:
             # Both roles are scored on plain text: the public models never saw control codes.
             metrics = self._evaluate_selected(model, tok, "public_val_ppl", check, report.steps)
             return {
-                "privacy": _no_private_data(),
+                "privacy": privacy.public_data_record(),
                 "metrics": metrics,
                 "extra": {"losses": report.losses, "public_val_curve": check.curve, "device": str(self.device)},
             }
@@ -332,7 +332,7 @@ class Pipeline:
                 if kd_teacher:
                     teacher, teacher_tok = self.load_model(kd_teacher.path)
                     check_compatible(teacher_tok, tok)
-                    examples = _kd_examples(tok, texts, prefixes, context)
+                    examples = kd_examples(tok, texts, prefixes, context)
                     collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
                     loss_fn = self._kd_loss(teacher)
             privacy_cfg = PrivacyConfig(
@@ -362,7 +362,7 @@ class Pipeline:
                 setattr(model.config, CONFIG_CODES_ATTR, list(self.corpus.code_columns.values()))
             model.save_pretrained(out)
             tok.save_pretrained(out)
-            record = report.privacy_record() if private else {**_nonprivate_record(), "steps": report.steps}
+            record = report.privacy_record() if private else {**privacy.nonprivate_record(), "steps": report.steps}
             record["model_selection"] = "none: the final step is kept (selection on private data would cost privacy)"
             metrics = {"train_loss_last": report.losses[-1], **self._evaluate(model, tok, role)}
             if role == "teacher" and not private:  # as a model of plain text, codes drawn as in the data
@@ -508,7 +508,7 @@ class Pipeline:
             if kd:
                 teacher_model, teacher_tok = self.load_model(teacher.path)
                 check_compatible(teacher_tok, tok)
-                examples = _kd_examples(tok, train_texts, [prefixes[i] for i in train_idx], model.config.n_positions)
+                examples = kd_examples(tok, train_texts, [prefixes[i] for i in train_idx], model.config.n_positions)
                 collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
                 # hidden-state alignment across widths goes through a learned projection, trained with the student
                 project = s.alpha > 0 and teacher_model.config.hidden_size != student.config.hidden_size
@@ -548,7 +548,7 @@ class Pipeline:
             model = student  # a projection, if any, served training only
             model.save_pretrained(out)
             tok.save_pretrained(out)
-            record = _nonprivate_record()
+            record = privacy.nonprivate_record()
             record["notes"] = ["trained on synthetic text only: post-processing of the teacher and histogram"]
             record["model_selection"] = (
                 f"held-out synthetic text ({n_val} samples), checked once per epoch; "
@@ -682,49 +682,13 @@ class Pipeline:
         """Train and evaluate one method at total budget `epsilon`; return its results row."""
         started = time.time()
         if method in REFERENCES:
-            return self._reference_row(method, seed, started)
+            art = self.reference_model(method, seed)  # pretrained ones scored on plain text: they never saw codes
+            floors = {role: self.floor_for(role) for role in ("student", "teacher")}
+            return rows.reference_row(self.settings, self.delta, method, seed, art, floors, started)
         arts = self.artifacts(method, epsilon, seed)
-        return self._row(method, epsilon, seed, self.plan(method, epsilon), arts, started)
-
-    def _row(self, method, epsilon, seed, plan, arts, started) -> dict[str, Any]:
-        artifacts, student, teacher = list(arts.values()), arts["student"], arts.get("teacher")
-        leaks = [a.privacy.get("leak") for a in artifacts if a.privacy.get("leak")]
-        mechanisms = [m for m in plan.mechanisms.values() if m.noise_multiplier > 0]
-        total = (
-            privacy.privacy_record(
-                mechanisms, self.delta, self.settings.accountant, target_epsilon=epsilon, leaks=leaks
-            )
-            if mechanisms
-            else None
+        return rows.method_row(
+            self.settings, self.delta, method, epsilon, seed, self.plan(method, epsilon), arts, started
         )
-        first_dp = next((a.privacy for a in artifacts if a.privacy.get("private")), {})
-        synthetic = arts.get("synthetic")
-        return {
-            "dataset": self.settings.dataset,
-            "method": method,
-            "epsilon": epsilon,
-            "epsilon_spent": total["epsilon"] if total else math.inf,
-            "delta": self.delta,
-            "seed": seed,
-            "student_ppl": student.metrics["test_ppl"],
-            "teacher_ppl": teacher.metrics["test_ppl"] if teacher else math.nan,
-            "teacher_marginal_ppl": synthetic.metrics["teacher_marginal_ppl"] if synthetic else math.nan,
-            "val_ppl": student.metrics["val_ppl"],
-            "teacher_val_ppl": teacher.metrics["val_ppl"] if teacher else math.nan,
-            "floor": student.metrics.get("floor", math.nan),
-            "teacher_floor": teacher.metrics.get("floor", math.nan) if teacher else math.nan,
-            "private": bool(total and total["private"]),
-            "dp_randomness": self.settings.dp_randomness if mechanisms else "",
-            "accountant": self.settings.accountant,
-            "noise_multiplier": first_dp.get("noise_multiplier", 0.0),
-            "sample_rate": first_dp.get("sample_rate", math.nan),
-            "steps": first_dp.get("steps", 0),
-            "mechanisms": "; ".join(f"{name}: {m.describe()}" for name, m in plan.mechanisms.items()),
-            "histogram": synthetic.privacy.get("release") if synthetic else "",
-            "synthetic_size": synthetic.metrics["n_samples"] if synthetic else 0,
-            "wall_time_s": round(sum(a.manifest["wall_time_s"] for a in artifacts), 1),
-            "run_time_s": round(time.time() - started, 1),
-        }
 
     def reference_model(self, method: str, seed: int = 0) -> Artifact:
         """pretrained_<role> (public data only) or nonprivate_<role> (fine-tuned on the private data, no DP)."""
@@ -732,36 +696,6 @@ class Pipeline:
         if reference_epsilon(method) == 0:
             return self.pretrained(role, seed)
         return self.private_model(role, seed, None, math.inf)
-
-    def _reference_row(self, method: str, seed: int, started: float) -> dict[str, Any]:
-        role, epsilon = reference_role(method), reference_epsilon(method)
-        art = self.reference_model(method, seed)  # pretrained ones scored on plain text: they never saw codes
-        return {
-            "dataset": self.settings.dataset,
-            "method": method,
-            "epsilon": epsilon,
-            "epsilon_spent": epsilon,
-            "delta": 0.0 if epsilon == 0 else self.delta,
-            "seed": seed,
-            "student_ppl": art.metrics["test_ppl"] if role == "student" else math.nan,
-            "teacher_ppl": art.metrics["test_ppl"] if role == "teacher" else math.nan,
-            "teacher_marginal_ppl": art.metrics.get("test_ppl_marginal", math.nan),
-            "val_ppl": art.metrics["val_ppl"] if role == "student" else math.nan,
-            "teacher_val_ppl": art.metrics["val_ppl"] if role == "teacher" else math.nan,
-            "floor": self.floor_for("student"),
-            "teacher_floor": self.floor_for("teacher"),
-            "private": epsilon == 0,
-            "dp_randomness": "",
-            "accountant": "",
-            "noise_multiplier": 0.0,
-            "sample_rate": math.nan,
-            "steps": art.privacy.get("steps", 0) or 0,
-            "mechanisms": "",
-            "histogram": "",
-            "synthetic_size": 0,
-            "wall_time_s": art.manifest["wall_time_s"],
-            "run_time_s": round(time.time() - started, 1),
-        }
 
     def floor_for(self, role: str) -> float:
         if self.corpus.source is None:
@@ -774,140 +708,7 @@ class Pipeline:
         return self.settings.teacher_model if role == "teacher" else self.settings.student_model
 
 
-class BestOnHeldOut:
-    """on_step callback: every `every` steps, score held-out text and keep the best weights. With a
-    `tolerance` > 0, it also asks training to stop (returns True) once a check improves on the best one by less
-    than that relative amount: the held-out perplexity has flattened. None or 0: it never stops training."""
+if __name__ == "__main__":  # `python -m distildp.pipeline`: the command line lives in distildp.cli
+    from distildp.cli import main
 
-    def __init__(
-        self,
-        model,
-        tok,
-        texts: list[str],
-        every: int,
-        tolerance: float | None = None,
-        prefixes: list[str] | None = None,
-    ):
-        self.model, self.tok, self.texts, self.every, self.tolerance = model, tok, texts, every, tolerance or None
-        self.prefixes = prefixes
-        self.best_ppl, self.best_step, self.best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-        self.curve: list[tuple[int, float]] = []
-        self.converged = False
-
-    def __call__(self, step: int, loss: float) -> bool:
-        if step % self.every:
-            return False
-        self.converged = self._check(step) < (self.tolerance if self.tolerance is not None else -math.inf)
-        return self.converged
-
-    def finish(self, steps: int) -> None:
-        """A last check after the final step (training may end between two checks)."""
-        if not self.curve or self.curve[-1][0] != steps:
-            self._check(steps)
-
-    def _check(self, step: int) -> float:
-        """Score the held-out text, keep the best weights; return the relative improvement on the best so far."""
-        ppl = perplexity(
-            self.model, self.tok, self.texts, prefixes=self.prefixes, per_document=True, progress=False
-        ).ppl
-        self.model.train()
-        self.curve.append((step, ppl))
-        improved_by = (self.best_ppl - ppl) / self.best_ppl if math.isfinite(self.best_ppl) else math.inf
-        if ppl < self.best_ppl:
-            self.best_ppl, self.best_step = ppl, step
-            self.best_state = copy.deepcopy(self.model.state_dict())
-        return improved_by
-
-
-def _kd_examples(tok, texts: list[str], prefixes: list[str], context: int) -> list[dict]:
-    """Student examples [eos]+text+[eos] with `prefix_ids`, short enough that the teacher's
-    [eos]+prefix+text+[eos] still fits its context (the student sees the same text tokens as the teacher)."""
-    prefix_ids = tok(prefixes, add_special_tokens=False)["input_ids"]
-    examples = encode_plain(tok, texts, context - max(len(ids) for ids in prefix_ids))
-    return [{**ex, "prefix_ids": ids} for ex, ids in zip(examples, prefix_ids)]
-
-
-def _no_private_data() -> dict:
-    return {"epsilon": 0.0, "private": True, "notes": ["trained on public data only: no private data used"]}
-
-
-def _nonprivate_record() -> dict:
-    return {"epsilon": math.inf, "private": False, "notes": []}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m distildp.pipeline [--profile quick]`: build the public models of the embedded default (tokenizer,
-    pretrained teacher and student) and print their test perplexities beside the exact floor, and gate 1.
-    With --method, build that method's artifacts at --epsilon and --seed instead, and print them and its row.
-    `torchrun --nproc_per_node N -m distildp.pipeline --world-size N ...` trains its DP stages on N processes."""
-    import argparse
-
-    from distildp.methods import METHODS
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    parser.add_argument("--store", default=None, help="artifact store directory (default: .artifacts/)")
-    parser.add_argument("--method", default=None, choices=METHODS + REFERENCES, help="build this method's artifacts")
-    parser.add_argument("--epsilon", type=float, default=2.0, help="the method's total budget (with --method)")
-    parser.add_argument("--seed", type=int, default=0, help="the method's seed (with --method)")
-    parser.add_argument(
-        "--world-size", type=int, default=1, help="processes, as launched by torchrun --nproc_per_node (default 1)"
-    )
-    args = parser.parse_args(argv)
-    overrides = {"world_size": args.world_size} if args.world_size != 1 else {}
-    pipe = Pipeline(make_settings(args.profile, overrides), ArtifactStore(args.store) if args.store else None)
-    if args.method:
-        return _build_method(pipe, args.method, args.epsilon, args.seed)
-    return _build_public(pipe)
-
-
-def _say(*args) -> None:
-    """print, from one process only (the others build the same things)."""
-    if distributed.is_main():
-        print(*args, flush=True)
-
-
-def _build_public(pipe: Pipeline) -> int:
-    from distildp.results import GATE_1_RATIO
-
-    corpus = pipe.corpus
-    _say(
-        f"private corpus {pipe.settings.dataset!r}: "
-        + ", ".join(f"{split} {len(frame)}" for split, frame in corpus.splits.items())
-    )
-    ppl = {}
-    for role in ("teacher", "student"):
-        art = pipe.pretrained(role)
-        ppl[role] = art.metrics["test_ppl"]
-        floor_text = f"   floor {art.metrics['floor']:.2f}" if "floor" in art.metrics else ""
-        _say(
-            f"pretrained {role} ({pipe.model_name(role)}) test perplexity {ppl[role]:8.2f}{floor_text}"
-            f"   (plain text; {art.path})"
-        )
-    ratio = ppl["teacher"] / ppl["student"]
-    _say(
-        f"gate 1: pretrained teacher / student = {ratio:.3f}: {'PASS' if ratio <= GATE_1_RATIO else 'FAIL'} "
-        f"(<= {GATE_1_RATIO})"
-    )
-    return 0
-
-
-def _build_method(pipe: Pipeline, method: str, epsilon: float, seed: int) -> int:
-    started = time.time()
-    arts = pipe.artifacts(method, epsilon, seed)
-    for name, art in arts.items():
-        processes = art.manifest["built_on"].get("world_size", 1)
-        spent = art.privacy.get("epsilon")
-        spent_text = f"   epsilon {spent:.3f}" if isinstance(spent, float) and math.isfinite(spent) else ""
-        ppl = art.metrics.get("test_ppl")
-        ppl_text = f"   test perplexity {ppl:.2f}" if ppl is not None else ""
-        built_by = f"built by {processes} processes" if processes > 1 else "built by one process"
-        _say(f"{name}: {art.stage} {art.key} ({built_by}){ppl_text}{spent_text}   {art.path}")
-    row = pipe.run(method, epsilon, seed)  # read back from the store
-    _say(json.dumps({k: row[k] for k in ("method", "epsilon", "epsilon_spent", "seed", "student_ppl", "teacher_ppl")}))
-    _say(f"{time.time() - started:.1f} s on {pipe.settings.world_size} process(es)")
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

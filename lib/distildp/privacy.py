@@ -565,3 +565,13 @@ def privacy_record(
     if leaks:
         record["epsilon_private_parts"] = spent
     return record
+
+
+def public_data_record() -> dict:
+    """The privacy record of a model trained on public data only."""
+    return {"epsilon": 0.0, "private": True, "notes": ["trained on public data only: no private data used"]}
+
+
+def nonprivate_record() -> dict:
+    """The privacy record of a model trained on private data without DP (or on what such a model wrote)."""
+    return {"epsilon": math.inf, "private": False, "notes": []}
