@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import grid_file
 import nbformat
 import pandas as pd
 import psutil
@@ -76,8 +77,8 @@ def plain_tables(tmp_path_factory):
 )
 def test_bad_slurm_settings_are_refused_before_anything_runs(tmp_path, capsys, slurm, key, message):
     grid = tiny_grid(tmp_path, make_notebook(tmp_path), slurm=slurm)
-    with pytest.raises(run.GridError, match=f"{re.escape(str(grid))}: {re.escape(key)}: .*{message}"):
-        run.load_grid(str(grid))
+    with pytest.raises(grid_file.GridError, match=f"{re.escape(str(grid))}: {re.escape(key)}: .*{message}"):
+        grid_file.load_grid(str(grid))
     for executor in (["process"], ["local"], ["slurm", "--time", "5"]):  # checked whatever runs the grid
         assert cli(grid, tmp_path / "results", "--executor", *executor) == 2
         assert f"{grid}: {key}: " in capsys.readouterr().err
@@ -101,10 +102,10 @@ def test_bad_flags_and_a_missing_time_limit_are_refused(tmp_path, capsys):
 
 def test_a_grid_may_leave_slurm_out_or_empty(tmp_path):
     notebook = make_notebook(tmp_path)
-    assert run.load_grid(str(tiny_grid(tmp_path, notebook))).slurm == {}
+    assert grid_file.load_grid(str(tiny_grid(tmp_path, notebook))).slurm == {}
     settings = {"partition": "gpu", "time": 90, "mem": "16G", "setup": ["module load cuda"]}
-    assert run.load_grid(str(tiny_grid(tmp_path, notebook, slurm=settings))).slurm == settings
-    assert run.load_grid(str(tiny_grid(tmp_path, notebook, slurm=None))).slurm == {}
+    assert grid_file.load_grid(str(tiny_grid(tmp_path, notebook, slurm=settings))).slurm == settings
+    assert grid_file.load_grid(str(tiny_grid(tmp_path, notebook, slurm=None))).slurm == {}
 
 
 # ---------------------------------------------------------------------------------------------- slurm
@@ -329,7 +330,7 @@ def wait_for(condition, what: str, timeout: float = 180.0) -> None:
 
 def test_a_cancelled_local_job_is_resumed_by_resubmitting_the_grid(tmp_path, capsys):
     grid_path = two_seeds(tmp_path, notebook_with(tmp_path, HELD, "held.ipynb"))
-    grid = run.load_grid(str(grid_path))
+    grid = grid_file.load_grid(str(grid_path))
     results = tmp_path / "results"
     runs = results / "runs" / "tiny"
     submitted, _ = run.submit_grid(grid, grid.points, runs, "", "local", {}, 2, run.jobs_folder(results, grid))

@@ -10,19 +10,20 @@ import sys
 import warnings
 from pathlib import Path
 
+import grid_file
 import pytest
 import yaml
 
 from distildp.config import Settings, make_settings
 from distildp.notebooks import execute
 
-from helpers import ROOT, cli, executions, make_notebook, run
+from helpers import ROOT, cli, executions, make_notebook
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOTEBOOKS = ROOT / "notebooks"
 
 
-def grid_file(tmp_path: Path, text: str) -> Path:
+def write_grid(tmp_path: Path, text: str) -> Path:
     """A grid written as YAML text (not dumped from Python: how PyYAML reads `1e-5` is part of the test)."""
     notebook = make_notebook(tmp_path)
     path = tmp_path / "checks.yaml"
@@ -95,9 +96,9 @@ def csv_copy(tmp_path: Path) -> Path:
     ],
 )
 def test_bad_settings_fail_the_dry_run_naming_the_key(tmp_path, capsys, text, key, message):
-    grid = grid_file(tmp_path, text)
-    with pytest.raises(run.GridError, match=f"{grid}: {key}: .*{message}") as refused:
-        run.load_grid(str(grid))
+    grid = write_grid(tmp_path, text)
+    with pytest.raises(grid_file.GridError, match=f"{grid}: {key}: .*{message}") as refused:
+        grid_file.load_grid(str(grid))
     if key == "overrides":  # what a notebook's own make_settings call says: the runner's message, after the key
         overrides = yaml.safe_load(grid.read_text())["overrides"]
         with pytest.raises((ValueError, FileNotFoundError)) as in_notebook:
@@ -111,11 +112,13 @@ def test_bad_settings_fail_the_dry_run_naming_the_key(tmp_path, capsys, text, ke
 def test_delta_against_a_csv_corpus_counts_its_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     csv_copy(tmp_path)
-    ok = grid_file(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.2}")
-    assert [p.point_id for p in run.load_grid(str(ok)).points] == ["distildp__eps2__seed0"]
-    bad = grid_file(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.5}")
-    with pytest.raises(run.GridError, match=r"overrides: .*'csv:corpus' has 3 training documents: delta=0.5 >= 1/N"):
-        run.load_grid(str(bad))
+    ok = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.2}")
+    assert [p.point_id for p in grid_file.load_grid(str(ok)).points] == ["distildp__eps2__seed0"]
+    bad = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.5}")
+    with pytest.raises(
+        grid_file.GridError, match=r"overrides: .*'csv:corpus' has 3 training documents: delta=0.5 >= 1/N"
+    ):
+        grid_file.load_grid(str(bad))
 
 
 def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, monkeypatch, capsys):
@@ -123,8 +126,8 @@ def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, 
     not: those that do not apply are refused)."""
     monkeypatch.chdir(tmp_path)
     csv_copy(tmp_path)
-    grid = grid_file(tmp_path, "overrides: {dataset: 'csv:corpus'}")
-    loaded = run.load_grid(str(grid))
+    grid = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus'}")
+    loaded = grid_file.load_grid(str(grid))
     assert loaded.points[0].params["overrides"] == {"dataset": "csv:corpus"}
     assert (
         len(loaded.notes) == 1
@@ -132,18 +135,18 @@ def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, 
     )
     assert cli(grid, tmp_path / "results", "--dry-run") == 0
     assert "note: profile 'smoke': its dataset_options" in capsys.readouterr().err
-    mine = grid_file(tmp_path, "overrides: {dataset: 'csv:corpus', dataset_options: {n_train: 2}}")
+    mine = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', dataset_options: {n_train: 2}}")
     with pytest.raises(
-        run.GridError,
+        grid_file.GridError,
         match=r"overrides: .*dataset_options \['n_train'\] do not apply to dataset "
         r"'csv:corpus': it takes \['code_names', 'name'\]",
     ):
-        run.load_grid(str(mine))
+        grid_file.load_grid(str(mine))
 
 
 def test_dry_run_on_the_command_line(tmp_path):
     """The CLI itself: exit status 2 and the message on stderr, nothing run."""
-    grid = grid_file(tmp_path, "overrides: {delta: 1e-5}")
+    grid = write_grid(tmp_path, "overrides: {delta: 1e-5}")
     done = subprocess.run(
         [
             sys.executable,
@@ -170,9 +173,9 @@ def test_a_notebook_refuses_a_wrong_type_before_any_stage_with_the_runners_messa
     the runner's dry run gives for the same override in a grid, and builds nothing."""
     from papermill.exceptions import PapermillExecutionError
 
-    grid = grid_file(tmp_path, "overrides: {teacher_train: {lr: 3e-3}}")  # YAML 1.1 reads 3e-3 as text
-    with pytest.raises(run.GridError) as refused:
-        run.load_grid(str(grid))
+    grid = write_grid(tmp_path, "overrides: {teacher_train: {lr: 3e-3}}")  # YAML 1.1 reads 3e-3 as text
+    with pytest.raises(grid_file.GridError) as refused:
+        grid_file.load_grid(str(grid))
     store = tmp_path / "store"
     params = {
         "profile": "smoke",
@@ -210,8 +213,8 @@ def test_notebooks_get_the_same_checks():
 def test_committed_grids_still_check_out_with_their_notes(tmp_path):
     for path in sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
-        if not (run.NOTEBOOKS_DIR / spec["notebook"]).exists():
+        if not (grid_file.NOTEBOOKS_DIR / spec["notebook"]).exists():
             spec["notebook"] = str(make_notebook(tmp_path))
         copy = tmp_path / path.name
         copy.write_text(yaml.safe_dump(spec))
-        assert run.load_grid(str(copy)).notes == [], path.name
+        assert grid_file.load_grid(str(copy)).notes == [], path.name
