@@ -71,8 +71,9 @@ def worker(rank: int, world: int, port: int, threads: int, mode: str, args, out:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from distildp import distributed
-    from distildp.dpsgd import PrivacyConfig, TrainConfig, train_causal_lm
+    from distildp.dpsgd import train_causal_lm
     from distildp.models import PRESETS
+    from distildp.training import PrivacyConfig, TrainConfig
 
     device = distributed.rank_device(torch.device(args.device))
     backend = distributed.init(world, device)

@@ -62,7 +62,8 @@ def worker(args) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distildp.dpsgd import PrivacyConfig, TrainConfig, lm_loss_per_sequence, train_causal_lm, untie_embeddings
+    from distildp.dpsgd import train_causal_lm, untie_embeddings
+    from distildp.training import PrivacyConfig, TrainConfig, lm_loss_per_sequence
 
     torch.set_num_threads(args.threads)
     private, mode, conv1d, frozen, untied = CONFIGS[args.worker]

@@ -13,14 +13,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from distildp.corpus import control_prefix
-from distildp.dpsgd import (
-    PrivacyConfig,
-    TrainConfig,
-    collate_lm,
-    lm_loss_per_sequence,
-    train_causal_lm,
-    untie_embeddings,
-)
+from distildp.dpsgd import train_causal_lm, untie_embeddings
+from distildp.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"

@@ -13,7 +13,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from distildp.bookkeeping import BookkeepingClipper
-from distildp.dpsgd import TrainConfig, collate_lm, train_causal_lm
+from distildp.dpsgd import train_causal_lm
+from distildp.training import TrainConfig, collate_lm
 
 from helpers import (
     VOCAB,

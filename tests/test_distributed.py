@@ -25,10 +25,11 @@ import distildp.pipeline as pipeline_module
 from distildp import distributed
 from distildp.artifacts import ArtifactStore, config_hash
 from distildp.config import make_settings
-from distildp.dpsgd import TrainConfig, train_causal_lm
+from distildp.dpsgd import train_causal_lm
 from distildp.generate import generate_synthetic, load_synthetic
 from distildp.pipeline import Pipeline
 from distildp.sampling import GenerationConfig
+from distildp.training import TrainConfig
 
 from helpers import (
     CODES,

@@ -15,15 +15,9 @@ from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from distildp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
-from distildp.dpsgd import (
-    PrivacyConfig,
-    TrainConfig,
-    collate_lm,
-    lm_loss_per_sequence,
-    pretrain,
-    train_causal_lm,
-)
+from distildp.dpsgd import pretrain, train_causal_lm
 from distildp.models import build_model, train_tokenizer
+from distildp.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
 
 from helpers import (
     make_examples,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distildp.data import load_corpus
-from distildp.dpsgd import TrainConfig, train_causal_lm
+from distildp.dpsgd import train_causal_lm
 from distildp.evaluate import (
     encode_documents,
     floor,
@@ -18,6 +18,7 @@ from distildp.evaluate import (
 )
 from distildp.models import build_model, encode_with_prefix, train_tokenizer
 from distildp.source import ReviewSource
+from distildp.training import TrainConfig
 
 TEXTS = [
     "The soup was cold.",

@@ -23,8 +23,8 @@ from typing import Any
 from distildp import privacy
 from distildp.data import corpus_loader, corpus_options, public_options, train_size
 from distildp.distill import KD_WEIGHTINGS, TEACHER_CONTEXTS, validate_kd_weights
-from distildp.dpsgd import GRAD_SAMPLE_MODES, RANDOMNESS, TrainConfig
 from distildp.sampling import GenerationConfig
+from distildp.training import GRAD_SAMPLE_MODES, RANDOMNESS, TrainConfig
 
 HISTOGRAMS = ("dp", "exact", "uniform")
 

@@ -8,7 +8,7 @@ where p^t = softmax(logits / t). Every term is averaged over the sequence's scor
 positions for all three), so padding never rescales one example's loss. The hard-label CE is taken at
 temperature 1. The t^2 factor keeps the KL gradient's size roughly independent of t (Hinton et al. 2015).
 
-Position conventions (shared with dpsgd.collate_lm): `loss_mask[b, j] = 1` marks token j as a scored target; it is
+Position conventions (shared with training.collate_lm): `loss_mask[b, j] = 1` marks token j as a scored target; it is
 predicted by the logits (and hidden state) at position j - 1. That standard causal shift is the only one.
 
 Teachers model `[eos] + prefix + text + [eos]`, students `[eos] + text + [eos]`, so student position i
@@ -244,13 +244,13 @@ class StudentWithProjection(nn.Module):
 
 
 def collate_kd(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded student batch (`distildp.dpsgd.collate_lm`) plus the code-prefixed teacher batch.
+    """Right-padded student batch (`distildp.training.collate_lm`) plus the code-prefixed teacher batch.
 
     Each example has `input_ids` = [eos] + text + [eos] (student), optional `prefix_ids` = tok(prefix)
     (no eos; empty or missing = no prefix) and optional `loss_mask`. The teacher row is
     [eos] + prefix + text + [eos]; `teacher_offset` is len(prefix_ids) per example.
     """
-    from distildp.dpsgd import collate_lm
+    from distildp.training import collate_lm
 
     batch = collate_lm(examples, pad_id)
     prefixes = [[int(i) for i in ex.get("prefix_ids", [])] for ex in examples]

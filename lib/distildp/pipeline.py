@@ -45,7 +45,7 @@ from distildp.distill import (
     make_kd_loss_fn,
     teacher_states_bytes,
 )
-from distildp.dpsgd import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed, train_causal_lm
+from distildp.dpsgd import train_causal_lm
 from distildp.evaluate import BestOnHeldOut, floor, marginal_perplexity, perplexity
 from distildp.generate import CONFIG_CODES_ATTR, generate_synthetic, load_synthetic
 from distildp.methods import REFERENCES, check_method, reference_epsilon, reference_role
@@ -60,6 +60,7 @@ from distildp.models import (
     resolve_device,
     train_tokenizer,
 )
+from distildp.training import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed
 
 
 def _seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
