@@ -21,10 +21,13 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 # name -> (private?, grad_sample_mode, conv1d sampler, frozen embeddings, untied lm_head)
 CONFIGS = {
@@ -94,7 +97,7 @@ def worker(args) -> dict:
 
     total = args.warmup + args.steps
     train_cfg = TrainConfig(
-        epochs=1, batch_size=args.batch, physical_batch_size=args.batch, max_steps=total, lr=1e-4, seed=0
+        epochs=1, batch_size=args.batch, physical_batch_size=args.physical or None, max_steps=total, lr=1e-4, seed=0
     )
     privacy_cfg = (
         PrivacyConfig(
@@ -122,6 +125,7 @@ def worker(args) -> dict:
         "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "examples_timed": ex1 - ex0,
+        "largest_pass": max(seen),  # examples in the largest forward/backward pass (Poisson batches vary)
     }
 
 
@@ -133,6 +137,8 @@ def run_config(name: str, args) -> dict:
         name,
         "--batch",
         str(args.batch),
+        "--physical",
+        str(args.physical or 0),
         "--seq",
         str(args.seq),
         "--steps",
@@ -161,6 +167,16 @@ def run_config(name: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median_row(measured: list[dict]) -> dict:
+    """One configuration's rounds: the median of every measured figure, and how many rounds it is over."""
+    row = dict(measured[0])
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[key] = statistics.median(m[key] for m in measured)
+    row["rounds"] = len(measured)
+    return row
+
+
 def baseline_for(name: str) -> str:
     if "frozen-emb" in name:
         return "non-private frozen-emb"
@@ -178,10 +194,17 @@ def main() -> None:
     parser.add_argument("--n-positions", dest="n_positions", type=int)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--physical",
+        type=int,
+        default=0,
+        help="examples per forward/backward pass (TrainConfig.physical_batch_size); 0: no cap, a batch in one pass",
+    )
     parser.add_argument("--seq", type=int, default=96, help="tokens per example")
     parser.add_argument("--steps", type=int, default=6, help="timed steps (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every configuration, interleaved; medians")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "dpsgd.csv"))
@@ -199,7 +222,13 @@ def main() -> None:
         return
 
     names = list(dict.fromkeys([baseline_for(c) for c in args.configs if c in CONFIGS] + args.configs))
-    rows = {name: run_config(name, args) for name in names}
+    # Rounds interleave the configurations, so a slow spell of a shared machine falls on all of them alike;
+    # each figure is the median over the rounds.
+    runs = {name: [] for name in names}
+    for _ in tqdm(range(args.rounds), desc="rounds", disable=args.rounds == 1):
+        for name in names:
+            runs[name].append(run_config(name, args))
+    rows = {name: median_row(measured) for name, measured in runs.items()}
     for name, row in rows.items():
         base = rows[baseline_for(name)]
         row.update(
@@ -209,6 +238,7 @@ def main() -> None:
             baseline=baseline_for(name),
             preset=args.preset,
             batch=args.batch,
+            physical=args.physical or "",
             seq=args.seq,
             threads=args.threads,
             device=args.device,
