@@ -13,11 +13,12 @@ from distildp.artifacts import ArtifactStore
 from distildp.config import make_settings
 from distildp.corpus import control_prefix
 from distildp.evaluate import perplexity
-from distildp.generate import generate_synthetic, load_synthetic
+from distildp.generate import generate_synthetic
 from distildp.methods import METHODS
 from distildp.models import build_model, train_tokenizer
 from distildp.pipeline import Pipeline
 from distildp.sampling import GenerationConfig
+from distildp.synthetic_store import load_synthetic
 
 from helpers import (
     CODES,

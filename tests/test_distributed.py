@@ -26,9 +26,10 @@ from distildp import distributed
 from distildp.artifacts import ArtifactStore, config_hash
 from distildp.config import make_settings
 from distildp.dpsgd import train_causal_lm
-from distildp.generate import generate_synthetic, load_synthetic
+from distildp.generate import generate_synthetic
 from distildp.pipeline import Pipeline
 from distildp.sampling import GenerationConfig
+from distildp.synthetic_store import PROGRESS_FILE, load_synthetic
 from distildp.training import TrainConfig
 
 from helpers import (
@@ -248,7 +249,7 @@ def test_two_shards_write_exactly_the_one_process_set(one_process_set, tmp_path)
     sharded = load_synthetic(tmp_path / "data")
     pd.testing.assert_frame_equal(sharded, load_synthetic(one_dir))
     assert sharded["text"].tolist() == load_synthetic(one_dir)["text"].tolist()
-    progress = json.loads((tmp_path / "data" / gen.PROGRESS_FILE).read_text())
+    progress = json.loads((tmp_path / "data" / PROGRESS_FILE).read_text())
     assert progress["complete"] and progress["chunks_done"] == list(range(7))
     assert not list((tmp_path / "data").glob(".*tmp*"))
 

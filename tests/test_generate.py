@@ -13,8 +13,9 @@ from transformers import GPT2LMHeadModel
 import distildp.generate as gen
 from distildp.artifacts import ArtifactStore, config_hash
 from distildp.corpus import control_prefix
-from distildp.generate import generate_synthetic, load_synthetic
+from distildp.generate import generate_synthetic
 from distildp.sampling import GenerationConfig, sample_batch
+from distildp.synthetic_store import PROGRESS_FILE, load_synthetic
 
 from helpers import CODES, COLUMNS, code_teacher, code_tokenizer
 
@@ -205,7 +206,7 @@ def test_store_build_of_a_killed_generation_resumes_at_the_next_chunk(model, tok
     monkeypatch.setattr(gen, "generate_chunk", _recording(gen.generate_chunk, generated))
     art = store.build("synthetic", config, _synthetic_stage(model, tokenizer, counts))
     assert len(generated) == 2
-    summary = json.loads((art.path / "data" / gen.PROGRESS_FILE).read_text())["summary"]
+    summary = json.loads((art.path / "data" / PROGRESS_FILE).read_text())["summary"]
     assert summary["chunks_generated_this_call"] == 2 and summary["resumed"]
     pd.testing.assert_frame_equal(load_synthetic(art.path / "data"), load_synthetic(tmp_path / "uninterrupted"))
     assert not any(name.endswith(".resumable") for name in art.manifest["files"])

@@ -7,7 +7,7 @@ arrives here as `code_counts`.
 The teacher was trained on [eos] + tok(prefix) + tok(text) + [eos]; we prompt it with
 [eos] + tok(prefix), sample a continuation (`distildp.sampling`), and keep the text up to its first [eos].
 
-On disk the synthetic set is a folder of parquet chunks plus `progress.json`:
+On disk the synthetic set is a folder of parquet chunks plus `progress.json` (`distildp.synthetic_store`):
 - the chunk plan (which codes, how many samples, in which chunk) is a pure function of the inputs;
 - every chunk has its own seed, derived from (seed, chunk index), and is written atomically, so a
   killed run, re-run with the same arguments, generates only the missing chunks and ends with exactly
@@ -28,15 +28,12 @@ import operator
 import os
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -44,9 +41,17 @@ from distildp import distributed
 from distildp.artifacts import mark_resumable, restored_by_store, write_json_atomic
 from distildp.corpus import control_prefix
 from distildp.sampling import GenerationConfig, n_positions, sample_batch
+from distildp.synthetic_store import (
+    PROGRESS_FILE,
+    SetPlan,
+    chunk_path,
+    chunks_present,
+    load_synthetic,
+    start_or_resume,
+    summarise,
+    write_chunk,
+)
 
-PROGRESS_FILE = "progress.json"
-CHUNK_METADATA_KEY = b"distildp_chunk"
 # Set by the pipeline on a teacher before save_pretrained (it lands in config.json): the ordered list of
 # control-code field names the teacher was trained with, [] for a teacher trained on plain text.
 CONFIG_CODES_ATTR = "distildp_control_codes"
@@ -179,10 +184,6 @@ def chunk_seed(seed: int, chunk_index: int) -> int:
     return int(np.random.SeedSequence([seed, chunk_index]).generate_state(1)[0])
 
 
-def _chunk_path(out_dir: Path, chunk_index: int) -> Path:
-    return out_dir / f"chunk-{chunk_index:05d}.parquet"
-
-
 def _fingerprint(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -277,25 +278,6 @@ def _cuda_devices(model: torch.nn.Module) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Files
-
-
-def write_chunk(path: Path, frame: pd.DataFrame, metadata: dict) -> None:
-    """Write a chunk under a temporary name, then rename: a chunk file either is complete or absent."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), CHUNK_METADATA_KEY: json.dumps(metadata).encode()}
-    )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _read_chunk_metadata(path: Path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[CHUNK_METADATA_KEY])
-
-
-# ----------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -348,17 +330,17 @@ def generate_synthetic(
     out_dir = Path(out_dir)
     fingerprint = _fingerprint(model, tokenizer, counts, cfg, seed, columns)
     plan = plan_chunks([n for _, n in counts], cfg.chunk_size)
-    target = _SetPlan(out_dir, fingerprint, plan, counts, cfg, seed, columns)
+    target = SetPlan(out_dir, fingerprint, plan, counts, cfg, seed, columns)
     state = None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         restored = restored_by_store(out_dir)
         mark_resumable(out_dir)  # a store build killed midway keeps the chunks for its retry
-        state = _start_or_resume(target, restored)
+        state = start_or_resume(target, restored)
     if sharded:
         distributed.barrier()  # the folder is checked (another run's work discarded) before anyone writes to it
 
-    done = set(_chunks_present(out_dir, len(plan)))
+    done = set(chunks_present(out_dir, len(plan)))
     mine = [index for index in range(len(plan)) if index % world == rank]
     total = sum(n for _, n in counts)
     was_training = model.training
@@ -387,7 +369,7 @@ def generate_synthetic(
                     }
                 )
                 write_chunk(
-                    _chunk_path(out_dir, index),
+                    chunk_path(out_dir, index),
                     frame,
                     {
                         "fingerprint": fingerprint,
@@ -400,7 +382,7 @@ def generate_synthetic(
                 generated_now += 1
                 done.add(index)
                 if state is not None:  # rank 0 keeps progress.json; the chunk files are what counts
-                    state["chunks_done"] = _chunks_present(out_dir, len(plan))
+                    state["chunks_done"] = chunks_present(out_dir, len(plan))
                     write_json_atomic(out_dir / PROGRESS_FILE, state)
     finally:
         model.train(was_training)
@@ -408,7 +390,7 @@ def generate_synthetic(
     if sharded:
         distributed.barrier()  # every chunk is written
         generated_now = int(distributed.sum_over_ranks([generated_now])[0])
-    summary = _summarise(target)
+    summary = summarise(target)
     summary.update(
         wall_time_s=time.perf_counter() - started,
         chunks_generated_this_call=generated_now,
@@ -422,7 +404,7 @@ def generate_synthetic(
         distributed.barrier()  # progress.json says complete before any process returns
     return SyntheticSet(
         out_dir=out_dir,
-        chunk_files=[_chunk_path(out_dir, i) for i in range(len(plan))],
+        chunk_files=[chunk_path(out_dir, i) for i in range(len(plan))],
         n_samples=total,
         code_columns=columns,
         summary=summary,
@@ -439,11 +421,6 @@ def _shard(sharded: bool) -> tuple[int, int]:
             "call distildp.distributed.init(world_size) first."
         )
     return distributed.rank(), distributed.world_size()
-
-
-def _chunks_present(out_dir: Path, n_chunks: int) -> list[int]:
-    """The chunks written so far: a chunk file is complete or absent (written under a temporary name, renamed)."""
-    return [index for index in range(n_chunks) if _chunk_path(out_dir, index).exists()]
 
 
 def _resolve_columns(fields: list[str], code_columns: Mapping[str, str] | None) -> dict[str, str]:
@@ -473,128 +450,3 @@ def _check_lengths(model, prompts: list[list[int]], counts, cfg: GenerationConfi
                 f"the prompt for {codes} is {len(prompt)} tokens, leaving no room under max_length="
                 f"{cfg.max_length}; raise max_length or shorten the control codes."
             )
-
-
-@dataclass(frozen=True)
-class _SetPlan:
-    """One synthetic set on disk: its folder, its chunks' plan, and the arguments its fingerprint covers."""
-
-    out_dir: Path
-    fingerprint: str
-    plan: list[list[tuple[int, int]]]
-    counts: list[tuple[dict[str, str], int]]
-    cfg: GenerationConfig
-    seed: int
-    columns: dict[str, str]
-
-    def description(self) -> dict:
-        """What progress.json and the summary both record of the set's arguments."""
-        return {
-            "sampling": asdict(self.cfg),
-            "seed": self.seed,
-            "n_chunks": len(self.plan),
-            "code_columns": self.columns,
-            "fingerprint": self.fingerprint,
-        }
-
-
-def _start_or_resume(target: _SetPlan, restored: bool) -> dict:
-    """Load progress.json if it describes this very run; trust chunk files over it (they are atomic).
-
-    restored: out_dir is partial work the artifact store kept from a killed build. If that was made with
-    other arguments (a secret noise draw gives another histogram) it is discarded rather than refused.
-    """
-    out_dir, fingerprint, plan = target.out_dir, target.fingerprint, target.plan
-    for leftover in out_dir.glob(".*.tmp-*"):
-        leftover.unlink()  # a chunk or progress file a killed run was writing (other shards wait for this check)
-    path = out_dir / PROGRESS_FILE
-    other_run = None
-    if path.exists() and (old := _recorded_fingerprint(path)) != fingerprint:
-        other_run = (
-            f"{out_dir} holds a synthetic set made with different arguments (fingerprint {old} != {fingerprint})"
-        )
-    for index in range(len(plan)):
-        chunk = _chunk_path(out_dir, index)
-        if not other_run and chunk.exists() and _recorded_fingerprint(chunk) != fingerprint:
-            other_run = f"{chunk} belongs to a different run (or is unreadable)"
-    if other_run and not restored:
-        raise ValueError(f"{other_run}; use a fresh out_dir or delete that one.")
-    if other_run:
-        warnings.warn(
-            f"{other_run}: discarding this partial work of a killed build and generating from the start", stacklevel=3
-        )
-        for chunk in out_dir.glob("chunk-*.parquet"):
-            chunk.unlink()
-    done = _chunks_present(out_dir, len(plan))
-    state = {
-        **target.description(),
-        "complete": False,
-        "chunk_plan": plan,
-        "code_counts": [{"codes": codes, "count": n} for codes, n in target.counts],
-        "chunks_done": done,
-    }
-    write_json_atomic(path, state)
-    return state
-
-
-def _recorded_fingerprint(path: Path) -> str | None:
-    """The fingerprint a progress file or chunk records; None when it cannot be read (damaged)."""
-    try:
-        record = json.loads(path.read_text()) if path.name == PROGRESS_FILE else _read_chunk_metadata(path)
-        return record.get("fingerprint")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # pyarrow's errors are ValueErrors
-        return None
-
-
-def _summarise(target: _SetPlan) -> dict:
-    """Manifest-ready totals, read back from the chunk files (so resumed runs count every chunk once)."""
-    per_code = [
-        {"codes": codes, "requested": n, "produced": 0, "attempts": 0, "dropped_empty": 0, "new_tokens": 0}
-        for codes, n in target.counts
-    ]
-    generation_time = 0.0
-    for index in range(len(target.plan)):
-        meta = _read_chunk_metadata(_chunk_path(target.out_dir, index))
-        generation_time += meta["wall_time_s"]
-        for stat in meta["stats"]:
-            row = per_code[stat["code_index"]]
-            for key in ("produced", "attempts", "dropped_empty", "new_tokens"):
-                row[key] += stat[key]
-    totals = {
-        key: sum(row[key] for row in per_code)
-        for key in ("requested", "produced", "attempts", "dropped_empty", "new_tokens")
-    }
-    return {
-        "n_requested": totals["requested"],
-        "n_produced": totals["produced"],
-        "attempts": totals["attempts"],
-        "dropped_empty": totals["dropped_empty"],
-        "new_tokens": totals["new_tokens"],
-        "per_code": per_code,
-        **target.description(),
-        "generation_time_s": generation_time,
-    }
-
-
-def iter_synthetic_chunks(out_dir: str | os.PathLike) -> Iterator[pd.DataFrame]:
-    """Yield a finished synthetic set chunk by chunk (flat memory for large sets)."""
-    out_dir = Path(out_dir)
-    path = out_dir / PROGRESS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {out_dir} is not a synthetic set; run generate_synthetic first.")
-    state = json.loads(path.read_text())
-    missing = [i for i in range(state["n_chunks"]) if not _chunk_path(out_dir, i).exists()]
-    if missing:
-        raise ValueError(
-            f"{out_dir} is incomplete ({len(missing)} of {state['n_chunks']} chunks missing); re-run "
-            f"generate_synthetic with the same arguments to finish it."
-        )
-    for index in range(state["n_chunks"]):
-        yield pd.read_parquet(_chunk_path(out_dir, index))
-
-
-def load_synthetic(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """The whole synthetic set: `text` plus label columns; `.attrs['code_columns']` maps column -> display name."""
-    frame = pd.concat(list(iter_synthetic_chunks(out_dir)), ignore_index=True)
-    frame.attrs["code_columns"] = json.loads((Path(out_dir) / PROGRESS_FILE).read_text())["code_columns"]
-    return frame

@@ -47,7 +47,7 @@ from distildp.distill import (
 )
 from distildp.dpsgd import train_causal_lm
 from distildp.evaluate import BestOnHeldOut, floor, marginal_perplexity, perplexity
-from distildp.generate import CONFIG_CODES_ATTR, generate_synthetic, load_synthetic
+from distildp.generate import CONFIG_CODES_ATTR, generate_synthetic
 from distildp.methods import REFERENCES, check_method, reference_epsilon, reference_role
 from distildp.models import (
     PRESETS,
@@ -60,6 +60,7 @@ from distildp.models import (
     resolve_device,
     train_tokenizer,
 )
+from distildp.synthetic_store import load_synthetic
 from distildp.training import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed
 
 

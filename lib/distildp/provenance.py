@@ -15,7 +15,7 @@ from pathlib import Path
 from distildp.artifacts import MANIFEST, CorruptArtifactError, read_artifact
 from distildp.audit import AuditError
 from distildp.data import load_corpus
-from distildp.generate import load_synthetic
+from distildp.synthetic_store import load_synthetic
 
 # Stages trained directly on the private training split, and stages whose private data is their teacher's.
 PRIVATE_STAGES = ("private_teacher", "private_student", "synthetic")
