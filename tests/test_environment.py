@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"distildp", "run", "executors", "helpers", "conftest"}  # the library, benchmarks/, and the tests' own modules
+# the library, and the modules of benchmarks/ and tests/ (scripts import their neighbours: run.py imports grid_file)
+OWN = {"distildp"} | {p.stem for folder in ("benchmarks", "tests") for p in (ROOT / folder).glob("*.py")}
 # Pinned but never imported: what runs the code rather than being imported by it
 TOOLS = {
     "ipykernel": "the kernel papermill runs notebooks in",
