@@ -70,9 +70,7 @@ book: setup
 # steps on 1 and 2 processes, and the paper grid's GPU-hours from the measured step times
 bench: setup
 	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 12 --rounds 5 \
-		--configs hooks+conv1d ghost bookkeeping
-	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 12 --rounds 5 \
-		--configs bookkeeping --physical 32 --out results/benchmarks/dpsgd_physical32.csv
+		--configs hooks+conv1d ghost bookkeeping "bookkeeping one-pass"
 	$(PY) benchmarks/bench_dpsgd_sweep.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_ddp.py

@@ -196,9 +196,7 @@ def train_causal_lm(
             f"split or truncate documents to at most {context} tokens."
         )
     sample_rate, steps = poisson_schedule(n, train_cfg)
-    # No cap: each batch in one pass. A Poisson batch's size varies around batch_size; capping it at batch_size
-    # would run the larger half of them as two passes, the second a few examples long.
-    physical = train_cfg.physical_batch_size or n
+    physical = train_cfg.physical_batch_size or train_cfg.batch_size
 
     p = privacy_cfg
     torch.manual_seed(distributed.rank_seed(train_cfg.seed, rank))  # dropout

@@ -45,7 +45,7 @@ class TrainConfig:
 
     epochs: float = 1.0
     batch_size: int = 32
-    physical_batch_size: int | None = None  # memory cap per forward/backward; None: each batch in one pass
+    physical_batch_size: int | None = None  # memory cap per forward/backward; None = batch_size
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
