@@ -257,15 +257,7 @@ def _load_grid(name_or_path: str) -> Grid:
         slurm = executors.check_slurm_settings(spec.get("slurm") or {})
     except executors.SlurmSettingError as err:
         fail(f"slurm.{err.key}" if err.key else "slurm", err.message)
-    return Grid(
-        name=path.stem,
-        path=path,
-        notebook=notebook,
-        points=points,
-        regime_map=regime_map,
-        report=report,
-        slurm=slurm,
-    )
+    return Grid(path.stem, path, notebook, points, regime_map=regime_map, report=report, slurm=slurm)
 
 
 def _check_method(method: str, key: str, fail) -> None:
