@@ -146,7 +146,7 @@ def run_config(name: str, args) -> dict:
         "--batch",
         str(args.batch),
         "--physical",
-        str(args.physical or 0),
+        str(args.physical),
         "--seq",
         str(args.seq),
         "--steps",

@@ -160,6 +160,12 @@ def takes_split_options(loader):
     return loader
 
 
+def _hub_corpus(name: str, parts: dict[str, pd.DataFrame], code_names: dict[str, str], split_options) -> Corpus:
+    """A corpus from a hub dataset's splits, already text + label columns, cut by `three_splits`."""
+    seed = split_options.get("seed", inspect.signature(three_splits).parameters["seed"].default)
+    return corpus_from_frames(name, three_splits(parts, **split_options), code_names=code_names, info={"seed": seed})
+
+
 @takes_split_options
 def load_yelp(
     data_dir: str | None = None,
@@ -176,9 +182,8 @@ def load_yelp(
         frames = three_splits(corpus.splits, **split_options)
         return corpus_from_frames("yelp", frames, code_names=corpus.code_columns, info={"data_dir": str(data_dir)})
     raw = load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="yelp")
-    frames = three_splits({split: yelp_to_columns(raw[split]) for split in raw}, **split_options)
-    names = {"label_review_stars": STARS, **(code_names or {})}
-    return corpus_from_frames("yelp", frames, code_names=names, info={"seed": split_options.get("seed", 0)})
+    parts = {split: yelp_to_columns(raw[split]) for split in raw}
+    return _hub_corpus("yelp", parts, {"label_review_stars": STARS, **(code_names or {})}, split_options)
 
 
 @takes_split_options
@@ -199,20 +204,16 @@ def load_big_patent(
         raw = load_dataset(hub_name, sec, data_files=files, cache_dir=cache_dir, corpus="big_patent")
         for split in raw:
             merged.setdefault(split, []).append(big_patent_to_columns(raw[split], sec))
-    frames = three_splits(
-        {split: pd.concat(parts, ignore_index=True) for split, parts in merged.items()}, **split_options
-    )
-    names = {"label_cpc_section": "CPC Section"}
-    return corpus_from_frames("big_patent", frames, code_names=names, info={"seed": split_options.get("seed", 0)})
+    parts = {split: pd.concat(frames, ignore_index=True) for split, frames in merged.items()}
+    return _hub_corpus("big_patent", parts, {"label_cpc_section": "CPC Section"}, split_options)
 
 
 @takes_split_options
 def load_dbpedia(hub_name: str = "fancyzhx/dbpedia_14", data_files=None, cache_dir=None, **split_options) -> Corpus:
     """DBpedia-14 article abstracts labelled with their class name."""
     raw = load_dataset(hub_name, data_files=data_files, cache_dir=cache_dir, corpus="dbpedia_14")
-    frames = three_splits({split: dbpedia_to_columns(raw[split]) for split in raw}, **split_options)
-    names = {"label_class": "Class"}
-    return corpus_from_frames("dbpedia_14", frames, code_names=names, info={"seed": split_options.get("seed", 0)})
+    parts = {split: dbpedia_to_columns(raw[split]) for split in raw}
+    return _hub_corpus("dbpedia_14", parts, {"label_class": "Class"}, split_options)
 
 
 HUB_LOADERS = {"yelp": load_yelp, "big_patent": load_big_patent, "dbpedia_14": load_dbpedia}
