@@ -63,7 +63,7 @@ check-notebooks: setup
 # $(BOOK)-work (never .artifacts), exercises without their solutions, figures embedded; $(BOOK)/index.html links them.
 BOOK ?= build/book
 book: setup
-	$(PY) -m distildp.book build $(BOOK)
+	$(PY) -m distildp.book $(BOOK)
 
 # speed and memory benchmarks (not tests; run them on a quiet machine): DP-SGD's clipping modes side by side
 # against non-private steps, how that grows with batch, length and model size, generation throughput, data-parallel

@@ -133,7 +133,7 @@ def test_a_tiny_book_builds_with_its_figures_and_without_solutions(tmp_path, mon
     assert "next: 01_text" in first and "previous: 00_plot" in second
     executed = nbformat.read(tmp_path / "book-work" / "executed" / "00_plot.ipynb", as_version=4)
     assert any("42" in str(c.get("outputs")) for c in executed.cells)  # executed with the solution in place
-    assert book.main(["check", str(out)]) == 0
+    assert book.main([str(out), "--check-only"]) == 0
 
 
 def test_every_notebook_gets_the_smoke_profile_and_its_own_store(tmp_path):
@@ -148,7 +148,7 @@ def test_every_notebook_gets_the_smoke_profile_and_its_own_store(tmp_path):
 @pytest.mark.notebook
 def test_the_tutorial_book_builds_with_every_figure_and_no_solution(tmp_path):
     out = tmp_path / "book"
-    assert book.main(["build", str(out)]) == 0  # builds, then checks: every page, in order, its figures embedded
+    assert book.main([str(out)]) == 0  # builds, then checks: every page, in order, its figures embedded
     pages = json.loads((out / book.MANIFEST).read_text())["pages"]
     assert [p["notebook"] for p in pages] == [p.name for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
     for page in pages:

@@ -6,9 +6,10 @@ shown as students get it (the exercises' solutions left out, see `student_view`)
 HTML exporter, which embeds every figure in the page as a data URI. `index.html` links the pages in order, one line
 each; `book.json` records each page's figures so that `check` can tell a page that lost them.
 
-    python -m distildp.book build build/book      # work files (store, executed notebooks) in build/book-work
-    python -m distildp.book check build/book      # every page there, every figure embedded; exit 1 otherwise
-    python -m http.server -d build/book 8000       # then open http://localhost:8000 (or open index.html)
+    python -m distildp.book build/book               # builds, then checks; work files (store, executed notebooks)
+                                                     # in build/book-work
+    python -m distildp.book build/book --check-only  # every page there, every figure embedded; exit 1 otherwise
+    python -m http.server -d build/book 8000         # then open http://localhost:8000 (or open index.html)
 """
 
 from __future__ import annotations
@@ -263,19 +264,16 @@ def check(out: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`build OUT` executes and renders the tutorial into OUT; `check OUT` checks a built one."""
+    """Build the tutorial into OUT and check it; with --check-only, check a book built before."""
     parser = argparse.ArgumentParser(prog="python -m distildp.book", description=main.__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser = commands.add_parser("build", help="execute every notebook and render the HTML site")
-    build_parser.add_argument("out", help="the site's folder, e.g. build/book")
-    build_parser.add_argument("--work", help="artifact store and executed notebooks (default: OUT-work)")
-    build_parser.add_argument("--notebooks", default=str(NOTEBOOKS), help="the notebooks' folder")
-    build_parser.add_argument("--profile", default=PROFILE, help="the profile every notebook runs on")
-    build_parser.add_argument("--only", nargs="*", help="just the notebooks whose names start with these (e.g. 00 07)")
-    check_parser = commands.add_parser("check", help="every page present, linked in order, its figures embedded")
-    check_parser.add_argument("out")
+    parser.add_argument("out", help="the site's folder, e.g. build/book")
+    parser.add_argument("--check-only", action="store_true", help="build nothing: check the pages already in OUT")
+    parser.add_argument("--work", help="artifact store and executed notebooks (default: OUT-work)")
+    parser.add_argument("--notebooks", default=str(NOTEBOOKS), help="the notebooks' folder")
+    parser.add_argument("--profile", default=PROFILE, help="the profile every notebook runs on")
+    parser.add_argument("--only", nargs="*", help="just the notebooks whose names start with these (e.g. 00 07)")
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if not args.check_only:
         started = time.time()
         pages = build(args.out, args.notebooks, args.work, args.profile, args.only)
         print(
