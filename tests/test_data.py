@@ -1,6 +1,7 @@
 """Corpora: the built-in private corpus, public text, CSV folders, hub-schema loaders and their errors."""
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,22 @@ def test_public_corpus_from_csv_and_hub_files(tmp_path):
         load_public("wikipedia")
     with pytest.raises(ValueError, match="takes no options"):
         load_public("builtin", text_column="body")
+
+
+def test_code_keys_are_the_public_schema_where_one_is_known(builtin):
+    counts = builtin.code_counts("train")
+    assert sum(counts.values()) == 60
+    assert counts == Counter(tuple(c.values()) for c in builtin.codes("train"))
+    keys, notes = builtin.public_code_keys()
+    assert keys == [(c, s) for c in builtin.info["categories"] for s in builtin.source.stars] and notes == []
+    assert set(counts) <= set(keys) and len(keys) > len(counts)  # codes no document carries are keys too
+
+
+def test_code_keys_read_off_the_training_split_say_so():
+    corpus = load_corpus(f"csv:{FIXTURES / 'csv_corpus'}")
+    keys, notes = corpus.public_code_keys()
+    assert keys == sorted(corpus.code_counts("train")) and keys == sorted(set(keys))
+    assert len(notes) == 1 and "not protected" in notes[0]
 
 
 def test_csv_dir_happy_path():

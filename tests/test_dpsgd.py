@@ -16,6 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from distildp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
 from distildp.dpsgd import pretrain, train_causal_lm
+from distildp.evaluate import perplexity
 from distildp.models import build_model, train_tokenizer
 from distildp.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
 
@@ -379,17 +380,31 @@ def test_dp_randomness_is_secret_by_default_and_reproducible_on_request():
 
 
 # ------------------------------------------------------------------------------------------- pretraining
-def test_pretrain_lowers_loss_and_is_seeded():
-    documents = list(pydoc_data.topics.topics.values())[:20]
+def _pretrain_tiny(tolerance=None, epochs=3):
+    documents = list(pydoc_data.topics.topics.values())[:24]
     tok = train_tokenizer(documents, vocab_size=512)
-    texts = [t[:300] for t in documents]
-    runs = []
-    for _ in range(2):
-        model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=1, n_head=2, n_positions=32)
-        metrics = pretrain(model, tok, texts, TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0), progress=False)
-        runs.append((metrics, model.transformer.wte.weight.detach().clone()))
-    metrics = runs[0][0]
-    assert metrics["train_loss"] < metrics["first_loss"] - 0.5
-    assert metrics["examples"] > len(texts)  # long texts were split into 32-token windows
-    assert torch.equal(runs[0][1], runs[1][1])
+    texts, validation = [t[:300] for t in documents[:18]], [t[:300] for t in documents[18:]]
+    model = build_model("tiny-student", tok, seed=0, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=3e-3, seed=0)
+    report, selector = pretrain(model, tok, texts, validation, cfg, tolerance=tolerance, progress=False)
+    return model, tok, validation, report, selector
+
+
+def test_pretrain_lowers_loss_keeps_the_best_validation_check_and_is_seeded():
+    model, tok, validation, report, selector = _pretrain_tiny()
+    assert report.losses[-1] < report.losses[0] - 0.5
+    assert report.steps > 3 * math.ceil(18 / 8)  # long texts were split into 32-token windows: more than 18 examples
     assert not model.training
+    checks = [ppl for _, ppl in selector.curve]
+    assert len(checks) >= 6 and selector.best_ppl == min(checks)  # checked every half epoch, and at the end
+    left_at = perplexity(model, tok, validation, per_document=True, progress=False).ppl
+    assert left_at == pytest.approx(selector.best_ppl, rel=1e-6)  # the model is the best check's
+    again, *_ = _pretrain_tiny()
+    assert torch.equal(model.transformer.wte.weight, again.transformer.wte.weight)
+
+
+def test_pretrain_stops_once_validation_flattens():
+    _, _, _, full, _ = _pretrain_tiny(epochs=6)
+    _, _, _, stopped, selector = _pretrain_tiny(tolerance=0.9, epochs=6)  # no check improves by 90%: stop at the 2nd
+    assert selector.converged and len(selector.curve) == 2
+    assert stopped.steps < full.steps

@@ -1,5 +1,6 @@
 """Perplexity and its floor (distildp.evaluate), each checked against a hand computation."""
 
+import dataclasses
 import math
 import pydoc_data.topics
 import random
@@ -7,9 +8,13 @@ import random
 import pytest
 import torch
 
+from distildp.corpus import control_prefix
 from distildp.data import load_corpus
 from distildp.dpsgd import train_causal_lm
 from distildp.evaluate import (
+    corpus_floor,
+    corpus_marginal_perplexity,
+    corpus_metrics,
     encode_documents,
     floor,
     marginal_perplexity,
@@ -253,6 +258,33 @@ def test_a_model_trained_on_the_builtin_source_ends_just_above_its_floor(role):
     codes = corpus.codes("test") if role == "teacher" else None
     exact = floor(source, tok, corpus.texts("test"), codes=codes, categories=categories).ppl
     assert exact < ppl < 1.25 * exact
+
+
+# ------------------------------------------------------------------------------------------- a model on a corpus
+def test_corpus_metrics_give_codes_to_teachers_only_and_the_floor_of_each_view(tok, model):
+    source = ReviewSource.tiny(0, max_tokens=6)
+    corpus = load_corpus("builtin", n_train=20, n_val=6, n_test=8, source=source, categories=["Restaurants"])
+    for role, prefixes in (("teacher", corpus.prefixes), ("student", lambda split: None)):
+        metrics = corpus_metrics(model, tok, corpus, role, per_document=True, progress=False)
+        for split, name in (("test", "test_ppl"), ("validation", "val_ppl")):
+            expected = perplexity(model, tok, corpus.texts(split), prefixes=prefixes(split), per_document=True)
+            assert metrics[name] == pytest.approx(expected.ppl, rel=1e-9)
+        assert metrics["test_tokens"] == perplexity(model, tok, corpus.texts("test"), per_document=True).n_tokens
+        codes = corpus.codes("test") if role == "teacher" else None
+        exact = floor(source, tok, corpus.texts("test"), codes=codes, categories=corpus.info["categories"]).ppl
+        assert metrics["floor"] == corpus_floor(corpus, tok, role) == pytest.approx(exact, rel=1e-12)
+    without_source = dataclasses.replace(corpus, source=None)
+    assert "floor" not in corpus_metrics(model, tok, without_source, "student", progress=False)
+    assert math.isnan(corpus_floor(without_source, tok, "student"))
+
+
+def test_corpus_marginal_perplexity_mixes_the_codes_by_their_counts(tok, model):
+    source = ReviewSource.tiny(0, max_tokens=6)
+    corpus = load_corpus("builtin", n_train=20, n_val=6, n_test=8, source=source, categories=["Restaurants"])
+    counts = {("Restaurants", "5.0"): 3, ("Restaurants", "1.0"): 1, ("Hotels & Travel", "2.0"): 0}
+    prefixes = [control_prefix({"Business Category": c, "Review Stars": s}) for c, s in list(counts)[:2]]
+    expected = marginal_perplexity(model, tok, corpus.texts("test"), prefixes, [3, 1], progress=False).ppl
+    assert corpus_marginal_perplexity(model, tok, corpus, counts, progress=False) == pytest.approx(expected, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------- marginal perplexity

@@ -178,6 +178,16 @@ class Settings:
                 raise ValueError(f"dataset {self.dataset!r} has {n} training documents: {err}") from err
         return self
 
+    def kd_config(self) -> dict:
+        """The KD loss's settings, as `distill.make_kd_loss_fn` takes them and as artifact keys record them."""
+        return {
+            "lam": self.lam,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "teacher_context": self.teacher_context,
+            "weighting": self.kd_weighting,
+        }
+
     def as_config(self) -> dict:
         config = asdict(self)
         if self.world_size == 1:

@@ -12,7 +12,9 @@ Loading corpora by name is `distildp.data`'s; CSV folders are `distildp.csv_corp
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -52,6 +54,22 @@ class Corpus:
 
     def prefixes(self, split: str) -> list[str]:
         return [control_prefix(c) for c in self.codes(split)]
+
+    def code_counts(self, split: str) -> Counter:
+        """How many documents of `split` carry each code tuple (values in prefix order)."""
+        return Counter(tuple(c.values()) for c in self.codes(split))
+
+    def public_code_keys(self) -> tuple[list[tuple[str, ...]], list[str]]:
+        """Every possible code tuple, zeros included, and notes on where that set came from. A DP histogram
+        draws noise for each: keys read off the private data would leak which codes occur. A known source
+        publishes its schema (categories x stars); otherwise the keys are the training split's, and a note says so."""
+        if self.source is not None:
+            return list(itertools.product(self.info["categories"], self.source.stars)), []
+        keys = sorted(self.code_counts("train"))
+        return keys, [
+            "the set of codes was read off the private training data (no public schema known): "
+            "which codes occur is not protected"
+        ]
 
     def _split(self, split: str) -> pd.DataFrame:
         if split not in self.splits:

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distildp import distributed, privacy
-from distildp.models import encode_plain
+from distildp.evaluate import BestOnHeldOut
+from distildp.models import encode_with_prefix
 from distildp.private_training import train_private
 from distildp.training import (
     GRAD_SAMPLE_MODES,
@@ -290,30 +291,47 @@ def _train_plain(loop: TrainingLoop) -> None:
             break
 
 
-# ----------------------------------------------------------------------------------------- pretraining
+# ----------------------------------------------------------------------------------------- model selection
+def train_kept_at_best(
+    model: nn.Module,
+    examples: Sequence[Mapping[str, Any]],
+    cfg: TrainConfig,
+    selector: BestOnHeldOut,
+    progress: bool = True,
+    **train_kwargs,
+) -> TrainReport:
+    """Non-private training with `selector` scoring held-out text as it goes (and stopping training once that
+    flattens, if its tolerance says so); the model ends at the weights of its best check."""
+    report = train_causal_lm(model, examples, cfg, progress=progress, on_step=selector, **train_kwargs)
+    selector.finish(report.steps)
+    model.load_state_dict(selector.best_state)
+    model.eval()  # as training leaves it (the selector's last check switched it back to training mode)
+    return report
+
+
 def pretrain(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
-    cfg: TrainConfig | None = None,
+    validation: list[str],
+    cfg: TrainConfig,
+    prefixes: list[str] | None = None,
+    validation_prefixes: list[str] | None = None,
+    tolerance: float | None = None,
     progress: bool = True,
-) -> dict:
-    """Non-private causal-LM pretraining on plain `texts` (long documents are split into context-sized windows).
+) -> tuple[TrainReport, BestOnHeldOut]:
+    """Causal-LM pretraining on public `texts`, kept at its best perplexity on public `validation` text.
 
-    The same loop as private training (train_causal_lm with epsilon = inf). Returns metrics.
+    A text's prefix (its header, if any) is scored like the text: in public data it is text, not a control code.
+    Long documents are split into context-sized windows. Validation is scored every half epoch; with a
+    `tolerance`, training stops once a check improves by less than that (BestOnHeldOut). Returns the report and
+    the selector (its curve and best step).
     """
-    cfg = cfg or TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.01, schedule="warmup_linear")
-    examples = encode_plain(tokenizer, texts, model.config.n_positions, overflow="split")
+    examples = encode_with_prefix(tokenizer, prefixes, texts, model.config.n_positions, overflow="split")
     if not examples:
         raise ValueError("pretrain got no texts; pass a non-empty list of documents.")
-    pad = tokenizer.pad_token_id
-    report = train_causal_lm(model, examples, cfg, collate_fn=lambda batch: collate_lm(batch, pad), progress=progress)
-    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
-    last = report.losses[-steps_per_epoch:]
-    return {
-        "train_loss": sum(last) / len(last),
-        "first_loss": report.losses[0],
-        "steps": report.steps,
-        "examples": len(examples),
-        "seconds": report.wall_time_s,
-    }
+    half_epoch = max(1, len(examples) // (2 * cfg.batch_size))
+    selector = BestOnHeldOut(
+        model, tokenizer, validation, half_epoch, tolerance=tolerance, prefixes=validation_prefixes
+    )
+    return train_kept_at_best(model, examples, cfg, selector, progress=progress), selector

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distildp.corpus import Corpus, control_prefix
 from distildp.models import encode_with_prefix, token_ids
 
 
@@ -257,6 +259,66 @@ def floor(
         nats = -sum(source.log_prob_marginal(text, categories=categories) for text in texts)
     n_tokens = sum(len(ids) + 1 for ids in token_ids(tokenizer, texts))
     return PerplexityResult(math.exp(nats / n_tokens), nats, n_tokens)
+
+
+# ----------------------------------------------------------------------------------------- a model on a corpus
+def corpus_floor(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, role: str) -> float:
+    """The exact floor of `corpus`' test split as `role` sees it (codes given to teachers only); nan when no
+    source is known."""
+    if corpus.source is None:
+        return math.nan
+    codes = corpus.codes("test") if role == "teacher" else None
+    texts = corpus.texts("test")
+    return floor(corpus.source, tokenizer, texts, codes=codes, categories=corpus.info.get("categories")).ppl
+
+
+def corpus_metrics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    role: str,
+    stride: int | None = None,
+    per_document: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Test and validation perplexity on `corpus`: a teacher gets the control codes as unscored context, a
+    student plain text; beside them the exact floor, where the source is known. Learning rates are chosen on the
+    validation split, never the test split."""
+    metrics = {}
+    for split, name in (("test", "test_ppl"), ("validation", "val_ppl")):
+        prefixes = corpus.prefixes(split) if role == "teacher" else None
+        result = perplexity(
+            model,
+            tokenizer,
+            corpus.texts(split),
+            prefixes=prefixes,
+            stride=stride,
+            per_document=per_document,
+            progress=progress,
+        )
+        metrics[name] = result.ppl
+        if split == "test":
+            metrics["test_tokens"] = result.n_tokens
+    if corpus.source is not None:
+        metrics["floor"] = corpus_floor(corpus, tokenizer, role)
+    return metrics
+
+
+def corpus_marginal_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    code_counts: Mapping[tuple[str, ...], float],
+    progress: bool = True,
+) -> float:
+    """A code-conditioned model as a model of `corpus`' plain test text, codes drawn with weights `code_counts`
+    (code tuple -> count): scored on exactly the tokens a student is (`marginal_perplexity`)."""
+    names = list(corpus.code_columns.values())
+    keys = [key for key, n in code_counts.items() if n > 0]
+    prefixes = [control_prefix(dict(zip(names, key))) for key in keys]
+    weights = [code_counts[key] for key in keys]
+    texts = corpus.texts("test")
+    return marginal_perplexity(model, tokenizer, texts, prefixes, weights, batch_size=64, progress=progress).ppl
 
 
 class BestOnHeldOut:

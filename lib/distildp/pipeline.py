@@ -36,17 +36,9 @@ from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import Settings
 from distildp.corpus import Corpus, control_prefix
 from distildp.data import PublicText, load_corpus, load_public
-from distildp.distill import (
-    StudentWithProjection,
-    attach_teacher_states,
-    check_compatible,
-    collate_kd,
-    kd_examples,
-    make_kd_loss_fn,
-    teacher_states_bytes,
-)
-from distildp.dpsgd import train_causal_lm
-from distildp.evaluate import BestOnHeldOut, floor, marginal_perplexity, perplexity
+from distildp.distill import check_compatible, collate_kd, kd_examples, make_kd_loss_fn
+from distildp.dpsgd import pretrain, train_causal_lm
+from distildp.evaluate import BestOnHeldOut, corpus_floor, corpus_marginal_perplexity, corpus_metrics
 from distildp.generate import CONFIG_CODES_ATTR, generate_synthetic
 from distildp.methods import REFERENCES, check_method, reference_epsilon, reference_role
 from distildp.models import (
@@ -61,6 +53,7 @@ from distildp.models import (
     train_tokenizer,
 )
 from distildp.synthetic_store import load_synthetic
+from distildp.synthetic_training import train_on_synthetic
 from distildp.training import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed
 
 
@@ -200,30 +193,26 @@ class Pipeline:
         def build(out: Path) -> dict:
             tok = load_tokenizer(tokenizer_art.path)
             model = build_model(name, tok, seed=train_cfg.seed).to(self.device)
-            public = self.public  # prefix tokens are targets here: the public text includes its headers
-            examples = encode_with_prefix(
-                tok, public.train_prefixes, public.train, model.config.n_positions, overflow="split"
-            )
-            half_epoch = max(1, len(examples) // (2 * train_cfg.batch_size))
-            check = BestOnHeldOut(
+            public = self.public  # its headers are text here, scored like the rest
+            report, selector = pretrain(
                 model,
                 tok,
+                public.train,
                 public.validation,
-                half_epoch,
+                train_cfg,
+                prefixes=public.train_prefixes,
+                validation_prefixes=public.validation_prefixes,
                 tolerance=s.pretrain_tolerance,
-                prefixes=public.validation_prefixes,
+                progress=self.progress,
             )
-            report = train_causal_lm(model, examples, train_cfg, progress=self.progress, on_step=check)
-            check.finish(report.steps)
-            model.load_state_dict(check.best_state)
             model.save_pretrained(out)
             tok.save_pretrained(out)
             # Both roles are scored on plain text: the public models never saw control codes.
-            metrics = self._evaluate_selected(model, tok, "public_val_ppl", check, report.steps)
+            metrics = self._evaluate_selected(model, tok, "public_val_ppl", selector, report.steps)
             return {
                 "privacy": privacy.public_data_record(),
                 "metrics": metrics,
-                "extra": {"losses": report.losses, "public_val_curve": check.curve, "device": str(self.device)},
+                "extra": {"losses": report.losses, "public_val_curve": selector.curve, "device": str(self.device)},
             }
 
         return self.store.build("pretrained", config, build, inputs={"tokenizer": tokenizer_art})
@@ -315,7 +304,7 @@ class Pipeline:
             "delta": self.delta,
             "accountant": s.accountant,
             "grad_sample_mode": s.grad_sample_mode,
-            "kd": self._kd_config() if kd_teacher else None,
+            "kd": s.kd_config() if kd_teacher else None,
             **self._randomness_key(private),
         }
         inputs = {"pretrained": self.pretrained(role, seed)}
@@ -336,7 +325,7 @@ class Pipeline:
                     check_compatible(teacher_tok, tok)
                     examples = kd_examples(tok, texts, prefixes, context)
                     collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
-                    loss_fn = self._kd_loss(teacher)
+                    loss_fn = make_kd_loss_fn(teacher, **s.kd_config())
             privacy_cfg = PrivacyConfig(
                 target_epsilon=epsilon if private else math.inf,
                 delta=self.delta if private else None,
@@ -433,7 +422,7 @@ class Pipeline:
     @functools.cached_property
     def train_code_counts(self) -> Counter:
         """How many private training documents carry each code tuple (the histogram's private input)."""
-        return Counter(tuple(c.values()) for c in self.corpus.codes("train"))
+        return self.corpus.code_counts("train")
 
     def synthetic_count(self) -> int:
         """How many synthetic documents to sample: synthetic_size, else synthetic_factor x the private records."""
@@ -467,15 +456,8 @@ class Pipeline:
         return {"dp_randomness": "secret"} if private and self.settings.dp_randomness == "secret" else {}
 
     def code_keys(self) -> tuple[list[tuple[str, ...]], list[str]]:
-        """The public set of possible codes (zeros included): keys read off the data would leak."""
-        source = self.corpus.source
-        if source is not None:
-            return list(itertools.product(self.corpus.info["categories"], source.stars)), []
-        keys = sorted({tuple(c.values()) for c in self.corpus.codes("train")})
-        return keys, [
-            "the set of codes was read off the private training data (no public schema known): "
-            "which codes occur is not protected"
-        ]
+        """The public set of possible codes (zeros included), and notes on it (Corpus.public_code_keys)."""
+        return self.corpus.public_code_keys()
 
     # ------------------------------------------------------------------------------------ students
     def distilled_student(self, teacher: Artifact, synthetic: Artifact, seed: int, hard_labels_only: bool) -> Artifact:
@@ -483,7 +465,7 @@ class Pipeline:
         s = self.settings
         # lam = 0 without hidden-state alignment IS the hard-label loss: the synthetic_only student, not a second copy
         hard_labels_only = hard_labels_only or (s.lam == 0 and s.alpha == 0)
-        kd = None if hard_labels_only else self._kd_config()
+        kd = None if hard_labels_only else s.kd_config()
         config = {
             "train": asdict(_seeded(s.distill_train, seed)),
             "kd": kd,
@@ -495,102 +477,36 @@ class Pipeline:
         def build(out: Path) -> dict:
             model, tok = self.load_model(inputs["pretrained"].path)
             frame = load_synthetic(synthetic.path / "data")
-            teacher_states = "live every step" if kd else None
-            texts = frame["text"].tolist()
-            prefixes = [
-                control_prefix(dict(zip(self.corpus.code_columns.values(), row)))
-                for row in frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)
-            ]
-            order = np.random.default_rng(seed).permutation(len(texts))
-            n_val = max(1, int(len(texts) * s.synthetic_val_fraction))
-            val_idx, train_idx = order[:n_val], order[n_val:]
-            train_texts = [texts[i] for i in train_idx]
-            examples = encode_plain(tok, train_texts, model.config.n_positions)
-            student = model
+            code_rows = frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)
+            prefixes = [control_prefix(dict(zip(self.corpus.code_columns.values(), row))) for row in code_rows]
+            teacher_model = None
             if kd:
                 teacher_model, teacher_tok = self.load_model(teacher.path)
                 check_compatible(teacher_tok, tok)
-                examples = kd_examples(tok, train_texts, [prefixes[i] for i in train_idx], model.config.n_positions)
-                collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
-                # hidden-state alignment across widths goes through a learned projection, trained with the student
-                project = s.alpha > 0 and teacher_model.config.hidden_size != student.config.hidden_size
-                if project:
-                    model = StudentWithProjection(student, teacher_model.config.hidden_size).to(self.device)
-                kwargs = {"loss_fn": self._kd_loss(teacher_model, hidden_projection=project)}
-                if s.alpha == 0 and teacher_states_bytes(teacher_model, examples) <= s.teacher_cache_gib * 2**30:
-                    examples = attach_teacher_states(
-                        teacher_model,
-                        examples,
-                        tok.pad_token_id,
-                        s.teacher_context,
-                        batch_size=s.distill_train.batch_size,
-                        progress=self.progress,
-                    )
-                    teacher_states = "cached once (distill.attach_teacher_states)"
-            else:
-                collate, kwargs = None, {}
-            selector = BestOnHeldOut(
-                model,
-                tok,
-                [texts[i] for i in val_idx],
-                every=max(1, round(len(examples) / s.distill_train.batch_size)),
-                tolerance=s.distill_tolerance,
+            done = train_on_synthetic(
+                model, tok, frame["text"].tolist(), prefixes, s, seed, teacher=teacher_model, progress=self.progress
             )
-            report = train_causal_lm(
-                model,
-                examples,
-                _seeded(s.distill_train, seed),
-                collate_fn=collate,
-                progress=self.progress,
-                on_step=selector,
-                **kwargs,
-            )
-            selector.finish(report.steps)
-            model.load_state_dict(selector.best_state)
-            model = student  # a projection, if any, served training only
             model.save_pretrained(out)
             tok.save_pretrained(out)
+            steps, selector = done.report.steps, done.selector
             record = privacy.nonprivate_record()
             record["notes"] = ["trained on synthetic text only: post-processing of the teacher and histogram"]
             record["model_selection"] = (
-                f"held-out synthetic text ({n_val} samples), checked once per epoch; "
-                f"best at step {selector.best_step} of {report.steps}"
+                f"held-out synthetic text ({done.n_val} samples), checked once per epoch; "
+                f"best at step {selector.best_step} of {steps}"
             )
-            metrics = self._evaluate_selected(model, tok, "synthetic_val_ppl", selector, report.steps)
             return {
                 "privacy": record,
-                "metrics": metrics,
+                "metrics": self._evaluate_selected(model, tok, "synthetic_val_ppl", selector, steps),
                 "extra": {
-                    "losses": report.losses,
+                    "losses": done.report.losses,
                     "synthetic_val_curve": selector.curve,
                     "device": str(self.device),
-                    "teacher_states": teacher_states,
+                    "teacher_states": done.teacher_states,
                 },
             }
 
         return self.store.build("distilled_student", config, build, inputs=inputs, seed=seed)
-
-    def _kd_config(self) -> dict:
-        s = self.settings
-        return {
-            "lam": s.lam,
-            "temperature": s.temperature,
-            "alpha": s.alpha,
-            "teacher_context": s.teacher_context,
-            "weighting": s.kd_weighting,
-        }
-
-    def _kd_loss(self, teacher, hidden_projection: bool = False):
-        s = self.settings
-        return make_kd_loss_fn(
-            teacher,
-            lam=s.lam,
-            temperature=s.temperature,
-            alpha=s.alpha,
-            teacher_context=s.teacher_context,
-            hidden_projection=hidden_projection,
-            weighting=s.kd_weighting,
-        )
 
     # ------------------------------------------------------------------------------------ evaluation
     def _evaluate_selected(self, model, tok, held_out: str, selector: BestOnHeldOut, steps: int) -> dict:
@@ -604,53 +520,18 @@ class Pipeline:
         }
 
     def _evaluate(self, model, tok, role: str) -> dict:
-        """Test and validation perplexity: teachers get the control codes as unscored context, students plain
-        text. The validation split is what learning rates are chosen on (never the test split)."""
-        metrics = {}
-        for split, name in (("test", "test_ppl"), ("validation", "val_ppl")):
-            prefixes = self.corpus.prefixes(split) if role == "teacher" else None
-            result = perplexity(
-                model,
-                tok,
-                self.corpus.texts(split),
-                prefixes=prefixes,
-                stride=self.settings.eval_stride,
-                per_document=self.settings.eval_per_document,
-                progress=self.progress,
-            )
-            metrics[name] = result.ppl
-            if split == "test":
-                metrics["test_tokens"] = result.n_tokens
-        if self.corpus.source is not None:
-            metrics["floor"] = self.floor(tok, role)
-        return metrics
+        """Test and validation perplexity, and the floor, as the role sees the private data (codes or not)."""
+        s = self.settings
+        stride, per_document = s.eval_stride, s.eval_per_document
+        return corpus_metrics(model, tok, self.corpus, role, stride, per_document, progress=self.progress)
 
     def marginal_ppl(self, model, tok, code_counts: Counter | dict) -> float:
-        """The teacher as a model of plain test text: codes drawn with weights `code_counts` (code tuple -> count),
-        so it is scored on exactly the tokens a student is (evaluate.marginal_perplexity)."""
-        names = list(self.corpus.code_columns.values())
-        keys = [key for key, n in code_counts.items() if n > 0]
-        prefixes = [control_prefix(dict(zip(names, key))) for key in keys]
-        return marginal_perplexity(
-            model,
-            tok,
-            self.corpus.texts("test"),
-            prefixes,
-            [code_counts[k] for k in keys],
-            batch_size=64,
-            progress=self.progress,
-        ).ppl
+        """The teacher as a model of plain test text, codes drawn with weights `code_counts` (code tuple -> count)."""
+        return corpus_marginal_perplexity(model, tok, self.corpus, code_counts, progress=self.progress)
 
     def floor(self, tok, role: str) -> float:
         """The exact floor for the role's view of the test split (codes given to teachers only)."""
-        codes = self.corpus.codes("test") if role == "teacher" else None
-        return floor(
-            self.corpus.source,
-            tok,
-            self.corpus.texts("test"),
-            codes=codes,
-            categories=self.corpus.info.get("categories"),
-        ).ppl
+        return corpus_floor(self.corpus, tok, role)
 
     # ------------------------------------------------------------------------------------ methods
     def artifacts(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Artifact]:

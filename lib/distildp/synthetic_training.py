@@ -1,0 +1,96 @@
+"""Stage 3: a student trained on the synthetic text, with hard labels or the KD loss, kept at its best step on a
+held-out share of that text.
+
+Everything here reads only the synthetic text and the DP teacher: it is post-processing of DP releases and spends
+no privacy. Model selection is on synthetic text too, never on the private data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distildp.config import Settings
+from distildp.distill import (
+    StudentWithProjection,
+    attach_teacher_states,
+    collate_kd,
+    kd_examples,
+    make_kd_loss_fn,
+    teacher_states_bytes,
+)
+from distildp.dpsgd import train_kept_at_best
+from distildp.evaluate import BestOnHeldOut
+from distildp.models import encode_plain
+from distildp.training import TrainReport
+
+
+@dataclass
+class SyntheticTraining:
+    """What training on synthetic text did: the report, the held-out selection and how the teacher was read."""
+
+    report: TrainReport
+    selector: BestOnHeldOut  # its curve, best step and best held-out perplexity
+    n_val: int  # synthetic documents held out for selection
+    teacher_states: str | None  # None without a teacher; else whether its outputs were cached or computed live
+
+
+def train_on_synthetic(
+    student: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    prefixes: list[str],
+    settings: Settings,
+    seed: int,
+    teacher: nn.Module | None = None,
+    progress: bool = True,
+) -> SyntheticTraining:
+    """Train `student` on synthetic `texts` (each generated after its control-code prefix) and leave it at its
+    best perplexity on a held-out share of them (`settings.synthetic_val_fraction`, checked once per epoch).
+
+    Without a `teacher`: cross-entropy on the hard labels. With one: the KD loss `settings.kd_config()` names
+    (the teacher reads each text after its prefix; the student, which never sees codes, reads the text alone).
+    Hidden-state alignment across different widths trains a projection beside the student and drops it after.
+    The teacher's outputs are computed once and cached when they fit in `settings.teacher_cache_gib` and no hidden
+    states are needed; otherwise every step runs the teacher.
+    """
+    s = settings
+    order = np.random.default_rng(seed).permutation(len(texts))
+    n_val = max(1, int(len(texts) * s.synthetic_val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train_texts = [texts[i] for i in train_idx]
+    context = student.config.n_positions
+    model, collate, kwargs, teacher_states = student, None, {}, None
+    if teacher is None:
+        examples = encode_plain(tokenizer, train_texts, context)
+    else:
+        examples = kd_examples(tokenizer, train_texts, [prefixes[i] for i in train_idx], context)
+        collate = lambda batch: collate_kd(batch, tokenizer.pad_token_id)  # noqa: E731
+        project = s.alpha > 0 and teacher.config.hidden_size != student.config.hidden_size
+        if project:
+            model = StudentWithProjection(student, teacher.config.hidden_size).to(next(student.parameters()).device)
+        kwargs = {"loss_fn": make_kd_loss_fn(teacher, **s.kd_config(), hidden_projection=project)}
+        teacher_states = "live every step"
+        if s.alpha == 0 and teacher_states_bytes(teacher, examples) <= s.teacher_cache_gib * 2**30:
+            examples = attach_teacher_states(
+                teacher,
+                examples,
+                tokenizer.pad_token_id,
+                s.teacher_context,
+                batch_size=s.distill_train.batch_size,
+                progress=progress,
+            )
+            teacher_states = "cached once (distill.attach_teacher_states)"
+    selector = BestOnHeldOut(
+        model,
+        tokenizer,
+        [texts[i] for i in val_idx],
+        every=max(1, round(len(examples) / s.distill_train.batch_size)),
+        tolerance=s.distill_tolerance,
+    )
+    cfg = replace(s.distill_train, seed=seed)
+    report = train_kept_at_best(model, examples, cfg, selector, progress=progress, collate_fn=collate, **kwargs)
+    return SyntheticTraining(report, selector, n_val, teacher_states)
