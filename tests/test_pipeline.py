@@ -1,5 +1,6 @@
 """The pipeline end to end on the smoke profile: every method's row, its privacy, the floor, the cache."""
 
+import inspect
 import json
 import math
 from dataclasses import replace
@@ -12,6 +13,7 @@ from dp_accounting import dp_event, pld
 from distildp import privacy
 from distildp.artifacts import ArtifactStore, config_hash
 from distildp.config import Settings, make_settings
+from distildp.distill import make_kd_loss_fn
 from distildp.methods import METHODS, REFERENCES
 from distildp.models import PRESETS
 from distildp.pipeline import Pipeline
@@ -147,6 +149,25 @@ def test_exact_histogram_is_flagged_not_private(tmp_path):
 def test_bad_settings_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         make_settings("smoke", bad)
+
+
+def test_settings_give_the_privacy_config_and_the_kd_loss_their_fields():
+    s = make_settings("smoke", {"max_grad_norm": 0.5, "accountant": "rdp", "dp_randomness": "secret", "delta": "paper"})
+    private = s.privacy_config(1.3, 4.0, 1e-3)
+    assert (private.target_epsilon, private.delta, private.noise_multiplier) == (4.0, 1e-3, 1.3)
+    assert (private.max_grad_norm, private.accountant, private.grad_sample_mode) == (0.5, "rdp", s.grad_sample_mode)
+    assert private.private and private.secret_randomness and private.allow_delta_one_over_n
+    plain = s.privacy_config(None, 4.0, 1e-3)
+    assert not plain.private and plain.delta is None and math.isinf(plain.target_epsilon)
+    kd = make_settings("smoke", {"lam": 0.7, "temperature": 3.0, "kd_weighting": "paper_sum"}).kd_config()
+    assert kd == {
+        "lam": 0.7,
+        "temperature": 3.0,
+        "alpha": 0.0,
+        "teacher_context": s.teacher_context,
+        "weighting": "paper_sum",
+    }
+    assert set(kd) < set(inspect.signature(make_kd_loss_fn).parameters)  # passed to it as keywords
 
 
 def test_bad_method_and_epsilon(pipe):

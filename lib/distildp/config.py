@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import numbers
 import types
 import typing
@@ -24,7 +25,7 @@ from distildp import privacy
 from distildp.data import corpus_loader, corpus_options, public_options, train_size
 from distildp.distill import KD_WEIGHTINGS, TEACHER_CONTEXTS, validate_kd_weights
 from distildp.sampling import GenerationConfig
-from distildp.training import GRAD_SAMPLE_MODES, RANDOMNESS, TrainConfig
+from distildp.training import GRAD_SAMPLE_MODES, RANDOMNESS, PrivacyConfig, TrainConfig
 
 HISTOGRAMS = ("dp", "exact", "uniform")
 
@@ -177,6 +178,21 @@ class Settings:
             except ValueError as err:
                 raise ValueError(f"dataset {self.dataset!r} has {n} training documents: {err}") from err
         return self
+
+    def privacy_config(self, noise_multiplier: float | None, epsilon: float, delta: float) -> PrivacyConfig:
+        """DP-SGD at `noise_multiplier` spending (`epsilon`, `delta`), clipped, accounted and randomised as these
+        settings say; None: non-private training (epsilon and delta unused)."""
+        private = noise_multiplier is not None
+        return PrivacyConfig(
+            target_epsilon=epsilon if private else math.inf,
+            delta=delta if private else None,
+            max_grad_norm=self.max_grad_norm,
+            accountant=self.accountant,
+            noise_multiplier=noise_multiplier,
+            grad_sample_mode=self.grad_sample_mode,
+            allow_delta_one_over_n=self.delta == "paper",
+            secret_randomness=self.dp_randomness == "secret",
+        )
 
     def kd_config(self) -> dict:
         """The KD loss's settings, as `distill.make_kd_loss_fn` takes them and as artifact keys record them."""

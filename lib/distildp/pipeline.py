@@ -54,7 +54,7 @@ from distildp.models import (
 )
 from distildp.synthetic_store import load_synthetic
 from distildp.synthetic_training import train_on_synthetic
-from distildp.training import RANDOMNESS, PrivacyConfig, TrainConfig, poisson_schedule, secret_seed
+from distildp.training import RANDOMNESS, TrainConfig, poisson_schedule, secret_seed
 
 
 def _seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
@@ -326,22 +326,12 @@ class Pipeline:
                     examples = kd_examples(tok, texts, prefixes, context)
                     collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
                     loss_fn = make_kd_loss_fn(teacher, **s.kd_config())
-            privacy_cfg = PrivacyConfig(
-                target_epsilon=epsilon if private else math.inf,
-                delta=self.delta if private else None,
-                max_grad_norm=s.max_grad_norm,
-                accountant=s.accountant,
-                noise_multiplier=noise_multiplier,
-                grad_sample_mode=s.grad_sample_mode,
-                allow_delta_one_over_n=s.delta == "paper",
-                secret_randomness=s.dp_randomness == "secret",
-            )
             kwargs = {"loss_fn": loss_fn} if loss_fn else {}
             report = train_causal_lm(
                 model,
                 examples,
                 train_cfg,
-                privacy_cfg,
+                s.privacy_config(noise_multiplier, epsilon, self.delta),
                 collate_fn=collate,
                 progress=self.progress and distributed.is_main(),
                 data_parallel=collective,
