@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from distildp import private_training
 from distildp.bookkeeping import BookkeepingClipper
 from distildp.dpsgd import train_causal_lm
 from distildp.training import TrainConfig, collate_lm
@@ -313,3 +314,23 @@ def test_distillation_with_hidden_projection_equals_hooks():
         updated[mode] = params(model)
     for name, value in updated["bookkeeping"].items():
         torch.testing.assert_close(value, updated["hooks"][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_summing_in_place_gives_opacus_own_noisy_updates_bit_for_bit(monkeypatch):
+    """Book-keeping's optimizer adds Opacus' noise in place; over several noisy steps, two physical passes per
+    logical batch, with Adam, the weights are exactly those Opacus' own optimizer gives."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    examples = make_examples(24, seed=8)
+    cfg = TrainConfig(epochs=1, batch_size=6, physical_batch_size=4, lr=1e-2, seed=4, max_steps=4)
+    privacy = seeded_privacy(noise_multiplier=0.7, max_grad_norm=0.1, grad_sample_mode="bookkeeping")
+    in_place = tiny_model()
+    train_causal_lm(in_place, examples, cfg, privacy, progress=False)
+    monkeypatch.setattr(private_training, "_summing_in_place", lambda: DPOptimizerFastGradientClipping)
+    opacus_own = tiny_model()
+    train_causal_lm(opacus_own, examples, cfg, privacy, progress=False)
+    moved = False
+    for name, value in params(in_place).items():
+        assert torch.equal(value, params(opacus_own)[name]), name
+        moved |= not torch.equal(value, params(tiny_model())[name])
+    assert moved

@@ -163,17 +163,18 @@ def train_private(loop: TrainingLoop, p: PrivacyConfig) -> None:
 
 
 def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_rng, data_parallel):
-    """Book-keeping clipping's hooks and Opacus' optimizer for summed clipped gradients (ghost mode's):
-    it accumulates each physical batch's `p.grad` over a logical batch, adds noise once and scales by the
-    expected batch size; its distributed form also all-reduces the sums and adds the noise on rank 0 only.
+    """Book-keeping clipping's hooks and Opacus' optimizer for summed clipped gradients (ghost mode's, in place:
+    `_summing_in_place`): it accumulates each physical batch's `p.grad` over a logical batch, adds noise once and
+    scales by the expected batch size; its distributed form also all-reduces the sums and adds the noise on rank 0
+    only.
     Sampling and accounting stay with the caller, as for make_private."""
-    from opacus.optimizers import DistributedDPOptimizerFastGradientClipping, DPOptimizerFastGradientClipping
+    from opacus.optimizers import DistributedDPOptimizerFastGradientClipping
 
     from distildp.bookkeeping import BookkeepingClipper
 
     engine.validate(module=model, optimizer=None, data_loader=None)  # no layers that mix examples
     clipper = BookkeepingClipper(model, max_grad_norm)
-    optimizer_class = DistributedDPOptimizerFastGradientClipping if data_parallel else DPOptimizerFastGradientClipping
+    optimizer_class = DistributedDPOptimizerFastGradientClipping if data_parallel else _summing_in_place()
     dp_optimizer = optimizer_class(
         optimizer,
         noise_multiplier=sigma,
@@ -183,6 +184,38 @@ def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_r
         generator=noise_rng,
     )
     return clipper, dp_optimizer
+
+
+def _summing_in_place():
+    """Opacus' optimizer for summed clipped gradients (DPOptimizerFastGradientClipping), its arithmetic done in
+    place: a logical batch's first clipped sum is kept rather than copied, and the noise (the same draws from the
+    same generator: torch.normal is empty().normal_()) is added into it, which then becomes `p.grad`. The values
+    are Opacus'; each step makes two fewer passes over the parameters (the copy, and the zeros Opacus builds
+    beside the noise) and allocates one tensor per parameter instead of four, which on CPU means fewer page
+    faults on large ones. It keeps `p.grad` itself as the sum: the loop replaces `p.grad` after every pass
+    (`zero_grad(set_to_none=True)`, then the clipper's new tensor), never zeroing it in place."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    class SummingInPlace(DPOptimizerFastGradientClipping):
+        def accumulate(self) -> None:
+            for p in self.params:
+                if p.summed_grad is None:
+                    p.summed_grad = p.grad
+                else:
+                    p.summed_grad.add_(p.grad)
+
+        def add_noise(self) -> None:
+            if self.secure_mode:  # Opacus' secure noise sums several draws: keep its own code
+                super().add_noise()
+                return
+            std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+            for p in self.params:
+                if std > 0:
+                    noise = torch.empty_like(p.summed_grad).normal_(0, std, generator=self.generator)
+                    p.summed_grad.add_(noise)
+                p.grad = p.summed_grad.view_as(p)
+
+    return SummingInPlace
 
 
 class _ShortestFirst:
