@@ -20,53 +20,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_dpsgd.py"
 CONFIGS = ["non-private", "hooks+conv1d", "ghost", "bookkeeping"]
+
+
+def gpt2_shape(n_layer: int, n_embd: int, n_head: int) -> list[str]:
+    """bench_dpsgd.py arguments for a randomly initialised model of a GPT-2 hub model's shape."""
+    sizes = {"--n-embd": n_embd, "--n-layer": n_layer, "--n-head": n_head, "--n-positions": 1024, "--vocab": 50257}
+    return ["--preset", "", *(str(part) for pair in sizes.items() for part in pair)]
+
+
 # name -> bench_dpsgd.py arguments for the model
 MODELS = {
     "tiny-student": ["--preset", "tiny-student", "--vocab", "2048"],
     "tiny-teacher": ["--preset", "tiny-teacher", "--vocab", "2048"],
     "teacher-16x": ["--preset", "teacher-16x", "--vocab", "2048"],
-    "gpt2-small-shape": [
-        "--preset",
-        "",
-        "--n-embd",
-        "768",
-        "--n-layer",
-        "12",
-        "--n-head",
-        "12",
-        "--n-positions",
-        "1024",
-        "--vocab",
-        "50257",
-    ],
-    "distilgpt2-shape": [
-        "--preset",
-        "",
-        "--n-embd",
-        "768",
-        "--n-layer",
-        "6",
-        "--n-head",
-        "12",
-        "--n-positions",
-        "1024",
-        "--vocab",
-        "50257",
-    ],
-    "gpt2-large-shape": [
-        "--preset",
-        "",
-        "--n-embd",
-        "1280",
-        "--n-layer",
-        "36",
-        "--n-head",
-        "20",
-        "--n-positions",
-        "1024",
-        "--vocab",
-        "50257",
-    ],
+    "gpt2-small-shape": gpt2_shape(n_layer=12, n_embd=768, n_head=12),
+    "distilgpt2-shape": gpt2_shape(n_layer=6, n_embd=768, n_head=12),
+    "gpt2-large-shape": gpt2_shape(n_layer=36, n_embd=1280, n_head=20),
 }
 
 

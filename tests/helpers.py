@@ -66,19 +66,9 @@ VOCAB = 100
 def tiny_model(seed: int = 0, n_embd: int = 32, n_layer: int = 2, untie: bool = False) -> GPT2LMHeadModel:
     """A tiny GPT-2 without dropout, so a training-mode forward pass is deterministic."""
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=2,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    model = GPT2LMHeadModel(config)
+    no_dropout = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), 0.0)
+    sizes = {"vocab_size": VOCAB, "n_embd": n_embd, "n_layer": n_layer, "n_head": 2, "n_positions": 32}
+    model = GPT2LMHeadModel(GPT2Config(**sizes, bos_token_id=0, eos_token_id=0, **no_dropout))
     if untie:
         untie_embeddings(model)
     return model

@@ -247,27 +247,16 @@ def test_width_mismatch_without_projection_names_both_widths_and_the_fix():
     batch = collate_kd(examples(), pad_id=EOS)
     with pytest.raises(ValueError, match=r"16.*32.*projection="):
         make_kd_loss_fn(teacher, alpha=1.0)(student, batch)
-    with pytest.raises(ValueError, match=r"16.*32.*projection="):
-        kd_loss(
-            torch.randn(1, 3, 5),
-            torch.randn(1, 3, 5),
-            torch.zeros(1, 3, dtype=torch.long),
-            torch.ones(1, 3),
-            student_hidden=torch.randn(1, 3, 16),
-            teacher_hidden=torch.randn(1, 3, 32),
-            alpha=1.0,
-        )
-    # With the projection the same call works.
-    kd_loss(
+    logits_and_mask = (
         torch.randn(1, 3, 5),
         torch.randn(1, 3, 5),
         torch.zeros(1, 3, dtype=torch.long),
         torch.ones(1, 3),
-        student_hidden=torch.randn(1, 3, 16),
-        teacher_hidden=torch.randn(1, 3, 32),
-        alpha=1.0,
-        projection=HiddenProjection(16, 32),
     )
+    hidden = {"student_hidden": torch.randn(1, 3, 16), "teacher_hidden": torch.randn(1, 3, 32), "alpha": 1.0}
+    with pytest.raises(ValueError, match=r"16.*32.*projection="):
+        kd_loss(*logits_and_mask, **hidden)
+    kd_loss(*logits_and_mask, **hidden, projection=HiddenProjection(16, 32))  # with the projection it works
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
