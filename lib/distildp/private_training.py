@@ -164,17 +164,16 @@ def train_private(loop: TrainingLoop, p: PrivacyConfig) -> None:
 
 def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_rng, data_parallel):
     """Book-keeping clipping's hooks and Opacus' optimizer for summed clipped gradients (ghost mode's, in place:
-    `_summing_in_place`): it accumulates each physical batch's `p.grad` over a logical batch, adds noise once and
-    scales by the expected batch size; its distributed form also all-reduces the sums and adds the noise on rank 0
-    only.
-    Sampling and accounting stay with the caller, as for make_private."""
+    `summing_in_place_optimizer`): it accumulates each physical batch's `p.grad` over a logical batch, adds noise
+    once and scales by the expected batch size; its distributed form also all-reduces the sums and adds the noise on
+    rank 0 only. Sampling and accounting stay with the caller, as for make_private."""
     from opacus.optimizers import DistributedDPOptimizerFastGradientClipping
 
     from distildp.bookkeeping import BookkeepingClipper
 
     engine.validate(module=model, optimizer=None, data_loader=None)  # no layers that mix examples
     clipper = BookkeepingClipper(model, max_grad_norm)
-    optimizer_class = DistributedDPOptimizerFastGradientClipping if data_parallel else _summing_in_place()
+    optimizer_class = DistributedDPOptimizerFastGradientClipping if data_parallel else summing_in_place_optimizer()
     dp_optimizer = optimizer_class(
         optimizer,
         noise_multiplier=sigma,
@@ -186,7 +185,7 @@ def _bookkeeping_private(engine, model, optimizer, sigma, max_grad_norm, noise_r
     return clipper, dp_optimizer
 
 
-def _summing_in_place():
+def summing_in_place_optimizer():
     """Opacus' optimizer for summed clipped gradients (DPOptimizerFastGradientClipping), its arithmetic done in
     place: a logical batch's first clipped sum is kept rather than copied, and the noise (the same draws from the
     same generator: torch.normal is empty().normal_()) is added into it, which then becomes `p.grad`. The values
