@@ -134,6 +134,7 @@ def test_code_keys_are_the_public_schema_where_one_is_known(builtin):
     keys, notes = builtin.public_code_keys()
     assert keys == [(c, s) for c in builtin.info["categories"] for s in builtin.source.stars] and notes == []
     assert set(counts) <= set(keys) and len(keys) > len(counts)  # codes no document carries are keys too
+    assert builtin.code_prefix(tuple(builtin.codes("test")[0].values())) == builtin.prefixes("test")[0]
 
 
 def test_code_keys_read_off_the_training_split_say_so():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -54,6 +55,10 @@ class Corpus:
 
     def prefixes(self, split: str) -> list[str]:
         return [control_prefix(c) for c in self.codes(split)]
+
+    def code_prefix(self, key: Sequence[str]) -> str:
+        """The control-code prefix of a code tuple (values in prefix order, as `code_counts` keys them)."""
+        return control_prefix(dict(zip(self.code_columns.values(), key)))
 
     def code_counts(self, split: str) -> Counter:
         """How many documents of `split` carry each code tuple (values in prefix order)."""

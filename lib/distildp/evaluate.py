@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distildp.corpus import Corpus, control_prefix
+from distildp.corpus import Corpus
 from distildp.models import encode_with_prefix, token_ids
 
 
@@ -313,9 +313,8 @@ def corpus_marginal_perplexity(
 ) -> float:
     """A code-conditioned model as a model of `corpus`' plain test text, codes drawn with weights `code_counts`
     (code tuple -> count): scored on exactly the tokens a student is (`marginal_perplexity`)."""
-    names = list(corpus.code_columns.values())
     keys = [key for key, n in code_counts.items() if n > 0]
-    prefixes = [control_prefix(dict(zip(names, key))) for key in keys]
+    prefixes = [corpus.code_prefix(key) for key in keys]
     weights = [code_counts[key] for key in keys]
     texts = corpus.texts("test")
     return marginal_perplexity(model, tokenizer, texts, prefixes, weights, batch_size=64, progress=progress).ppl

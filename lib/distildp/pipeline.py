@@ -34,7 +34,7 @@ import torch
 from distildp import distributed, histogram, privacy, rows
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import Settings
-from distildp.corpus import Corpus, control_prefix
+from distildp.corpus import Corpus
 from distildp.data import PublicText, load_corpus, load_public
 from distildp.distill import check_compatible, collate_kd, kd_examples, make_kd_loss_fn
 from distildp.dpsgd import pretrain, train_causal_lm
@@ -151,10 +151,7 @@ class Pipeline:
         source = self.corpus.source
         if source is None:
             return []
-        names = list(self.corpus.code_columns.values())
-        return [
-            control_prefix(dict(zip(names, key))) for key in itertools.product(source.categories, source.stars)
-        ] * repeats
+        return [self.corpus.code_prefix(key) for key in itertools.product(source.categories, source.stars)] * repeats
 
     def pretrain_seed(self, seed: int) -> int:
         """The seed of the public models a point at `seed` starts from (Settings.pretrain_seed)."""
@@ -468,7 +465,7 @@ class Pipeline:
             model, tok = self.load_model(inputs["pretrained"].path)
             frame = load_synthetic(synthetic.path / "data")
             code_rows = frame[list(self.corpus.code_columns)].astype(str).itertuples(index=False)
-            prefixes = [control_prefix(dict(zip(self.corpus.code_columns.values(), row))) for row in code_rows]
+            prefixes = [self.corpus.code_prefix(row) for row in code_rows]
             teacher_model = None
             if kd:
                 teacher_model, teacher_tok = self.load_model(teacher.path)

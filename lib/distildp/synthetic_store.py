@@ -158,10 +158,10 @@ def iter_synthetic_chunks(out_dir: str | os.PathLike) -> Iterator[pd.DataFrame]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {out_dir} is not a synthetic set; run generate_synthetic first.")
     state = json.loads(path.read_text())
-    missing = [i for i in range(state["n_chunks"]) if not chunk_path(out_dir, i).exists()]
+    missing = state["n_chunks"] - len(chunks_present(out_dir, state["n_chunks"]))
     if missing:
         raise ValueError(
-            f"{out_dir} is incomplete ({len(missing)} of {state['n_chunks']} chunks missing); re-run "
+            f"{out_dir} is incomplete ({missing} of {state['n_chunks']} chunks missing); re-run "
             f"generate_synthetic with the same arguments to finish it."
         )
     for index in range(state["n_chunks"]):
