@@ -29,7 +29,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-# name -> (private?, grad_sample_mode, conv1d sampler, frozen embeddings, untied lm_head)
 # name -> (private, grad_sample_mode, Conv1D sampler, frozen embeddings, untied lm_head, one pass per batch)
 CONFIGS = {
     "non-private": (False, None, False, False, False, False),
