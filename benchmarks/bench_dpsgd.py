@@ -9,6 +9,8 @@ the interpreter and libraries (~0.4-0.5 GB), so the table also shows the peak mi
 training ("train MB"). On CUDA the peak allocated GPU memory is recorded too.
 Time per step is normalised to `--batch` examples (Poisson batches vary in size) and excludes
 warm-up steps, noise calibration (a fixed noise multiplier is used) and accounting.
+With --rounds R the configurations run R times, interleaved: `time_ratio` is the ratio of median times, and
+`time_ratio_min` / `time_ratio_max` the range of each round's ratio against its own baseline run.
 Writes results/benchmarks/dpsgd.csv.
 """
 
@@ -238,8 +240,12 @@ def main() -> None:
     rows = {name: median_row(measured) for name, measured in runs.items()}
     for name, row in rows.items():
         base = rows[baseline_for(name)]
+        # each round against its own baseline run: how far the machine's drift moves the ratio
+        paired = [m["s_per_step"] / b["s_per_step"] for m, b in zip(runs[name], runs[baseline_for(name)])]
         row.update(
             time_ratio=row["s_per_step"] / base["s_per_step"],
+            time_ratio_min=min(paired),
+            time_ratio_max=max(paired),
             rss_ratio=row["peak_rss_mb"] / base["peak_rss_mb"],
             train_mem_ratio=row["train_mb"] / max(base["train_mb"], 1.0),
             baseline=baseline_for(name),
@@ -253,13 +259,14 @@ def main() -> None:
             machine=platform.machine(),
         )
     print(
-        f"{'config':26s} {'s/step':>8s} {'peak MB':>8s} {'train MB':>9s} {'time x':>7s} {'RSS x':>6s} "
-        f"{'train-mem x':>11s}  vs"
+        f"{'config':26s} {'s/step':>8s} {'peak MB':>8s} {'train MB':>9s} {'time x':>7s} {'rounds range':>12s} "
+        f"{'RSS x':>6s} {'train-mem x':>11s}  vs"
     )
     for name, r in rows.items():
+        spread = f"{r['time_ratio_min']:.2f}-{r['time_ratio_max']:.2f}"
         print(
             f"{name:26s} {r['s_per_step']:8.3f} {r['peak_rss_mb']:8.0f} {r['train_mb']:9.0f} "
-            f"{r['time_ratio']:7.2f} {r['rss_ratio']:6.2f} {r['train_mem_ratio']:11.2f}  {r['baseline']}"
+            f"{r['time_ratio']:7.2f} {spread:>12s} {r['rss_ratio']:6.2f} {r['train_mem_ratio']:11.2f}  {r['baseline']}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
