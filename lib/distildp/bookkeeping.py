@@ -139,6 +139,11 @@ class BookkeepingClipper:
         squared = torch.zeros(batch, device=device)
         plans, terms = {}, self._terms(batch)
         self._calls.clear()  # from here each layer's tensors live only as long as its plan needs them
+        # Parameters with dense terms only (biases, LayerNorm) are many and small: a few operations on all of them
+        # at once rather than a few on each
+        dense = {key: terms.pop(key) for key in list(terms) if all(t[0] == "dense" for t in terms[key])}
+        if dense:
+            squared, dense_plan = _materialise_together(dense, batch)
         while terms:
             key, parts = terms.popitem()
             sq, plans[key] = self._norm(parts, self._by_id[key])
@@ -146,11 +151,15 @@ class BookkeepingClipper:
         norms = squared.clamp_min(0).sqrt()  # a Gram-form square can round to just below 0
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         self.last_norms = norms.detach()
+        dense_sums = dense_plan(factors) if dense else {}
         for p in self.params:
-            if id(p) in plans:
-                p.grad = plans.pop(id(p))(factors).to(p.dtype).view_as(p)
+            if id(p) in dense_sums:
+                total = dense_sums[id(p)]
+            elif id(p) in plans:
+                total = plans.pop(id(p))(factors)
             else:  # not used in this forward pass: its clipped sum is zero
-                p.grad = torch.zeros_like(p)
+                total = torch.zeros_like(p)
+            p.grad = total.to(p.dtype).view_as(p)
 
     def _terms(self, batch: int) -> dict[int, list[tuple]]:
         """Per trainable parameter: ('outer', left, right) or ('dense', per-example gradient) terms."""
@@ -265,6 +274,20 @@ def _materialise(outer, parts, p):
             grads.baddbmm_(term[1].transpose(1, 2), term[2])
     flat = grads.reshape(batch, -1)
     return flat.pow(2).sum(1), lambda factors: (factors.to(flat.dtype) @ flat).view(p.shape)
+
+
+def _materialise_together(dense: dict[int, list[tuple]], batch: int):
+    """Parameters with only materialised terms (biases, LayerNorm), side by side in one (B, total) tensor: their
+    squared norms summed, and a function of the clip factors returning each one's clipped sum by its key."""
+    keys = list(dense)
+    grads = [sum(term[1] for term in dense[key]).reshape(batch, -1) for key in keys]
+    flat = torch.cat(grads, 1)
+    sizes = [g.shape[1] for g in grads]
+
+    def clipped(factors):
+        return dict(zip(keys, (factors.to(flat.dtype) @ flat).split(sizes)))
+
+    return flat.pow(2).sum(1), clipped
 
 
 def _sparse(outer, parts, p):
