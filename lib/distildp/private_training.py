@@ -191,10 +191,10 @@ def summing_in_place_optimizer():
     same generator: torch.normal is empty().normal_()) is added into it, which then becomes `p.grad`. The values
     are Opacus'; each step makes two fewer passes over the parameters (the copy, and the zeros Opacus builds
     beside the noise). The noise is drawn into one buffer, as large as the largest parameter and kept for the
-    whole run, rather than into a new tensor per parameter and step: on CPU a large new tensor is mapped afresh
-    by the allocator, and its page faults cost about as much as drawing the noise. It keeps `p.grad` itself as
-    the sum: the loop replaces `p.grad` after every pass (`zero_grad(set_to_none=True)`, then the clipper's new
-    tensor), never zeroing it in place."""
+    whole run, rather than into a new tensor per parameter and step: on CPU the allocator maps a large new tensor
+    afresh each time, and faulting its pages in costs a large model a noticeable share of a step. It keeps
+    `p.grad` itself as the sum: the loop replaces `p.grad` after every pass (`zero_grad(set_to_none=True)`, then
+    the clipper's new tensor), never zeroing it in place."""
     from opacus.optimizers import DPOptimizerFastGradientClipping
 
     class SummingInPlace(DPOptimizerFastGradientClipping):
