@@ -16,10 +16,13 @@ throttle, so every point of a local array runs at once.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +149,28 @@ def submit(executor, commands: list[list[str]], cwd: Path) -> list:
     """One job per command, submitted together (a job array on Slurm); the submitit jobs, in order."""
     from submitit.helpers import CommandFunction
 
-    with executor.batch():
+    with interruptible_children(), executor.batch():  # the batch starts the jobs as it closes
         jobs = [executor.submit(CommandFunction(command, cwd=cwd)) for command in commands]
     return jobs
+
+
+@contextlib.contextmanager
+def interruptible_children():
+    """Processes started inside get SIGINT's default action even when this process ignores SIGINT.
+
+    Submitit cancels a local job with SIGINT; a process started with SIGINT ignored (as `make run &` in a script
+    starts it, without job control) would pass that on to its jobs, and `job.cancel()` would then do nothing.
+    Inside, SIGINT is caught by a handler that does nothing: this process still ignores it, while a caught signal,
+    unlike an ignored one, is reset to its default in a new program. Only the main thread can change a signal's
+    handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def as_completed(jobs: list, kind: str):

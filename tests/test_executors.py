@@ -9,7 +9,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -377,3 +379,20 @@ def test_smoke_grid_through_local_jobs_makes_the_plain_runners_tables(tmp_path):
     assert set(found["local"]) == set(found["process"]) >= {"ppl_vs_eps.csv", "ablation_lam.csv"}
     for name, table in found["local"].items():
         pd.testing.assert_frame_equal(table.drop(columns=CLOCKS), found["process"][name].drop(columns=CLOCKS))
+
+
+def test_a_local_job_can_be_cancelled_when_the_runner_ignores_sigint(tmp_path):
+    """A runner started with SIGINT ignored (`make run &` in a script) still starts local jobs that submitit's
+    cancel, a SIGINT, stops; the runner itself goes on ignoring SIGINT."""
+    executor = run.executors.make_executor("local", tmp_path / "submitit", {}, "sigint", None)
+    started = tmp_path / "started"
+    waiting = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(120)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        (job,) = run.executors.submit(executor, [[sys.executable, "-c", waiting]], tmp_path)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        wait_for(started.exists, "the job to start", timeout=60.0)
+        job.cancel()
+        wait_for(job.done, "the cancelled job to end", timeout=30.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)  # a job left running ends by itself within two minutes
