@@ -239,16 +239,17 @@ def main() -> None:
             runs[name].append(run_config(name, args))
     rows = {name: median_row(measured) for name, measured in runs.items()}
     for name, row in rows.items():
-        base = rows[baseline_for(name)]
+        baseline = baseline_for(name)
+        base = rows[baseline]
         # each round against its own baseline run: how far the machine's drift moves the ratio
-        paired = [m["s_per_step"] / b["s_per_step"] for m, b in zip(runs[name], runs[baseline_for(name)])]
+        paired = [m["s_per_step"] / b["s_per_step"] for m, b in zip(runs[name], runs[baseline])]
         row.update(
             time_ratio=row["s_per_step"] / base["s_per_step"],
             time_ratio_min=min(paired),
             time_ratio_max=max(paired),
             rss_ratio=row["peak_rss_mb"] / base["peak_rss_mb"],
             train_mem_ratio=row["train_mb"] / max(base["train_mb"], 1.0),
-            baseline=baseline_for(name),
+            baseline=baseline,
             preset=args.preset,
             batch=args.batch,
             physical=args.physical or "",

@@ -207,7 +207,7 @@ class BookkeepingClipper:
         outer = [t for t in parts if t[0] == "outer"]
         method = self.norm_method
         if len(outer) < len(parts):
-            method = "materialise"  # dense terms (biases, LayerNorm) have no Gram form
+            method = "materialise"  # some terms dense (one weight used by layers of two kinds): no Gram form
         elif method == "auto":
             if all(_is_ids(t[1]) for t in outer):
                 method = "sparse"

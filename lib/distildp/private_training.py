@@ -198,6 +198,10 @@ def summing_in_place_optimizer():
     from opacus.optimizers import DPOptimizerFastGradientClipping
 
     class SummingInPlace(DPOptimizerFastGradientClipping):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._noise_buffers: dict[tuple, torch.Tensor] = {}  # per (device, dtype), made on the first step
+
         def accumulate(self) -> None:
             for p in self.params:
                 if p.summed_grad is None:
@@ -218,12 +222,11 @@ def summing_in_place_optimizer():
                 p.grad = p.summed_grad.view_as(p)
 
         def _noise_buffer(self, like: torch.Tensor) -> torch.Tensor:
-            buffers = self.__dict__.setdefault("_noise_buffers", {})
             key = (like.device, like.dtype)
-            if key not in buffers:
+            if key not in self._noise_buffers:
                 largest = max([p.numel() for p in self.params if (p.device, p.dtype) == key] + [like.numel()])
-                buffers[key] = torch.empty(largest, device=like.device, dtype=like.dtype)
-            return buffers[key]
+                self._noise_buffers[key] = torch.empty(largest, device=like.device, dtype=like.dtype)
+            return self._noise_buffers[key]
 
     return SummingInPlace
 
