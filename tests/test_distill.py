@@ -11,7 +11,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from distildp.distill import (
     HiddenProjection,
     StudentWithProjection,
-    attach_teacher_states,
     check_compatible,
     collate_kd,
     default_layer_map,
@@ -19,8 +18,8 @@ from distildp.distill import (
     make_kd_loss_fn,
     teacher_logits_for_student,
     teacher_outputs_for_student,
-    teacher_states_bytes,
 )
+from distildp.teacher_cache import attach_teacher_states, teacher_states_bytes
 
 VOCAB = 40
 EOS = 0

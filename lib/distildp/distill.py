@@ -32,6 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from distildp.fused_loss import (
+    Rows,
+    TeacherRows,
+    at_least_float32,
+    sequence_losses,
+    student_logits,
+    teacher_rows,
+    token_losses,
+)
 from distildp.models import encode_plain
 
 TEACHER_CONTEXTS = ("code_prefix", "none")
@@ -127,8 +136,8 @@ def kd_loss(
     def per_sequence(per_token: torch.Tensor) -> torch.Tensor:
         return (per_token * weights).sum(dim=1) / n_scored
 
-    s_logits = student_logits[:, :-1].float()
-    t_logits = teacher_logits[:, :-1].float().detach()
+    s_logits = at_least_float32(student_logits[:, :-1])
+    t_logits = at_least_float32(teacher_logits[:, :-1]).detach()
 
     log_p_s = F.log_softmax(s_logits / temperature, dim=-1)
     if temperature == 1.0:  # the CE's log-softmax is the KL's: computed once (B x T x V is the big tensor)
@@ -160,7 +169,7 @@ def kd_loss(
                 s_h = projection(s_h)
             if s_h.shape[-1] != t_h.shape[-1]:
                 raise _width_error(s_h.shape[-1], t_h.shape[-1])
-            diff = s_h[:, :-1].float() - t_h[:, :-1].float().detach()
+            diff = at_least_float32(s_h[:, :-1]) - at_least_float32(t_h[:, :-1]).detach()
             mse_tok = mse_tok + diff.pow(2).mean(dim=-1)
         mse = per_sequence(mse_tok / len(s_hidden))
 
@@ -248,14 +257,23 @@ def collate_kd(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, 
 
     Each example has `input_ids` = [eos] + text + [eos] (student), optional `prefix_ids` = tok(prefix)
     (no eos; empty or missing = no prefix) and optional `loss_mask`. The teacher row is
-    [eos] + prefix + text + [eos]; `teacher_offset` is len(prefix_ids) per example.
+    [eos] + prefix + text + [eos]; `teacher_offset` is len(prefix_ids) per example. Examples that carry the
+    teacher's cached outputs (`distildp.teacher_cache`) bring those too; cached probabilities replace the teacher
+    batch (the teacher does not run), cached states do not (hidden-state alignment still runs it).
     """
     from distildp.training import collate_lm
 
     batch = collate_lm(examples, pad_id)
-    prefixes = [[int(i) for i in ex.get("prefix_ids", [])] for ex in examples]
+    if examples and "teacher_states" in examples[0]:  # cached by attach_teacher_states: (T_i, width) per example
+        # each example's states are as long as its input_ids, so they pad to the batch's length
+        batch["teacher_states"] = pad_sequence([ex["teacher_states"] for ex in examples], batch_first=True)
+    if examples and "teacher_probs" in examples[0]:  # cached by attach_teacher_probs: one row per scored position
+        batch["teacher_probs"] = torch.cat([ex["teacher_probs"] for ex in examples])
+        batch["teacher_neg_entropy"] = torch.cat([ex["teacher_neg_entropy"] for ex in examples])
+        return batch
+    prefixes = [list(ex.get("prefix_ids", [])) for ex in examples]
     teacher_rows = [
-        {"input_ids": [int(i) for i in ex["input_ids"][:1]] + prefix + [int(i) for i in ex["input_ids"][1:]]}
+        {"input_ids": list(ex["input_ids"][:1]) + prefix + list(ex["input_ids"][1:])}
         for ex, prefix in zip(examples, prefixes)
     ]
     teacher = collate_lm(teacher_rows, pad_id)
@@ -263,9 +281,6 @@ def collate_kd(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, 
     batch["teacher_attention_mask"] = teacher["attention_mask"]
     batch["teacher_position_ids"] = teacher["position_ids"]
     batch["teacher_offset"] = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
-    if examples and "teacher_states" in examples[0]:  # cached by attach_teacher_states: (T_i, width) per example
-        # each example's states are as long as its input_ids, so they pad to the batch's length
-        batch["teacher_states"] = pad_sequence([ex["teacher_states"] for ex in examples], batch_first=True)
     return batch
 
 
@@ -284,7 +299,7 @@ def _check_context(teacher_context: str) -> None:
         )
 
 
-def _teacher_at_student_positions(
+def teacher_at_student_positions(
     teacher: nn.Module, batch: Mapping[str, torch.Tensor], teacher_context: str, output_hidden_states: bool = False
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """The teacher body's last hidden states (B, T_s, width) at the student's positions, and all its layers'
@@ -341,46 +356,8 @@ def teacher_outputs_for_student(
         last = batch["teacher_states"]
         hidden = None
     else:
-        last, hidden = _teacher_at_student_positions(teacher, batch, teacher_context, output_hidden_states)
+        last, hidden = teacher_at_student_positions(teacher, batch, teacher_context, output_hidden_states)
     return TeacherOutputs(teacher.get_output_embeddings()(last), hidden)
-
-
-def teacher_states_bytes(teacher: nn.Module, examples: Sequence[Mapping[str, Any]]) -> int:
-    """What attach_teacher_states would hold in memory: one float per student token and teacher width."""
-    element = next(teacher.parameters()).element_size()
-    return sum(len(ex["input_ids"]) for ex in examples) * teacher.config.hidden_size * element
-
-
-@torch.no_grad()
-def attach_teacher_states(
-    teacher: nn.Module,
-    examples: Sequence[Mapping[str, Any]],
-    pad_id: int,
-    teacher_context: str = "code_prefix",
-    batch_size: int = 64,
-    progress: bool = False,
-) -> list[dict]:
-    """The examples with the teacher's last hidden states at the student's positions (`teacher_states`, (T_i, width)).
-
-    The teacher is frozen while the student trains, so its soft labels are the same every epoch: running its body
-    once and keeping the states (width floats per token, not vocabulary-sized logits) leaves only the output layer
-    to run per step. Equal to the live teacher up to float rounding (batches pad differently). Hidden-state
-    alignment needs the intermediate layers too: it runs the teacher live.
-    """
-    from tqdm.auto import tqdm
-
-    teacher.eval()
-    device = next(teacher.parameters()).device
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # batches of equal lengths
-    states: list[torch.Tensor | None] = [None] * len(examples)
-    for start in tqdm(range(0, len(order), batch_size), desc="teacher states", disable=not progress):
-        chunk = order[start : start + batch_size]
-        batch = collate_kd([examples[i] for i in chunk], pad_id)
-        batch = {key: value.to(device) for key, value in batch.items()}
-        hidden, _ = _teacher_at_student_positions(teacher, batch, teacher_context)
-        for row, i in enumerate(chunk):
-            states[i] = hidden[row, : len(examples[i]["input_ids"])].cpu()
-    return [{**ex, "teacher_states": state} for ex, state in zip(examples, states)]
 
 
 def teacher_logits_for_student(
@@ -424,7 +401,41 @@ def make_kd_loss_fn(
     if weighting not in KD_WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r}; choose one of {KD_WEIGHTINGS}.")
     teacher.eval()  # soft labels without dropout; the teacher is never trained here
-    want_hidden = alpha > 0
+    if alpha > 0:
+        weights = (lam, temperature, alpha, weighting)
+        return _aligned_kd_loss_fn(teacher, weights, layer_map, teacher_context, hidden_projection)
+
+    def teacher_at(batch: Mapping[str, torch.Tensor], rows: Rows) -> TeacherRows | None:
+        if lam == 0.0:
+            return None  # hard labels only
+        if "teacher_probs" in batch:  # cached for the whole set (teacher_cache.attach_teacher_probs)
+            if batch["teacher_probs"].shape[0] != rows.target.shape[0]:
+                raise ValueError(
+                    f"the batch carries cached teacher probabilities for {batch['teacher_probs'].shape[0]} positions "
+                    f"but its loss scores {rows.target.shape[0]}: cached probabilities serve a model whose output "
+                    "layer no clipping hook watches; cache the teacher's states for DP-SGD (attach_teacher_states)."
+                )
+            return TeacherRows(batch["teacher_probs"].float(), batch["teacher_neg_entropy"])
+        with torch.no_grad():
+            if "teacher_states" in batch:
+                last = batch["teacher_states"]
+            else:
+                last, _ = teacher_at_student_positions(teacher, batch, teacher_context)
+            picked = last.reshape(-1, last.shape[-1]).index_select(0, rows.position)
+            return teacher_rows(teacher.get_output_embeddings()(picked), temperature)
+
+    def loss_fn(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits, rows, _ = student_logits(model, batch)
+        ce, kl = token_losses(logits, rows.target, teacher_at(batch, rows), temperature)
+        size = batch["input_ids"].shape[0]
+        return sequence_losses(ce, kl, rows.example, rows.weight, size, lam, temperature, weighting)
+
+    return loss_fn
+
+
+def _aligned_kd_loss_fn(teacher, weights, layer_map, teacher_context, hidden_projection):
+    """make_kd_loss_fn with hidden-state alignment: kd_loss on the whole (B, T, V) logits and the paired layers."""
+    lam, temperature, alpha, weighting = weights
     weighted_kd_loss = functools.partial(kd_loss, lam=lam, temperature=temperature, alpha=alpha, weighting=weighting)
 
     def loss_fn(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -432,24 +443,22 @@ def make_kd_loss_fn(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
-            output_hidden_states=want_hidden,
+            output_hidden_states=True,
         )
-        teach = teacher_outputs_for_student(teacher, batch, teacher_context, output_hidden_states=want_hidden)
-        student_hidden = teacher_hidden = None
-        if want_hidden:
-            n_student, n_teacher = len(out.hidden_states) - 1, len(teach.hidden_states) - 1
-            pairs = dict(layer_map) if layer_map is not None else default_layer_map(n_student, n_teacher)
-            validate_layer_map(pairs, n_student, n_teacher)
-            student_hidden = [out.hidden_states[s] for s in pairs]
-            teacher_hidden = [teach.hidden_states[t] for t in pairs.values()]
-            s_width, t_width = student_hidden[0].shape[-1], teacher_hidden[0].shape[-1]
-            if s_width != t_width:
-                if hidden_projection:
-                    raise ValueError(
-                        f"hidden_projection=True but the model's hidden states have width {s_width}, not the "
-                        f"teacher's {t_width}: train StudentWithProjection(student, teacher_width={t_width})."
-                    )
-                raise _width_error(s_width, t_width)
+        teach = teacher_outputs_for_student(teacher, batch, teacher_context, output_hidden_states=True)
+        n_student, n_teacher = len(out.hidden_states) - 1, len(teach.hidden_states) - 1
+        pairs = dict(layer_map) if layer_map is not None else default_layer_map(n_student, n_teacher)
+        validate_layer_map(pairs, n_student, n_teacher)
+        student_hidden = [out.hidden_states[s] for s in pairs]
+        teacher_hidden = [teach.hidden_states[t] for t in pairs.values()]
+        s_width, t_width = student_hidden[0].shape[-1], teacher_hidden[0].shape[-1]
+        if s_width != t_width:
+            if hidden_projection:
+                raise ValueError(
+                    f"hidden_projection=True but the model's hidden states have width {s_width}, not the "
+                    f"teacher's {t_width}: train StudentWithProjection(student, teacher_width={t_width})."
+                )
+            raise _width_error(s_width, t_width)
         parts = weighted_kd_loss(
             out.logits,
             teach.logits,

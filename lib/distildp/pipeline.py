@@ -54,6 +54,7 @@ from distildp.models import (
 )
 from distildp.synthetic_store import load_synthetic
 from distildp.synthetic_training import train_on_synthetic
+from distildp.teacher_cache import attach_teacher_states, teacher_states_bytes
 from distildp.training import RANDOMNESS, TrainConfig, poisson_schedule, secret_seed
 
 
@@ -321,6 +322,9 @@ class Pipeline:
                     teacher, teacher_tok = self.load_model(kd_teacher.path)
                     check_compatible(teacher_tok, tok)
                     examples = kd_examples(tok, texts, prefixes, context)
+                    if s.alpha == 0 and teacher_states_bytes(teacher, examples) <= s.teacher_cache_gib * 2**30:
+                        # the frozen teacher read once per document, not once per step: its states are its outputs
+                        examples = attach_teacher_states(teacher, examples, tok.pad_token_id, s.teacher_context)
                     collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
                     loss_fn = make_kd_loss_fn(teacher, **s.kd_config())
             kwargs = {"loss_fn": loss_fn} if loss_fn else {}

@@ -14,17 +14,16 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distildp.config import Settings
-from distildp.distill import (
-    StudentWithProjection,
-    attach_teacher_states,
-    collate_kd,
-    kd_examples,
-    make_kd_loss_fn,
-    teacher_states_bytes,
-)
+from distildp.distill import StudentWithProjection, collate_kd, kd_examples, make_kd_loss_fn
 from distildp.dpsgd import train_kept_at_best
 from distildp.evaluate import BestOnHeldOut
 from distildp.models import encode_plain
+from distildp.teacher_cache import (
+    attach_teacher_probs,
+    attach_teacher_states,
+    teacher_probs_bytes,
+    teacher_states_bytes,
+)
 from distildp.training import TrainReport
 
 
@@ -55,7 +54,7 @@ def train_on_synthetic(
     (the teacher reads each text after its prefix; the student, which never sees codes, reads the text alone).
     Hidden-state alignment across different widths trains a projection beside the student and drops it after.
     The teacher's outputs are computed once and cached when they fit in `settings.teacher_cache_gib` and no hidden
-    states are needed; otherwise every step runs the teacher.
+    states are needed (`_cache_teacher`); otherwise every step runs the teacher.
     """
     s = settings
     order = np.random.default_rng(seed).permutation(len(texts))
@@ -73,17 +72,7 @@ def train_on_synthetic(
         if project:
             model = StudentWithProjection(student, teacher.config.hidden_size).to(next(student.parameters()).device)
         kwargs = {"loss_fn": make_kd_loss_fn(teacher, **s.kd_config(), hidden_projection=project)}
-        teacher_states = "live every step"
-        if s.alpha == 0 and teacher_states_bytes(teacher, examples) <= s.teacher_cache_gib * 2**30:
-            examples = attach_teacher_states(
-                teacher,
-                examples,
-                tokenizer.pad_token_id,
-                s.teacher_context,
-                batch_size=s.distill_train.batch_size,
-                progress=progress,
-            )
-            teacher_states = "cached once (distill.attach_teacher_states)"
+        examples, teacher_states = _cache_teacher(teacher, examples, tokenizer.pad_token_id, s, progress)
     selector = BestOnHeldOut(
         model,
         tokenizer,
@@ -94,3 +83,23 @@ def train_on_synthetic(
     cfg = replace(s.distill_train, seed=seed)
     report = train_kept_at_best(model, examples, cfg, selector, progress=progress, collate_fn=collate, **kwargs)
     return SyntheticTraining(report, selector, n_val, teacher_states)
+
+
+def _cache_teacher(teacher, examples, pad_id, settings, progress) -> tuple[list[dict], str]:
+    """The examples with the teacher's outputs cached, and how (distildp.teacher_cache): its probabilities (float16) if
+    they fit in `teacher_cache_gib`, else its last hidden states if those fit, else nothing (the teacher runs every
+    step). Hidden-state alignment (alpha > 0) needs every layer of the teacher: it always runs live."""
+    s = settings
+    budget = s.teacher_cache_gib * 2**30
+    if s.alpha > 0:
+        return examples, "live every step"
+    if s.lam > 0 and teacher_probs_bytes(teacher, examples) <= budget:
+        cached = attach_teacher_probs(
+            teacher, examples, pad_id, s.teacher_context, s.temperature, s.distill_train.batch_size, progress
+        )
+        return cached, "probabilities cached once, float16 (teacher_cache.attach_teacher_probs)"
+    if teacher_states_bytes(teacher, examples) <= budget:
+        batch = s.distill_train.batch_size
+        cached = attach_teacher_states(teacher, examples, pad_id, s.teacher_context, batch, progress)
+        return cached, "last hidden states cached once (teacher_cache.attach_teacher_states)"
+    return examples, "live every step"

@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from distildp.fused_loss import sequence_losses, student_logits, token_losses
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -142,25 +144,27 @@ def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
     example's own `loss_mask` (aligned with its input_ids) is honoured. An empty list gives (0, 0)
     tensors, so an empty Poisson batch still has the right keys.
     """
-    length = max((len(ex["input_ids"]) for ex in examples), default=0)
-    rows = len(examples)
-    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(rows, length, dtype=torch.long)
-    loss_mask = torch.zeros(rows, length)
+    lengths = torch.tensor([len(ex["input_ids"]) for ex in examples], dtype=torch.long)
+    for row in (lengths < 2).nonzero().flatten().tolist()[:1]:
+        raise ValueError(
+            f"example {row} has {int(lengths[row])} input_ids; a sequence needs [eos] + at least one token."
+        )
+    rows, length = len(examples), int(lengths.max()) if len(examples) else 0
+    ids = [torch.as_tensor(ex["input_ids"], dtype=torch.long) for ex in examples]
+    input_ids = (
+        pad_sequence(ids, batch_first=True, padding_value=pad_id) if rows else torch.zeros(0, 0, dtype=torch.long)
+    )
+    positions = torch.arange(length)
+    attention_mask = (positions < lengths.unsqueeze(1)).long()
+    loss_mask = (attention_mask * (positions > 0)).float()  # every token after the first
     for row, ex in enumerate(examples):
-        n = len(ex["input_ids"])
-        if n < 2:
-            raise ValueError(f"example {row} has {n} input_ids; a sequence needs [eos] + at least one token.")
-        input_ids[row, :n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
-        attention_mask[row, :n] = 1
         if "loss_mask" in ex:
+            n = len(ex["input_ids"])
             if len(ex["loss_mask"]) != n:
                 raise ValueError(
                     f"example {row}: loss_mask has {len(ex['loss_mask'])} entries, input_ids {n}; make them equal."
                 )
             loss_mask[row, 1:n] = torch.as_tensor(ex["loss_mask"][1:], dtype=torch.float)
-        else:
-            loss_mask[row, 1:n] = 1.0
     # Explicit positions: Opacus hooks need a (B, T) tensor (not a broadcast (1, T)), and ghost
     # clipping needs it contiguous, hence .repeat rather than .expand. Right padding: rows start at 0.
     position_ids = torch.arange(length).repeat(rows, 1)
@@ -173,17 +177,11 @@ def collate_lm(examples: Sequence[Mapping[str, Any]], pad_id: int) -> Batch:
 
 
 def lm_loss_per_sequence(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-sequence mean next-token NLL over scored tokens, shape (B,)."""
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
-    ).logits
-    targets = batch["input_ids"][:, 1:]
-    # flattened to (tokens, vocab): cross_entropy over a transposed (B, V, T) view is several times slower on CPU
-    nll = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
-    mask = batch["loss_mask"][:, 1:].to(nll.dtype)
-    return (nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    """Per-sequence mean next-token NLL over scored tokens, shape (B,) (`distildp.fused_loss`: one softmax, the
+    gradient in closed form, and for a model no clipping hook watches, the output layer on scored positions only)."""
+    logits, rows, _ = student_logits(model, batch)
+    ce, _ = token_losses(logits, rows.target)
+    return sequence_losses(ce, None, rows.example, rows.weight, batch["input_ids"].shape[0])
 
 
 def poisson_schedule(n: int, train_cfg: TrainConfig) -> tuple[float, int]:
