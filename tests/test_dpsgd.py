@@ -18,7 +18,7 @@ from distildp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_samp
 from distildp.dpsgd import pretrain, train_causal_lm
 from distildp.evaluate import perplexity
 from distildp.models import build_model, train_tokenizer
-from distildp.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
+from distildp.training import PrivacyConfig, TrainConfig, collate_lm, length_chunks, lm_loss_per_sequence
 
 from helpers import (
     make_examples,
@@ -194,6 +194,30 @@ def test_non_private_gradient_accumulation_is_exact():
     assert report.steps == 2
     for name, value in params(split).items():
         torch.testing.assert_close(value, params(whole)[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_length_chunks_give_a_few_long_examples_a_pass_of_their_own():
+    lengths = [12] * 30 + [128, 120]
+    batch = list(range(32))[::-1]
+    chunks = length_chunks(batch, lengths, 32)
+    assert sorted(sum(chunks, [])) == list(range(32))  # every example once
+    assert [sorted(chunk) for chunk in chunks] == [list(range(30)), [30, 31]]
+    assert length_chunks(list(range(30)), lengths, 32) == [list(range(30))]  # equal lengths: nothing to gain
+    assert all(len(chunk) <= 8 for chunk in length_chunks(batch, lengths, 8))  # the memory cap holds
+    assert length_chunks([], lengths, 8) == [[]]
+
+
+def test_a_batch_cut_by_length_takes_the_one_pass_step():
+    examples = make_examples(12, seed=11, max_len=6) + make_examples(2, seed=12, min_len=28, max_len=30)
+    assert len(length_chunks(list(range(14)), [len(ex["input_ids"]) for ex in examples], 14)) > 1
+    cfg = TrainConfig(epochs=1, batch_size=14, lr=0.5, optimizer="sgd", max_steps=1)
+    model, reference = tiny_model(seed=13), tiny_model(seed=13)
+    train_causal_lm(model, examples, cfg, progress=False)
+    reference.train()
+    lm_loss_per_sequence(reference, collate_lm(examples, pad_id=0)).mean().backward()  # one padded pass
+    for (name, value), (_, before) in zip(params(model).items(), reference.named_parameters()):
+        expected = before.detach() - 0.5 * before.grad if before.grad is not None else before.detach()
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_on_step_returning_true_stops_non_private_training():
