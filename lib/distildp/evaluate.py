@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from distildp.corpus import Corpus
 from distildp.models import encode_with_prefix, token_ids
@@ -82,36 +82,59 @@ def _stream_nll(
     pad_id: int,
     progress: bool,
 ) -> tuple[list[float], list[int]]:
-    """(nats, scored tokens) of every stream."""
+    """(nats, scored tokens) of every stream. Windows are batched by length (little padding), and the output layer
+    and the log-softmax (in float64) run on the scored positions only."""
     jobs = []  # (stream index, begin, end, n_new)
     for s, (ids, _) in enumerate(streams):
         jobs += [(s, *w) for w in _windows(len(ids) - 1, max_length, stride)]
-    nll, n_tokens = [0.0] * len(streams), [0] * len(streams)
+    jobs.sort(key=lambda job: job[2] - job[1])
+    nll = torch.zeros(len(streams), dtype=torch.float64)
+    n_tokens = torch.zeros(len(streams), dtype=torch.long)
     device = next(model.parameters()).device
     for i in tqdm(range(0, len(jobs), batch_size), desc="perplexity", disable=not progress):
         chunk = jobs[i : i + batch_size]
         width = max(end - begin for _, begin, end, _ in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for row, (s, begin, end, _) in enumerate(chunk):
-            input_ids[row, : end - begin] = torch.tensor(streams[s][0][begin:end])
-            attention_mask[row, : end - begin] = 1
-        position_ids = torch.arange(width).repeat(len(chunk), 1)
-        logits = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=position_ids.to(device),
-        ).logits
+        positions, targets, owners = [], [], []  # the scored tokens: (row * width + column, target id, stream)
         for row, (s, begin, end, n_new) in enumerate(chunk):
             ids, scored = streams[s]
-            targets = torch.tensor(ids[end - n_new + 1 : end + 1], device=device)
-            keep = torch.tensor(scored[end - n_new + 1 : end + 1], device=device)
-            # one row at a time in float64: a whole batch of float64 log-probs is GBs at GPT-2's vocabulary
-            log_probs = torch.log_softmax(logits[row, end - begin - n_new : end - begin].double(), dim=-1)
-            lp = log_probs.gather(1, targets[:, None])[:, 0]
-            nll[s] -= lp[keep].sum().item()
-            n_tokens[s] += int(keep.sum())
-    return nll, n_tokens
+            input_ids[row, : end - begin] = torch.tensor(ids[begin:end])
+            attention_mask[row, : end - begin] = 1
+            for column in range(end - begin - n_new, end - begin):
+                if scored[begin + column + 1]:
+                    positions.append(row * width + column)
+                    targets.append(ids[begin + column + 1])
+                    owners.append(s)
+        if not positions:
+            continue
+        position_ids = torch.arange(width).repeat(len(chunk), 1)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        rows_out, to_logits = _scored_rows(model, {k: v.to(device) for k, v in inputs.items()}, torch.tensor(positions))
+        targets_t, owners_t = torch.tensor(targets), torch.tensor(owners)
+        for rows in torch.arange(len(positions)).split(_rows_per_pass(model.config.vocab_size)):
+            # float64: a perplexity sums thousands of log-probabilities
+            log_probs = torch.log_softmax(to_logits(rows_out[rows.to(device)]).double(), dim=-1)
+            picked = log_probs.gather(1, targets_t[rows].to(device).unsqueeze(1)).squeeze(1).cpu()
+            nll.index_add_(0, owners_t[rows], -picked)
+        n_tokens.index_add_(0, owners_t, torch.ones_like(owners_t))
+    return nll.tolist(), n_tokens.tolist()
+
+
+def _rows_per_pass(vocab: int) -> int:
+    """Scored positions whose float64 log-probabilities take about 256 MB: a batch at GPT-2's vocabulary is split."""
+    return max(1, 2**25 // vocab)
+
+
+def _scored_rows(model: PreTrainedModel, inputs: dict, positions: torch.Tensor):
+    """(rows, the map from rows to logits) at `positions` of the flattened (B, T) batch: a GPT-2 LM's last hidden
+    states there and its output layer, applied later a slice at a time; another model's logits, indexed."""
+    device = inputs["input_ids"].device
+    if isinstance(model, GPT2LMHeadModel):
+        hidden = model.base_model(**inputs).last_hidden_state
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions.to(device)), model.get_output_embeddings()
+    logits = model(**inputs).logits
+    return logits.reshape(-1, logits.shape[-1]).index_select(0, positions.to(device)), lambda rows: rows
 
 
 def perplexity(
@@ -121,7 +144,7 @@ def perplexity(
     prefixes: list[str] | None = None,
     max_length: int | None = None,
     stride: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
     per_document: bool = False,
     progress: bool = True,
 ) -> PerplexityResult:
@@ -167,7 +190,8 @@ def document_nll(
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     prefixes: list[str] | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
+    progress: bool = False,
 ) -> tuple[list[float], list[int]]:
     """Per document: its negative log-likelihood in nats and its number of scored tokens, each document scored as
     the models are trained on it ([eos] prefix text [eos], the prefix unscored context, a fresh window)."""
@@ -175,7 +199,7 @@ def document_nll(
         raise ValueError("document_nll got no texts; pass a non-empty list of strings.")
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     streams = _document_streams(tokenizer, texts, prefixes)
-    return _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, progress=False)
+    return _nll_in_eval_mode(model, tokenizer, streams, context, max(1, context // 2), batch_size, progress)
 
 
 def marginal_perplexity(
@@ -184,7 +208,7 @@ def marginal_perplexity(
     texts: list[str],
     prefixes: list[str],
     weights: list[float],
-    batch_size: int = 16,
+    batch_size: int = 64,
     progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity of a code-conditioned model used as a model of plain text: each document's probability is
@@ -200,11 +224,12 @@ def marginal_perplexity(
     if bool((w < 0).any()) or not float(w.sum()) > 0:
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
     keep = [i for i in range(len(prefixes)) if weights[i] > 0]
-    log_p, n_tokens = [], None
-    for i in tqdm(keep, desc="marginal perplexity", disable=not progress):
-        nll, n_tokens = document_nll(model, tokenizer, texts, [prefixes[i]] * len(texts), batch_size)
-        log_p.append(-torch.tensor(nll, dtype=torch.float64))
-    mixture = torch.logsumexp(torch.stack(log_p, 1) + (w[keep] / w.sum()).log(), dim=1)  # (documents,)
+    # every (code, document) pair in one pass, so batches of similar lengths form across codes
+    pairs = [prefixes[i] for i in keep for _ in texts]
+    nll, n_tokens = document_nll(model, tokenizer, texts * len(keep), pairs, batch_size, progress)
+    log_p = -torch.tensor(nll, dtype=torch.float64).view(len(keep), len(texts)).T  # (documents, codes)
+    n_tokens = n_tokens[: len(texts)]  # the same text tokens are scored whatever the prefix
+    mixture = torch.logsumexp(log_p + (w[keep] / w.sum()).log(), dim=1)  # (documents,)
     nats = -float(mixture.sum())
     return PerplexityResult(math.exp(nats / sum(n_tokens)), nats, sum(n_tokens))
 
