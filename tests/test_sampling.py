@@ -235,6 +235,18 @@ def test_draw_follows_the_probabilities():
         assert abs(draws[token] / 4000 - p) < 4 * (p * (1 - p) / 4000) ** 0.5, (token, draws)
 
 
+def test_draw_never_picks_a_zero_probability_and_follows_each_rows_own_distribution():
+    candidates = torch.tensor([[7, 8, 9, 10], [3, 4, 5, 6]])
+    probs = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.25, 0.0, 0.25, 0.5]])  # rows need not sum to 1, as multinomial
+    torch.manual_seed(1)
+    drawn = torch.stack([draw(candidates, probs) for _ in range(3000)])
+    assert set(drawn[:, 0].tolist()) == {9}  # the only entry with mass
+    counts = Counter(drawn[:, 1].tolist())
+    assert 4 not in counts
+    for token, p in ((3, 0.25), (5, 0.25), (6, 0.5)):
+        assert abs(counts[token] / 3000 - p) < 4 * (p * (1 - p) / 3000) ** 0.5, counts
+
+
 def test_sampling_needs_a_gpt2():
     with pytest.raises(TypeError, match="GPT2LMHeadModel"):
         sample_batch(torch.nn.Linear(2, 2), [[0, 1]], small_cfg(), 0)
