@@ -111,9 +111,10 @@ class Settings:
     # whose KL is summed over positions (KLDivLoss 'batchmean' on (B, T, V)) while its CE is a token mean
     kd_weighting: str = "paper_sum"
     teacher_context: str = "code_prefix"  # or 'none' (the paper's code-free teacher)
-    # Distillation keeps the frozen teacher's last hidden states for the whole synthetic set when they fit in this
-    # many GiB (distill.attach_teacher_states), so only its output layer runs per step; 0 runs it whole every step.
-    # Not part of the student's identity: the same loss up to float rounding.
+    # Distillation keeps the frozen teacher's outputs for the whole synthetic set when they fit in this many GiB
+    # (distildp.teacher_cache): its probabilities in float16, else its last hidden states, so no step runs its body;
+    # DPKD's student keeps the states for the private set. 0 runs the teacher every step. Not part of the student's
+    # identity: the same loss up to float rounding (float16's, for the probabilities).
     teacher_cache_gib: float = 4.0
     eval_per_document: bool = True  # each test document in its own window, as models are trained
     eval_stride: int | None = None  # sliding-window stride over the joined test stream (None: half the context)
