@@ -356,3 +356,44 @@ def test_privacy_record():
 
     public = privacy_record([DPSGDMechanism(0.0, 0.05, 50)], DELTA, target_epsilon=math.inf)
     assert public["private"] is False and public["epsilon"] == math.inf
+
+
+def test_epsilons_are_cached_on_disk_per_inputs_and_opacus_version(tmp_path, monkeypatch):
+    from distildp import epsilon_cache
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return 1.25
+
+    monkeypatch.setattr(epsilon_cache, "_directory", None)
+    assert epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute) == 1.25 and len(calls) == 1  # no directory: no cache
+    epsilon_cache.use_directory(tmp_path / "acc")
+    for _ in range(2):
+        assert epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute) == 1.25
+    assert len(calls) == 2 and len(list((tmp_path / "acc").glob("*.json"))) == 1  # computed once more, then read
+    epsilon_cache.cached("k", ((1.0, 0.1, 4),), compute)  # other inputs: computed
+    monkeypatch.setattr(epsilon_cache, "version", lambda name: "0.0-other")
+    epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute)  # another Opacus: computed again
+    assert len(calls) == 4
+    assert epsilon_cache.cached("k", ((1.0, 0.1, 5),), lambda: math.inf) == math.inf
+    assert epsilon_cache.cached("k", ((1.0, 0.1, 5),), compute) == math.inf  # read back from the file
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    epsilon_cache.use_directory(blocked / "acc")  # cannot be created: computed, not cached, no error
+    assert epsilon_cache.cached("k", ((2.0, 0.1, 3),), compute) == 1.25
+
+
+def test_a_cached_epsilon_equals_the_accountants(tmp_path, monkeypatch):
+    from distildp import epsilon_cache, privacy
+
+    mechanisms = [DPSGDMechanism(1.3, 0.05, 40)]
+    monkeypatch.setattr(epsilon_cache, "_directory", None)
+    fresh = privacy._accountant_epsilon(privacy._history(mechanisms), 1e-5, "prv", None)
+    epsilon_cache.use_directory(tmp_path)
+    privacy._epsilon.cache_clear()
+    assert epsilon_spent(mechanisms, 1e-5) == fresh  # computed and stored
+    privacy._epsilon.cache_clear()
+    assert epsilon_spent(mechanisms, 1e-5) == fresh  # read back
+    monkeypatch.setattr(epsilon_cache, "_directory", None)

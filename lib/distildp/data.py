@@ -188,7 +188,8 @@ def load_public(
             reviews = _public_reviews(src, n_docs or 0, seed, 0x9B1, coded_share)
             train += [text for text, _ in reviews]
             train_prefixes += [prefix for _, prefix in reviews]
-            held_out = [(t, p) for t, p in _public_reviews(src, n_val, seed, 0x9B2, coded_share) if t not in set(train)]
+            seen = set(train)
+            held_out = [(t, p) for t, p in _public_reviews(src, n_val, seed, 0x9B2, coded_share) if t not in seen]
             validation += [text for text, _ in held_out]
             validation_prefixes += [prefix for _, prefix in held_out]
         return PublicText(

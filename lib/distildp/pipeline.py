@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distildp import distributed, histogram, privacy, rows
+from distildp import distributed, epsilon_cache, histogram, privacy, rows
 from distildp.artifacts import Artifact, ArtifactStore, write_json_atomic
 from distildp.config import Settings
 from distildp.corpus import Corpus
@@ -69,6 +69,7 @@ class Pipeline:
         self.settings = settings or Settings()
         self.store = store or ArtifactStore()
         self.progress = progress
+        epsilon_cache.use_directory(self.store.root / ".accounting")  # the processes share the accountant's work
         distributed.check_world_size(self.settings.world_size)  # before any stage: names the launch to use
         if self.data_parallel:
             distributed.init(self.settings.world_size, self.device)  # torchrun's process group

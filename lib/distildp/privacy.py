@@ -25,15 +25,8 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    compute_safe_domain_size,
-    discretize,
-)
+
+from distildp import epsilon_cache
 
 ACCOUNTANTS = ("prv", "rdp")
 # The PRV upper bound is about eps_error above the true epsilon. Opacus' default eps_error is 0.01
@@ -42,9 +35,6 @@ ACCOUNTANTS = ("prv", "rdp")
 PRV_EPS_ERROR = 0.01
 PRV_RELATIVE_ERROR = 0.0025
 PRV_MIN_EPS_ERROR = 0.001
-# Opacus' default orders plus large ones: a Gaussian with noise sigma is best converted near order
-# sigma * sqrt(2 ln(1/delta)), i.e. in the hundreds for a histogram holding 5% of the budget.
-RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS) + (11, 80, 96, 128, 192, 256, 384, 512, 768, 1024)
 # A PRV grid beyond this many points would take gigabytes (it happens only for tiny noise, i.e. huge
 # epsilon); there we report the RDP epsilon instead, which is also a valid upper bound.
 PRV_MAX_GRID = 4_000_000
@@ -216,17 +206,36 @@ def _history(mechanisms: Iterable[Mechanism]) -> tuple[tuple[float, float, int],
     return tuple(sorted((sigma, q, t) for (sigma, q), t in steps.items()))
 
 
+def rdp_orders() -> list[float]:
+    """The RDP orders: Opacus' defaults plus large ones, since a Gaussian with noise sigma is best converted near
+    order sigma * sqrt(2 ln(1/delta)), i.e. in the hundreds for a histogram holding 5% of the budget."""
+    from opacus.accountants import RDPAccountant  # Opacus is imported when an accountant is needed
+
+    return list(RDPAccountant.DEFAULT_ALPHAS) + [11, 80, 96, 128, 192, 256, 384, 512, 768, 1024]
+
+
 def _rdp_epsilon(history, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
     acc = RDPAccountant()
     acc.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha": fine, still an upper bound
-        return float(acc.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
+        return float(acc.get_epsilon(delta=delta, alphas=rdp_orders()))
 
 
 def _prv_epsilon(history, delta: float, eps_error: float) -> float:
     """Opacus' PRVAccountant.get_epsilon, step by step with the same domain rule and defaults, so the
     grid size is known before it is allocated (and the RDP domain bound is computed only once)."""
+    from opacus.accountants.analysis.prv import (
+        Domain,
+        PoissonSubsampledGaussianPRV,
+        TruncatedPrivacyRandomVariable,
+        compose_heterogeneous,
+        compute_safe_domain_size,
+        discretize,
+    )
+
     delta_error = delta / 1000  # Opacus' default
     prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
     counts = [t for _, _, t in history]
@@ -256,6 +265,11 @@ def _epsilon(history, delta: float, accountant: str, eps_error: float | None) ->
         return 0.0
     if any(sigma == 0.0 for sigma, _, _ in history):
         return math.inf
+    inputs = (history, delta, accountant, eps_error)
+    return epsilon_cache.cached("distildp.privacy", inputs, lambda: _accountant_epsilon(*inputs))
+
+
+def _accountant_epsilon(history, delta: float, accountant: str, eps_error: float | None) -> float:
     if accountant == "rdp":
         return _rdp_epsilon(history, delta)
     if eps_error is not None:

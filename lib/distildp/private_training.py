@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from distildp import distributed, privacy
+from distildp import distributed, epsilon_cache, privacy
 from distildp.training import RANDOMNESS, PrivacyConfig, TrainingLoop, secret_seed, to_device
 
 
@@ -24,7 +24,10 @@ def _epsilon_spent(
     (which the noise was calibrated with); the larger is reported, so the record never understates it."""
     if noise_multiplier == 0:
         return math.inf, ["noise_multiplier = 0: no privacy"]
-    ours = float(opacus_accountant.get_epsilon(delta=delta))
+    history = tuple(tuple(step) for step in opacus_accountant.history)
+    ours = epsilon_cache.cached(
+        f"opacus.{opacus_accountant.mechanism()}", (history, delta), lambda: opacus_accountant.get_epsilon(delta=delta)
+    )
     theirs = privacy.epsilon_spent([privacy.DPSGDMechanism(noise_multiplier, sample_rate, steps)], delta, accountant)
     return max(ours, theirs), [f"epsilon ({accountant}): opacus accountant {ours:.6g}, distildp.privacy {theirs:.6g}"]
 
