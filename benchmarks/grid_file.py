@@ -10,7 +10,8 @@ error names the grid file and the key. A profile's dataset_options that the grid
 
 Keys: description, profile, notebook, overrides (Settings fields for every point), axes (method, epsilon, seed and any
 Settings field: their product is the main points), references, reference_seeds, ablations (one knob varied at a
-time, with `with` fixing others), regime_map, report, slurm (the cluster jobs' settings, benchmarks/executors.py).
+time, with `with` fixing others), regime_map, report, run_order (RUN_ORDERS), slurm (the cluster jobs' settings,
+benchmarks/executors.py).
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ TOP_KEYS = {
     "ablations",
     "regime_map",
     "report",
+    "run_order",
     "slurm",
 }
-REPORTS = ("ppl_vs_eps", "audit")  # what write_tables makes of the rows: perplexity tables, or the privacy audit
+REPORTS = ("ppl_vs_eps", "audit")
+# The order points are handed to the jobs: 'seed' (per seed, epsilon, then method), or 'method' (every point of the
+# first method, then the next, ...): the references always first, the ablations last.
+RUN_ORDERS = ("seed", "method")  # what write_tables makes of the rows: perplexity tables, or the privacy audit
 CORE_AXES = ("method", "epsilon", "seed")
 ABLATION_KEYS = {"values", "method", "epsilon", "seeds", "knob", "with"}
 
@@ -236,6 +241,13 @@ def _load_grid(name_or_path: str) -> Grid:
             _check_overrides(profile, fixed_and_value, f"{where}.values[{i}]", fail)
 
     points = _expand(profile, base, checked_axes, extra_axes, references, ablations, reference_seeds)
+    run_order = spec.get("run_order", "seed")
+    if run_order not in RUN_ORDERS:
+        fail("run_order", f"{run_order!r} is not an order; choose one of {list(RUN_ORDERS)}")
+    if run_order == "method":  # a stable sort: within a method, the points keep their seed and epsilon order
+        rank = {method: i for i, method in enumerate(checked_axes["method"])}
+        kinds = {"reference": 0, "main": 1, "ablation": 2}
+        points.sort(key=lambda p: (kinds[p.kind], rank[p.params["method"]] if p.kind == "main" else 0))
     seen: dict[str, Point] = {}
     for point in points:
         if point.point_id in seen:

@@ -212,6 +212,9 @@ def execute_point(point_dir: Path, runner_pid: int | None = None, lock_fd: int |
     kernel with it: papermill starts the kernel in a session of its own, so no process-group kill reaches it."""
     import logging
 
+    # jsonschema (under papermill's nbformat) imports rfc3987_syntax, where installed, for URI formats that notebooks
+    # never use; building its grammar took ~2 s of every point's start. Without it jsonschema skips those formats.
+    sys.modules.setdefault("rfc3987_syntax", None)
     from distildp.notebooks import execute
 
     if runner_pid is not None:

@@ -218,3 +218,24 @@ def test_committed_grids_still_check_out_with_their_notes(tmp_path):
         copy = tmp_path / path.name
         copy.write_text(yaml.safe_dump(spec))
         assert grid_file.load_grid(str(copy)).notes == [], path.name
+
+
+def test_run_order_hands_out_every_point_of_a_method_in_turn(tmp_path):
+    notebook = make_notebook(tmp_path)
+    text = (
+        f"profile: smoke\nnotebook: {notebook}\n"
+        "axes: {method: [dpsgd, distildp], epsilon: [1.0, 2.0], seed: [0, 1]}\n"
+        "references: [pretrained_student]\nablations: {lam: {values: [0.0]}}\n"
+    )
+    path = tmp_path / "order.yaml"
+    path.write_text(text)
+    by_seed = [p.point_id for p in grid_file.load_grid(str(path)).points]
+    path.write_text(text + "run_order: method\n")
+    by_method = [p.point_id for p in grid_file.load_grid(str(path)).points]
+    runs = [f"{m}__eps{e}__seed{s}" for m in ("dpsgd", "distildp") for s in (0, 1) for e in (1, 2)]
+    assert by_method == ["pretrained_student__seed0", *runs, "abl-lam0__distildp__eps1__seed0"]
+    assert by_seed[:3] == ["pretrained_student__seed0", "dpsgd__eps1__seed0", "distildp__eps1__seed0"]
+    assert sorted(by_seed) == sorted(by_method)  # the same points, in another order
+    path.write_text(text + "run_order: random\n")
+    with pytest.raises(grid_file.GridError, match=r"run_order: 'random' is not an order; choose one of"):
+        grid_file.load_grid(str(path))

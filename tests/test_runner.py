@@ -126,7 +126,7 @@ def test_committed_grids_are_valid(tmp_path):
         sizes[path.stem] = len(ids)
     assert {"smoke", "quick", "full", "paper"} <= set(sizes)
     quick = yaml.safe_load((ROOT / "benchmarks" / "grids" / "quick.yaml").read_text())
-    n_ablation_points = sum(len(a["values"]) * len(a["seeds"]) for a in quick["ablations"].values())
+    n_ablation_points = sum(len(a["values"]) * len(a["seeds"]) for a in (quick.get("ablations") or {}).values())
     n_seeds, n_eps = len(quick["axes"]["seed"]), len(quick["axes"]["epsilon"])
     n_reference_seeds = len(quick.get("reference_seeds", quick["axes"]["seed"]))
     # pretrained references are seed-independent (one point each); non-private ones run per reference seed
