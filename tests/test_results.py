@@ -335,6 +335,10 @@ def test_story_reads_the_gates_the_verdict_and_the_seeds_off_the_table():
         "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 3 of 3 seeds (by 10.00, 9.00, 11.00)." in sentences
     )
     assert "ε = 1, every method, best first: distildp 12.00, dpsgd 22.00." in sentences
+    assert sentences[-2] == (
+        "Across budgets, DistilDP's student minus the strongest baseline's: ε = 1: -10.00 (dpsgd); ε = ∞: -1.50 "
+        "(dpsgd); DistilDP is ahead at every budget, and the gap narrows steadily from -10.00 to -1.50 as ε grows."
+    )
     assert sentences[-1] == (
         "For scale: the student fine-tuned on the private data without privacy reaches 7.50; "
         "DistilDP's at ε = 1 is 4.50 above it; no model can go below the exact floor, 5.00."
@@ -366,6 +370,9 @@ def test_story_says_tie_and_loss_by_the_verdicts_rule():
     assert (
         "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)."
         in sentences
+    )
+    assert sentences[-2].endswith(
+        "ε = 1: +9.00 (dpsgd); ε = ∞: -0.60 (dpsgd); the ordering flips between ε = 1 and ∞ as ε grows."
     )
     df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0
     assert story.story(df)[0].startswith("Gate 1 FAIL: ")

@@ -1,6 +1,6 @@
 """The results told in sentences computed from the tables: the gates, the verdict at each epsilon, seed by seed,
-against the non-private student and the floor (`story`), and the regime map's wins, losses and ties
-(`regime_story`). Notebook 07 prints them; every number in a sentence is read off the rows.
+the margin across epsilons, against the non-private student and the floor (`story`), and the regime map's wins,
+losses and ties (`regime_story`). Notebook 07 prints them; every number in a sentence is read off the rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
     Gate 1 (with each seed's ratio when the pretrained models have several seeds); then per epsilon: gate 2, the
     verdict (DistilDP's student against the best baseline, by how much, against twice the largest seed std: WIN,
     TIE or LOSS by the same rule as `gates_table`), on how many seeds DistilDP is ahead, and every method best
-    first; last, DistilDP against the non-private student and the floor. The labels are gates_table's.
+    first; then how DistilDP's margin moves across the budgets and where the ordering flips, if it does; last,
+    DistilDP against the non-private student and the floor. The labels are gates_table's.
     """
     df = normalise(df)
     f = f".{digits}f"
@@ -101,6 +102,9 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
             sentences.append(
                 f"ε = {eps}, every method, best first: " + ", ".join(f"{m} {ppl[m].mean():{f}}" for m in ranked) + "."
             )
+    across = _across_budgets(main, f)
+    if across:
+        sentences.append(across)
     nonprivate = refs.loc[refs["method"] == "nonprivate_student", "student_ppl"].dropna()
     ours_by_eps = main[main["method"] == "distildp"].groupby("epsilon")["student_ppl"].mean()
     ours_by_eps = ours_by_eps[np.isfinite(ours_by_eps.index)]
@@ -115,6 +119,38 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
             + (f"; no model can go below the exact floor, {floor.mean():{f}}." if not floor.empty else ".")
         )
     return sentences
+
+
+def _across_budgets(main: pd.DataFrame, f: str) -> str:
+    """DistilDP's student minus the best baseline's at every epsilon, in one sentence: how the margin moves as epsilon
+    grows, and where the ordering flips, if it does ('' with fewer than two budgets)."""
+    means = main.groupby(["epsilon", "method"])["student_ppl"].mean().unstack()
+    if "distildp" not in means or not set(BASELINES) & set(means):
+        return ""
+    baselines = means[[m for m in BASELINES if m in means]].dropna(how="all")
+    margins = (means["distildp"] - baselines.min(axis=1)).dropna()
+    if len(margins) < 2:
+        return ""
+    best = baselines.idxmin(axis=1)
+    steps = "; ".join(f"ε = {eps_label(e)[2:]}: {m:+{f}} ({best[e]})" for e, m in margins.items())
+    first, last = margins.iloc[0], margins.iloc[-1]
+    if (margins < 0).all() or (margins > 0).all():
+        side, size = "ahead" if first < 0 else "behind", margins.abs()
+        if size.is_monotonic_increasing or size.is_monotonic_decreasing:
+            moves = "widens" if abs(last) > abs(first) else "narrows"
+            trend = f"the gap {moves} steadily from {first:+{f}} to {last:+{f}}"
+        else:
+            widest = size.idxmax()
+            trend = f"the gap is widest at ε = {eps_label(widest)[2:]} ({margins[widest]:+{f}})"
+        verdict = f"DistilDP is {side} at every budget, and {trend}"
+    else:
+        flips = [
+            f"between ε = {eps_label(a)[2:]} and {eps_label(b)[2:]}"
+            for (a, x), (b, y) in zip(margins.items(), list(margins.items())[1:])
+            if (x < 0) != (y < 0)
+        ]
+        verdict = "the ordering flips " + ", ".join(flips)
+    return f"Across budgets, DistilDP's student minus the strongest baseline's: {steps}; {verdict} as ε grows."
 
 
 def _relative(difference: float, f: str) -> str:
