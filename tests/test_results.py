@@ -191,6 +191,22 @@ def test_plot_places_infinity_at_the_right_end(tmp_path):
     assert (tmp_path / "ppl.png").stat().st_size > 1000
 
 
+def test_plot_draws_the_non_private_student_at_infinity_when_no_method_runs_there():
+    df = results.normalise(rows())
+    df = df[~((df["kind"] == "main") & (df["epsilon"] == INF))]  # the methods at finite budgets only
+    fig = report.plot_ppl_vs_eps(df)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "∞"]
+    star = next(c for c in ax.containers if c.lines[0].get_marker() == "*").lines[0]
+    np.testing.assert_allclose(np.asarray(star.get_xdata(), dtype=float), [10.0])
+    np.testing.assert_allclose(
+        np.asarray(star.get_ydata(), dtype=float), [7.5]
+    )  # the non-private student's mean over its seeds
+    labels = {line.get_label() for line in ax.get_lines()}
+    assert "non-private student (ε = ∞)" in labels
+    fig.clf()
+
+
 def test_load_rows_reads_json_infinities_and_point_files(tmp_path):
     for point_id, row, point in [
         (

@@ -41,8 +41,15 @@ def _x_positions(epsilons: Iterable[float]) -> tuple[dict[float, float], list[fl
     return positions, ticks, labels
 
 
+REFERENCE_LABELS = {
+    "pretrained_student": "pretrained student (public data only)",
+    "nonprivate_student": "non-private student (ε = ∞)",
+}
+
+
 def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
-    """Student perplexity vs epsilon per method (error bars: std over seeds), the floor and references."""
+    """Student perplexity vs epsilon per method (error bars: std over seeds) on a log axis with ε = ∞ at the right,
+    the reference students as lines (dashed: public data only; dotted, with a star at ∞: non-private) and the floor."""
     import matplotlib
 
     if path is not None and ax is None:
@@ -55,7 +62,10 @@ def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
     fig = ax.figure
-    positions, ticks, labels = _x_positions(main["epsilon"])
+    # the non-private student is the curve's end at ε = ∞: that column is drawn even when no method runs there
+    positions, ticks, labels = _x_positions(
+        list(main["epsilon"]) + list(refs.loc[refs["epsilon"] == math.inf, "epsilon"])
+    )
     for method in [m for m in METHODS if m in set(main["method"])] + sorted(set(main["method"]) - set(METHODS)):
         stats = main[main["method"] == method].groupby("epsilon")["student_ppl"].agg(["mean", "std"]).reset_index()
         stats = stats[stats["epsilon"].isin(positions)]
@@ -68,7 +78,15 @@ def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
             label=method,
         )
     for i, (method, group) in enumerate(refs.groupby("method")):
-        ax.axhline(group["student_ppl"].mean(), linestyle="--", color=f"C{5 + i}", label=method)
+        values, color = group["student_ppl"].dropna(), f"C{5 + i}"
+        if values.empty:
+            continue
+        at_infinity = bool((group["epsilon"] == math.inf).all())
+        label = REFERENCE_LABELS.get(method, method)
+        ax.axhline(values.mean(), linestyle=":" if at_infinity else "--", color=color, label=label)
+        if at_infinity and math.inf in positions:
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            ax.errorbar([positions[math.inf]], [values.mean()], yerr=[std], marker="*", markersize=10, color=color)
     floor = df["floor"].dropna()
     if not floor.empty:
         ax.axhline(floor.mean(), color="black", linewidth=1.5, label="floor (exact)")
