@@ -113,16 +113,17 @@ def _stream_nll(
         rows_out, to_logits = _scored_rows(model, {k: v.to(device) for k, v in inputs.items()}, torch.tensor(positions))
         targets_t, owners_t = torch.tensor(targets), torch.tensor(owners)
         for rows in torch.arange(len(positions)).split(_rows_per_pass(model.config.vocab_size)):
-            # float64: a perplexity sums thousands of log-probabilities
-            log_probs = torch.log_softmax(to_logits(rows_out[rows.to(device)]).double(), dim=-1)
-            picked = log_probs.gather(1, targets_t[rows].to(device).unsqueeze(1)).squeeze(1).cpu()
-            nll.index_add_(0, owners_t[rows], -picked)
+            # float64: a perplexity sums thousands of log-probabilities. -log p = logsumexp - logit at the target
+            # (no log-softmax matrix written)
+            logits = to_logits(rows_out[rows.to(device)]).double()
+            at_target = logits.gather(1, targets_t[rows].to(device).unsqueeze(1)).squeeze(1)
+            nll.index_add_(0, owners_t[rows], (torch.logsumexp(logits, dim=-1) - at_target).cpu())
         n_tokens.index_add_(0, owners_t, torch.ones_like(owners_t))
     return nll.tolist(), n_tokens.tolist()
 
 
 def _rows_per_pass(vocab: int) -> int:
-    """Scored positions whose float64 log-probabilities take about 256 MB: a batch at GPT-2's vocabulary is split."""
+    """Scored positions whose float64 logits take about 256 MB: a batch at GPT-2's vocabulary is split."""
     return max(1, 2**25 // vocab)
 
 
