@@ -66,12 +66,14 @@ book: setup
 	$(PY) -m distildp.book $(BOOK)
 
 # speed and memory benchmarks (not tests; run them on a quiet machine): DP-SGD's clipping modes side by side
-# against non-private steps, how that grows with batch, length and model size, generation throughput, data-parallel
-# steps on 1 and 2 processes, and the paper grid's GPU-hours from the measured step times
+# against non-private steps, how that grows with batch, length and model size, the non-private training and
+# evaluation steps against each of their speed-ups (torch.compile and vmap included), generation throughput,
+# data-parallel steps on 1 and 2 processes, and the paper grid's GPU-hours from the measured step times
 bench: setup
 	$(PY) benchmarks/bench_dpsgd.py --preset tiny-teacher --vocab 2048 --batch 32 --seq 48 --steps 12 --rounds 5 \
 		--configs hooks+conv1d ghost bookkeeping "bookkeeping one-pass"
 	$(PY) benchmarks/bench_dpsgd_sweep.py
+	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_ddp.py
 	$(PY) benchmarks/cost_model.py

@@ -1,0 +1,372 @@
+"""Speed of the non-private training and evaluation steps: each optimisation against the eager step it replaced.
+
+    python benchmarks/bench_training.py                    # writes results/benchmarks/training.csv
+    python benchmarks/bench_training.py --rounds 3 --steps 10 --only distill
+
+Three workloads on the embedded default's shapes (tiny presets, its 2,048-token vocabulary, one CPU thread as each
+grid job has), each on real text of that workload's mix of lengths:
+- pretrain: a step of 32 random public documents (reviews among context-long windows of prose), student and teacher;
+- distill: a step of 64 length-grouped synthetic-like documents, the student against the teacher's soft labels;
+- evaluate: the perplexity of 400 test documents, one document a window.
+Every configuration of a workload runs in this process, interleaved round by round (`--rounds`), on the same
+batches; a row reports the median seconds per step over the rounds, the range of its per-round ratio to the
+workload's eager baseline, and (for torch.compile) the seconds the first call took.
+
+The configurations add one lever at a time, in the order the library applies them:
+  eager               the step before this suite's speed-ups: GPT-2's five-op GELU, one padded pass, the loss through
+                      autograd (distill.kd_loss; the teacher's cached states through its output layer), foreach AdamW
+  + gelu kernel       GELU as one kernel (the tiny presets' activation_function)
+  + length chunks     a random batch cut into passes of similar lengths (training.length_chunks)
+  + fused loss        fused_loss: the output layer on scored rows, one log-softmax, a closed-form gradient
+  + fused adamw       AdamW(fused=True)
+  + probs cache       the teacher's float16 probabilities cached (teacher_cache.attach_teacher_probs)
+  compiled            the last configuration with the step under torch.compile (inductor; dynamic shapes)
+  2 stacked (vmap)    two students on the same batches in one vmapped step, per student (torch.func); compare it
+                      with '+ gelu kernel', which computes the same loss one student at a time
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "benchmarks" / "training.csv"
+
+
+def data(n_eval: int = 400):
+    """Tokenizer, public pretraining examples, distillation examples (texts with their code prefixes) and test texts
+    of the embedded default (the quick profile's corpora)."""
+    from distildp.config import make_settings
+    from distildp.distill import kd_examples
+    from distildp.models import encode_with_prefix, train_tokenizer
+    from distildp.pipeline import Pipeline
+
+    pipe = Pipeline(make_settings("quick"), progress=False)
+    public, corpus = pipe.public, pipe.corpus
+    tok = train_tokenizer(public.train + pipe._schema_texts(), 2048)
+    pretrain = encode_with_prefix(tok, public.train_prefixes, public.train, 128, overflow="split")
+    distill = kd_examples(tok, corpus.texts("train"), corpus.prefixes("train"), 128)
+    return tok, pretrain, distill, corpus.texts("test")[:n_eval]
+
+
+def model(preset: str, tok, gelu_kernel: bool):
+    from distildp.models import build_model
+
+    overrides = {} if gelu_kernel else {"activation_function": "gelu_new"}
+    return build_model(preset, tok, seed=0, **overrides)
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def eager_lm_loss(m, batch):
+    """The per-sequence cross-entropy through autograd on the whole (B, T, V) logits (the loss before fused_loss)."""
+    import torch.nn.functional as F
+
+    logits = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits
+    targets = batch["input_ids"][:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    mask = batch["loss_mask"][:, 1:]
+    return (nll.view(targets.shape) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def eager_kd_loss(teacher, lam=0.4):
+    """distill.kd_loss on the student's and the teacher's whole (B, T, V) logits, the teacher from cached states."""
+    from distildp.distill import kd_loss
+
+    def loss(m, batch):
+        logits = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits
+        teacher_logits = teacher.get_output_embeddings()(batch["teacher_states"])
+        return kd_loss(
+            logits, teacher_logits, batch["input_ids"], batch["loss_mask"], lam=lam, weighting="paper_sum"
+        ).total
+
+    return loss
+
+
+class Step:
+    """One optimizer step on a logical batch, cut into passes as `chunks` says, with `loss` (model, batch) -> (B,)."""
+
+    def __init__(self, m, loss, collate, lengths, chunked: bool, fused_adamw: bool, size: int):
+        from distildp.training import length_chunks, split_batch
+
+        self.m, self.loss, self.collate = m, loss, collate
+        self.cut = (lambda ids: length_chunks(ids, lengths, size)) if chunked else (lambda ids: split_batch(ids, size))
+        self.opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=fused_adamw)
+
+    def __call__(self, examples, indices) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        for chunk in self.cut(indices):
+            per_seq = self.loss(self.m, self.collate([examples[i] for i in chunk]))
+            (per_seq.sum() / len(indices)).backward()
+        self.opt.step()
+
+
+def pretrain_configs(tok, examples, preset: str) -> dict:
+    from distildp.training import collate_lm, lm_loss_per_sequence
+
+    lengths = [len(ex["input_ids"]) for ex in examples]
+
+    def collate(exs):
+        return collate_lm(exs, tok.pad_token_id)
+
+    def make(gelu, chunked, fused, adamw):
+        return Step(
+            model(preset, tok, gelu),
+            lm_loss_per_sequence if fused else eager_lm_loss,
+            collate,
+            lengths,
+            chunked,
+            adamw,
+            32,
+        )
+
+    return {
+        "eager": make(False, False, False, False),
+        "+ gelu kernel": make(True, False, False, False),
+        "+ length chunks": make(True, True, False, False),
+        "+ fused loss": make(True, True, True, False),
+        "+ fused adamw": make(True, True, True, True),
+    }
+
+
+def distill_configs(tok, examples, teacher) -> tuple[dict, dict]:
+    """(configurations, the examples each reads: with the teacher's cached states or probabilities)."""
+    from distildp.distill import collate_kd, make_kd_loss_fn
+    from distildp.teacher_cache import attach_teacher_probs, attach_teacher_states
+
+    states = attach_teacher_states(teacher, examples, tok.pad_token_id)
+    probs = attach_teacher_probs(teacher, examples, tok.pad_token_id)
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    fused = make_kd_loss_fn(teacher, lam=0.4, weighting="paper_sum")
+
+    def collate(exs):
+        return collate_kd(exs, tok.pad_token_id)
+
+    def make(gelu, loss, adamw):
+        return Step(model("tiny-student", tok, gelu), loss, collate, lengths, True, adamw, 64)
+
+    configs = {
+        "eager": make(False, eager_kd_loss(teacher), False),
+        "+ gelu kernel": make(True, eager_kd_loss(teacher), False),
+        "+ fused loss": make(True, fused, False),
+        "+ fused adamw": make(True, fused, True),
+        "+ probs cache": make(True, fused, True),
+    }
+    reads = {name: probs if name == "+ probs cache" else states for name in configs}
+    return configs, reads
+
+
+def compiled(step: Step) -> Step:
+    """The step with its model's forward and the loss under torch.compile (dynamic shapes: batches vary in length)."""
+    loss = step.loss
+    step.loss = torch.compile(lambda m, batch: loss(m, batch), dynamic=True)
+    return step
+
+
+def stacked_students(tok, teacher, lengths):
+    """Two students trained on the same batches in one step: their parameters stacked, the forward vmapped."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from distildp.distill import collate_kd
+    from distildp.training import length_chunks
+
+    students = [model("tiny-student", tok, True) for _ in range(2)]
+    params, buffers = stack_module_state(students)
+    opt = torch.optim.AdamW(params.values(), lr=1e-4)  # as '+ gelu kernel', whose loss it computes
+    base = students[0]
+
+    def step(exs, indices):
+        opt.zero_grad(set_to_none=True)
+        for chunk in length_chunks(indices, lengths, 64):
+            batch = collate_kd([exs[i] for i in chunk], tok.pad_token_id)
+            per_seq = vmap(functools.partial(_kd_on, functional_call, base, batch=batch, teacher=teacher))(
+                params, buffers
+            )
+            (per_seq.sum() / len(indices)).backward()
+        opt.step()
+
+    return step
+
+
+def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):
+    """The KD loss of the student `base` run with `params` (one slice of the stacked students) on `batch`."""
+    from distildp.distill import kd_loss
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    logits = functional_call(base, (params, buffers), args=(), kwargs=inputs).logits
+    teacher_logits = teacher.get_output_embeddings()(batch["teacher_states"])
+    return kd_loss(logits, teacher_logits, batch["input_ids"], batch["loss_mask"], lam=lam, weighting="paper_sum").total
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def eager_perplexity(m, tok, texts, batch_size=16):
+    """Perplexity as the suite computed it before: windows in document order, 16 a batch, the whole (B, T, V) logits,
+    float64 log-softmax row by row."""
+    from distildp.evaluate import _document_streams, _windows
+
+    streams = _document_streams(tok, texts, None)
+    jobs = [(s, *w) for s, (ids, _) in enumerate(streams) for w in _windows(len(ids) - 1, 128, 64)]
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(jobs), batch_size):
+            chunk = jobs[i : i + batch_size]
+            width = max(end - begin for _, begin, end, _ in chunk)
+            input_ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, (s, begin, end, _) in enumerate(chunk):
+                input_ids[row, : end - begin] = torch.tensor(streams[s][0][begin:end])
+                mask[row, : end - begin] = 1
+            logits = m(
+                input_ids=input_ids, attention_mask=mask, position_ids=torch.arange(width).repeat(len(chunk), 1)
+            ).logits
+            for row, (s, begin, end, n_new) in enumerate(chunk):
+                ids, scored = streams[s]
+                targets = torch.tensor(ids[end - n_new + 1 : end + 1])
+                keep = torch.tensor(scored[end - n_new + 1 : end + 1])
+                lp = torch.log_softmax(logits[row, end - begin - n_new : end - begin].double(), -1)
+                nll -= lp.gather(1, targets[:, None])[:, 0][keep].sum().item()
+                n += int(keep.sum())
+    return nll, n
+
+
+def evaluate_configs(tok, texts):
+    from distildp.evaluate import perplexity
+
+    old, new = model("tiny-teacher", tok, False).eval(), model("tiny-teacher", tok, True).eval()
+    return {
+        "eager": lambda: eager_perplexity(old, tok, texts),
+        "+ gelu kernel": lambda: eager_perplexity(new, tok, texts),
+        "+ sorted, 64 a batch, scored rows only": lambda: perplexity(
+            new, tok, texts, per_document=True, progress=False
+        ),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def measure(configs: dict, run, rounds: int, workload: str, unit: str, first_call: dict | None = None) -> list[dict]:
+    """Every configuration once per round, in turn; `run(name, config)` returns seconds per `unit`."""
+    times = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, config in configs.items():
+            times[name].append(run(name, config))
+    base = times[next(iter(configs))]
+    rows = []
+    for name, seconds in times.items():
+        ratios = [b / s for b, s in zip(base, seconds)]
+        rows.append(
+            {
+                "workload": workload,
+                "config": name,
+                "unit": unit,
+                "seconds": statistics.median(seconds),
+                "per_second": 1 / statistics.median(seconds),
+                "speedup": statistics.median(base) / statistics.median(seconds),
+                "speedup_min": min(ratios),
+                "speedup_max": max(ratios),
+                "first_call_s": (first_call or {}).get(name, ""),
+                "rounds": rounds,
+            }
+        )
+    return rows
+
+
+def timed_steps(step, examples, batches, warmup: int = 2) -> float:
+    for indices in batches[:warmup]:
+        step(examples, indices)
+    start = time.perf_counter()
+    for indices in batches[warmup:]:
+        step(examples, indices)
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per configuration and round")
+    parser.add_argument("--only", choices=("pretrain", "distill", "evaluate"), action="append")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (a minute or more of compiling)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as each of the grid's jobs
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    tok, pretrain_ex, distill_ex, test_texts = data()
+    workloads = args.only or ["pretrain", "distill", "evaluate"]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    steps = args.steps + 2
+    if "pretrain" in workloads:
+        batches = [torch.randperm(len(pretrain_ex), generator=g)[:32].tolist() for _ in range(steps)]
+        for preset in ("tiny-student", "tiny-teacher"):
+            configs = pretrain_configs(tok, pretrain_ex, preset)
+            first = {}
+            if not args.no_compile:
+                configs["compiled"] = compiled(pretrain_configs(tok, pretrain_ex, preset)["+ fused adamw"])
+                start = time.perf_counter()
+                configs["compiled"](pretrain_ex, batches[0])
+                first["compiled"] = round(time.perf_counter() - start, 1)
+            rows += measure(
+                configs,
+                lambda name, step: timed_steps(step, pretrain_ex, batches),
+                args.rounds,
+                f"pretrain {preset}",
+                "step of 32",
+                first,
+            )
+            print(rows[-1])
+    if "distill" in workloads:
+        from distildp.models import build_model
+
+        teacher = build_model("tiny-teacher", tok, seed=1).eval()
+        lengths = [len(ex["input_ids"]) for ex in distill_ex]
+        order = get_length_grouped_indices(lengths, 64, generator=g)
+        batches = [order[i : i + 64] for i in range(0, 64 * steps, 64)]
+        configs, reads = distill_configs(tok, distill_ex, teacher)
+        first = {}
+        if not args.no_compile:
+            configs["compiled"] = compiled(distill_configs(tok, distill_ex, teacher)[0]["+ probs cache"])
+            reads["compiled"] = reads["+ probs cache"]
+            start = time.perf_counter()
+            configs["compiled"](reads["compiled"], batches[0])
+            first["compiled"] = round(time.perf_counter() - start, 1)
+        try:
+            configs["2 stacked (vmap), per student"] = stacked_students(tok, teacher, lengths)
+            reads["2 stacked (vmap), per student"] = reads["eager"]
+        except Exception as err:  # noqa: BLE001 - reported, not fatal: the benchmark says what did not run
+            print(f"vmap: {type(err).__name__}: {err}")
+
+        def run(name, step):
+            seconds = timed_steps(step, reads[name], batches)
+            return seconds / 2 if name.startswith("2 stacked") else seconds
+
+        rows += measure(configs, run, args.rounds, "distill tiny-student", "step of 64", first)
+    if "evaluate" in workloads:
+        configs = evaluate_configs(tok, test_texts)
+
+        def run(name, fn):
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        rows += measure(configs, run, args.rounds, "evaluate tiny-teacher", f"{len(test_texts)} documents")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(
+            f"{row['workload']:24} {row['config']:34} {row['seconds'] * 1000:9.1f} ms  x{row['speedup']:.2f} "
+            f"({row['speedup_min']:.2f}-{row['speedup_max']:.2f}) {row['first_call_s']}"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
