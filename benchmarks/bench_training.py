@@ -206,32 +206,27 @@ def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def eager_perplexity(m, tok, texts, batch_size=16):
-    """Perplexity as the suite computed it before: windows in document order, 16 a batch, the whole (B, T, V) logits,
-    float64 log-softmax row by row."""
-    from distildp.evaluate import _document_streams, _windows
+    """Perplexity as the suite computed it before, one document a window: windows in document order, 16 a batch,
+    the whole (B, T, V) logits, a float64 log-softmax row by row."""
+    from distildp.models import encode_plain
 
-    streams = _document_streams(tok, texts, None)
-    jobs = [(s, *w) for s, (ids, _) in enumerate(streams) for w in _windows(len(ids) - 1, 128, 64)]
+    documents = [ex["input_ids"] for ex in encode_plain(tok, texts, 128)]  # [eos] text [eos]: all but the first scored
     nll, n = 0.0, 0
     with torch.inference_mode():
-        for i in range(0, len(jobs), batch_size):
-            chunk = jobs[i : i + batch_size]
-            width = max(end - begin for _, begin, end, _ in chunk)
+        for i in range(0, len(documents), batch_size):
+            chunk = documents[i : i + batch_size]
+            width = max(len(ids) for ids in chunk)
             input_ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, (s, begin, end, _) in enumerate(chunk):
-                input_ids[row, : end - begin] = torch.tensor(streams[s][0][begin:end])
-                mask[row, : end - begin] = 1
-            logits = m(
-                input_ids=input_ids, attention_mask=mask, position_ids=torch.arange(width).repeat(len(chunk), 1)
-            ).logits
-            for row, (s, begin, end, n_new) in enumerate(chunk):
-                ids, scored = streams[s]
-                targets = torch.tensor(ids[end - n_new + 1 : end + 1])
-                keep = torch.tensor(scored[end - n_new + 1 : end + 1])
-                lp = torch.log_softmax(logits[row, end - begin - n_new : end - begin].double(), -1)
-                nll -= lp.gather(1, targets[:, None])[:, 0][keep].sum().item()
-                n += int(keep.sum())
+            for row, ids in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
+            positions = torch.arange(width).repeat(len(chunk), 1)
+            logits = m(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+            for row, ids in enumerate(chunk):
+                log_probs = torch.log_softmax(logits[row, : len(ids) - 1].double(), -1)
+                nll -= log_probs.gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
+                n += len(ids) - 1
     return nll, n
 
 

@@ -37,11 +37,10 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+from grid_file import ROOT, grid_path  # benchmarks/grid_file.py (this script's directory is first on sys.path)
 from tqdm.auto import tqdm
 
 from distildp.results import grid_dirs
-
-from grid_file import ROOT, grid_path  # benchmarks/grid_file.py (this script's directory is first on sys.path)
 
 RUNNER = ROOT / "benchmarks" / "run.py"
 TAG = "DISTILDP_FAULTS_RUN"  # set in each runner's environment, inherited by its points and kernels

@@ -3,6 +3,8 @@ accountants stepped by hand, and the closed-form epsilon of the Gaussian mechani
 
 import json
 import math
+import subprocess
+import sys
 
 import dp_accounting
 import pytest
@@ -367,33 +369,49 @@ def test_epsilons_are_cached_on_disk_per_inputs_and_opacus_version(tmp_path, mon
         calls.append(1)
         return 1.25
 
-    monkeypatch.setattr(epsilon_cache, "_directory", None)
-    assert epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute) == 1.25 and len(calls) == 1  # no directory: no cache
-    epsilon_cache.use_directory(tmp_path / "acc")
-    for _ in range(2):
-        assert epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute) == 1.25
-    assert len(calls) == 2 and len(list((tmp_path / "acc").glob("*.json"))) == 1  # computed once more, then read
-    epsilon_cache.cached("k", ((1.0, 0.1, 4),), compute)  # other inputs: computed
-    monkeypatch.setattr(epsilon_cache, "version", lambda name: "0.0-other")
-    epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute)  # another Opacus: computed again
-    assert len(calls) == 4
-    assert epsilon_cache.cached("k", ((1.0, 0.1, 5),), lambda: math.inf) == math.inf
-    assert epsilon_cache.cached("k", ((1.0, 0.1, 5),), compute) == math.inf  # read back from the file
-    blocked = tmp_path / "file"
-    blocked.write_text("")
-    epsilon_cache.use_directory(blocked / "acc")  # cannot be created: computed, not cached, no error
-    assert epsilon_cache.cached("k", ((2.0, 0.1, 3),), compute) == 1.25
+    try:
+        epsilon_cache.use_directory(None)
+        assert epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute) == 1.25 and len(calls) == 1  # no directory
+        epsilon_cache.use_directory(tmp_path / "acc")
+        for _ in range(2):
+            assert epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute) == 1.25
+        assert len(calls) == 2 and len(list((tmp_path / "acc").glob("*.json"))) == 1  # computed once more, then read
+        epsilon_cache.cached("k", ((1.0, 0.1, 4),), compute)  # other inputs: computed
+        monkeypatch.setattr(epsilon_cache, "version", lambda name: "0.0-other")
+        epsilon_cache.cached("k", ((1.0, 0.1, 3),), compute)  # another Opacus: computed again
+        assert len(calls) == 4
+        assert epsilon_cache.cached("k", ((1.0, 0.1, 5),), lambda: math.inf) == math.inf
+        assert epsilon_cache.cached("k", ((1.0, 0.1, 5),), compute) == math.inf  # read back from the file
+        blocked = tmp_path / "file"
+        blocked.write_text("")
+        epsilon_cache.use_directory(blocked / "acc")  # cannot be created: computed, not cached, no error
+        assert epsilon_cache.cached("k", ((2.0, 0.1, 3),), compute) == 1.25
+        epsilon_cache.use_directory(None)
+        with epsilon_cache.directory(tmp_path / "block"):  # for the length of a block, as Pipeline's stages run
+            epsilon_cache.cached("k", ((3.0, 0.1, 3),), compute)
+        assert len(list((tmp_path / "block").glob("*.json"))) == 1
+        epsilon_cache.cached("k", ((4.0, 0.1, 3),), compute)  # the block's directory is not kept after it
+        assert len(list((tmp_path / "block").glob("*.json"))) == 1
+    finally:
+        epsilon_cache.use_directory(None)
 
 
-def test_a_cached_epsilon_equals_the_accountants(tmp_path, monkeypatch):
-    from distildp import epsilon_cache, privacy
+def test_an_epsilon_is_stored_as_computed_and_another_process_reads_it(tmp_path):
+    from distildp import epsilon_cache
 
-    mechanisms = [DPSGDMechanism(1.3, 0.05, 40)]
-    monkeypatch.setattr(epsilon_cache, "_directory", None)
-    fresh = privacy._accountant_epsilon(privacy._history(mechanisms), 1e-5, "prv", None)
-    epsilon_cache.use_directory(tmp_path)
-    privacy._epsilon.cache_clear()
-    assert epsilon_spent(mechanisms, 1e-5) == fresh  # computed and stored
-    privacy._epsilon.cache_clear()
-    assert epsilon_spent(mechanisms, 1e-5) == fresh  # read back
-    monkeypatch.setattr(epsilon_cache, "_directory", None)
+    mechanisms = "[DPSGDMechanism(1.3, 0.05, 41)]"  # a history no other test computes in this process
+    code = (
+        "from distildp import epsilon_cache; from distildp.privacy import DPSGDMechanism, epsilon_spent; "
+        f"epsilon_cache.use_directory({str(tmp_path)!r}); print(repr(epsilon_spent({mechanisms}, 1e-5)))"
+    )
+    try:
+        epsilon_cache.use_directory(tmp_path)
+        computed = epsilon_spent(eval(mechanisms), 1e-5)  # computed here, and stored
+    finally:
+        epsilon_cache.use_directory(None)
+    (path,) = tmp_path.glob("*.json")
+    stored = json.loads(path.read_text())
+    assert stored["epsilon"] == computed and stored["kind"] == "distildp.privacy"
+    path.write_text(json.dumps({**stored, "epsilon": 123.0}))  # a value no accountant gives: only a read returns it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) == 123.0  # another process reads the store's value instead of computing

@@ -5,8 +5,8 @@ A PRV epsilon takes about a second (its domain bound alone evaluates RDP at a fe
 model reports its own (`private_training`), every results row its composition (`rows`), each from a process of its
 own. `cached(kind, inputs, compute)` returns the value stored under a hash of (kind, inputs, the Opacus version
 whose accountant computed it), or computes and stores it. Nothing is cached until a directory is chosen
-(`use_directory`: `Pipeline` chooses its store's `.accounting/`, a folder `ArtifactStore.list` skips); an unwritable
-directory only means no caching.
+(`use_directory`, or for the length of a `with directory(...)` block: `Pipeline`'s stages run in one naming its
+store's `.accounting/`, a folder `ArtifactStore.list` skips); an unwritable directory only means no caching.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import json
 import math
 import os
 import uuid
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 _directory: Path | None = None
 
@@ -27,6 +28,17 @@ def use_directory(directory: str | os.PathLike | None) -> None:
     """Cache epsilons in `directory` from now on (None: not at all)."""
     global _directory
     _directory = Path(directory) if directory is not None else None
+
+
+@contextmanager
+def directory(path: str | os.PathLike | None) -> Iterator[None]:
+    """Cache epsilons in `path` inside the block; the directory chosen before is restored after it."""
+    before = _directory
+    use_directory(path)
+    try:
+        yield
+    finally:
+        use_directory(before)
 
 
 def cached(kind: str, inputs: tuple, compute: Callable[[], float]) -> float:

@@ -62,6 +62,18 @@ def _seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
     return replace(cfg, seed=seed)
 
 
+def _sharing_epsilons(method):
+    """A Pipeline method whose accountants' epsilons are kept in the store's `.accounting/` (distildp.epsilon_cache):
+    the grid's processes compute each once."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with epsilon_cache.directory(self.store.root / ".accounting"):
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
 class Pipeline:
     """The stages for one Settings, reading and writing one artifact store."""
 
@@ -69,7 +81,6 @@ class Pipeline:
         self.settings = settings or Settings()
         self.store = store or ArtifactStore()
         self.progress = progress
-        epsilon_cache.use_directory(self.store.root / ".accounting")  # the processes share the accountant's work
         distributed.check_world_size(self.settings.world_size)  # before any stage: names the launch to use
         if self.data_parallel:
             distributed.init(self.settings.world_size, self.device)  # torchrun's process group
@@ -251,6 +262,7 @@ class Pipeline:
         return s.teacher_train if role == "teacher" else s.dpkd_train if kd else s.student_train
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 (one Pipeline per process; cached in the store too)
+    @_sharing_epsilons
     def plan(self, method: str, epsilon: float) -> privacy.ComposedCalibration:
         """Noise for every DP release of `method` so that together they spend exactly `epsilon`.
 
@@ -526,6 +538,7 @@ class Pipeline:
         return corpus_floor(self.corpus, tok, role)
 
     # ------------------------------------------------------------------------------------ methods
+    @_sharing_epsilons
     def artifacts(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Artifact]:
         """Build (or reuse) every artifact of `method` at total budget `epsilon`, in order of the data flow:
         some of 'teacher', 'synthetic', and always 'student'; for a reference, its one model."""
@@ -553,6 +566,7 @@ class Pipeline:
         epsilon = privacy.check_epsilon(epsilon)
         return {} if math.isinf(epsilon) else self.plan(method, epsilon).noise_multipliers()
 
+    @_sharing_epsilons
     def run(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Any]:
         """Train and evaluate one method at total budget `epsilon`; return its results row."""
         started = time.time()
