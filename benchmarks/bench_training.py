@@ -99,12 +99,17 @@ class Step:
         self.cut = (lambda ids: length_chunks(ids, lengths, size)) if chunked else (lambda ids: split_batch(ids, size))
         self.opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=fused_adamw)
 
-    def __call__(self, examples, indices) -> None:
+    def __call__(self, examples, indices) -> torch.Tensor:
+        """Steps the optimizer; returns the batch's mean loss (detached)."""
         self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros(())
         for chunk in self.cut(indices):
             per_seq = self.loss(self.m, self.collate([examples[i] for i in chunk]))
-            (per_seq.sum() / len(indices)).backward()
+            mean = per_seq.sum() / len(indices)
+            mean.backward()
+            total += mean.detach()
         self.opt.step()
+        return total
 
 
 def pretrain_configs(tok, examples, preset: str) -> dict:
@@ -169,29 +174,39 @@ def compiled(step: Step) -> Step:
     return step
 
 
+class StackedStudents:
+    """Students trained on the same batches in one step: their parameters stacked (`params`, a leading student
+    axis), the forward vmapped. The students are copied, not trained in place."""
+
+    def __init__(self, tok, teacher, lengths, students):
+        from torch.func import stack_module_state
+
+        self.tok, self.teacher, self.lengths, self.base = tok, teacher, lengths, students[0]
+        self.params, self.buffers = stack_module_state(students)
+        self.opt = torch.optim.AdamW(self.params.values(), lr=1e-4)  # as '+ gelu kernel', whose loss it computes
+
+    def __call__(self, examples, indices) -> torch.Tensor:
+        """Steps the optimizer; returns each student's mean loss on the batch, shape (students,)."""
+        from torch.func import functional_call, vmap
+
+        from distildp.distill import collate_kd
+        from distildp.training import length_chunks
+
+        self.opt.zero_grad(set_to_none=True)
+        total = 0
+        for chunk in length_chunks(indices, self.lengths, 64):
+            batch = collate_kd([examples[i] for i in chunk], self.tok.pad_token_id)
+            kd = functools.partial(_kd_on, functional_call, self.base, batch=batch, teacher=self.teacher)
+            mean = vmap(kd)(self.params, self.buffers).sum(1) / len(indices)
+            mean.sum().backward()
+            total = total + mean.detach()
+        self.opt.step()
+        return total
+
+
 def stacked_students(tok, teacher, lengths):
-    """Two students trained on the same batches in one step: their parameters stacked, the forward vmapped."""
-    from torch.func import functional_call, stack_module_state, vmap
-
-    from distildp.distill import collate_kd
-    from distildp.training import length_chunks
-
-    students = [model("tiny-student", tok, True) for _ in range(2)]
-    params, buffers = stack_module_state(students)
-    opt = torch.optim.AdamW(params.values(), lr=1e-4)  # as '+ gelu kernel', whose loss it computes
-    base = students[0]
-
-    def step(exs, indices):
-        opt.zero_grad(set_to_none=True)
-        for chunk in length_chunks(indices, lengths, 64):
-            batch = collate_kd([exs[i] for i in chunk], tok.pad_token_id)
-            per_seq = vmap(functools.partial(_kd_on, functional_call, base, batch=batch, teacher=teacher))(
-                params, buffers
-            )
-            (per_seq.sum() / len(indices)).backward()
-        opt.step()
-
-    return step
+    """Two tiny students (same start, as the grid's students sharing a synthetic set would have) in one step."""
+    return StackedStudents(tok, teacher, lengths, [model("tiny-student", tok, True) for _ in range(2)])
 
 
 def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):

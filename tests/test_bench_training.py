@@ -4,6 +4,7 @@ import csv
 
 import bench_training
 import pytest
+import torch
 
 
 def read_rows(path):
@@ -31,3 +32,78 @@ def test_every_workload_runs_one_round(tmp_path):
         "distill tiny-student",
         "evaluate tiny-teacher",
     }
+
+
+# ------------------------------------------------------------------------------------------------ parity
+# The benchmark's faster configurations must compute the step they are compared with: the same loss and, after one
+# AdamW step (lr 1e-4), the same weights. Float32 sums in another order differ by ~1e-6 relative; Adam's first step
+# moves each weight by at most lr, so 2e-6 on weights bounds a step that went the same way.
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 2e-6
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """The embedded default's tokenizer with a few pretraining and distillation examples of its lengths."""
+    tok, pretrain, distill, _ = bench_training.data(n_eval=0)
+    return tok, pretrain[:24], distill[:24]
+
+
+def _weights_equal(a, b):
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=WEIGHT_ATOL, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_two_vmapped_students_equal_the_students_trained_one_by_one(shapes):
+    from distildp.models import build_model
+
+    tok, _, examples = shapes
+    teacher = build_model("tiny-teacher", tok, seed=1).eval()
+    reads = bench_training.distill_configs(tok, examples, teacher)[1]["+ gelu kernel"]
+    indices = list(range(len(examples)))
+
+    def trained_alone(start):
+        """The configuration whose loss the stacked step computes, from `start`'s weights."""
+        step = bench_training.distill_configs(tok, examples, teacher)[0]["+ gelu kernel"]
+        step.m.load_state_dict(start.state_dict())
+        return step.m, step(reads, indices)
+
+    starts = [build_model("tiny-student", tok, seed=s) for s in (3, 4)]  # two students that differ
+    stacked = bench_training.StackedStudents(tok, teacher, [len(ex["input_ids"]) for ex in examples], starts)
+    losses = stacked(reads, indices)
+    for k, start in enumerate(starts):
+        trained, loss = trained_alone(start)
+        torch.testing.assert_close(losses[k], loss, rtol=LOSS_RTOL, atol=0)
+        for name, param in trained.named_parameters():
+            torch.testing.assert_close(stacked.params[name][k], param, rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
+def _compiled_equals_eager(make, examples, indices):
+    eager, compiled = make(), bench_training.compiled(make())
+    compiled.m.load_state_dict(eager.m.state_dict())
+    for _ in range(2):  # the second step also checks the compiled graph reused with Adam's state
+        torch.testing.assert_close(compiled(examples, indices), eager(examples, indices), rtol=LOSS_RTOL, atol=0)
+    _weights_equal(compiled.m, eager.m)
+
+
+@pytest.mark.slow
+def test_the_compiled_pretraining_step_equals_the_eager_step(shapes):
+    tok, examples, _ = shapes
+    _compiled_equals_eager(
+        lambda: bench_training.pretrain_configs(tok, examples, "tiny-student")["+ fused adamw"],
+        examples,
+        list(range(24)),
+    )
+
+
+@pytest.mark.slow
+def test_the_compiled_distillation_step_equals_the_eager_step(shapes):
+    from distildp.models import build_model
+
+    tok, _, examples = shapes
+    teacher = build_model("tiny-teacher", tok, seed=1).eval()
+    configs, reads = bench_training.distill_configs(tok, examples, teacher)
+    _compiled_equals_eager(
+        lambda: bench_training.distill_configs(tok, examples, teacher)[0]["+ probs cache"],
+        reads["+ probs cache"],
+        list(range(24)),
+    )
