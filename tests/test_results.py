@@ -388,10 +388,22 @@ def test_story_says_tie_and_loss_by_the_verdicts_rule():
         in sentences
     )
     assert sentences[-2].endswith(
-        "ε = 1: +9.00 (dpsgd); ε = ∞: -0.60 (dpsgd); the ordering flips between ε = 1 and ∞ as ε grows."
+        "ε = 1: +9.00 (dpsgd); ε = ∞: -0.60 (dpsgd); the ordering flips between ε = 1 and ∞."
     )
     df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0
     assert story.story(df)[0].startswith("Gate 1 FAIL: ")
+
+
+def test_story_names_the_widest_budget_when_the_gap_does_not_move_steadily():
+    df = rows()
+    at_4 = df[(df["epsilon"] == 1.0) & df["kind"].isna()].assign(epsilon=4.0)
+    at_4.loc[at_4["method"] == "distildp", "student_ppl"] = [5.0, 6.0, 7.0]  # gap -15 at eps 4: wider than at 1 or inf
+    df = pd.concat([df, at_4], ignore_index=True)
+    across = next(s for s in story.story(df) if s.startswith("Across budgets"))
+    assert across.endswith(
+        "ε = 1: -10.00 (dpsgd); ε = 4: -16.00 (dpsgd); ε = ∞: -1.50 (dpsgd); "
+        "DistilDP is ahead at every budget, and the gap is widest at ε = 4 (-16.00)."
+    )
 
 
 def test_story_with_one_seed_gives_no_verdict_and_several_pretraining_seeds_give_each_ratio():

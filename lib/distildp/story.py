@@ -138,7 +138,7 @@ def _across_budgets(main: pd.DataFrame, f: str) -> str:
         side, size = "ahead" if first < 0 else "behind", margins.abs()
         if size.is_monotonic_increasing or size.is_monotonic_decreasing:
             moves = "widens" if abs(last) > abs(first) else "narrows"
-            trend = f"the gap {moves} steadily from {first:+{f}} to {last:+{f}}"
+            trend = f"the gap {moves} steadily from {first:+{f}} to {last:+{f}} as ε grows"
         else:
             widest = size.idxmax()
             trend = f"the gap is widest at ε = {eps_label(widest)[2:]} ({margins[widest]:+{f}})"
@@ -150,7 +150,7 @@ def _across_budgets(main: pd.DataFrame, f: str) -> str:
             if (x < 0) != (y < 0)
         ]
         verdict = "the ordering flips " + ", ".join(flips)
-    return f"Across budgets, DistilDP's student minus the strongest baseline's: {steps}; {verdict} as ε grows."
+    return f"Across budgets, DistilDP's student minus the strongest baseline's: {steps}; {verdict}."
 
 
 def _relative(difference: float, f: str) -> str:
