@@ -387,9 +387,7 @@ def test_story_says_tie_and_loss_by_the_verdicts_rule():
         "ε = 1, seed by seed: DistilDP's student is below dpsgd's on 0 of 3 seeds (by -10.00, -10.00, -7.00)."
         in sentences
     )
-    assert sentences[-2].endswith(
-        "ε = 1: +9.00 (dpsgd); ε = ∞: -0.60 (dpsgd); the ordering flips between ε = 1 and ∞."
-    )
+    assert sentences[-2].endswith("ε = 1: +9.00 (dpsgd); ε = ∞: -0.60 (dpsgd); the ordering flips between ε = 1 and ∞.")
     df.loc[df["method"] == "pretrained_student", "student_ppl"] = 55.0
     assert story.story(df)[0].startswith("Gate 1 FAIL: ")
 
