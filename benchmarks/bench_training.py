@@ -1,12 +1,14 @@
-"""Speed of the non-private training and evaluation steps: each optimisation against the eager step it replaced.
+"""Speed of the training and evaluation steps: each optimisation against the eager step it replaced.
 
     python benchmarks/bench_training.py                    # writes results/benchmarks/training.csv
     python benchmarks/bench_training.py --rounds 3 --steps 10 --only distill
 
-Three workloads on the embedded default's shapes (tiny presets, its 2,048-token vocabulary, one CPU thread as each
+Four workloads on the embedded default's shapes (tiny presets, its 2,048-token vocabulary, one CPU thread as each
 grid job has), each on real text of that workload's mix of lengths:
 - pretrain: a step of 32 random public documents (reviews among context-long windows of prose), student and teacher;
 - distill: a step of 64 length-grouped synthetic-like documents, the student against the teacher's soft labels;
+- private: a DP-SGD step of the DP teacher (`--dp-steps`): 1,000 random private documents after their codes, in
+  physical batches of 100, book-keeping clipping (the library's, in every configuration), noise, AdamW;
 - evaluate: the perplexity of 400 test documents, one document a window.
 Every configuration of a workload runs in this process, interleaved round by round (`--rounds`), on the same
 batches; a row reports the median seconds per step over the rounds, the range of its per-round ratio to the
@@ -20,7 +22,8 @@ The configurations add one lever at a time, in the order the library applies the
   + fused loss        fused_loss: the output layer on scored rows, one log-softmax, a closed-form gradient
   + fused adamw       AdamW(fused=True)
   + probs cache       the teacher's float16 probabilities cached (teacher_cache.attach_teacher_probs)
-  compiled            the last configuration with the step under torch.compile (inductor; dynamic shapes)
+  compiled            the last configuration with the step (evaluation: the model's body) under torch.compile
+                      (inductor; dynamic shapes)
   2 stacked (vmap)    two students on the same batches in one vmapped step, per student (torch.func); compare it
                       with '+ gelu kernel', which computes the same loss one student at a time
 """
@@ -219,6 +222,62 @@ def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):
     return kd_loss(logits, teacher_logits, batch["input_ids"], batch["loss_mask"], lam=lam, weighting="paper_sum").total
 
 
+# ------------------------------------------------------------------------------------------------ DP-SGD
+def private_examples(tok):
+    """The DP teacher's training examples: each private training text after its control-code prefix."""
+    from distildp.config import make_settings
+    from distildp.models import encode_with_prefix
+    from distildp.pipeline import Pipeline
+
+    corpus = Pipeline(make_settings("quick"), progress=False).corpus
+    return encode_with_prefix(tok, corpus.prefixes("train"), corpus.texts("train"), 128)
+
+
+class PrivateStep:
+    """One DP-SGD step of the DP teacher as train_private takes it: a logical batch sorted by length and cut into
+    physical batches of 100, each one backward pass whose per-example gradients book-keeping clips and sums; then
+    Gaussian noise on the sum and an AdamW step."""
+
+    def __init__(self, m, loss, collate, sigma: float = 1.0, max_grad_norm: float = 1.0, physical: int = 100):
+        from distildp.bookkeeping import BookkeepingClipper
+
+        self.m, self.loss, self.collate, self.physical = m, loss, collate, physical
+        self.sigma, self.max_grad_norm = sigma, max_grad_norm
+        self.clipper = BookkeepingClipper(m, max_grad_norm)
+        self.opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
+        self.noise = torch.Generator().manual_seed(0)
+
+    def __call__(self, examples, indices) -> torch.Tensor:
+        from distildp.training import split_batch
+
+        summed = [torch.zeros_like(p) for p in self.m.parameters()]
+        total = torch.zeros(())
+        for chunk in split_batch(indices, self.physical):
+            per_seq = self.loss(self.m, self.collate([examples[i] for i in chunk]))
+            self.clipper.backward(per_seq)
+            for acc, p in zip(summed, self.m.parameters()):
+                acc += p.grad
+            total += per_seq.detach().sum() / len(indices)
+        for acc, p in zip(summed, self.m.parameters()):
+            noise = torch.randn(p.shape, generator=self.noise) * (self.sigma * self.max_grad_norm)
+            p.grad = (acc + noise) / len(indices)
+        self.opt.step()
+        return total
+
+
+def private_configs(tok, examples) -> dict:
+    from distildp.training import collate_lm, lm_loss_per_sequence
+
+    def collate(exs):
+        return collate_lm(exs, tok.pad_token_id)
+
+    return {
+        "eager": PrivateStep(model("tiny-teacher", tok, False), eager_lm_loss, collate),
+        "+ gelu kernel": PrivateStep(model("tiny-teacher", tok, True), eager_lm_loss, collate),
+        "+ fused loss": PrivateStep(model("tiny-teacher", tok, True), lm_loss_per_sequence, collate),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 def eager_perplexity(m, tok, texts, batch_size=16):
     """Perplexity as the suite computed it before, one document a window: windows in document order, 16 a batch,
@@ -245,17 +304,33 @@ def eager_perplexity(m, tok, texts, batch_size=16):
     return nll, n
 
 
-def evaluate_configs(tok, texts):
+def evaluate_configs(tok, texts, compile_body: bool = False):
+    """The perplexity of `texts` by each configuration (a function of no arguments returning (nats, tokens));
+    with `compile_body`, also the last one with the teacher's body under torch.compile."""
     from distildp.evaluate import perplexity
 
     old, new = model("tiny-teacher", tok, False).eval(), model("tiny-teacher", tok, True).eval()
-    return {
+
+    def scored(m):
+        result = perplexity(m, tok, texts, per_document=True, progress=False)
+        return result.nll_sum, result.n_tokens
+
+    configs = {
         "eager": lambda: eager_perplexity(old, tok, texts),
         "+ gelu kernel": lambda: eager_perplexity(new, tok, texts),
-        "+ sorted, 64 a batch, scored rows only": lambda: perplexity(
-            new, tok, texts, per_document=True, progress=False
-        ),
+        "+ sorted, 64 a batch, scored rows only": lambda: scored(new),
     }
+    if compile_body:
+        body_compiled = compiled_body(model("tiny-teacher", tok, True).eval())
+        configs["compiled"] = lambda: scored(body_compiled)
+    return configs
+
+
+def compiled_body(m):
+    """`m` with its GPT-2 body under torch.compile (dynamic shapes: windows vary in length); evaluation applies the
+    output layer itself, on the scored rows only."""
+    m.base_model.compile(dynamic=True)
+    return m
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -299,7 +374,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per configuration and round")
-    parser.add_argument("--only", choices=("pretrain", "distill", "evaluate"), action="append")
+    parser.add_argument("--dp-steps", type=int, default=2, help="timed DP-SGD steps (logical batches of 1,000)")
+    parser.add_argument("--only", choices=("pretrain", "distill", "private", "evaluate"), action="append")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (a minute or more of compiling)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -307,7 +383,7 @@ def main(argv=None) -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     tok, pretrain_ex, distill_ex, test_texts = data()
-    workloads = args.only or ["pretrain", "distill", "evaluate"]
+    workloads = args.only or ["pretrain", "distill", "private", "evaluate"]
     g = torch.Generator().manual_seed(0)
     rows = []
     steps = args.steps + 2
@@ -356,15 +432,32 @@ def main(argv=None) -> None:
             return seconds / 2 if name.startswith("2 stacked") else seconds
 
         rows += measure(configs, run, args.rounds, "distill tiny-student", "step of 64", first)
+    if "private" in workloads:
+        private_ex = private_examples(tok)
+        lengths = [len(ex["input_ids"]) for ex in private_ex]
+        logical = [torch.randperm(len(private_ex), generator=g)[:1000].tolist() for _ in range(args.dp_steps + 1)]
+        batches = [sorted(indices, key=lengths.__getitem__) for indices in logical]
+        rows += measure(
+            private_configs(tok, private_ex),
+            lambda name, step: timed_steps(step, private_ex, batches, warmup=1),
+            args.rounds,
+            "DP-SGD tiny-teacher",
+            "step of 1,000",
+        )
     if "evaluate" in workloads:
-        configs = evaluate_configs(tok, test_texts)
+        configs = evaluate_configs(tok, test_texts, compile_body=not args.no_compile)
+        first = {}
+        if "compiled" in configs:
+            start = time.perf_counter()
+            configs["compiled"]()
+            first["compiled"] = round(time.perf_counter() - start, 1)
 
         def run(name, fn):
             start = time.perf_counter()
             fn()
             return time.perf_counter() - start
 
-        rows += measure(configs, run, args.rounds, "evaluate tiny-teacher", f"{len(test_texts)} documents")
+        rows += measure(configs, run, args.rounds, "evaluate tiny-teacher", f"{len(test_texts)} documents", first)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
