@@ -32,10 +32,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # (read from the store), then the total time.
 run: setup
 	@start=$$(date +%s); status=0; \
-	$(PY) benchmarks/run.py --grid $(GRID) --jobs $(JOBS) || status=$$?; \
+	$(PY) -m distildp.runner --grid $(GRID) --jobs $(JOBS) || status=$$?; \
 	[ $$status -ne 0 ] || $(PY) -m distildp.pipeline --profile $(PROFILE) || status=$$?; \
-	[ $$status -ne 0 ] || $(PY) -m distildp.results $(TABLES) || status=$$?; \
-	[ $$status -ne 0 ] || $(PY) benchmarks/grid_profile.py --grid $(GRID_NAME) --jobs $(JOBS) || status=$$?; \
+	[ $$status -ne 0 ] || $(PY) -m distildp.reporting.results $(TABLES) || status=$$?; \
+	[ $$status -ne 0 ] || $(PY) -m distildp.runner.profile --grid $(GRID_NAME) --jobs $(JOBS) || status=$$?; \
 	echo "make run: $$(( $$(date +%s) - start )) s in all (pretraining included)"; exit $$status
 
 test: setup
@@ -54,16 +54,16 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 strip: setup
-	$(PY) -m distildp.notebooks strip notebooks/*.ipynb
+	$(PY) -m distildp.teaching.notebooks strip notebooks/*.ipynb
 
 check-notebooks: setup
-	$(PY) -m distildp.notebooks check notebooks/*.ipynb
+	$(PY) -m distildp.teaching.notebooks check notebooks/*.ipynb
 
 # The tutorial as static HTML (docs/teaching.md): every notebook executed on the smoke profile with its own store in
 # $(BOOK)-work (never .artifacts), exercises without their solutions, figures embedded; $(BOOK)/index.html links them.
 BOOK ?= build/book
 book: setup
-	$(PY) -m distildp.book $(BOOK)
+	$(PY) -m distildp.teaching.book $(BOOK)
 
 # speed and memory benchmarks (not tests; run them on a quiet machine): DP-SGD's clipping modes side by side
 # against non-private steps, how that grows with batch, length and model size, the non-private training and
@@ -95,11 +95,11 @@ grade-needs-submissions:
 
 exercises: setup $(EXERCISES)/.built
 
-$(EXERCISES)/.built: $(VENV)/.installed $(EXERCISE_NOTEBOOKS) $(addprefix lib/distildp/,exercises.py dp_exercises.py \
+$(EXERCISES)/.built: $(VENV)/.installed $(EXERCISE_NOTEBOOKS) $(addprefix lib/distildp/teaching/,exercises.py dp_exercises.py \
 	model_exercises.py grading.py)
-	$(PY) -m distildp.grading build $(EXERCISES)
+	$(PY) -m distildp.teaching.grading build $(EXERCISES)
 	touch $@
 
 # the folder is checked first, before anything is built
 grade: grade-needs-submissions setup $(EXERCISES)/.built
-	$(PY) -m distildp.grading grade $(SUBMISSIONS) --autograders $(EXERCISES)/autograder --csv $(GRADES)
+	$(PY) -m distildp.teaching.grading grade $(SUBMISSIONS) --autograders $(EXERCISES)/autograder --csv $(GRADES)

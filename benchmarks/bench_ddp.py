@@ -70,10 +70,10 @@ def worker(rank: int, world: int, port: int, threads: int, mode: str, args, out:
     torch.set_num_threads(threads)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distildp import distributed
-    from distildp.dpsgd import train_causal_lm
-    from distildp.models import PRESETS
-    from distildp.training import PrivacyConfig, TrainConfig
+    from distildp.core import distributed
+    from distildp.dp.dpsgd import train_causal_lm
+    from distildp.lm.models import PRESETS
+    from distildp.lm.training import PrivacyConfig, TrainConfig
 
     device = distributed.rank_device(torch.device(args.device))
     backend = distributed.init(world, device)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layouts", nargs="+", default=["1x1", "1x2", "2x1"], help="PROCESSESxTHREADS each")
     parser.add_argument("--modes", nargs="+", default=["bookkeeping", "hooks"], help="grad_sample_mode")
-    parser.add_argument("--model", default="tiny-teacher", help="a tiny preset of distildp.models")
+    parser.add_argument("--model", default="tiny-teacher", help="a tiny preset of distildp.lm.models")
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--seq", type=int, default=64, help="tokens per example")
     parser.add_argument("--batch", type=int, default=64, help="global batch B (= examples: q = 1)")

@@ -54,7 +54,7 @@ def current_rss_mb() -> float:
 
 
 def model_sizes(args) -> dict:
-    from distildp.models import PRESETS
+    from distildp.lm.models import PRESETS
 
     sizes = dict(PRESETS[args.preset]) if args.preset else {}
     for key in ("n_embd", "n_layer", "n_head", "n_positions"):
@@ -69,8 +69,8 @@ def worker(args) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distildp.dpsgd import train_causal_lm, untie_embeddings
-    from distildp.training import PrivacyConfig, TrainConfig, lm_loss_per_sequence
+    from distildp.dp.dpsgd import train_causal_lm, untie_embeddings
+    from distildp.lm.training import PrivacyConfig, TrainConfig, lm_loss_per_sequence
 
     torch.set_num_threads(args.threads)
     private, mode, conv1d, frozen, untied, one_pass = CONFIGS[args.worker]
@@ -196,7 +196,7 @@ def baseline_for(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny-teacher", help="distildp.models preset ('' for explicit sizes)")
+    parser.add_argument("--preset", default="tiny-teacher", help="distildp.lm.models preset ('' for explicit sizes)")
     parser.add_argument("--n-embd", dest="n_embd", type=int)
     parser.add_argument("--n-layer", dest="n_layer", type=int)
     parser.add_argument("--n-head", dest="n_head", type=int)

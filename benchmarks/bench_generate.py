@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from distildp.corpus import control_prefix
-from distildp.data import pydoc_paragraphs
-from distildp.generate import generate_synthetic
-from distildp.models import load_pretrained, train_tokenizer
-from distildp.sampling import GenerationConfig
+from distildp.data.corpus import control_prefix
+from distildp.data.loaders import pydoc_paragraphs
+from distildp.distill.generate import generate_synthetic
+from distildp.lm.models import load_pretrained, train_tokenizer
+from distildp.lm.sampling import GenerationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = [
@@ -41,8 +41,8 @@ CODES = [
 
 def tiny_teacher():
     """The tiny-teacher preset at the embedded default's vocabulary (Settings.vocab_size), random weights."""
-    from distildp.config import Settings
-    from distildp.models import build_model
+    from distildp.lm.models import build_model
+    from distildp.pipeline.settings import Settings
 
     tokenizer = train_tokenizer(pydoc_paragraphs(), vocab_size=Settings().vocab_size)
     return build_model("tiny-teacher", tokenizer, seed=0).eval(), tokenizer

@@ -46,10 +46,10 @@ OUT = ROOT / "results" / "benchmarks" / "training.csv"
 def data(n_eval: int = 400):
     """Tokenizer, public pretraining examples, distillation examples (texts with their code prefixes) and test texts
     of the embedded default (the quick profile's corpora)."""
-    from distildp.config import make_settings
-    from distildp.distill import kd_examples
-    from distildp.models import encode_with_prefix, train_tokenizer
-    from distildp.pipeline import Pipeline
+    from distildp.distill.kd import kd_examples
+    from distildp.lm.models import encode_with_prefix, train_tokenizer
+    from distildp.pipeline.settings import make_settings
+    from distildp.pipeline.stages import Pipeline
 
     pipe = Pipeline(make_settings("quick"), progress=False)
     public, corpus = pipe.public, pipe.corpus
@@ -60,7 +60,7 @@ def data(n_eval: int = 400):
 
 
 def model(preset: str, tok, gelu_kernel: bool):
-    from distildp.models import build_model
+    from distildp.lm.models import build_model
 
     overrides = {} if gelu_kernel else {"activation_function": "gelu_new"}
     return build_model(preset, tok, seed=0, **overrides)
@@ -80,7 +80,7 @@ def eager_lm_loss(m, batch):
 
 def eager_kd_loss(teacher, lam=0.4):
     """distill.kd_loss on the student's and the teacher's whole (B, T, V) logits, the teacher from cached states."""
-    from distildp.distill import kd_loss
+    from distildp.distill.kd import kd_loss
 
     def loss(m, batch):
         logits = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits
@@ -96,7 +96,7 @@ class Step:
     """One optimizer step on a logical batch, cut into passes as `chunks` says, with `loss` (model, batch) -> (B,)."""
 
     def __init__(self, m, loss, collate, lengths, chunked: bool, fused_adamw: bool, size: int):
-        from distildp.training import length_chunks, split_batch
+        from distildp.lm.training import length_chunks, split_batch
 
         self.m, self.loss, self.collate = m, loss, collate
         self.cut = (lambda ids: length_chunks(ids, lengths, size)) if chunked else (lambda ids: split_batch(ids, size))
@@ -116,7 +116,7 @@ class Step:
 
 
 def pretrain_configs(tok, examples, preset: str) -> dict:
-    from distildp.training import collate_lm, lm_loss_per_sequence
+    from distildp.lm.training import collate_lm, lm_loss_per_sequence
 
     lengths = [len(ex["input_ids"]) for ex in examples]
 
@@ -145,8 +145,8 @@ def pretrain_configs(tok, examples, preset: str) -> dict:
 
 def distill_configs(tok, examples, teacher) -> tuple[dict, dict]:
     """(configurations, the examples each reads: with the teacher's cached states or probabilities)."""
-    from distildp.distill import collate_kd, make_kd_loss_fn
-    from distildp.teacher_cache import attach_teacher_probs, attach_teacher_states
+    from distildp.distill.kd import collate_kd, make_kd_loss_fn
+    from distildp.distill.teacher_cache import attach_teacher_probs, attach_teacher_states
 
     states = attach_teacher_states(teacher, examples, tok.pad_token_id)
     probs = attach_teacher_probs(teacher, examples, tok.pad_token_id)
@@ -192,8 +192,8 @@ class StackedStudents:
         """Steps the optimizer; returns each student's mean loss on the batch, shape (students,)."""
         from torch.func import functional_call, vmap
 
-        from distildp.distill import collate_kd
-        from distildp.training import length_chunks
+        from distildp.distill.kd import collate_kd
+        from distildp.lm.training import length_chunks
 
         self.opt.zero_grad(set_to_none=True)
         total = 0
@@ -214,7 +214,7 @@ def stacked_students(tok, teacher, lengths):
 
 def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):
     """The KD loss of the student `base` run with `params` (one slice of the stacked students) on `batch`."""
-    from distildp.distill import kd_loss
+    from distildp.distill.kd import kd_loss
 
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     logits = functional_call(base, (params, buffers), args=(), kwargs=inputs).logits
@@ -225,9 +225,9 @@ def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):
 # ------------------------------------------------------------------------------------------------ DP-SGD
 def private_examples(tok):
     """The DP teacher's training examples: each private training text after its control-code prefix."""
-    from distildp.config import make_settings
-    from distildp.models import encode_with_prefix
-    from distildp.pipeline import Pipeline
+    from distildp.lm.models import encode_with_prefix
+    from distildp.pipeline.settings import make_settings
+    from distildp.pipeline.stages import Pipeline
 
     corpus = Pipeline(make_settings("quick"), progress=False).corpus
     return encode_with_prefix(tok, corpus.prefixes("train"), corpus.texts("train"), 128)
@@ -239,7 +239,7 @@ class PrivateStep:
     Gaussian noise on the sum and an AdamW step."""
 
     def __init__(self, m, loss, collate, sigma: float = 1.0, max_grad_norm: float = 1.0, physical: int = 100):
-        from distildp.bookkeeping import BookkeepingClipper
+        from distildp.dp.bookkeeping import BookkeepingClipper
 
         self.m, self.loss, self.collate, self.physical = m, loss, collate, physical
         self.sigma, self.max_grad_norm = sigma, max_grad_norm
@@ -248,7 +248,7 @@ class PrivateStep:
         self.noise = torch.Generator().manual_seed(0)
 
     def __call__(self, examples, indices) -> torch.Tensor:
-        from distildp.training import split_batch
+        from distildp.lm.training import split_batch
 
         summed = [torch.zeros_like(p) for p in self.m.parameters()]
         total = torch.zeros(())
@@ -266,7 +266,7 @@ class PrivateStep:
 
 
 def private_configs(tok, examples) -> dict:
-    from distildp.training import collate_lm, lm_loss_per_sequence
+    from distildp.lm.training import collate_lm, lm_loss_per_sequence
 
     def collate(exs):
         return collate_lm(exs, tok.pad_token_id)
@@ -282,7 +282,7 @@ def private_configs(tok, examples) -> dict:
 def eager_perplexity(m, tok, texts, batch_size=16):
     """Perplexity as the suite computed it before, one document a window: windows in document order, 16 a batch,
     the whole (B, T, V) logits, a float64 log-softmax row by row."""
-    from distildp.models import encode_plain
+    from distildp.lm.models import encode_plain
 
     documents = [ex["input_ids"] for ex in encode_plain(tok, texts, 128)]  # [eos] text [eos]: all but the first scored
     nll, n = 0.0, 0
@@ -307,7 +307,7 @@ def eager_perplexity(m, tok, texts, batch_size=16):
 def evaluate_configs(tok, texts, compile_body: bool = False):
     """The perplexity of `texts` by each configuration (a function of no arguments returning (nats, tokens));
     with `compile_body`, also the last one with the teacher's body under torch.compile."""
-    from distildp.evaluate import perplexity
+    from distildp.lm.evaluate import perplexity
 
     old, new = model("tiny-teacher", tok, False).eval(), model("tiny-teacher", tok, True).eval()
 
@@ -407,7 +407,7 @@ def main(argv=None) -> None:
             )
             print(rows[-1])
     if "distill" in workloads:
-        from distildp.models import build_model
+        from distildp.lm.models import build_model
 
         teacher = build_model("tiny-teacher", tok, seed=1).eval()
         lengths = [len(ex["input_ids"]) for ex in distill_ex]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from distildp.config import make_settings
+from distildp.pipeline.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "results" / "benchmarks"

@@ -3,8 +3,6 @@
 Test modules import from here, never from each other.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import nbformat
@@ -12,9 +10,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distildp.corpus import control_prefix
-from distildp.dpsgd import train_causal_lm, untie_embeddings
-from distildp.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
+from distildp.data.corpus import control_prefix
+from distildp.dp.dpsgd import train_causal_lm, untie_embeddings
+from distildp.lm.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"
@@ -131,11 +129,7 @@ def seeded_privacy(**fields) -> PrivacyConfig:
 
 
 # ---------------------------------------------------------------------------------------------- the runner
-# benchmarks/run.py as a module (it is a script, not part of the package)
-spec = importlib.util.spec_from_file_location("benchmarks_run", ROOT / "benchmarks" / "run.py")
-run = importlib.util.module_from_spec(spec)
-sys.modules["benchmarks_run"] = run
-spec.loader.exec_module(run)
+from distildp.runner import run  # noqa: E402 - re-exported to the runner's tests
 
 PARAMETERS = """profile: str = "quick"
 overrides: dict = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distildp.artifacts import (
+from distildp.core.artifacts import (
     MANIFEST,
     RESUMABLE,
     ArtifactStore,

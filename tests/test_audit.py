@@ -1,4 +1,5 @@
-"""The empirical privacy audit (distildp.audit: canaries and training sets; distildp.mia: membership inference and
+"""The empirical privacy audit (distildp.audit.exposure: canaries and training sets; distildp.audit.mia: membership
+inference and
 the epsilon lower bound), each primitive checked against an independent reference: scikit-learn and a brute-force
 count for the ROC metrics, exact binomial tails and scipy.stats.beta for Clopper-Pearson, a closed form for the
 epsilon bound, a known distribution for the exposure extrapolation."""
@@ -18,9 +19,8 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tok_models
 from transformers import PreTrainedTokenizerFast
 
-from distildp import mia
-from distildp.artifacts import ArtifactStore
-from distildp.audit import (
+from distildp.audit import mia
+from distildp.audit.exposure import (
     DEFAULT_SPACE,
     AuditError,
     SecretSpace,
@@ -33,14 +33,15 @@ from distildp.audit import (
     secrets_in_texts,
     sequence_nll,
 )
-from distildp.corpus import control_prefix
-from distildp.data import load_corpus
-from distildp.evaluate import perplexity
-from distildp.generate import generate_synthetic
-from distildp.models import build_model, train_tokenizer
-from distildp.provenance import synthetic_texts, training_set
-from distildp.sampling import GenerationConfig
-from distildp.source import ReviewSource
+from distildp.audit.provenance import synthetic_texts, training_set
+from distildp.core.artifacts import ArtifactStore
+from distildp.data.corpus import control_prefix
+from distildp.data.loaders import load_corpus
+from distildp.data.source import ReviewSource
+from distildp.distill.generate import generate_synthetic
+from distildp.lm.evaluate import perplexity
+from distildp.lm.models import build_model, train_tokenizer
+from distildp.lm.sampling import GenerationConfig
 
 SPACE = SecretSpace(groups=(3,))  # 1,000 candidates: enumerable in a second with a tiny model
 SECRET = "417"
@@ -447,9 +448,9 @@ def test_synthetic_text_of_a_student_is_found_and_searched_for_secrets(tmp_path,
 def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
     """End to end on real artifacts (minutes): the training set of each method's models is found from their
     manifests, with the canaries the corpus inserted, and the audit runs beside the accounted epsilon."""
-    from distildp.config import make_settings
-    from distildp.models import load_pretrained
-    from distildp.pipeline import Pipeline
+    from distildp.lm.models import load_pretrained
+    from distildp.pipeline.settings import make_settings
+    from distildp.pipeline.stages import Pipeline
 
     settings = make_settings("smoke", {"dataset_options": {"canaries": 2, "canary_repeats": 4}})
     pipe = Pipeline(settings, ArtifactStore(smoke_store), progress=False)

@@ -2,9 +2,10 @@
 
 import csv
 
-import bench_training
 import pytest
 import torch
+
+import bench_training
 
 
 def read_rows(path):
@@ -55,7 +56,7 @@ def _weights_equal(a, b):
 
 
 def test_two_vmapped_students_equal_the_students_trained_one_by_one(shapes):
-    from distildp.models import build_model
+    from distildp.lm.models import build_model
 
     tok, _, examples = shapes
     teacher = build_model("tiny-teacher", tok, seed=1).eval()
@@ -98,7 +99,7 @@ def test_the_compiled_pretraining_step_equals_the_eager_step(shapes):
 
 @pytest.mark.slow
 def test_the_compiled_distillation_step_equals_the_eager_step(shapes):
-    from distildp.models import build_model
+    from distildp.lm.models import build_model
 
     tok, _, examples = shapes
     teacher = build_model("tiny-teacher", tok, seed=1).eval()

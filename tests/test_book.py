@@ -1,4 +1,5 @@
-"""The rendered tutorial (`make book`, distildp.book): exercises shown without their solutions, figures embedded in
+"""The rendered tutorial (`make book`, distildp.teaching.book): exercises shown without their solutions, figures
+embedded in
 every page, an index linking the pages in order; a tiny book end to end, and the real one (slow)."""
 
 import html
@@ -9,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distildp import book
-from distildp.grading import EXERCISE_NOTEBOOKS, questions
+from distildp.teaching import book
+from distildp.teaching.grading import EXERCISE_NOTEBOOKS, questions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

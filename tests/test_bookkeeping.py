@@ -1,4 +1,4 @@
-"""Book-keeping DP clipping (distildp.bookkeeping): per-example norms, clipped sums, and the DP-SGD step.
+"""Book-keeping DP clipping (distildp.dp.bookkeeping): per-example norms, clipped sums, and the DP-SGD step.
 
 References are independent of the code under test: a loop of single-example backward passes (each
 example alone, unpadded) and Opacus' hooks mode. Per-layer checks run in float64 so they can be tight.
@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from distildp import private_training
-from distildp.bookkeeping import BookkeepingClipper
-from distildp.dpsgd import train_causal_lm
-from distildp.training import TrainConfig, collate_lm
+from distildp.dp import private_training
+from distildp.dp.bookkeeping import BookkeepingClipper
+from distildp.dp.dpsgd import train_causal_lm
+from distildp.lm.training import TrainConfig, collate_lm
 
 from helpers import (
     VOCAB,
@@ -294,7 +294,7 @@ def test_empty_poisson_batches_still_step():
 
 def test_distillation_with_hidden_projection_equals_hooks():
     """The KD loss: a frozen teacher's forward inside loss_fn, and a projection Linear on hidden states."""
-    from distildp.distill import StudentWithProjection, collate_kd, make_kd_loss_fn
+    from distildp.distill.kd import StudentWithProjection, collate_kd, make_kd_loss_fn
 
     examples, updated = make_examples(16, seed=11), {}
     for mode in ("bookkeeping", "hooks"):

@@ -1,17 +1,10 @@
 """benchmarks/cost_model.py: GPU-hours per stage from step benchmarks, checked by hand on a small grid."""
 
 import csv
-import importlib.util
-import sys
 
 import pytest
 
-from helpers import ROOT
-
-spec = importlib.util.spec_from_file_location("benchmarks_cost_model", ROOT / "benchmarks" / "cost_model.py")
-cost_model = importlib.util.module_from_spec(spec)
-sys.modules["benchmarks_cost_model"] = cost_model
-spec.loader.exec_module(cost_model)
+import cost_model
 
 
 def write_bench(path, batch, nonprivate, dp_rows):

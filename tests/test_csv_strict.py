@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from distildp import csv_corpus, data
-from distildp.data import load_corpus, load_public
+from distildp.data import csv_corpus, loaders
+from distildp.data.loaders import load_corpus, load_public
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOOD = "text,label_stars\nhello there,1.0\n"
@@ -82,11 +82,11 @@ def test_fixtures_still_load_and_count():
     corpus = load_corpus(f"csv:{FIXTURES / 'csv_corpus'}")
     assert {s: len(f) for s, f in corpus.splits.items()} == {"train": 3, "validation": 1, "test": 2}
     assert csv_corpus.count_csv_rows(FIXTURES / "csv_corpus" / "train.csv") == 3
-    assert data.train_size(f"csv:{FIXTURES / 'csv_corpus'}") == 3
-    assert data.train_size("yelp", {"data_dir": str(FIXTURES / "csv_corpus"), "n_train": 2}) == 2
-    assert data.train_size("builtin", {"n_train": 123}) == 123
-    assert data.train_size("builtin") == 4000  # the loader's default, read off its signature
-    assert data.train_size("dbpedia_14") is None  # a hub dataset: unknown until downloaded
+    assert loaders.train_size(f"csv:{FIXTURES / 'csv_corpus'}") == 3
+    assert loaders.train_size("yelp", {"data_dir": str(FIXTURES / "csv_corpus"), "n_train": 2}) == 2
+    assert loaders.train_size("builtin", {"n_train": 123}) == 123
+    assert loaders.train_size("builtin") == 4000  # the loader's default, read off its signature
+    assert loaders.train_size("dbpedia_14") is None  # a hub dataset: unknown until downloaded
     assert len(load_public(f"csv:{FIXTURES / 'public_csv'}", text_column="body", n_val=1).train) == 7
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distildp import data, hub, hub_corpora
-from distildp.config import make_settings
-from distildp.corpus import control_prefix, display_name
-from distildp.data import load_corpus, load_public
-from distildp.lexicon import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
-from distildp.source import ReviewSource
+from distildp.core import hub
+from distildp.data import hub_corpora, loaders
+from distildp.data.corpus import control_prefix, display_name
+from distildp.data.lexicon import BORROWED_ASPECTS, CATEGORY_ASPECTS, PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
+from distildp.data.loaders import load_corpus, load_public
+from distildp.data.source import ReviewSource
+from distildp.pipeline.settings import make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = dict(n_train=60, n_val=20, n_test=20)
@@ -105,7 +106,7 @@ def test_builtin_public_corpus_covers_the_private_domain_but_not_its_categories_
 
 def test_prose_public_corpus_is_python_docs_only():
     prose = load_public("prose")
-    assert sorted(prose.train + prose.validation) == sorted(set(data.pydoc_paragraphs()))
+    assert sorted(prose.train + prose.validation) == sorted(set(loaders.pydoc_paragraphs()))
     assert prose.info["n_reviews"] == 0
 
 
@@ -237,7 +238,7 @@ def test_hub_schema_mappings_on_local_fixtures(tmp_path):
 
 def test_hub_loaders_take_the_split_options_by_name_and_type(tmp_path):
     for name in ("yelp", "big_patent", "dbpedia_14"):
-        assert {"seed", "val_fraction", "n_train", "n_val", "n_test", "cache_dir"} <= set(data.corpus_options(name))
+        assert {"seed", "val_fraction", "n_train", "n_val", "n_test", "cache_dir"} <= set(loaders.corpus_options(name))
     with pytest.raises(ValueError, match=r"dataset_options.n_test must be int or None, got str '5'"):
         make_settings("smoke", {"dataset": "dbpedia_14", "dataset_options": {"n_test": "5"}})
     with pytest.raises(ValueError, match=r"\['n_trian'\] do not apply to dataset 'big_patent'"):

@@ -9,16 +9,16 @@ import math
 import pytest
 import torch
 
-from distildp.artifacts import ArtifactStore
-from distildp.config import make_settings
-from distildp.corpus import control_prefix
-from distildp.evaluate import perplexity
-from distildp.generate import generate_synthetic
-from distildp.methods import METHODS
-from distildp.models import build_model, train_tokenizer
-from distildp.pipeline import Pipeline
-from distildp.sampling import GenerationConfig
-from distildp.synthetic_store import load_synthetic
+from distildp.core.artifacts import ArtifactStore
+from distildp.core.methods import METHODS
+from distildp.data.corpus import control_prefix
+from distildp.distill.generate import generate_synthetic
+from distildp.distill.synthetic_store import load_synthetic
+from distildp.lm.evaluate import perplexity
+from distildp.lm.models import build_model, train_tokenizer
+from distildp.lm.sampling import GenerationConfig
+from distildp.pipeline.settings import make_settings
+from distildp.pipeline.stages import Pipeline
 
 from helpers import (
     CODES,

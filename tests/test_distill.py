@@ -1,4 +1,4 @@
-"""Tests of distildp.distill: the KD loss against hand computations, teacher alignment, projection, errors."""
+"""Tests of distildp.distill.kd: the KD loss against hand computations, teacher alignment, projection, errors."""
 
 import copy
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from distildp.distill import (
+from distildp.distill.kd import (
     HiddenProjection,
     StudentWithProjection,
     check_compatible,
@@ -19,7 +19,7 @@ from distildp.distill import (
     teacher_logits_for_student,
     teacher_outputs_for_student,
 )
-from distildp.teacher_cache import attach_teacher_states, teacher_states_bytes
+from distildp.distill.teacher_cache import attach_teacher_states, teacher_states_bytes
 
 VOCAB = 40
 EOS = 0
@@ -143,7 +143,7 @@ def test_padding_does_not_change_a_sequence_loss():
 def test_lam_zero_is_the_plain_per_sequence_lm_loss():
     model, teacher = tiny_gpt2(seed=1), tiny_gpt2(seed=2)
     batch = collate_kd(examples(), pad_id=EOS)
-    from distildp.training import lm_loss_per_sequence
+    from distildp.lm.training import lm_loss_per_sequence
 
     expected = lm_loss_per_sequence(model, batch)
     got = make_kd_loss_fn(teacher, lam=0.0, temperature=3.0)(model, batch)
@@ -297,7 +297,7 @@ def test_collate_kd_builds_student_and_teacher_rows():
         assert batch["teacher_offset"][b] == k
     assert batch["position_ids"][0].tolist() == list(range(batch["input_ids"].shape[1]))
     assert batch["teacher_position_ids"][0].tolist() == list(range(batch["teacher_input_ids"].shape[1]))
-    from distildp.training import collate_lm
+    from distildp.lm.training import collate_lm
 
     plain = collate_lm([{"input_ids": ex["input_ids"]} for ex in data], EOS)
     for key in ("input_ids", "attention_mask", "position_ids", "loss_mask"):
@@ -433,15 +433,15 @@ def test_check_compatible():
 
 
 # ----------------------------------------------------------------------------------------------
-# With the training loop (distildp.dpsgd)
+# With the training loop (distildp.dp.dpsgd)
 # ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
 @pytest.mark.parametrize("privacy", [None, "hooks", "ghost"])
 def test_kd_loss_fn_trains_through_train_causal_lm(privacy):
-    from distildp.dpsgd import train_causal_lm
-    from distildp.training import TrainConfig
+    from distildp.dp.dpsgd import train_causal_lm
+    from distildp.lm.training import TrainConfig
 
     from helpers import seeded_privacy
 

@@ -20,17 +20,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import distildp.generate as gen
-import distildp.pipeline as pipeline_module
-from distildp import distributed
-from distildp.artifacts import ArtifactStore, config_hash
-from distildp.config import make_settings
-from distildp.dpsgd import train_causal_lm
-from distildp.generate import generate_synthetic
-from distildp.pipeline import Pipeline
-from distildp.sampling import GenerationConfig
-from distildp.synthetic_store import PROGRESS_FILE, load_synthetic
-from distildp.training import TrainConfig
+import distildp.distill.generate as gen
+import distildp.pipeline.stages as pipeline_module
+from distildp.core import distributed
+from distildp.core.artifacts import ArtifactStore, config_hash
+from distildp.distill.generate import generate_synthetic
+from distildp.distill.synthetic_store import PROGRESS_FILE, load_synthetic
+from distildp.dp.dpsgd import train_causal_lm
+from distildp.lm.sampling import GenerationConfig
+from distildp.lm.training import TrainConfig
+from distildp.pipeline.settings import make_settings
+from distildp.pipeline.stages import Pipeline
 
 from helpers import (
     CODES,
@@ -432,7 +432,7 @@ def test_a_two_process_dp_teacher_reaches_the_one_process_perplexity_within_seed
 def test_torchrun_builds_a_method_on_two_processes(public_models, tmp_path):
     """The documented command (docs/scale.md): torchrun starts two processes of the pipeline's command line."""
     root = _store_with_public_models(public_models, tmp_path / "store")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distildp.pipeline"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distildp.pipeline.stages"]
     command += ["--profile", "smoke", "--world-size", "2", "--method", "distildp", "--epsilon", "4", "--seed", "5"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")])}
     env.update(OMP_NUM_THREADS="1")

@@ -14,11 +14,11 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSam
 from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from distildp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
-from distildp.dpsgd import pretrain, train_causal_lm
-from distildp.evaluate import perplexity
-from distildp.models import build_model, train_tokenizer
-from distildp.training import PrivacyConfig, TrainConfig, collate_lm, length_chunks, lm_loss_per_sequence
+from distildp.dp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
+from distildp.dp.dpsgd import pretrain, train_causal_lm
+from distildp.lm.evaluate import perplexity
+from distildp.lm.models import build_model, train_tokenizer
+from distildp.lm.training import PrivacyConfig, TrainConfig, collate_lm, length_chunks, lm_loss_per_sequence
 
 from helpers import (
     make_examples,

@@ -1,4 +1,4 @@
-"""Perplexity and its floor (distildp.evaluate), each checked against a hand computation."""
+"""Perplexity and its floor (distildp.lm.evaluate), each checked against a hand computation."""
 
 import dataclasses
 import math
@@ -8,10 +8,11 @@ import random
 import pytest
 import torch
 
-from distildp.corpus import control_prefix
-from distildp.data import load_corpus
-from distildp.dpsgd import train_causal_lm
-from distildp.evaluate import (
+from distildp.data.corpus import control_prefix
+from distildp.data.loaders import load_corpus
+from distildp.data.source import ReviewSource
+from distildp.dp.dpsgd import train_causal_lm
+from distildp.lm.evaluate import (
     corpus_floor,
     corpus_marginal_perplexity,
     corpus_metrics,
@@ -21,9 +22,8 @@ from distildp.evaluate import (
     paper_perplexity,
     perplexity,
 )
-from distildp.models import build_model, encode_with_prefix, train_tokenizer
-from distildp.source import ReviewSource
-from distildp.training import TrainConfig
+from distildp.lm.models import build_model, encode_with_prefix, train_tokenizer
+from distildp.lm.training import TrainConfig
 
 TEXTS = [
     "The soup was cold.",
@@ -185,7 +185,7 @@ def test_paper_perplexity_equals_hand_computation(model, tok):
 
 # ------------------------------------------------------------------------------------------- floor
 class WordSource:
-    """Stand-in for distildp.source.ReviewSource (helper DATA writes the real one): a category picks a unigram
+    """Stand-in for distildp.data.source.ReviewSource (helper DATA writes the real one): a category picks a unigram
     distribution over words; a text is words joined by spaces, its length geometric. Exact log-probabilities."""
 
     words = ["good", "bad", "food", "staff", "slow", "fast", "great", "cold", "coffee", "room", "price", "again"]

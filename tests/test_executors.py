@@ -1,4 +1,4 @@
-"""benchmarks/run.py --executor slurm | local: grid points as submitit jobs (benchmarks/executors.py).
+"""lib/distildp/runner/run.py --executor slurm | local: grid points as submitit jobs (lib/distildp/runner/executors.py).
 
 There is no Slurm here: a Slurm submission goes through submitit's own mocked sbatch (submitit.slurm.test_slurm),
 and each array task then runs the command the sbatch script gives srun. The local executor runs its jobs for real.
@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-import grid_file
 import nbformat
 import pandas as pd
 import psutil
 import pytest
 import yaml
 
-from distildp import results as results_module
+from distildp.reporting import results as results_module
+from distildp.runner import grids
 
 from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
 
@@ -79,8 +79,8 @@ def plain_tables(tmp_path_factory):
 )
 def test_bad_slurm_settings_are_refused_before_anything_runs(tmp_path, capsys, slurm, key, message):
     grid = tiny_grid(tmp_path, make_notebook(tmp_path), slurm=slurm)
-    with pytest.raises(grid_file.GridError, match=f"{re.escape(str(grid))}: {re.escape(key)}: .*{message}"):
-        grid_file.load_grid(str(grid))
+    with pytest.raises(grids.GridError, match=f"{re.escape(str(grid))}: {re.escape(key)}: .*{message}"):
+        grids.load_grid(str(grid))
     for executor in (["process"], ["local"], ["slurm", "--time", "5"]):  # checked whatever runs the grid
         assert cli(grid, tmp_path / "results", "--executor", *executor) == 2
         assert f"{grid}: {key}: " in capsys.readouterr().err
@@ -104,10 +104,10 @@ def test_bad_flags_and_a_missing_time_limit_are_refused(tmp_path, capsys):
 
 def test_a_grid_may_leave_slurm_out_or_empty(tmp_path):
     notebook = make_notebook(tmp_path)
-    assert grid_file.load_grid(str(tiny_grid(tmp_path, notebook))).slurm == {}
+    assert grids.load_grid(str(tiny_grid(tmp_path, notebook))).slurm == {}
     settings = {"partition": "gpu", "time": 90, "mem": "16G", "setup": ["module load cuda"]}
-    assert grid_file.load_grid(str(tiny_grid(tmp_path, notebook, slurm=settings))).slurm == settings
-    assert grid_file.load_grid(str(tiny_grid(tmp_path, notebook, slurm=None))).slurm == {}
+    assert grids.load_grid(str(tiny_grid(tmp_path, notebook, slurm=settings))).slurm == settings
+    assert grids.load_grid(str(tiny_grid(tmp_path, notebook, slurm=None))).slurm == {}
 
 
 # ---------------------------------------------------------------------------------------------- slurm
@@ -134,8 +134,9 @@ def test_dry_run_prints_the_sbatch_script_and_the_jobs_without_submitting(tmp_pa
     assert "\nmodule load cuda\n" in out
     assert re.search(rf"\nsrun .* -u -m submitit.core._submit {re.escape(str(folder))}\n", out)
     commands = [line.split(": ", 1)[1] for line in out.splitlines() if re.match(r"  \d: ", line)]
-    assert [shlex.split(c)[2:] for c in commands] == [
-        ["--run-point", str(results / "runs" / "tiny" / point), "--threads", "4"] for point in JOB_POINTS
+    assert [shlex.split(c)[1:] for c in commands] == [
+        ["-m", "distildp.runner", "--run-point", str(results / "runs" / "tiny" / point), "--threads", "4"]
+        for point in JOB_POINTS
     ]
     assert not results.exists()  # nothing written, nothing submitted
 
@@ -244,7 +245,7 @@ def test_a_failing_local_job_is_reported_with_its_points_log(tmp_path, capsys):
 # point is seen waiting for that lock (filelock logs each wait), so both want the artifact at the same time.
 SHARED = """
 import json, logging, os, time
-from distildp.artifacts import ArtifactStore
+from distildp.core.artifacts import ArtifactStore
 
 class Waiting(logging.Handler):
     def emit(self, record):
@@ -332,7 +333,7 @@ def wait_for(condition, what: str, timeout: float = 180.0) -> None:
 
 def test_a_cancelled_local_job_is_resumed_by_resubmitting_the_grid(tmp_path, capsys):
     grid_path = two_seeds(tmp_path, notebook_with(tmp_path, HELD, "held.ipynb"))
-    grid = grid_file.load_grid(str(grid_path))
+    grid = grids.load_grid(str(grid_path))
     results = tmp_path / "results"
     runs = results / "runs" / "tiny"
     submitted, _ = run.submit_grid(grid, grid.points, runs, "", "local", {}, 2, run.jobs_folder(results, grid))
@@ -361,7 +362,7 @@ def test_a_cancelled_local_job_is_resumed_by_resubmitting_the_grid(tmp_path, cap
     assert sorted(rows["seed"]) == [0, 1] and sorted(rows["student_ppl"]) == [10.0, 11.0]
 
 
-CLOCKS = ["wall_time_s", "run_time_s"]  # the only columns two runs of a grid may differ in (benchmarks/faults.py)
+CLOCKS = ["wall_time_s", "run_time_s"]  # the only columns two runs of a grid may differ in (distildp.runner.faults)
 
 
 @pytest.mark.slow

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distildp import dp_exercises, grading, model_exercises, privacy
-from distildp.exercises import ExerciseError
-from distildp.grading import questions
+from distildp.dp import privacy
+from distildp.teaching import dp_exercises, grading, model_exercises
+from distildp.teaching.exercises import ExerciseError
+from distildp.teaching.grading import questions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -270,7 +271,7 @@ def test_references_agree_with_transformers_warpers():
 
 
 def test_verdict_reference_reads_the_committed_table():
-    from distildp import results
+    from distildp.reporting import results
 
     table = results.read_csv(model_exercises.committed_results_table())
     answer = model_exercises.reference_verdict(table, 2.0)

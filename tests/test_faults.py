@@ -1,4 +1,5 @@
-"""benchmarks/faults.py on the smoke grid: a runner killed twice and resumed ends with the uninterrupted run's rows."""
+"""lib/distildp/runner/faults.py on the smoke grid: a runner killed twice and resumed ends with the uninterrupted
+run's rows."""
 
 import subprocess
 import sys
@@ -15,7 +16,8 @@ def test_killed_and_resumed_smoke_grid_matches_an_uninterrupted_run(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "faults.py"),
+            "-m",
+            "distildp.runner.faults",
             "--grid",
             "smoke",
             "--kills",

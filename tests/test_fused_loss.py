@@ -1,4 +1,4 @@
-"""distildp.fused_loss: the fused losses equal the reference ones (distill.kd_loss, a plain cross-entropy), values
+"""distildp.lm.fused_loss: the fused losses equal the reference ones (distill.kd_loss, a plain cross-entropy), values
 and gradients, on random inputs with padding; the packed path (output layer applied to the scored rows) equals the
 model's own logits; the teacher's cached probabilities give the live teacher's loss to float16's rounding."""
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distildp.distill import collate_kd, kd_loss, make_kd_loss_fn
-from distildp.fused_loss import (
+from distildp.distill.kd import collate_kd, kd_loss, make_kd_loss_fn
+from distildp.distill.teacher_cache import attach_teacher_probs, teacher_probs_bytes
+from distildp.lm.fused_loss import (
     every_position,
     output_logits,
     scored_positions,
@@ -16,8 +17,7 @@ from distildp.fused_loss import (
     teacher_rows,
     token_losses,
 )
-from distildp.teacher_cache import attach_teacher_probs, teacher_probs_bytes
-from distildp.training import collate_lm, lm_loss_per_sequence
+from distildp.lm.training import collate_lm, lm_loss_per_sequence
 
 from helpers import VOCAB, make_examples, tiny_model
 

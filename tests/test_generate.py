@@ -1,4 +1,5 @@
-"""Tests of distildp.generate (the resumable chunk store) on a tiny random GPT-2 and a tokenizer trained here."""
+"""Tests of distildp.distill.generate (the resumable chunk store) on a tiny random GPT-2 and a tokenizer trained
+here."""
 
 import copy
 import json
@@ -10,12 +11,12 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-import distildp.generate as gen
-from distildp.artifacts import ArtifactStore, config_hash
-from distildp.corpus import control_prefix
-from distildp.generate import generate_synthetic
-from distildp.sampling import GenerationConfig, sample_batch
-from distildp.synthetic_store import PROGRESS_FILE, load_synthetic
+import distildp.distill.generate as gen
+from distildp.core.artifacts import ArtifactStore, config_hash
+from distildp.data.corpus import control_prefix
+from distildp.distill.generate import generate_synthetic
+from distildp.distill.synthetic_store import PROGRESS_FILE, load_synthetic
+from distildp.lm.sampling import GenerationConfig, sample_batch
 
 from helpers import CODES, COLUMNS, code_teacher, code_tokenizer
 

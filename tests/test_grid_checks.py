@@ -1,6 +1,6 @@
 """Every Settings field of every grid point is checked by the library before any kernel starts.
 
-`benchmarks/run.py --dry-run` builds each point's Settings as its notebook does (make_settings) and calls the
+`lib/distildp/runner/run.py --dry-run` builds each point's Settings as its notebook does (make_settings) and calls the
 library's checks (Settings.__post_init__ and Settings.validate), so a notebook gets the same messages.
 """
 
@@ -10,12 +10,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import grid_file
 import pytest
 import yaml
 
-from distildp.config import Settings, make_settings
-from distildp.notebooks import execute
+from distildp.pipeline.settings import Settings, make_settings
+from distildp.runner import grids
+from distildp.teaching.notebooks import execute
 
 from helpers import ROOT, cli, executions, make_notebook
 
@@ -97,8 +97,8 @@ def csv_copy(tmp_path: Path) -> Path:
 )
 def test_bad_settings_fail_the_dry_run_naming_the_key(tmp_path, capsys, text, key, message):
     grid = write_grid(tmp_path, text)
-    with pytest.raises(grid_file.GridError, match=f"{grid}: {key}: .*{message}") as refused:
-        grid_file.load_grid(str(grid))
+    with pytest.raises(grids.GridError, match=f"{grid}: {key}: .*{message}") as refused:
+        grids.load_grid(str(grid))
     if key == "overrides":  # what a notebook's own make_settings call says: the runner's message, after the key
         overrides = yaml.safe_load(grid.read_text())["overrides"]
         with pytest.raises((ValueError, FileNotFoundError)) as in_notebook:
@@ -113,12 +113,10 @@ def test_delta_against_a_csv_corpus_counts_its_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     csv_copy(tmp_path)
     ok = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.2}")
-    assert [p.point_id for p in grid_file.load_grid(str(ok)).points] == ["distildp__eps2__seed0"]
+    assert [p.point_id for p in grids.load_grid(str(ok)).points] == ["distildp__eps2__seed0"]
     bad = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.5}")
-    with pytest.raises(
-        grid_file.GridError, match=r"overrides: .*'csv:corpus' has 3 training documents: delta=0.5 >= 1/N"
-    ):
-        grid_file.load_grid(str(bad))
+    with pytest.raises(grids.GridError, match=r"overrides: .*'csv:corpus' has 3 training documents: delta=0.5 >= 1/N"):
+        grids.load_grid(str(bad))
 
 
 def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, monkeypatch, capsys):
@@ -127,7 +125,7 @@ def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, 
     monkeypatch.chdir(tmp_path)
     csv_copy(tmp_path)
     grid = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus'}")
-    loaded = grid_file.load_grid(str(grid))
+    loaded = grids.load_grid(str(grid))
     assert loaded.points[0].params["overrides"] == {"dataset": "csv:corpus"}
     assert (
         len(loaded.notes) == 1
@@ -137,11 +135,11 @@ def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, 
     assert "note: profile 'smoke': its dataset_options" in capsys.readouterr().err
     mine = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', dataset_options: {n_train: 2}}")
     with pytest.raises(
-        grid_file.GridError,
+        grids.GridError,
         match=r"overrides: .*dataset_options \['n_train'\] do not apply to dataset "
         r"'csv:corpus': it takes \['code_names', 'name'\]",
     ):
-        grid_file.load_grid(str(mine))
+        grids.load_grid(str(mine))
 
 
 def test_dry_run_on_the_command_line(tmp_path):
@@ -150,7 +148,8 @@ def test_dry_run_on_the_command_line(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
+            "-m",
+            "distildp.runner",
             "--grid",
             str(grid),
             "--dry-run",
@@ -174,8 +173,8 @@ def test_a_notebook_refuses_a_wrong_type_before_any_stage_with_the_runners_messa
     from papermill.exceptions import PapermillExecutionError
 
     grid = write_grid(tmp_path, "overrides: {teacher_train: {lr: 3e-3}}")  # YAML 1.1 reads 3e-3 as text
-    with pytest.raises(grid_file.GridError) as refused:
-        grid_file.load_grid(str(grid))
+    with pytest.raises(grids.GridError) as refused:
+        grids.load_grid(str(grid))
     store = tmp_path / "store"
     params = {
         "profile": "smoke",
@@ -213,11 +212,11 @@ def test_notebooks_get_the_same_checks():
 def test_committed_grids_still_check_out_with_their_notes(tmp_path):
     for path in sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
-        if not (grid_file.NOTEBOOKS_DIR / spec["notebook"]).exists():
+        if not (grids.NOTEBOOKS_DIR / spec["notebook"]).exists():
             spec["notebook"] = str(make_notebook(tmp_path))
         copy = tmp_path / path.name
         copy.write_text(yaml.safe_dump(spec))
-        assert grid_file.load_grid(str(copy)).notes == [], path.name
+        assert grids.load_grid(str(copy)).notes == [], path.name
 
 
 def test_run_order_hands_out_every_point_of_a_method_in_turn(tmp_path):
@@ -229,13 +228,13 @@ def test_run_order_hands_out_every_point_of_a_method_in_turn(tmp_path):
     )
     path = tmp_path / "order.yaml"
     path.write_text(text)
-    by_seed = [p.point_id for p in grid_file.load_grid(str(path)).points]
+    by_seed = [p.point_id for p in grids.load_grid(str(path)).points]
     path.write_text(text + "run_order: method\n")
-    by_method = [p.point_id for p in grid_file.load_grid(str(path)).points]
+    by_method = [p.point_id for p in grids.load_grid(str(path)).points]
     runs = [f"{m}__eps{e}__seed{s}" for m in ("dpsgd", "distildp") for s in (0, 1) for e in (1, 2)]
     assert by_method == ["pretrained_student__seed0", *runs, "abl-lam0__distildp__eps1__seed0"]
     assert by_seed[:3] == ["pretrained_student__seed0", "dpsgd__eps1__seed0", "distildp__eps1__seed0"]
     assert sorted(by_seed) == sorted(by_method)  # the same points, in another order
     path.write_text(text + "run_order: random\n")
-    with pytest.raises(grid_file.GridError, match=r"run_order: 'random' is not an order; choose one of"):
-        grid_file.load_grid(str(path))
+    with pytest.raises(grids.GridError, match=r"run_order: 'random' is not an order; choose one of"):
+        grids.load_grid(str(path))

@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from distildp.histogram import dp_histogram, exact_histogram, gaussian_noisy_counts, scale_to_total, uniform_histogram
-from distildp.privacy import GaussianMechanism
+from distildp.dp.histogram import (
+    dp_histogram,
+    exact_histogram,
+    gaussian_noisy_counts,
+    scale_to_total,
+    uniform_histogram,
+)
+from distildp.dp.privacy import GaussianMechanism
 
 COUNTS = {("Restaurants", "5.0"): 40, ("Restaurants", "1.0"): 7, ("Shopping", "3.0"): 0}
 

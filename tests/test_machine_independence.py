@@ -25,8 +25,8 @@ GOLDEN = {
 PROBE = r"""
 import hashlib, json
 import numpy as np
-from distildp.data import load_corpus, load_public
-from distildp.source import ReviewSource
+from distildp.data.loaders import load_corpus, load_public
+from distildp.data.source import ReviewSource
 
 source = ReviewSource(0)
 tables = [source.p_category, source.p_stars, source.p_topic, source.topic.probs, source.category.probs,

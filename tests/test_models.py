@@ -1,4 +1,4 @@
-"""Tokenizer, presets, loading and encoding (distildp.models)."""
+"""Tokenizer, presets, loading and encoding (distildp.lm.models)."""
 
 import pydoc_data.topics
 import time
@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from distildp import hub, models
-from distildp.models import PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained, train_tokenizer
+from distildp.core import hub
+from distildp.lm import models
+from distildp.lm.models import PRESETS, build_model, encode_plain, encode_with_prefix, load_pretrained, train_tokenizer
 
 TEXTS = list(pydoc_data.topics.topics.values())[:20]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from distildp.notebooks import (
+from distildp.teaching.notebooks import (
     ParameterError,
     convention_problems,
     declared_parameters,

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from distildp.notebooks import execute
+from distildp.teaching.notebooks import execute
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def _regime_rows(results_dir: Path) -> None:
-    """A two-cell regime map (epsilon 2, and lam 1) as benchmarks/run.py writes it, for 09 to read."""
+    """A two-cell regime map (epsilon 2, and lam 1) as lib/distildp/runner/run.py writes it, for 09 to read."""
     import pandas as pd
 
-    from distildp.report import write_report
+    from distildp.reporting.report import write_report
 
     rows = [
         {"method": m, "epsilon": 2.0, "seed": 0, "student_ppl": p, "teacher_marginal_ppl": 80.0, "kind": "main"}
@@ -76,7 +76,7 @@ def test_notebook_runs_on_smoke_profile(notebook, tmp_path, smoke_store):
     if notebook.name.startswith("08_"):
         import pandas as pd
 
-        from distildp.privacy_audit import audit_rows, write_audit_report
+        from distildp.audit.method_audit import audit_rows, write_audit_report
 
         row = json.loads((tmp_path / "row.json").read_text())
         [audited] = row["audits"]
@@ -103,7 +103,7 @@ def test_07_tells_the_story_of_the_committed_results(tmp_path):
     sentences `story.story` writes from the committed table, the verdict with the committed numbers, and the
     across-seeds and regime parts; it writes nothing into the results folder it reads (the copy, so that a grid
     writing into results/ meanwhile cannot disturb the check)."""
-    from distildp import results, story
+    from distildp.reporting import results, story
 
     committed = NOTEBOOKS.parent / "results"
     shutil.copytree(committed, tmp_path / "results", ignore=shutil.ignore_patterns("runs"))

@@ -3,20 +3,20 @@
 import inspect
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 from dp_accounting import dp_event, pld
 
-from distildp import privacy
-from distildp.artifacts import ArtifactStore, config_hash
-from distildp.config import Settings, make_settings
-from distildp.distill import make_kd_loss_fn
-from distildp.methods import METHODS, REFERENCES
-from distildp.models import PRESETS
-from distildp.pipeline import Pipeline
+from distildp.core.artifacts import ArtifactStore, config_hash
+from distildp.core.methods import METHODS, REFERENCES
+from distildp.distill.kd import make_kd_loss_fn
+from distildp.dp import privacy
+from distildp.lm.models import PRESETS
+from distildp.pipeline.settings import Settings, make_settings
+from distildp.pipeline.stages import Pipeline
 
 EPSILON = 4.0
 
@@ -160,14 +160,14 @@ def test_settings_give_the_privacy_config_and_the_kd_loss_their_fields():
     plain = s.privacy_config(None, 4.0, 1e-3)
     assert not plain.private and plain.delta is None and math.isinf(plain.target_epsilon)
     kd = make_settings("smoke", {"lam": 0.7, "temperature": 3.0, "kd_weighting": "paper_sum"}).kd_config()
-    assert kd == {
+    assert asdict(kd) == {
         "lam": 0.7,
         "temperature": 3.0,
         "alpha": 0.0,
         "teacher_context": s.teacher_context,
         "weighting": "paper_sum",
     }
-    assert set(kd) < set(inspect.signature(make_kd_loss_fn).parameters)  # passed to it as keywords
+    assert set(asdict(kd)) < set(inspect.signature(make_kd_loss_fn).parameters)  # passed to it as keywords
 
 
 def test_bad_method_and_epsilon(pipe):
@@ -255,7 +255,7 @@ def test_a_student_reference_row_builds_only_the_student(tmp_path):
 def test_held_out_selection_stops_only_with_a_positive_tolerance(tolerance, stops_at):
     """tolerance 0 (distillation's default, as the paper: every epoch runs, the best is kept) never stops
     training, not even after an epoch that got worse; a positive tolerance stops at the first flat check."""
-    from distildp.evaluate import BestOnHeldOut
+    from distildp.lm.evaluate import BestOnHeldOut
 
     improvements = iter([math.inf, 0.05, -0.02, 0.03])  # the third check is worse than the best
 

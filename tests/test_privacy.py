@@ -1,4 +1,4 @@
-"""distildp.privacy against independent references: dp_accounting (PLD and RDP), Opacus' own
+"""distildp.dp.privacy against independent references: dp_accounting (PLD and RDP), Opacus' own
 accountants stepped by hand, and the closed-form epsilon of the Gaussian mechanism."""
 
 import json
@@ -14,8 +14,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from distildp.histogram import exact_histogram
-from distildp.privacy import (
+from distildp.dp.histogram import exact_histogram
+from distildp.dp.privacy import (
     PRV_EPS_ERROR,
     BudgetPart,
     DPSGDMechanism,
@@ -361,7 +361,7 @@ def test_privacy_record():
 
 
 def test_epsilons_are_cached_on_disk_per_inputs_and_opacus_version(tmp_path, monkeypatch):
-    from distildp import epsilon_cache
+    from distildp.dp import epsilon_cache
 
     calls = []
 
@@ -397,11 +397,11 @@ def test_epsilons_are_cached_on_disk_per_inputs_and_opacus_version(tmp_path, mon
 
 
 def test_an_epsilon_is_stored_as_computed_and_another_process_reads_it(tmp_path):
-    from distildp import epsilon_cache
+    from distildp.dp import epsilon_cache
 
     mechanisms = "[DPSGDMechanism(1.3, 0.05, 41)]"  # a history no other test computes in this process
     code = (
-        "from distildp import epsilon_cache; from distildp.privacy import DPSGDMechanism, epsilon_spent; "
+        "from distildp.dp import epsilon_cache; from distildp.dp.privacy import DPSGDMechanism, epsilon_spent; "
         f"epsilon_cache.use_directory({str(tmp_path)!r}); print(repr(epsilon_spent({mechanisms}, 1e-5)))"
     )
     try:
@@ -411,7 +411,7 @@ def test_an_epsilon_is_stored_as_computed_and_another_process_reads_it(tmp_path)
         epsilon_cache.use_directory(None)
     (path,) = tmp_path.glob("*.json")
     stored = json.loads(path.read_text())
-    assert stored["epsilon"] == computed and stored["kind"] == "distildp.privacy"
+    assert stored["epsilon"] == computed and stored["kind"] == "distildp.dp.privacy"
     path.write_text(json.dumps({**stored, "epsilon": 123.0}))  # a value no accountant gives: only a read returns it
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) == 123.0  # another process reads the store's value instead of computing

@@ -1,4 +1,4 @@
-"""The privacy audit of pipeline methods (distildp.privacy_audit) and the canary groups it relies on: canaries at
+"""The privacy audit of pipeline methods (distildp.audit.method_audit) and the canary groups it relies on: canaries at
 several repeat counts, canary rows kept out of membership inference, a memorising model caught by every test and
 a leak above the accounted epsilon refused; the audit grid's rows, table and figures."""
 
@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from distildp import mia, privacy_audit
-from distildp.audit import AuditError
-from distildp.data import load_corpus
-from distildp.models import build_model, train_tokenizer
-from distildp.privacy_audit import ScoredModel
-from distildp.provenance import TrainingSet
-from distildp.source import ReviewSource
+from distildp.audit import method_audit, mia
+from distildp.audit.method_audit import ScoredModel
+from distildp.audit.provenance import AuditError, TrainingSet
+from distildp.data.loaders import load_corpus
+from distildp.data.source import ReviewSource
+from distildp.lm.models import build_model, train_tokenizer
 
 CANARY_OPTIONS = {"n_train": 16, "n_val": 8, "n_test": 8, "canaries": 1, "canary_repeats": [1, 3]}
 
@@ -99,7 +98,7 @@ def memorised():
     return model.eval(), public, tok, found
 
 
-CONFIG = privacy_audit.AuditConfig(n_candidates=200, n_bootstrap=50)
+CONFIG = method_audit.AuditConfig(n_candidates=200, n_bootstrap=50)
 
 
 def as_student(accounted: float, what: str) -> dict:
@@ -109,7 +108,7 @@ def as_student(accounted: float, what: str) -> dict:
 
 def test_a_memorising_model_is_caught_by_every_test_and_canary_rows_stay_out_of_the_members(memorised):
     model, public, tok, found = memorised
-    row = privacy_audit.audit_model(
+    row = method_audit.audit_model(
         ScoredModel(model, tok), ScoredModel(public, tok), found, **as_student(math.inf, "memoriser")
     )
     assert [c["repeats"] for c in row["canaries"]] == [1, 3]
@@ -126,14 +125,14 @@ def test_a_memorising_model_is_caught_by_every_test_and_canary_rows_stay_out_of_
 def test_a_leak_above_the_accounted_epsilon_is_a_privacy_bug(memorised):
     model, public, tok, found = memorised
     with pytest.raises(mia.PrivacyBugError, match="PRIVACY BUG.*memoriser \\(loss attack\\)"):
-        privacy_audit.audit_model(
+        method_audit.audit_model(
             ScoredModel(model, tok), ScoredModel(public, tok), found, **as_student(0.1, "memoriser")
         )
 
 
 def test_an_untrained_model_shows_nothing(memorised):
     _, public, tok, found = memorised
-    row = privacy_audit.audit_model(
+    row = method_audit.audit_model(
         ScoredModel(public, tok), ScoredModel(public, tok), found, **as_student(1.0, "untrained")
     )
     assert all(c["exposure"] == pytest.approx(c["public_exposure"]) for c in row["canaries"])
@@ -143,7 +142,7 @@ def test_an_untrained_model_shows_nothing(memorised):
 
 def test_only_pipeline_methods_are_audited():
     with pytest.raises(AuditError, match="covers the methods"):
-        privacy_audit.accounted_epsilon(None, "nonprivate_teacher", 2.0)
+        method_audit.accounted_epsilon(None, "nonprivate_teacher", 2.0)
 
 
 # ------------------------------------------------------------------------------------------------ the grid's report
@@ -225,18 +224,18 @@ def fake_points():
 
 
 def test_audit_rows_table_and_report(tmp_path):
-    rows = privacy_audit.audit_rows(fake_points())
+    rows = method_audit.audit_rows(fake_points())
     assert list(rows["model"]) == ["teacher", "synthetic", "student", "student"]
     assert list(rows["variant"]) == ["", "", "", "teacher_train.batch_size=32"]
     assert rows["epsilon_accounted"].iloc[-1] == math.inf and math.isnan(rows["test_ppl"].iloc[1])
-    table = privacy_audit.audit_table(rows)
+    table = method_audit.audit_table(rows)
     assert list(table.columns[:5]) == ["method", "ε target", "model", "exposure ×1", "exposure ×4"]
     ablation = table[table["method"] == "dpsgd [teacher_train.batch_size=32]"].iloc[0]
     assert ablation["exposure ×4"] == "24.0 (3.0)" and ablation["ε accounted"] == "∞"
     assert ablation["ε lower bound"] == "1.70" and ablation["loss AUC"] == "0.900 [0.880, 0.920]"
     synthetic = table[table["model"] == "synthetic"].iloc[0]
     assert synthetic["exposure ×1"] == "0/1 verbatim" and synthetic["exposure ×4"] == "1/1 verbatim"
-    written = privacy_audit.write_audit_report(fake_points(), tmp_path / "tables", tmp_path / "figures")
+    written = method_audit.write_audit_report(fake_points(), tmp_path / "tables", tmp_path / "figures")
     assert {p.name for p in written} == {
         "audit_rows.json",
         "audit.csv",
@@ -246,20 +245,20 @@ def test_audit_rows_table_and_report(tmp_path):
         "audit_epsilon.png",
     }
     assert all(p.stat().st_size > 0 for p in written)
-    again = privacy_audit.read_audit_rows(tmp_path / "tables")
+    again = method_audit.read_audit_rows(tmp_path / "tables")
     pd.testing.assert_frame_equal(
         again[rows.columns].drop(columns=["canaries", "roc"]), rows.drop(columns=["canaries", "roc"]), check_dtype=False
     )
     assert again["roc"].iloc[0] == rows["roc"].iloc[0]
     assert "| distildp" in (tmp_path / "tables" / "audit.md").read_text()
     with pytest.raises(AuditError, match="run the audit grid first"):
-        privacy_audit.read_audit_rows(tmp_path / "nothing")
+        method_audit.read_audit_rows(tmp_path / "nothing")
     with pytest.raises(AuditError, match="not written by notebooks/08"):
-        privacy_audit.audit_rows(pd.DataFrame([{"method": "dpsgd"}]))
+        method_audit.audit_rows(pd.DataFrame([{"method": "dpsgd"}]))
 
 
 def test_roc_points_follow_the_curve():
     rng = np.random.default_rng(0)
-    curve = privacy_audit.roc_points(rng.normal(1, 1, 500), rng.normal(0, 1, 500))
+    curve = method_audit.roc_points(rng.normal(1, 1, 500), rng.normal(0, 1, 500))
     assert curve["fpr"][0] == 0 and curve["fpr"][-1] == 1 and curve["tpr"][-1] == 1
-    assert np.all(np.diff(curve["tpr"]) >= 0) and len(curve["fpr"]) <= privacy_audit.ROC_POINTS + 1
+    assert np.all(np.diff(curve["tpr"]) >= 0) and len(curve["fpr"]) <= method_audit.ROC_POINTS + 1

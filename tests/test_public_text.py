@@ -2,8 +2,8 @@
 
 import platform
 
-from distildp import data, public_text
-from distildp.source import ReviewSource
+from distildp.data import loaders, public_text
+from distildp.data.source import ReviewSource
 
 
 def test_frozen_tables_keep_read_pydocs_rules_and_are_what_it_reads_on_their_python():
@@ -24,6 +24,6 @@ def test_frozen_tables_keep_read_pydocs_rules_and_are_what_it_reads_on_their_pyt
 
 def test_public_corpus_and_source_come_from_the_frozen_tables():
     frozen = public_text.frozen()
-    assert data.pydoc_paragraphs() == frozen["paragraphs"] and len(frozen["paragraphs"]) > 500
+    assert loaders.pydoc_paragraphs() == frozen["paragraphs"] and len(frozen["paragraphs"]) > 500
     # the source's words are the frozen vocabulary (its golden identity: test_machine_independence.py)
     assert set(frozen["general"]) <= set(ReviewSource(0).tokens)

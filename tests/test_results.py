@@ -1,4 +1,5 @@
-"""distildp.results, .report and .story: mean ± std tables over seeds, ∞, references and floors, the gates and the
+"""distildp.reporting.results, .report and .story: mean ± std tables over seeds, ∞, references and floors, the gates
+and the
 verdict, Markdown, figures, round trips, and the sentences told from the tables."""
 
 import json
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distildp import report, results, story
+from distildp.reporting import report, results, story
 
 INF = math.inf
 
@@ -94,13 +95,13 @@ def rows() -> pd.DataFrame:
 
 
 def test_reading_results_does_not_load_torch():
-    """07_results and the runner's report read tables in a second: the method names come from distildp.methods,
+    """07_results and the runner's report read tables in a second: the method names come from distildp.core.methods,
     which imports nothing, not from the pipeline."""
     import subprocess
     import sys
 
     check = (
-        "import sys, distildp.results, distildp.report, distildp.story; "
+        "import sys, distildp.reporting.results, distildp.reporting.report, distildp.reporting.story; "
         "assert 'torch' not in sys.modules, 'reading results imported torch'"
     )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)

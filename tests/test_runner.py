@@ -1,4 +1,4 @@
-"""benchmarks/run.py: grid checks before any kernel, parallel points, resume, failures, shards.
+"""lib/distildp/runner/run.py: grid checks before any kernel, parallel points, resume, failures, shards.
 
 The points run a tiny stand-in of notebooks/06_baselines.ipynb (same typed parameters) that writes a fake
 row in a blink and logs each execution, so these tests time the runner, not the pipeline.
@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import grid_file
 import nbformat
 import pandas as pd
 import psutil
 import pytest
 import yaml
 
-from distildp import results
-from distildp.config import make_settings
+from distildp.pipeline.settings import make_settings
+from distildp.reporting import results
+from distildp.runner import grids
 
 from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
 
@@ -103,8 +103,8 @@ def finished(tmp_path_factory):
 )
 def test_bad_grid_is_refused_before_any_kernel(tmp_path, capsys, change, key, message):
     grid = write_grid(tmp_path, make_notebook(tmp_path), **change)
-    with pytest.raises(grid_file.GridError, match=f"{grid}: {key}: .*{message}"):
-        grid_file.load_grid(str(grid))
+    with pytest.raises(grids.GridError, match=f"{grid}: {key}: .*{message}"):
+        grids.load_grid(str(grid))
     assert cli(grid, tmp_path / "results", "--jobs", "2") == 2
     assert f"{grid}: " in capsys.readouterr().err
     assert not (tmp_path / "results").exists() and executions(tmp_path) == []
@@ -116,11 +116,11 @@ def test_committed_grids_are_valid(tmp_path):
     sizes = {}
     for path in sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
-        if not (grid_file.NOTEBOOKS_DIR / spec["notebook"]).exists():
+        if not (grids.NOTEBOOKS_DIR / spec["notebook"]).exists():
             spec["notebook"] = str(notebook)
         copy = tmp_path / path.name
         copy.write_text(yaml.safe_dump(spec))
-        grid = grid_file.load_grid(str(copy))
+        grid = grids.load_grid(str(copy))
         ids = [p.point_id for p in grid.points]
         assert len(ids) == len(set(ids))
         sizes[path.stem] = len(ids)
@@ -138,7 +138,7 @@ def test_committed_grids_are_valid(tmp_path):
 
 
 def test_an_audit_grid_reports_its_rows_as_the_privacy_audit(tmp_path):
-    grid = grid_file.load_grid(
+    grid = grids.load_grid(
         str(write_grid(tmp_path, make_notebook(tmp_path), report="audit", references=[], ablations={}))
     )
     assert grid.report == "audit"
@@ -184,7 +184,7 @@ def test_points_have_readable_stable_ids_and_overrides(tmp_path, monkeypatch):
         make_notebook(tmp_path),
         axes={"method": ["distildp"], "epsilon": [2.0, float("inf")], "seed": [0], "dataset": ["builtin", "csv:x y"]},
     )
-    points = {p.point_id: p for p in grid_file.load_grid(str(grid)).points}
+    points = {p.point_id: p for p in grids.load_grid(str(grid)).points}
     assert "dataset-builtin__distildp__eps2__seed0" in points
     assert "dataset-csv-x-y__distildp__epsinf__seed0" in points
     ablation = points["abl-lam0__dataset-builtin__distildp__eps2__seed0"]
@@ -201,8 +201,8 @@ def test_ablation_value_equal_to_the_grid_setting_reuses_the_main_row(tmp_path):
         references=[],
         ablations={"lam": {"values": [0.0, default_lam], "method": "distildp", "epsilon": 2.0}},
     )
-    points = {p.point_id: p for p in grid_file.load_grid(str(grid)).points}
-    twin = points[f"abl-lam{grid_file.fmt(default_lam)}__distildp__eps2__seed0"]
+    points = {p.point_id: p for p in grids.load_grid(str(grid)).points}
+    twin = points[f"abl-lam{grids.fmt(default_lam)}__distildp__eps2__seed0"]
     assert twin.same_as == "distildp__eps2__seed0" and points["abl-lam0__distildp__eps2__seed0"].same_as is None
     assert cli(grid, tmp_path / "results") == 0
     runs = tmp_path / "results" / "runs" / "tiny"
@@ -222,7 +222,7 @@ def test_pretrained_references_run_once_and_non_private_ones_per_seed(tmp_path):
         axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]},
         ablations={},
     )
-    ids = {p.point_id for p in grid_file.load_grid(str(grid)).points if p.kind == "reference"}
+    ids = {p.point_id for p in grids.load_grid(str(grid)).points if p.kind == "reference"}
     assert ids == {"pretrained_student__seed0", "nonprivate_student__seed0", "nonprivate_student__seed1"}
 
 
@@ -235,7 +235,7 @@ def test_pretrained_references_run_per_seed_when_each_seed_pretrains(tmp_path):
         axes={"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]},
         ablations={},
     )
-    ids = {p.point_id for p in grid_file.load_grid(str(grid)).points if p.kind == "reference"}
+    ids = {p.point_id for p in grids.load_grid(str(grid)).points if p.kind == "reference"}
     assert ids == {"pretrained_student__seed0", "pretrained_student__seed1"}
 
 
@@ -250,7 +250,7 @@ def test_regime_ablations_run_several_methods_and_references_with_fixed_override
             "lam_paper": {"knob": "lam", "values": [1.0], "with": {"kd_weighting": "paper_sum"}},
         },
     )
-    loaded = grid_file.load_grid(str(grid))
+    loaded = grids.load_grid(str(grid))
     points = {p.point_id: p for p in loaded.points}
     assert loaded.regime_map
     teacher = points["abl-teacher_modeltiny-teacher__pretrained_teacher__seed0"]
@@ -267,15 +267,15 @@ def test_reference_seeds_choose_where_references_run(tmp_path):
     refs = ["pretrained_student", "nonprivate_student"]
     axes = {"method": ["dpsgd"], "epsilon": [2.0], "seed": [0, 1]}
     grid = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, ablations={}, reference_seeds=[1])
-    points = grid_file.load_grid(str(grid)).points
+    points = grids.load_grid(str(grid)).points
     assert [p.point_id for p in points if p.kind == "reference"] == [
         "pretrained_student__seed1",
         "nonprivate_student__seed1",
     ]
     assert {p.point_id for p in points if p.kind == "main"} == {"dpsgd__eps2__seed0", "dpsgd__eps2__seed1"}
     bad = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, reference_seeds=[0.5])
-    with pytest.raises(grid_file.GridError, match=r"reference_seeds\[0\]: .*must be int"):
-        grid_file.load_grid(str(bad))
+    with pytest.raises(grids.GridError, match=r"reference_seeds\[0\]: .*must be int"):
+        grids.load_grid(str(bad))
 
 
 def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):
@@ -284,7 +284,7 @@ def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):
         make_notebook(tmp_path),
         axes={"method": ["distildp", "dpsgd", "dpkd"], "epsilon": [1.0, 8.0], "seed": [0, 1]},
     )
-    everything = [p.point_id for p in grid_file.load_grid(str(grid)).points]
+    everything = [p.point_id for p in grids.load_grid(str(grid)).points]
     listed = []
     for i in range(3):
         capsys.readouterr()
@@ -294,7 +294,7 @@ def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):
     assert len(set(sum(listed, []))) == len(everything)
     assert listed[1] == everything[1::3]
     with pytest.raises(ValueError, match="--shard"):
-        grid_file.shard([], "3/3")
+        grids.shard([], "3/3")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -302,7 +302,7 @@ def test_tiny_grid_runs_end_to_end_with_two_jobs(finished):
     directory, grid, code = finished
     assert code == 0
     runs = directory / "results" / "runs" / "tiny"
-    ids = sorted(p.point_id for p in grid_file.load_grid(str(grid)).points)
+    ids = sorted(p.point_id for p in grids.load_grid(str(grid)).points)
     assert sorted(p.name for p in runs.iterdir()) == ids
     assert executions(directory) == ids
     for point_id in ids:
@@ -374,7 +374,7 @@ def test_failing_point_is_reported_and_the_others_finish(tmp_path, capsys):
 @pytest.mark.notebook
 def test_smoke_grid_with_the_real_notebook(tmp_path):
     """The committed smoke grid through notebooks/06_baselines.ipynb and the real pipeline (minutes)."""
-    if not (grid_file.NOTEBOOKS_DIR / "06_baselines.ipynb").exists():
+    if not (grids.NOTEBOOKS_DIR / "06_baselines.ipynb").exists():
         pytest.skip("notebooks/06_baselines.ipynb not written yet")
     assert (
         run.main(
@@ -430,11 +430,12 @@ def sleeper_grid(directory: Path) -> Path:
 
 
 def start_runner(grid: Path, results: Path) -> subprocess.Popen:
-    """benchmarks/run.py in a process of its own, as from a shell; returns once its point's kernel beats."""
+    """lib/distildp/runner/run.py in a process of its own, as from a shell; returns once its point's kernel beats."""
     runner = subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
+            "-m",
+            "distildp.runner",
             "--grid",
             str(grid),
             "--results",

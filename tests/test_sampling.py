@@ -1,4 +1,4 @@
-"""Tests of distildp.sampling: the next-token distribution against transformers' processors and warpers, and the
+"""Tests of distildp.lm.sampling: the next-token distribution against transformers' processors and warpers, and the
 cached, left-padded decode loop against full forward passes."""
 
 import math
@@ -10,9 +10,9 @@ import torch
 from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import distildp.sampling as sampling
-from distildp.corpus import control_prefix
-from distildp.sampling import GenerationConfig, draw, next_token_distribution, sample_batch
+import distildp.lm.sampling as sampling
+from distildp.data.corpus import control_prefix
+from distildp.lm.sampling import GenerationConfig, draw, next_token_distribution, sample_batch
 
 from helpers import CODES, code_teacher, code_tokenizer
 

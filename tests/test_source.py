@@ -8,8 +8,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import chisquare
 
-from distildp.lexicon import PRIVATE_CATEGORIES
-from distildp.source import CATEGORY, STARS, ReviewSource
+from distildp.data.lexicon import PRIVATE_CATEGORIES
+from distildp.data.source import CATEGORY, STARS, ReviewSource
 
 
 @pytest.fixture(scope="module")

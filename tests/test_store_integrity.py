@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import distildp.artifacts as artifacts
-from distildp.artifacts import (
+import distildp.core.artifacts as artifacts
+from distildp.core.artifacts import (
     MANIFEST,
     ArtifactStore,
     CorruptArtifactError,

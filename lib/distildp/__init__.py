@@ -1,13 +1,17 @@
 """DistilDP Lab: differentially private knowledge distillation of language models.
 
-One idea per module (docs/architecture.md says who owns what): the built-in data (`source`, `lexicon`,
-`public_text`); corpora (`corpus`, `data`, `csv_corpus`, `hub_corpora`, `canaries`); models and private training
-(`models`, `hub`, `training`, `dpsgd`, `private_training`, `bookkeeping`, `conv1d_grad_sampler`, `privacy`,
-`epsilon_cache`, `histogram`); synthetic text (`sampling`, `generate`, `synthetic_store`); distillation and evaluation
-(`distill`, `fused_loss`, `teacher_cache`, `synthetic_training`, `evaluate`); the stages wired through the store
-(`config`, `methods`, `pipeline`, `cli`, `artifacts`, `distributed`); the results (`rows`, `results`, `report`,
-`story`); the empirical privacy audit (`provenance`, `audit`, `mia`, `privacy_audit`); teaching (`notebooks`,
-`exercises`, `dp_exercises`, `model_exercises`, `grading`, `book`).
+Subpackages by idea, each importing only those listed before it (tests/test_layout.py checks; docs/architecture.md
+says who owns what):
+- `core`: the artifact store, processes, hub access, method names;
+- `data`: the built-in source and public text, corpora by name, canaries;
+- `lm`: models, training, losses, perplexity, sampling;
+- `dp`: accounting, the DP histogram, DP-SGD;
+- `distill`: synthetic text (stage 2) and students trained on it with the KD loss (stage 3);
+- `reporting`: tables, figures, the story;
+- `pipeline`: settings and the stages wired through the store (stage 1 to the results row);
+- `audit`: the empirical privacy audit;
+- `teaching`: notebooks, exercises, grading, the book;
+- `runner`: the experiment runner for grids of points.
 """
 
 __version__ = "0.1.0"

@@ -1,0 +1,4 @@
+"""The private and public text: the built-in review source with its exact probabilities (`source`, `lexicon`), the
+frozen public English (`public_text`), what a corpus is (`corpus`), corpora by name (`loaders`: built-in, CSV folders
+in `csv_corpus`, the paper's hub datasets in `hub_corpora`) and the secrets planted for the audit (`canaries`).
+"""
