@@ -71,9 +71,10 @@ def worker(rank: int, world: int, port: int, threads: int, mode: str, args, out:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from distildp.core import distributed
+    from distildp.dp.config import PrivacyConfig
     from distildp.dp.dpsgd import train_causal_lm
     from distildp.lm.models import PRESETS
-    from distildp.lm.training import PrivacyConfig, TrainConfig
+    from distildp.lm.training import TrainConfig
 
     device = distributed.rank_device(torch.device(args.device))
     backend = distributed.init(world, device)

@@ -69,8 +69,9 @@ def worker(args) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from distildp.dp.config import PrivacyConfig
     from distildp.dp.dpsgd import train_causal_lm, untie_embeddings
-    from distildp.lm.training import PrivacyConfig, TrainConfig, lm_loss_per_sequence
+    from distildp.lm.training import TrainConfig, lm_loss_per_sequence
 
     torch.set_num_threads(args.threads)
     private, mode, conv1d, frozen, untied, one_pass = CONFIGS[args.worker]

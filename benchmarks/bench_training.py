@@ -46,14 +46,15 @@ OUT = ROOT / "results" / "benchmarks" / "training.csv"
 def data(n_eval: int = 400):
     """Tokenizer, public pretraining examples, distillation examples (texts with their code prefixes) and test texts
     of the embedded default (the quick profile's corpora)."""
-    from distildp.distill.kd import kd_examples
+    from distildp.distill.kd_batches import kd_examples
     from distildp.lm.models import encode_with_prefix, train_tokenizer
+    from distildp.pipeline import Pipeline
+    from distildp.pipeline.public_models import schema_texts
     from distildp.pipeline.settings import make_settings
-    from distildp.pipeline.stages import Pipeline
 
     pipe = Pipeline(make_settings("quick"), progress=False)
     public, corpus = pipe.public, pipe.corpus
-    tok = train_tokenizer(public.train + pipe._schema_texts(), 2048)
+    tok = train_tokenizer(public.train + schema_texts(pipe), 2048)
     pretrain = encode_with_prefix(tok, public.train_prefixes, public.train, 128, overflow="split")
     distill = kd_examples(tok, corpus.texts("train"), corpus.prefixes("train"), 128)
     return tok, pretrain, distill, corpus.texts("test")[:n_eval]
@@ -145,13 +146,14 @@ def pretrain_configs(tok, examples, preset: str) -> dict:
 
 def distill_configs(tok, examples, teacher) -> tuple[dict, dict]:
     """(configurations, the examples each reads: with the teacher's cached states or probabilities)."""
-    from distildp.distill.kd import collate_kd, make_kd_loss_fn
+    from distildp.distill.kd import KDConfig
+    from distildp.distill.kd_batches import collate_kd, make_kd_loss_fn
     from distildp.distill.teacher_cache import attach_teacher_probs, attach_teacher_states
 
     states = attach_teacher_states(teacher, examples, tok.pad_token_id)
     probs = attach_teacher_probs(teacher, examples, tok.pad_token_id)
     lengths = [len(ex["input_ids"]) for ex in examples]
-    fused = make_kd_loss_fn(teacher, lam=0.4, weighting="paper_sum")
+    fused = make_kd_loss_fn(teacher, KDConfig(lam=0.4, weighting="paper_sum"))
 
     def collate(exs):
         return collate_kd(exs, tok.pad_token_id)
@@ -192,7 +194,7 @@ class StackedStudents:
         """Steps the optimizer; returns each student's mean loss on the batch, shape (students,)."""
         from torch.func import functional_call, vmap
 
-        from distildp.distill.kd import collate_kd
+        from distildp.distill.kd_batches import collate_kd
         from distildp.lm.training import length_chunks
 
         self.opt.zero_grad(set_to_none=True)
@@ -226,8 +228,8 @@ def _kd_on(functional_call, base, params, buffers, *, batch, teacher, lam=0.4):
 def private_examples(tok):
     """The DP teacher's training examples: each private training text after its control-code prefix."""
     from distildp.lm.models import encode_with_prefix
+    from distildp.pipeline import Pipeline
     from distildp.pipeline.settings import make_settings
-    from distildp.pipeline.stages import Pipeline
 
     corpus = Pipeline(make_settings("quick"), progress=False).corpus
     return encode_with_prefix(tok, corpus.prefixes("train"), corpus.texts("train"), 128)

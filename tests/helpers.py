@@ -11,8 +11,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from distildp.data.corpus import control_prefix
+from distildp.dp.config import PrivacyConfig
 from distildp.dp.dpsgd import train_causal_lm, untie_embeddings
-from distildp.lm.training import PrivacyConfig, TrainConfig, collate_lm, lm_loss_per_sequence
+from distildp.lm.training import TrainConfig, collate_lm, lm_loss_per_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"
@@ -129,7 +130,7 @@ def seeded_privacy(**fields) -> PrivacyConfig:
 
 
 # ---------------------------------------------------------------------------------------------- the runner
-from distildp.runner import run  # noqa: E402 - re-exported to the runner's tests
+from distildp.runner import cli as runner_cli  # noqa: E402
 
 PARAMETERS = """profile: str = "quick"
 overrides: dict = {}
@@ -184,4 +185,5 @@ def executions(directory: Path) -> list[str]:
 
 
 def cli(grid: Path, results: Path, *extra: str) -> int:
-    return run.main(["--grid", str(grid), "--results", str(results), "--no-progress", *extra])
+    """`python -m distildp.runner --grid <grid> --results <results> --no-progress <extra>`, in this process."""
+    return runner_cli.main(["--grid", str(grid), "--results", str(results), "--no-progress", *extra])

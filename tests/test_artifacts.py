@@ -9,16 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from distildp.core.artifacts import (
-    MANIFEST,
-    RESUMABLE,
-    ArtifactStore,
-    CorruptArtifactError,
-    config_hash,
-    mark_resumable,
-    read_artifact,
-    restored_by_store,
-)
+from distildp.core.artifacts import RESUMABLE, ArtifactStore, mark_resumable, restored_by_store
+from distildp.core.manifests import MANIFEST, CorruptArtifactError, config_hash, read_artifact
 
 
 @pytest.fixture(autouse=True)

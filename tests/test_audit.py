@@ -449,8 +449,9 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
     """End to end on real artifacts (minutes): the training set of each method's models is found from their
     manifests, with the canaries the corpus inserted, and the audit runs beside the accounted epsilon."""
     from distildp.lm.models import load_pretrained
+    from distildp.pipeline import Pipeline
+    from distildp.pipeline.public_models import pretrained
     from distildp.pipeline.settings import make_settings
-    from distildp.pipeline.stages import Pipeline
 
     settings = make_settings("smoke", {"dataset_options": {"canaries": 2, "canary_repeats": 4}})
     pipe = Pipeline(settings, ArtifactStore(smoke_store), progress=False)
@@ -470,7 +471,7 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
             teacher = role == "teacher"
             exposures = canary_exposures(model, tok, found, with_codes=teacher, method="extrapolated", n_samples=200)
             assert all(0 <= e.exposure <= e.max_exposure for e in exposures)
-            reference, reference_tok = load_pretrained(pipe.pretrained("teacher" if teacher else "student").path)
+            reference, reference_tok = load_pretrained(pretrained(pipe, "teacher" if teacher else "student").path)
             scores = [
                 mia.attack_scores(
                     model,
@@ -490,4 +491,4 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
             )
             assert 0 <= row["auc"] <= 1 and 0 <= row["epsilon_lower_bound"] <= accounted
     with pytest.raises(AuditError, match="not trained on private data"):
-        training_set(pipe.pretrained("student").path)
+        training_set(pretrained(pipe, "student").path)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from distildp.dp import private_training
+from distildp.dp import clipping
 from distildp.dp.bookkeeping import BookkeepingClipper
 from distildp.dp.dpsgd import train_causal_lm
 from distildp.lm.training import TrainConfig, collate_lm
@@ -294,13 +294,14 @@ def test_empty_poisson_batches_still_step():
 
 def test_distillation_with_hidden_projection_equals_hooks():
     """The KD loss: a frozen teacher's forward inside loss_fn, and a projection Linear on hidden states."""
-    from distildp.distill.kd import StudentWithProjection, collate_kd, make_kd_loss_fn
+    from distildp.distill.kd import KDConfig, StudentWithProjection
+    from distildp.distill.kd_batches import collate_kd, make_kd_loss_fn
 
     examples, updated = make_examples(16, seed=11), {}
     for mode in ("bookkeeping", "hooks"):
         model = StudentWithProjection(tiny_model(n_embd=16, n_layer=1), teacher_width=32)
         loss_fn = make_kd_loss_fn(
-            tiny_model(seed=1, n_embd=32), lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True
+            tiny_model(seed=1, n_embd=32), KDConfig(lam=0.5, temperature=2.0, alpha=1.0), hidden_projection=True
         )
         train_causal_lm(
             model,
@@ -322,7 +323,7 @@ def test_summing_in_place_gives_opacus_own_noisy_updates_bit_for_bit():
     from opacus.optimizers import DPOptimizerFastGradientClipping
 
     models, optimizers = [], []
-    for optimizer_class in (private_training.summing_in_place_optimizer(), DPOptimizerFastGradientClipping):
+    for optimizer_class in (clipping.summing_in_place_optimizer(), DPOptimizerFastGradientClipping):
         model = tiny_model()
         optimizer = optimizer_class(
             torch.optim.Adam(model.parameters(), lr=1e-2),

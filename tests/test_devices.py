@@ -17,8 +17,8 @@ from distildp.distill.synthetic_store import load_synthetic
 from distildp.lm.evaluate import perplexity
 from distildp.lm.models import build_model, train_tokenizer
 from distildp.lm.sampling import GenerationConfig
+from distildp.pipeline import Pipeline
 from distildp.pipeline.settings import make_settings
-from distildp.pipeline.stages import Pipeline
 
 from helpers import (
     CODES,

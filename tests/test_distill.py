@@ -8,13 +8,10 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from distildp.distill.kd import (
-    HiddenProjection,
-    StudentWithProjection,
+from distildp.distill.kd import HiddenProjection, KDConfig, StudentWithProjection, default_layer_map, kd_loss
+from distildp.distill.kd_batches import (
     check_compatible,
     collate_kd,
-    default_layer_map,
-    kd_loss,
     make_kd_loss_fn,
     teacher_logits_for_student,
     teacher_outputs_for_student,
@@ -146,7 +143,7 @@ def test_lam_zero_is_the_plain_per_sequence_lm_loss():
     from distildp.lm.training import lm_loss_per_sequence
 
     expected = lm_loss_per_sequence(model, batch)
-    got = make_kd_loss_fn(teacher, lam=0.0, temperature=3.0)(model, batch)
+    got = make_kd_loss_fn(teacher, KDConfig(lam=0.0, temperature=3.0))(model, batch)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got, reference_lm_loss_per_sequence(model, batch))
 
@@ -159,10 +156,12 @@ def test_kl_is_zero_when_student_equals_teacher():
     student = tiny_gpt2(seed=3)
     teacher = copy.deepcopy(student)
     batch = collate_kd(examples(), pad_id=EOS)
-    loss = make_kd_loss_fn(teacher, lam=1.0, temperature=2.0, teacher_context="none")(student, batch)
+    loss = make_kd_loss_fn(teacher, KDConfig(lam=1.0, temperature=2.0, teacher_context="none"))(student, batch)
     torch.testing.assert_close(loss, torch.zeros(4), atol=1e-5, rtol=0)
     # ... and clearly not zero for a different teacher, so the check above can fail.
-    other = make_kd_loss_fn(tiny_gpt2(seed=4), lam=1.0, temperature=2.0, teacher_context="none")(student, batch)
+    other = make_kd_loss_fn(tiny_gpt2(seed=4), KDConfig(lam=1.0, temperature=2.0, teacher_context="none"))(
+        student, batch
+    )
     assert (other > 1e-3).all()
 
 
@@ -196,7 +195,9 @@ def test_default_layer_map_is_evenly_spaced_and_pairs_the_last_layers():
 def test_hidden_mse_uses_the_layer_map():
     student, teacher = tiny_gpt2(16, n_layer=2, seed=5), tiny_gpt2(16, n_layer=4, seed=6)
     batch = collate_kd(examples(), pad_id=EOS)
-    got = make_kd_loss_fn(teacher, lam=0.0, alpha=1.0, layer_map={2: 3}, teacher_context="none")(student, batch)
+    got = make_kd_loss_fn(teacher, KDConfig(lam=0.0, alpha=1.0, teacher_context="none"), layer_map={2: 3})(
+        student, batch
+    )
     s_out = student(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -226,7 +227,7 @@ def test_hidden_mse_uses_the_layer_map():
 def test_projection_path_trains_with_different_widths():
     student, teacher = tiny_gpt2(16, n_layer=2, seed=7), tiny_gpt2(32, n_layer=4, seed=8)
     model = StudentWithProjection(student, teacher_width=32)
-    loss_fn = make_kd_loss_fn(teacher, lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True)
+    loss_fn = make_kd_loss_fn(teacher, KDConfig(lam=0.5, temperature=2.0, alpha=1.0), hidden_projection=True)
     batch = collate_kd(examples(), pad_id=EOS)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
@@ -245,7 +246,7 @@ def test_width_mismatch_without_projection_names_both_widths_and_the_fix():
     student, teacher = tiny_gpt2(16, seed=9), tiny_gpt2(32, seed=10)
     batch = collate_kd(examples(), pad_id=EOS)
     with pytest.raises(ValueError, match=r"16.*32.*projection="):
-        make_kd_loss_fn(teacher, alpha=1.0)(student, batch)
+        make_kd_loss_fn(teacher, KDConfig(alpha=1.0))(student, batch)
     logits_and_mask = (
         torch.randn(1, 3, 5),
         torch.randn(1, 3, 5),
@@ -264,7 +265,7 @@ def test_opacus_sees_the_projection_and_per_sample_grads_match_a_loop():
 
     student, teacher = tiny_gpt2(16, n_layer=1, seed=11), tiny_gpt2(32, n_layer=2, seed=12)
     model = StudentWithProjection(student, teacher_width=32)
-    loss_fn = make_kd_loss_fn(teacher, lam=0.5, temperature=2.0, alpha=1.0)
+    loss_fn = make_kd_loss_fn(teacher, KDConfig(lam=0.5, temperature=2.0, alpha=1.0))
     data = examples()
     private = GradSampleModule(copy.deepcopy(model), batch_first=True, loss_reduction="mean")
     loss_fn(private, collate_kd(data, pad_id=EOS)).mean().backward()
@@ -357,7 +358,7 @@ def test_cached_teacher_states_give_the_live_teachers_logits_and_loss(context):
     from_cache = teacher_logits_for_student(teacher, cached_batch, context)
     mask = live_batch["attention_mask"].bool()
     torch.testing.assert_close(from_cache[mask], live[mask], atol=1e-5, rtol=1e-4)
-    loss_fn = make_kd_loss_fn(teacher, lam=0.4, teacher_context=context, weighting="paper_sum")
+    loss_fn = make_kd_loss_fn(teacher, KDConfig(lam=0.4, teacher_context=context, weighting="paper_sum"))
     torch.testing.assert_close(loss_fn(student, cached_batch), loss_fn(student, live_batch), atol=1e-5, rtol=1e-5)
 
 
@@ -366,8 +367,8 @@ def test_hidden_state_alignment_runs_the_teacher_live_even_with_cached_states():
     cached = attach_teacher_states(teacher, examples(), pad_id=EOS)
     batch = collate_kd(cached, pad_id=EOS)
     batch["teacher_states"] = torch.zeros_like(batch["teacher_states"])  # would poison the logits if used
-    loss_fn = make_kd_loss_fn(teacher, lam=0.4, alpha=1.0)
-    live = make_kd_loss_fn(teacher, lam=0.4, alpha=1.0)(student, collate_kd(examples(), pad_id=EOS))
+    loss_fn = make_kd_loss_fn(teacher, KDConfig(lam=0.4, alpha=1.0))
+    live = make_kd_loss_fn(teacher, KDConfig(lam=0.4, alpha=1.0))(student, collate_kd(examples(), pad_id=EOS))
     torch.testing.assert_close(loss_fn(student, batch), live)
 
 
@@ -390,7 +391,7 @@ def test_hidden_state_alignment_runs_the_teacher_live_even_with_cached_states():
 )
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        make_kd_loss_fn(tiny_gpt2(), **kwargs)
+        make_kd_loss_fn(tiny_gpt2(), KDConfig(**kwargs))
 
 
 def test_bad_shapes_and_batches_are_refused():
@@ -408,7 +409,7 @@ def test_bad_shapes_and_batches_are_refused():
         collate_kd([{"input_ids": [EOS], "prefix_ids": [3]}], pad_id=EOS)
     with pytest.raises(ValueError, match="out of range"):
         batch = collate_kd(examples(), pad_id=EOS)
-        make_kd_loss_fn(tiny_gpt2(n_layer=2), alpha=1.0, layer_map={3: 1})(tiny_gpt2(n_layer=2), batch)
+        make_kd_loss_fn(tiny_gpt2(n_layer=2), KDConfig(alpha=1.0), layer_map={3: 1})(tiny_gpt2(n_layer=2), batch)
 
 
 def _word_level_tokenizer(words: list[str], eos: str = "<|endoftext|>"):
@@ -457,7 +458,7 @@ def test_kd_loss_fn_trains_through_train_causal_lm(privacy):
         data,
         TrainConfig(batch_size=8, epochs=2, max_steps=3, lr=1e-2),
         privacy_cfg,
-        loss_fn=make_kd_loss_fn(teacher, lam=0.5, temperature=2.0, alpha=1.0, hidden_projection=True),
+        loss_fn=make_kd_loss_fn(teacher, KDConfig(lam=0.5, temperature=2.0, alpha=1.0), hidden_projection=True),
         collate_fn=lambda exs: collate_kd(exs, pad_id=EOS),
         progress=False,
     )

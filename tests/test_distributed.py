@@ -21,16 +21,20 @@ import torch
 import torch.multiprocessing as mp
 
 import distildp.distill.generate as gen
-import distildp.pipeline.stages as pipeline_module
+import distildp.pipeline.private_models as private_models_module
+import distildp.pipeline.synthetic_stage as synthetic_stage_module
 from distildp.core import distributed
-from distildp.core.artifacts import ArtifactStore, config_hash
+from distildp.core.artifacts import ArtifactStore
+from distildp.core.manifests import config_hash
 from distildp.distill.generate import generate_synthetic
 from distildp.distill.synthetic_store import PROGRESS_FILE, load_synthetic
 from distildp.dp.dpsgd import train_causal_lm
 from distildp.lm.sampling import GenerationConfig
 from distildp.lm.training import TrainConfig
+from distildp.pipeline import Pipeline
+from distildp.pipeline.private_models import private_model
+from distildp.pipeline.public_models import pretrained
 from distildp.pipeline.settings import make_settings
-from distildp.pipeline.stages import Pipeline
 
 from helpers import (
     CODES,
@@ -353,15 +357,15 @@ def _store_with_public_models(source: Path, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def public_models(smoke_store):
     pipe = _pipeline(1, smoke_store)
-    pipe.pretrained("teacher")
-    pipe.pretrained("student")
+    pretrained(pipe, "teacher")
+    pretrained(pipe, "student")
     return smoke_store
 
 
 def _build_method(rank: int, root, method: str, seed: int) -> dict:
     trained = []
-    train = pipeline_module.train_causal_lm
-    pipeline_module.train_causal_lm = lambda *args, **kwargs: trained.append(1) or train(*args, **kwargs)
+    train = private_models_module.train_causal_lm
+    private_models_module.train_causal_lm = lambda *args, **kwargs: trained.append(1) or train(*args, **kwargs)
     pipe = _pipeline(WORLD, root)
     arts = pipe.artifacts(method, EPSILON, seed)
     before = len(trained)
@@ -390,8 +394,8 @@ def test_two_process_pipeline_keeps_the_keys_and_records_its_processes(public_mo
     assert rank0["nonprivate_student"]["path"] == rank1["nonprivate_student"]["path"]
     assert (Path(rank0["nonprivate_student"]["path"]) / "model.safetensors").exists()
     # one process, the same settings but for world_size: the same keys, found built
-    monkeypatch.setattr(pipeline_module, "train_causal_lm", _fail)
-    monkeypatch.setattr(pipeline_module, "generate_synthetic", _fail)
+    monkeypatch.setattr(private_models_module, "train_causal_lm", _fail)
+    monkeypatch.setattr(synthetic_stage_module, "generate_synthetic", _fail)
     arts = _pipeline(1, root).artifacts("distildp", EPSILON, 7)
     assert {name: str(art.path) for name, art in arts.items()} == {name: rank0[name]["path"] for name in arts}
     assert set(arts) == {"teacher", "synthetic", "student"}
@@ -410,7 +414,7 @@ def test_world_size_is_a_setting_checked_against_the_launch(monkeypatch):
 def _dp_teachers(rank: int, root, seeds) -> list[float]:
     pipe = _pipeline(WORLD, root)
     noise = pipe.noise("distildp", EPSILON)["teacher"]
-    return [pipe.private_model("teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
+    return [private_model(pipe, "teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
 
 
 @pytest.mark.slow
@@ -420,7 +424,7 @@ def test_a_two_process_dp_teacher_reaches_the_one_process_perplexity_within_seed
     seeds = (0, 1, 2)
     pipe = _pipeline(1, _store_with_public_models(public_models, tmp_path / "one"))
     noise = pipe.noise("distildp", EPSILON)["teacher"]
-    one = [pipe.private_model("teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
+    one = [private_model(pipe, "teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
     two_root = _store_with_public_models(public_models, tmp_path / "two")
     two = run_processes(_dp_teachers, two_root, seeds, out_dir=tmp_path)[0]
     spread = statistics.stdev(one)
@@ -432,7 +436,7 @@ def test_a_two_process_dp_teacher_reaches_the_one_process_perplexity_within_seed
 def test_torchrun_builds_a_method_on_two_processes(public_models, tmp_path):
     """The documented command (docs/scale.md): torchrun starts two processes of the pipeline's command line."""
     root = _store_with_public_models(public_models, tmp_path / "store")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distildp.pipeline.stages"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distildp.pipeline"]
     command += ["--profile", "smoke", "--world-size", "2", "--method", "distildp", "--epsilon", "4", "--seed", "5"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")])}
     env.update(OMP_NUM_THREADS="1")

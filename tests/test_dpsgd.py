@@ -14,11 +14,13 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSam
 from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from distildp.dp.config import PrivacyConfig
 from distildp.dp.conv1d_grad_sampler import compute_conv1d_grad_sample, conv1d_sampler
-from distildp.dp.dpsgd import pretrain, train_causal_lm
+from distildp.dp.dpsgd import train_causal_lm
+from distildp.dp.public_training import pretrain
 from distildp.lm.evaluate import perplexity
 from distildp.lm.models import build_model, train_tokenizer
-from distildp.lm.training import PrivacyConfig, TrainConfig, collate_lm, length_chunks, lm_loss_per_sequence
+from distildp.lm.training import TrainConfig, collate_lm, length_chunks, lm_loss_per_sequence
 
 from helpers import (
     make_examples,
@@ -432,3 +434,11 @@ def test_pretrain_stops_once_validation_flattens():
     _, _, _, stopped, selector = _pretrain_tiny(tolerance=0.9, epochs=6)  # no check improves by 90%: stop at the 2nd
     assert selector.converged and len(selector.curve) == 2
     assert stopped.steps < full.steps
+
+
+def test_every_clipping_mode_a_privacy_config_names_has_its_object():
+    from distildp.dp.clipping import CLIPPING_MODES
+    from distildp.dp.config import GRAD_SAMPLE_MODES
+
+    assert tuple(CLIPPING_MODES) == GRAD_SAMPLE_MODES
+    assert all(CLIPPING_MODES[name].name == name for name in GRAD_SAMPLE_MODES)

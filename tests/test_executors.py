@@ -1,4 +1,4 @@
-"""lib/distildp/runner/run.py --executor slurm | local: grid points as submitit jobs (lib/distildp/runner/executors.py).
+"""python -m distildp.runner --executor slurm | local: grid points as submitit jobs (distildp.runner.jobs, executors).
 
 There is no Slurm here: a Slurm submission goes through submitit's own mocked sbatch (submitit.slurm.test_slurm),
 and each array task then runs the command the sbatch script gives srun. The local executor runs its jobs for real.
@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from distildp.reporting import results as results_module
-from distildp.runner import grids
+from distildp.runner import executors, grid_file, grids, jobs, points, processes
 
-from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
+from helpers import PARAMETERS, ROOT, cli, executions, make_notebook
 
 
 def tiny_grid(directory: Path, notebook: Path, **changes) -> Path:
@@ -74,12 +74,12 @@ def plain_tables(tmp_path_factory):
         ({"partition": 7}, "slurm.partition", "must be non-empty text"),
         ({"setup": "module load cuda"}, "slurm.setup", "must be a list of shell lines"),
         ({"additional_parameters": {"time": 5}}, "slurm.additional_parameters.time", "set it as slurm.time"),
-        (["partition", "gpu"], "slurm", "must be a mapping of job settings"),
+        (["partition", "gpu"], "slurm", r"must be dict or None \(the cluster jobs' settings"),
     ],
 )
 def test_bad_slurm_settings_are_refused_before_anything_runs(tmp_path, capsys, slurm, key, message):
     grid = tiny_grid(tmp_path, make_notebook(tmp_path), slurm=slurm)
-    with pytest.raises(grids.GridError, match=f"{re.escape(str(grid))}: {re.escape(key)}: .*{message}"):
+    with pytest.raises(grid_file.GridError, match=f"{re.escape(str(grid))}: {re.escape(key)}: .*{message}"):
         grids.load_grid(str(grid))
     for executor in (["process"], ["local"], ["slurm", "--time", "5"]):  # checked whatever runs the grid
         assert cli(grid, tmp_path / "results", "--executor", *executor) == 2
@@ -227,7 +227,7 @@ def test_local_jobs_run_the_grid_and_make_the_plain_runners_tables(tmp_path, cap
         assert {"point.json", "row.json", "run.log", "timing.json", "standin.ipynb"} <= {
             p.name for p in point_dir.iterdir()
         }
-        assert json.loads((point_dir / "row.json").read_text())["threads"] == str(run.Runner(2).threads)
+        assert json.loads((point_dir / "row.json").read_text())["threads"] == str(processes.Runner(2).threads)
     assert len(list((results / "tiny" / "submitit").glob("*_log.out"))) == 2  # submitit's logs, one per job
 
 
@@ -336,18 +336,20 @@ def test_a_cancelled_local_job_is_resumed_by_resubmitting_the_grid(tmp_path, cap
     grid = grids.load_grid(str(grid_path))
     results = tmp_path / "results"
     runs = results / "runs" / "tiny"
-    submitted, _ = run.submit_grid(grid, grid.points, runs, "", "local", {}, 2, run.jobs_folder(results, grid))
+    submitted, _ = jobs.submit_grid(grid, grid.points, runs, "", "local", {}, 2, jobs.jobs_folder(results, grid))
     (first_dir, first), (held_dir, held) = submitted
     try:
         wait_for(lambda: (tmp_path / "beats").exists() and (first_dir / "row.json").exists(), "both points to run")
         kernel = int((tmp_path / "kernel.pid").read_text())
         first.wait()
         held.cancel()  # submitit's cancel: what scancel is to a Slurm array task
-        wait_for(lambda: held.done() and not alive(kernel) and not run.is_busy(held_dir), "the job and kernel to end")
+        wait_for(
+            lambda: held.done() and not alive(kernel) and not points.is_busy(held_dir), "the job and kernel to end"
+        )
     finally:
         (tmp_path / "release").write_text("")  # whatever happened, the kernel stops within a second
     assert not (held_dir / "row.json").exists()
-    assert not run.point_outcome(held_dir).ok
+    assert not processes.point_outcome(held_dir).ok
     beats = (tmp_path / "beats").read_text()
     time.sleep(1.0)
     assert (tmp_path / "beats").read_text() == beats  # nothing of the cancelled job runs on
@@ -374,8 +376,8 @@ def test_smoke_grid_through_local_jobs_makes_the_plain_runners_tables(tmp_path):
     found = {}
     for executor in ("process", "local"):
         results = tmp_path / executor
-        argv = ["--grid", "smoke", "--jobs", "2", "--executor", executor, "--results", str(results)]
-        assert run.main([*argv, "--store", str(tmp_path / f"store-{executor}"), "--no-progress"]) == 0
+        store = str(tmp_path / f"store-{executor}")
+        assert cli("smoke", results, "--jobs", "2", "--executor", executor, "--store", store) == 0
         found[executor] = {p.name: pd.read_csv(p) for p in sorted((results / "smoke" / "tables").glob("*.csv"))}
     assert set(found["local"]) == set(found["process"]) >= {"ppl_vs_eps.csv", "ablation_lam.csv"}
     for name, table in found["local"].items():
@@ -385,12 +387,12 @@ def test_smoke_grid_through_local_jobs_makes_the_plain_runners_tables(tmp_path):
 def test_a_local_job_can_be_cancelled_when_the_runner_ignores_sigint(tmp_path):
     """A runner started with SIGINT ignored (`make run &` in a script) still starts local jobs that submitit's
     cancel, a SIGINT, stops; the runner itself goes on ignoring SIGINT."""
-    executor = run.executors.make_executor("local", tmp_path / "submitit", {}, "sigint", None)
+    executor = executors.make_executor("local", tmp_path / "submitit", {}, "sigint", None)
     started = tmp_path / "started"
     waiting = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(120)"
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        (job,) = run.executors.submit(executor, [[sys.executable, "-c", waiting]], tmp_path)
+        (job,) = executors.submit(executor, [[sys.executable, "-c", waiting]], tmp_path)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         wait_for(started.exists, "the job to start", timeout=60.0)
         job.cancel()

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distildp.dp import privacy
+from distildp.dp import calibration, privacy
 from distildp.teaching import dp_exercises, grading, model_exercises
 from distildp.teaching.exercises import ExerciseError
 from distildp.teaching.grading import questions
@@ -105,7 +105,7 @@ def noise_per_example(grads, clip, noise_multiplier, expected_batch_size, genera
 
 
 def sigma_too_small(epsilon, delta, sample_rate, steps, accountant="prv"):
-    return 0.9 * privacy.calibrate_noise(epsilon, delta, sample_rate, steps, accountant)
+    return 0.9 * calibration.calibrate_noise(epsilon, delta, sample_rate, steps, accountant)
 
 
 def sum_of_epsilons(teacher_sigma, sample_rate, steps, histogram_sigma, delta, accountant="prv"):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distildp.distill.kd import collate_kd, kd_loss, make_kd_loss_fn
+from distildp.distill.kd import KDConfig, kd_loss
+from distildp.distill.kd_batches import collate_kd, make_kd_loss_fn
 from distildp.distill.teacher_cache import attach_teacher_probs, teacher_probs_bytes
 from distildp.lm.fused_loss import (
     every_position,
@@ -123,12 +124,12 @@ def kd_examples_with_prefixes(n: int = 7):
 def test_cached_teacher_probabilities_give_the_live_teachers_loss_to_float16s_rounding():
     teacher, student = tiny_model(seed=7, n_embd=48).eval(), tiny_model(seed=8)
     data = kd_examples_with_prefixes()
-    cached = attach_teacher_probs(teacher, data, pad_id=0, teacher_context="code_prefix", temperature=2.0, batch_size=3)
+    cached = attach_teacher_probs(teacher, data, pad_id=0, kd=KDConfig(temperature=2.0), batch_size=3)
     assert [ex["teacher_probs"].shape for ex in cached] == [(len(ex["input_ids"]) - 1, VOCAB) for ex in data]
     assert cached[0]["teacher_probs"].dtype == torch.float16 and "teacher_probs" not in data[0]
     assert teacher_probs_bytes(teacher, data) == sum(len(ex["input_ids"]) - 1 for ex in data) * (VOCAB * 2 + 4)
     order = [5, 0, 3, 6]  # a batch the cache was not computed in
-    loss_fn = make_kd_loss_fn(teacher, lam=0.4, temperature=2.0, weighting="paper_sum")
+    loss_fn = make_kd_loss_fn(teacher, KDConfig(lam=0.4, temperature=2.0, weighting="paper_sum"))
     live_batch = collate_kd([data[i] for i in order], pad_id=0)
     cached_batch = collate_kd([cached[i] for i in order], pad_id=0)
     assert "teacher_input_ids" not in cached_batch  # the teacher does not run
@@ -146,7 +147,7 @@ def test_cached_probabilities_are_refused_where_a_hook_needs_every_position():
     handle = student.lm_head.register_forward_hook(lambda *args: None)
     try:
         with pytest.raises(ValueError, match="cache the teacher's states for DP-SGD"):
-            make_kd_loss_fn(teacher, lam=0.4)(student, collate_kd(cached, pad_id=0))
+            make_kd_loss_fn(teacher, KDConfig(lam=0.4))(student, collate_kd(cached, pad_id=0))
     finally:
         handle.remove()
 

@@ -12,8 +12,10 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import distildp.distill.generate as gen
-from distildp.core.artifacts import ArtifactStore, config_hash
+from distildp.core.artifacts import ArtifactStore
+from distildp.core.manifests import config_hash
 from distildp.data.corpus import control_prefix
+from distildp.distill import chunks
 from distildp.distill.generate import generate_synthetic
 from distildp.distill.synthetic_store import PROGRESS_FILE, load_synthetic
 from distildp.lm.sampling import GenerationConfig, sample_batch
@@ -255,9 +257,9 @@ def test_out_dir_of_another_run_is_refused(model, tokenizer, tmp_path):
 
 
 def test_chunk_plan_is_deterministic_and_exact():
-    plan = gen.plan_chunks([3, 0, 7, 2], chunk_size=5)
+    plan = chunks.plan_chunks([3, 0, 7, 2], chunk_size=5)
     assert plan == [[(0, 3), (2, 2)], [(2, 5)], [(3, 2)]]
-    assert gen.chunk_seed(0, 1) == gen.chunk_seed(0, 1) != gen.chunk_seed(0, 2) != gen.chunk_seed(1, 1)
+    assert chunks.chunk_seed(0, 1) == chunks.chunk_seed(0, 1) != chunks.chunk_seed(0, 2) != chunks.chunk_seed(1, 1)
 
 
 def test_default_columns_and_known_codes(model, tokenizer, tmp_path):
@@ -349,8 +351,8 @@ def test_prompts_of_different_lengths_share_a_batch_only_when_positions_allow(mo
     eos = tokenizer.eos_token_id
     prompts = [[eos] + tokenizer(control_prefix(c), add_special_tokens=False)["input_ids"] for c in CODES]
     need, budget = {0: 3, 2: 2}, {0: 9, 2: 9}
-    assert gen.next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 0, None) == [0, 0, 0]
-    assert gen.next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 5, None) == [0, 0, 0, 2, 2]
+    assert chunks.next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 0, None) == [0, 0, 0]
+    assert chunks.next_batch([(0, 3), (2, 2)], need, budget, prompts, 8, 5, None) == [0, 0, 0, 2, 2]
     with pytest.raises(ValueError, match="positions"):
         sample_batch(tight, [prompts[0], prompts[2]], small_cfg(), eos)
 

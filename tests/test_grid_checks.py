@@ -1,6 +1,6 @@
 """Every Settings field of every grid point is checked by the library before any kernel starts.
 
-`lib/distildp/runner/run.py --dry-run` builds each point's Settings as its notebook does (make_settings) and calls the
+`python -m distildp.runner --dry-run` builds each point's Settings as its notebook does (make_settings) and calls the
 library's checks (Settings.__post_init__ and Settings.validate), so a notebook gets the same messages.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from distildp.pipeline.settings import Settings, make_settings
-from distildp.runner import grids
+from distildp.runner import grid_file, grids
 from distildp.teaching.notebooks import execute
 
 from helpers import ROOT, cli, executions, make_notebook
@@ -97,7 +97,7 @@ def csv_copy(tmp_path: Path) -> Path:
 )
 def test_bad_settings_fail_the_dry_run_naming_the_key(tmp_path, capsys, text, key, message):
     grid = write_grid(tmp_path, text)
-    with pytest.raises(grids.GridError, match=f"{grid}: {key}: .*{message}") as refused:
+    with pytest.raises(grid_file.GridError, match=f"{grid}: {key}: .*{message}") as refused:
         grids.load_grid(str(grid))
     if key == "overrides":  # what a notebook's own make_settings call says: the runner's message, after the key
         overrides = yaml.safe_load(grid.read_text())["overrides"]
@@ -115,7 +115,9 @@ def test_delta_against_a_csv_corpus_counts_its_rows(tmp_path, monkeypatch):
     ok = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.2}")
     assert [p.point_id for p in grids.load_grid(str(ok)).points] == ["distildp__eps2__seed0"]
     bad = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', delta: 0.5}")
-    with pytest.raises(grids.GridError, match=r"overrides: .*'csv:corpus' has 3 training documents: delta=0.5 >= 1/N"):
+    with pytest.raises(
+        grid_file.GridError, match=r"overrides: .*'csv:corpus' has 3 training documents: delta=0.5 >= 1/N"
+    ):
         grids.load_grid(str(bad))
 
 
@@ -135,7 +137,7 @@ def test_profile_options_for_another_dataset_are_left_out_with_a_note(tmp_path, 
     assert "note: profile 'smoke': its dataset_options" in capsys.readouterr().err
     mine = write_grid(tmp_path, "overrides: {dataset: 'csv:corpus', dataset_options: {n_train: 2}}")
     with pytest.raises(
-        grids.GridError,
+        grid_file.GridError,
         match=r"overrides: .*dataset_options \['n_train'\] do not apply to dataset "
         r"'csv:corpus': it takes \['code_names', 'name'\]",
     ):
@@ -173,7 +175,7 @@ def test_a_notebook_refuses_a_wrong_type_before_any_stage_with_the_runners_messa
     from papermill.exceptions import PapermillExecutionError
 
     grid = write_grid(tmp_path, "overrides: {teacher_train: {lr: 3e-3}}")  # YAML 1.1 reads 3e-3 as text
-    with pytest.raises(grids.GridError) as refused:
+    with pytest.raises(grid_file.GridError) as refused:
         grids.load_grid(str(grid))
     store = tmp_path / "store"
     params = {
@@ -209,6 +211,27 @@ def test_notebooks_get_the_same_checks():
         assert make_settings("smoke", {"dataset": "yelp"}).dataset_options["n_train"] == 200  # yelp takes them
 
 
+def test_one_checker_names_the_key_what_it_must_be_what_it_got_and_the_fix():
+    """distildp.core.values: what settings, notebook parameters and grid files are all checked with."""
+    from typing import Literal
+
+    from distildp.core.values import annotation, fields_problem, problem
+
+    assert problem("lam", 0.4, float) is None and problem("lam", 2, float) is None  # ints fit floats
+    assert str(problem("seed", True, int)) == "seed must be int, got bool True"  # bools fit neither
+    assert str(problem("n", 2.5, int | None)) == "n must be int or None, got float 2.5"
+    assert problem("lr", "3e-3", float).fix.startswith("YAML 1.1")
+    assert str(problem("sizes", [1, 2.5], list[int])) == "sizes[1] must be int, got float 2.5"
+    assert str(problem("order", "random", Literal["seed", "method"])) == (
+        "order must be one of ['seed', 'method'], got str 'random'"
+    )
+    assert (
+        str(fields_problem({"teacher_train": {"lr": "x"}}, Settings)) == "teacher_train.lr must be float, got str 'x'"
+    )
+    assert fields_problem({"unknown": 1}, Settings) is None  # names are checked by whoever knows them
+    assert annotation("list[int]") == list[int] and annotation("float | None") is None
+
+
 def test_committed_grids_still_check_out_with_their_notes(tmp_path):
     for path in sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
@@ -236,5 +259,8 @@ def test_run_order_hands_out_every_point_of_a_method_in_turn(tmp_path):
     assert by_seed[:3] == ["pretrained_student__seed0", "dpsgd__eps1__seed0", "distildp__eps1__seed0"]
     assert sorted(by_seed) == sorted(by_method)  # the same points, in another order
     path.write_text(text + "run_order: random\n")
-    with pytest.raises(grids.GridError, match=r"run_order: 'random' is not an order; choose one of"):
+    with pytest.raises(
+        grid_file.GridError,
+        match=r"run_order: must be one of \['seed', 'method'\] \(the order the points run in\), got str 'random'",
+    ):
         grids.load_grid(str(path))

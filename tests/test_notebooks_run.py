@@ -76,7 +76,7 @@ def test_notebook_runs_on_smoke_profile(notebook, tmp_path, smoke_store):
     if notebook.name.startswith("08_"):
         import pandas as pd
 
-        from distildp.audit.method_audit import audit_rows, write_audit_report
+        from distildp.audit.audit_report import audit_rows, write_audit_report
 
         row = json.loads((tmp_path / "row.json").read_text())
         [audited] = row["audits"]

@@ -1,5 +1,5 @@
-"""distildp.dp.privacy against independent references: dp_accounting (PLD and RDP), Opacus' own
-accountants stepped by hand, and the closed-form epsilon of the Gaussian mechanism."""
+"""distildp.dp.privacy and distildp.dp.calibration against independent references: dp_accounting (PLD and RDP),
+Opacus' own accountants stepped by hand, and the closed-form epsilon of the Gaussian mechanism."""
 
 import json
 import math
@@ -14,14 +14,12 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from distildp.dp.calibration import BudgetPart, calibrate_composed, calibrate_noise
 from distildp.dp.histogram import exact_histogram
 from distildp.dp.privacy import (
     PRV_EPS_ERROR,
-    BudgetPart,
     DPSGDMechanism,
     GaussianMechanism,
-    calibrate_composed,
-    calibrate_noise,
     epsilon_spent,
     poisson_sample_rate,
     privacy_record,

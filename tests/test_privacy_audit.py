@@ -1,6 +1,6 @@
 """The privacy audit of pipeline methods (distildp.audit.method_audit) and the canary groups it relies on: canaries at
 several repeat counts, canary rows kept out of membership inference, a memorising model caught by every test and
-a leak above the accounted epsilon refused; the audit grid's rows, table and figures."""
+a leak above the accounted epsilon refused; the audit grid's rows, table and figures (distildp.audit.audit_report)."""
 
 import math
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from distildp.audit import method_audit, mia
+from distildp.audit import audit_report, method_audit, mia
 from distildp.audit.method_audit import ScoredModel
 from distildp.audit.provenance import AuditError, TrainingSet
 from distildp.data.loaders import load_corpus
@@ -224,18 +224,18 @@ def fake_points():
 
 
 def test_audit_rows_table_and_report(tmp_path):
-    rows = method_audit.audit_rows(fake_points())
+    rows = audit_report.audit_rows(fake_points())
     assert list(rows["model"]) == ["teacher", "synthetic", "student", "student"]
     assert list(rows["variant"]) == ["", "", "", "teacher_train.batch_size=32"]
     assert rows["epsilon_accounted"].iloc[-1] == math.inf and math.isnan(rows["test_ppl"].iloc[1])
-    table = method_audit.audit_table(rows)
+    table = audit_report.audit_table(rows)
     assert list(table.columns[:5]) == ["method", "ε target", "model", "exposure ×1", "exposure ×4"]
     ablation = table[table["method"] == "dpsgd [teacher_train.batch_size=32]"].iloc[0]
     assert ablation["exposure ×4"] == "24.0 (3.0)" and ablation["ε accounted"] == "∞"
     assert ablation["ε lower bound"] == "1.70" and ablation["loss AUC"] == "0.900 [0.880, 0.920]"
     synthetic = table[table["model"] == "synthetic"].iloc[0]
     assert synthetic["exposure ×1"] == "0/1 verbatim" and synthetic["exposure ×4"] == "1/1 verbatim"
-    written = method_audit.write_audit_report(fake_points(), tmp_path / "tables", tmp_path / "figures")
+    written = audit_report.write_audit_report(fake_points(), tmp_path / "tables", tmp_path / "figures")
     assert {p.name for p in written} == {
         "audit_rows.json",
         "audit.csv",
@@ -245,16 +245,16 @@ def test_audit_rows_table_and_report(tmp_path):
         "audit_epsilon.png",
     }
     assert all(p.stat().st_size > 0 for p in written)
-    again = method_audit.read_audit_rows(tmp_path / "tables")
+    again = audit_report.read_audit_rows(tmp_path / "tables")
     pd.testing.assert_frame_equal(
         again[rows.columns].drop(columns=["canaries", "roc"]), rows.drop(columns=["canaries", "roc"]), check_dtype=False
     )
     assert again["roc"].iloc[0] == rows["roc"].iloc[0]
     assert "| distildp" in (tmp_path / "tables" / "audit.md").read_text()
     with pytest.raises(AuditError, match="run the audit grid first"):
-        method_audit.read_audit_rows(tmp_path / "nothing")
+        audit_report.read_audit_rows(tmp_path / "nothing")
     with pytest.raises(AuditError, match="not written by notebooks/08"):
-        method_audit.audit_rows(pd.DataFrame([{"method": "dpsgd"}]))
+        audit_report.audit_rows(pd.DataFrame([{"method": "dpsgd"}]))
 
 
 def test_roc_points_follow_the_curve():

@@ -1,6 +1,5 @@
-"""distildp.reporting.results, .report and .story: mean ± std tables over seeds, ∞, references and floors, the gates
-and the
-verdict, Markdown, figures, round trips, and the sentences told from the tables."""
+"""distildp.reporting.results, .regime, .report and .story: mean ± std tables over seeds, ∞, references and floors,
+the gates and the verdict, the regime map, Markdown, figures, round trips, and the sentences told from the tables."""
 
 import json
 import math
@@ -9,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distildp.reporting import report, results, story
+from distildp.reporting import regime, report, results, story
 
 INF = math.inf
 
@@ -101,7 +100,8 @@ def test_reading_results_does_not_load_torch():
     import sys
 
     check = (
-        "import sys, distildp.reporting.results, distildp.reporting.report, distildp.reporting.story; "
+        "import sys, distildp.reporting.results, distildp.reporting.regime, distildp.reporting.report, "
+        "distildp.reporting.story; "
         "assert 'torch' not in sys.modules, 'reading results imported torch'"
     )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
@@ -308,7 +308,7 @@ def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_
             "value": "tiny-teacher",
         }
     )
-    table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)).set_index(["axis", "value"])
+    table = regime.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)).set_index(["axis", "value"])
     eps1 = table.loc[("epsilon", "1")]
     assert eps1["distildp"] == 12.0 and eps1["best baseline"] == "dpsgd" and eps1["Δ distildp - best"] == -10.0
     assert eps1["gate 1"] == "PASS" and eps1["gate 2"] == "PASS"
@@ -441,7 +441,7 @@ def test_regime_story_counts_wins_and_explains_each_loss():
         }
         for v, p, t in ((1.0, 25.0, 24.0), (8.0, 21.0, 15.0))
     ]  # at 1x the DP teacher is above dpsgd's 20
-    table = results.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
+    table = regime.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
     sentences = story.regime_story(table, noise=1.5)
     # cells: eps 1 (12 vs dpsgd 22: -10), eps inf (8 vs 9.5: -1.5, a tie at 1.5), synthetic 1x (+5), 8x (+1: a tie)
     assert sentences[0] == (

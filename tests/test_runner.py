@@ -1,4 +1,4 @@
-"""lib/distildp/runner/run.py: grid checks before any kernel, parallel points, resume, failures, shards.
+"""python -m distildp.runner: grid checks before any kernel, parallel points, resume, failures, shards.
 
 The points run a tiny stand-in of notebooks/06_baselines.ipynb (same typed parameters) that writes a fake
 row in a blink and logs each execution, so these tests time the runner, not the pipeline.
@@ -21,9 +21,9 @@ import yaml
 
 from distildp.pipeline.settings import make_settings
 from distildp.reporting import results
-from distildp.runner import grids
+from distildp.runner import grid_file, grids, points, processes, run
 
-from helpers import PARAMETERS, ROOT, cli, executions, make_notebook, run
+from helpers import PARAMETERS, ROOT, cli, executions, make_notebook
 
 
 def write_grid(directory: Path, notebook: Path, **changes) -> Path:
@@ -97,13 +97,13 @@ def finished(tmp_path_factory):
             r"axes.student_train.batch_size\[1\]",
             "student_train.batch_size must be int",
         ),
-        ({"profile": "fast"}, "profile", "not a profile"),
-        ({"report": "audits"}, "report", "not a report"),
+        ({"profile": "fast"}, "profile", r"must be one of \[.*'smoke'\] \(the Settings profile"),
+        ({"report": "audits"}, "report", r"must be one of \['ppl_vs_eps', 'audit'\]"),
     ],
 )
 def test_bad_grid_is_refused_before_any_kernel(tmp_path, capsys, change, key, message):
     grid = write_grid(tmp_path, make_notebook(tmp_path), **change)
-    with pytest.raises(grids.GridError, match=f"{grid}: {key}: .*{message}"):
+    with pytest.raises(grid_file.GridError, match=f"{grid}: {key}: .*{message}"):
         grids.load_grid(str(grid))
     assert cli(grid, tmp_path / "results", "--jobs", "2") == 2
     assert f"{grid}: " in capsys.readouterr().err
@@ -274,7 +274,7 @@ def test_reference_seeds_choose_where_references_run(tmp_path):
     ]
     assert {p.point_id for p in points if p.kind == "main"} == {"dpsgd__eps2__seed0", "dpsgd__eps2__seed1"}
     bad = write_grid(tmp_path, make_notebook(tmp_path), references=refs, axes=axes, reference_seeds=[0.5])
-    with pytest.raises(grids.GridError, match=r"reference_seeds\[0\]: .*must be int"):
+    with pytest.raises(grid_file.GridError, match=r"reference_seeds\[0\]: .*must be int"):
         grids.load_grid(str(bad))
 
 
@@ -307,7 +307,7 @@ def test_tiny_grid_runs_end_to_end_with_two_jobs(finished):
     assert executions(directory) == ids
     for point_id in ids:
         assert {"point.json", "row.json", "run.log", "standin.ipynb"} <= {p.name for p in (runs / point_id).iterdir()}
-        assert json.loads((runs / point_id / "row.json").read_text())["threads"] == str(run.Runner(2).threads)
+        assert json.loads((runs / point_id / "row.json").read_text())["threads"] == str(processes.Runner(2).threads)
     tables = directory / "results" / "tiny" / "tables"  # not results/tables: that is the quick grid's
     table = pd.read_csv(tables / "ppl_vs_eps.csv")
     assert sorted(table["method"]) == ["distildp", "dpsgd", "pretrained_student"]
@@ -376,22 +376,7 @@ def test_smoke_grid_with_the_real_notebook(tmp_path):
     """The committed smoke grid through notebooks/06_baselines.ipynb and the real pipeline (minutes)."""
     if not (grids.NOTEBOOKS_DIR / "06_baselines.ipynb").exists():
         pytest.skip("notebooks/06_baselines.ipynb not written yet")
-    assert (
-        run.main(
-            [
-                "--grid",
-                "smoke",
-                "--jobs",
-                "2",
-                "--results",
-                str(tmp_path / "results"),
-                "--store",
-                str(tmp_path / "store"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli("smoke", tmp_path / "results", "--jobs", "2", "--store", str(tmp_path / "store")) == 0
     table = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "ppl_vs_eps.csv")
     assert set(table["method"]) == {"distildp", "dpsgd", "pretrained_student"}
     assert (table["student_ppl"] >= table["floor"]).all()
@@ -430,7 +415,7 @@ def sleeper_grid(directory: Path) -> Path:
 
 
 def start_runner(grid: Path, results: Path) -> subprocess.Popen:
-    """lib/distildp/runner/run.py in a process of its own, as from a shell; returns once its point's kernel beats."""
+    """`python -m distildp.runner` in a process of its own, as from a shell; returns once its point's kernel beats."""
     runner = subprocess.Popen(
         [
             sys.executable,
@@ -515,4 +500,4 @@ def test_a_point_owned_by_a_live_process_is_skipped_never_cleared(tmp_path, caps
     (tmp_path / "kernel.pid").unlink()
     assert cli(grid, results) == 0
     assert (point_dir / "row.json").exists() and (tmp_path / "kernel.pid").exists()
-    assert not run.is_busy(point_dir)
+    assert not points.is_busy(point_dir)

@@ -11,15 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import distildp.core.artifacts as artifacts
-from distildp.core.artifacts import (
-    MANIFEST,
-    ArtifactStore,
-    CorruptArtifactError,
-    StoreNotWritableError,
-    config_hash,
-    read_artifact,
-)
+import distildp.core.manifests as manifests
+from distildp.core.artifacts import ArtifactStore, StoreNotWritableError
+from distildp.core.manifests import MANIFEST, CorruptArtifactError, config_hash, read_artifact
 
 CONFIG = {"epsilon": 2.0, "seed": 0}
 FILES = ["model.safetensors", "tokenizer.json", "data/chunk-00000.parquet", "data/samples.jsonl"]
@@ -120,8 +114,8 @@ def test_hash_table_must_list_the_same_files(tmp_path):
 
 def test_quick_verification_hashes_the_ends_of_big_files(tmp_path, monkeypatch):
     """Quick mode (the default outside tests) hashes big files only at their ends; full mode sees every byte."""
-    monkeypatch.setattr(artifacts, "FULL_HASH_LIMIT", 4096)
-    monkeypatch.setattr(artifacts, "HEAD_TAIL_BYTES", 1024)
+    monkeypatch.setattr(manifests, "FULL_HASH_LIMIT", 4096)
+    monkeypatch.setattr(manifests, "HEAD_TAIL_BYTES", 1024)
     art = ArtifactStore(tmp_path).build("teacher", CONFIG, build_stage)
     assert list(art.manifest["sha256_head_tail"]) == ["model.safetensors"]  # the only file over 4096 bytes
     weights = art.path / "model.safetensors"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distildp.core.artifacts import MANIFEST, CorruptArtifactError, read_artifact
+from distildp.core.manifests import MANIFEST, CorruptArtifactError, read_artifact
 from distildp.data.loaders import load_corpus
 from distildp.distill.synthetic_store import load_synthetic
 
@@ -63,8 +63,38 @@ def training_set(
     (validation only chooses learning rates), and the more non-members, the lower the FPR an attack can resolve
     (1 / their number)."""
     path = Path(artifact_dir)
-    art = _read(path, verify, audited=path)
-    audited_stage, privacy = art.stage, {f"{art.stage}/{art.key}": art.privacy}
+    audited = _read(path, verify, audited=path)
+    art, privacy = _private_artifact(audited, path, verify)
+    data = _recorded_data(art, path)
+    corpus, notes = _rebuilt_corpus(data, path)
+    if "train" in nonmember_splits or not nonmember_splits:
+        raise AuditError(
+            f"nonmember_splits={nonmember_splits}: name held-out splits ('validation', 'test'), never 'train'"
+        )
+    try:
+        nonmembers = [t for split in nonmember_splits for t in corpus.texts(split)]
+        nonmember_prefixes = [p for split in nonmember_splits for p in corpus.prefixes(split)]
+    except KeyError as err:
+        raise AuditError(f"nonmember_splits={nonmember_splits}: {err.args[0]}") from err
+    return TrainingSet(
+        path,
+        audited.stage,
+        data,
+        corpus.texts("train"),
+        corpus.prefixes("train"),
+        nonmembers,
+        nonmember_prefixes,
+        list(corpus.canaries),
+        list(privacy),
+        notes,
+        privacy,
+    )
+
+
+def _private_artifact(art, path: Path, verify: str | None):
+    """The artifact trained on the private data behind `art` (itself, or the teacher a derived one came from) and
+    every chain artifact's privacy record ('<stage>/<key>' -> record, from `art` on)."""
+    privacy = {f"{art.stage}/{art.key}": art.privacy}
     while art.stage in DERIVED_STAGES:
         teacher = art.manifest["inputs"].get("teacher")
         if not teacher:
@@ -79,6 +109,11 @@ def training_set(
             f"manifest does not say which), so there is no private training set to audit. Audit a "
             f"{' or '.join(PRIVATE_STAGES + DERIVED_STAGES)} artifact"
         )
+    return art, privacy
+
+
+def _recorded_data(art, path: Path) -> dict:
+    """The private data config the artifact's manifest records ('data': dataset, options, fingerprint)."""
     data = art.manifest["config"].get("data")
     if not isinstance(data, dict) or "dataset" not in data:
         raise AuditError(
@@ -86,6 +121,12 @@ def training_set(
             f"'options'): the training set of {path} cannot be rebuilt; rebuild the artifact with the "
             f"current pipeline"
         )
+    return data
+
+
+def _rebuilt_corpus(data: dict, path: Path):
+    """The corpus loaded again as `data` records it, refused unless its source fingerprint is the recorded one;
+    with the notes on what the manifest cannot confirm."""
     try:
         corpus = load_corpus(data["dataset"], **(data.get("options") or {}))
     except Exception as err:  # noqa: BLE001 - any failure means the data is not there as it was
@@ -108,28 +149,7 @@ def training_set(
             f"dataset {data['dataset']!r} has no source fingerprint: the rebuilt training set is the "
             f"one its files give now, which the manifest cannot confirm"
         )
-    if "train" in nonmember_splits or not nonmember_splits:
-        raise AuditError(
-            f"nonmember_splits={nonmember_splits}: name held-out splits ('validation', 'test'), never 'train'"
-        )
-    try:
-        nonmembers = [t for split in nonmember_splits for t in corpus.texts(split)]
-        nonmember_prefixes = [p for split in nonmember_splits for p in corpus.prefixes(split)]
-    except KeyError as err:
-        raise AuditError(f"nonmember_splits={nonmember_splits}: {err.args[0]}") from err
-    return TrainingSet(
-        path,
-        audited_stage,
-        data,
-        corpus.texts("train"),
-        corpus.prefixes("train"),
-        nonmembers,
-        nonmember_prefixes,
-        list(corpus.canaries),
-        list(privacy),
-        notes,
-        privacy,
-    )
+    return corpus, notes
 
 
 def synthetic_texts(artifact_dir: str | Path, verify: str | None = None) -> list[str]:

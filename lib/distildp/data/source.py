@@ -23,40 +23,36 @@ parses the text back, re-renders it and returns ``-inf`` unless the two match ex
 
 The general vocabulary and bigrams were counted in ``pydoc_data.topics`` once and frozen into the package
 (``distildp.data.public_text``): that module changes between Python versions, the corpus must not.
-``ReviewSource.fingerprint`` hashes the built tables so manifests can tell sources apart.
+The tables are built from the seed in ``distildp.data.source_tables``; ``ReviewSource.fingerprint`` hashes them
+so manifests can tell sources apart.
 Canaries (digits) are not in the vocabulary: text containing them has ``log_prob == -inf``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import logsumexp
 
-from distildp.data.lexicon import PUBLIC_CATEGORIES, Lexicon, pydoc_lexicon, tiny_lexicon
+from distildp.data.lexicon import Lexicon, pydoc_lexicon, tiny_lexicon
+from distildp.data.source_tables import (
+    PUNCT,
+    SENTENCE_END,
+    aspect_tables,
+    bigram_table,
+    category_table,
+    end_hazard,
+    general_table,
+    punctuation_tables,
+    sentiment_table,
+    star_weights,
+    vocabulary,
+)
 
 CATEGORY = "Business Category"
 STARS = "Review Stars"
-PUNCT = (".", "!", "?", ",")  # token ids 0..3; the first three end a sentence
-SENTENCE_END = frozenset(".!?")
-# Share of (negative, mixed, positive) sentiment words for 1..5 stars.
-SENTIMENT_MIX = np.array(
-    [[0.80, 0.15, 0.05], [0.60, 0.30, 0.10], [0.25, 0.50, 0.25], [0.10, 0.30, 0.60], [0.05, 0.15, 0.80]]
-)
-# Punctuation (. ! ? ,) by stars: angry and delighted reviews shout.
-PUNCT_BY_STARS = np.array(
-    [
-        [0.50, 0.15, 0.08, 0.27],
-        [0.56, 0.08, 0.06, 0.30],
-        [0.60, 0.04, 0.06, 0.30],
-        [0.57, 0.08, 0.03, 0.32],
-        [0.50, 0.18, 0.02, 0.30],
-    ]
-)
-STAR_LENGTH_SHIFT = np.array([8.0, 6.0, 2.0, -2.0, -4.0])  # unhappy reviewers write longer
 # Mixture weights of the word components: bigram, general, category, aspect, sentiment.
 WORD_WEIGHTS = np.array([0.42, 0.12, 0.14, 0.16, 0.16])
 
@@ -67,38 +63,6 @@ class Record:
 
     text: str
     codes: dict[str, str] = field(default_factory=dict)
-
-
-def _normalise(weights: dict[str, float] | np.ndarray, power: float = 1.0) -> np.ndarray:
-    values = list(weights.values()) if isinstance(weights, dict) else np.asarray(weights, dtype=np.float64).tolist()
-    # math.pow, not numpy's `**`: numpy's SIMD power differs in the last bit between CPUs (AVX-512 or not),
-    # and the source's tables must be the same on every machine.
-    w = np.array([math.pow(v, power) for v in values], dtype=np.float64)
-    return w / w.sum()
-
-
-class _Table:
-    """Rows of small categorical distributions over token ids, padded for vectorised sampling."""
-
-    def __init__(self, rows: list[tuple[np.ndarray, np.ndarray]], vocab_size: int, dense: bool = True):
-        width = max(len(ids) for ids, _ in rows)
-        self.ids = np.zeros((len(rows), width), dtype=np.int64)
-        self.probs = np.zeros((len(rows), width))  # padding has probability 0
-        self.cdf = np.ones((len(rows), width))
-        self.dense = np.zeros((len(rows), vocab_size)) if dense else None  # row -> p(token), for lookups
-        for r, (ids, probs) in enumerate(rows):
-            if len(set(ids.tolist())) != len(ids):
-                raise ValueError("a distribution row lists a token twice")
-            self.ids[r, : len(ids)], self.ids[r, len(ids) :] = ids, ids[-1]
-            self.probs[r, : len(ids)] = probs
-            self.cdf[r, : len(ids)] = np.cumsum(probs)
-            self.cdf[r, len(ids) - 1 :] = 1.0  # exact 1 at the end: no draw falls past the last id
-            if dense:
-                self.dense[r, ids] = probs
-
-    def draw(self, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-        pick = (u[:, None] >= self.cdf[rows]).sum(1).clip(max=self.ids.shape[1] - 1)
-        return self.ids[rows, pick]
 
 
 class ReviewSource:
@@ -130,74 +94,20 @@ class ReviewSource:
         self.categories: list[str] = list(lex.aspects)
         self.stars: list[str] = [f"{s}.0" for s in range(1, 6)]
         self.n_topics = max(len(a) for a in lex.aspects.values())
-
-        # Vocabulary: punctuation, then general words by frequency, then lexicon words.
-        extra = [w for a in lex.aspects.values() for ws in a.values() for w in ws]
-        extra += (
-            [w for ws in lex.sentiment.values() for w in ws] + list(lex.starters) + list(lex.after_comma) + lex.glue
-        )
-        words = sorted(lex.general, key=lambda w: (-lex.general[w], w))
-        words += sorted(set(extra) - set(words))
-        self.tokens: list[str] = list(PUNCT) + words
+        self.tokens: list[str] = vocabulary(lex)
         self.index = {t: i for i, t in enumerate(self.tokens)}
         V = len(self.tokens)
-        ids = lambda ws: np.array([self.index[w] for w in ws], dtype=np.int64)  # noqa: E731
-
-        # Codes: category weights and a Yelp-like star skew per category; aspects per category.
+        # Codes, then the word distributions, in this order: each draws from the same generator.
         self.p_category = rng.dirichlet(np.full(len(self.categories), 20.0))
-        # Yelp-like star skews; public categories are more polarised (a shifted star distribution)
-        base_stars = {True: np.array([0.22, 0.10, 0.08, 0.18, 0.42]), False: np.array([0.14, 0.09, 0.12, 0.24, 0.41])}
-        self.p_stars = np.stack([rng.dirichlet(60 * base_stars[c in PUBLIC_CATEGORIES]) for c in self.categories])
-        self.p_topic = np.zeros((len(self.categories), self.n_topics))  # unused aspect slots keep p = 0
-        topic_rows = []
-        for c, name in enumerate(self.categories):
-            aspects = list(lex.aspects[name].values())
-            self.p_topic[c, : len(aspects)] = rng.dirichlet(np.full(len(aspects), 3.0))
-            for k in range(self.n_topics):
-                ws = aspects[k] if k < len(aspects) else aspects[0]
-                topic_rows.append((ids(ws), rng.dirichlet(np.full(len(ws), 2.0))))
-        self.topic = _Table(topic_rows, V)  # row = c * n_topics + z
-        self.category = _Table([self._lexicon_row(lex.aspects[n], ids, rng) for n in self.categories], V)
-        polar = [
-            (ids(lex.sentiment[k]), _normalise(1.0 / np.arange(1, len(lex.sentiment[k]) + 1)))
-            for k in ("negative", "mixed", "positive")
-        ]
-        sent_rows = []
-        for mix in SENTIMENT_MIX:
-            parts = [(i, m * p) for (i, p), m in zip(polar, mix) if len(i)]
-            total = sum(p.sum() for _, p in parts)
-            sent_rows.append((np.concatenate([i for i, _ in parts]), np.concatenate([p for _, p in parts]) / total))
-        self.sentiment = _Table(sent_rows, V)
-        general = words[: len(lex.general)]
-        self.general = _Table([(ids(general), _normalise([lex.general[w] for w in general], 0.75))], V)
-
-        # Bigram rows, one per previous token; state V is the start of the document.
-        glue = ids(lex.glue)
-        rows = []
-        for t in range(V + 1):
-            tok = self.tokens[t] if t < V else "."
-            if tok in SENTENCE_END:
-                rows.append((ids(lex.starters), _normalise(lex.starters)))
-            elif tok == ",":
-                rows.append((ids(lex.after_comma), _normalise(lex.after_comma)))
-            elif len(lex.bigrams.get(tok, {})) >= 3:  # real English successors from the docs
-                succ = lex.bigrams[tok]
-                rows.append((ids(succ), _normalise(succ, 0.75)))
-            else:  # a lexicon word: a seeded handful of glue words follow it
-                pick = rng.choice(len(glue), size=min(8, len(glue)), replace=False)
-                rows.append((glue[pick], rng.dirichlet(np.ones(len(pick)))))
-        self.bigram = _Table(rows, V, dense=False)  # (V+1) x V dense would be ~70 MB
-        self.start_state = V
-
-        # Length: punctuation grows likelier with words since the last mark; END hazard by stars.
-        k = np.arange(max_tokens + 1)
-        self.p_punct = np.minimum(punct_base + punct_slope * np.maximum(k - 1, 0), punct_max)
-        self.p_punct[0] = 0.0
-        self.punct = _Table([(np.arange(4), p) for p in PUNCT_BY_STARS], V)
-        n = np.arange(max_tokens + 1)
-        centre = length_center + STAR_LENGTH_SHIFT[:, None] * length_center / 38.0
-        # math.exp for the same reason as math.pow in _normalise
-        self.hazard = 1.0 / (1.0 + np.vectorize(math.exp, otypes=[float])(-(n[None, :] - centre) / length_scale))
+        self.p_stars = star_weights(self.categories, rng)
+        self.p_topic, self.topic = aspect_tables(lex, self.categories, self.n_topics, self.index, V, rng)
+        self.category = category_table(lex, self.categories, self.index, V, rng)
+        self.sentiment = sentiment_table(lex, self.index, V)
+        self.general = general_table(lex, self.index, V)
+        self.bigram = bigram_table(self.tokens, lex, self.index, rng)
+        self.start_state = V  # the bigram row of the document's start
+        self.p_punct, self.punct = punctuation_tables(max_tokens, punct_base, punct_slope, punct_max, V)
+        self.hazard = end_hazard(max_tokens, length_center, length_scale)
         self.fingerprint = self._fingerprint()
 
     def _fingerprint(self) -> str:
@@ -223,11 +133,6 @@ class ReviewSource:
         for record in self.sample(64, np.random.SeedSequence([self.seed, 0xF1]), categories=None):
             digest.update(f"{record.codes}{record.text}".encode())
         return digest.hexdigest()[:16]
-
-    @staticmethod
-    def _lexicon_row(aspects, ids, rng):
-        ws = list(dict.fromkeys(w for a in aspects.values() for w in a))
-        return ids(ws), rng.dirichlet(np.full(len(ws), 2.0))
 
     @classmethod
     def tiny(cls, seed: int = 0, max_tokens: int = 3, min_tokens: int = 1) -> ReviewSource:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import operator
 import os
 import re
@@ -32,14 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from distildp.core import distributed
-from distildp.core.artifacts import mark_resumable, restored_by_store, write_json_atomic
+from distildp.core.artifacts import mark_resumable, restored_by_store
+from distildp.core.manifests import write_json_atomic
 from distildp.data.corpus import control_prefix
+from distildp.distill.chunks import chunk_seed, generate_chunk, plan_chunks
 from distildp.distill.synthetic_store import (
     PROGRESS_FILE,
     SetPlan,
@@ -50,7 +50,7 @@ from distildp.distill.synthetic_store import (
     summarise,
     write_chunk,
 )
-from distildp.lm.sampling import GenerationConfig, n_positions, sample_batch
+from distildp.lm.sampling import GenerationConfig, n_positions
 
 # Set by the pipeline on a teacher before save_pretrained (it lands in config.json): the ordered list of
 # control-code field names the teacher was trained with, [] for a teacher trained on plain text.
@@ -157,33 +157,6 @@ def _check_teacher_codes(
 
 
 # ----------------------------------------------------------------------------------------------
-# The chunk plan: a pure function of code_counts and chunk_size
-
-
-def plan_chunks(counts: Sequence[int], chunk_size: int) -> list[list[tuple[int, int]]]:
-    """Lay the samples out code after code and cut every `chunk_size`: chunk -> [(code index, n)]."""
-    chunks: list[list[tuple[int, int]]] = []
-    current: list[tuple[int, int]] = []
-    room = chunk_size
-    for code_index, count in enumerate(counts):
-        while count > 0:
-            take = min(count, room)
-            current.append((code_index, take))
-            count -= take
-            room -= take
-            if room == 0:
-                chunks.append(current)
-                current, room = [], chunk_size
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def chunk_seed(seed: int, chunk_index: int) -> int:
-    """An independent, reproducible seed per chunk (numpy's SeedSequence mixes the pair well)."""
-    return int(np.random.SeedSequence([seed, chunk_index]).generate_state(1)[0])
-
-
 def _fingerprint(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -208,73 +181,6 @@ def _fingerprint(
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------
-# One chunk: batches of prompts until every code has its samples
-
-
-def generate_chunk(
-    model,
-    tokenizer,
-    prompts: list[list[int]],
-    plan: list[tuple[int, int]],
-    cfg: GenerationConfig,
-    seed: int,
-    eos_id: int,
-    bar,
-) -> tuple[list[tuple[int, str]], list[dict]]:
-    """Generate exactly the planned samples of one chunk, retrying empties. Returns rows and per-code stats."""
-    length_slack = n_positions(model) - cfg.max_length
-    need = {code: n for code, n in plan}
-    budget = {code: math.ceil(cfg.max_attempts_factor * n) for code, n in plan}
-    stats = {
-        code: {"code_index": code, "requested": n, "produced": 0, "attempts": 0, "dropped_empty": 0, "new_tokens": 0}
-        for code, n in plan
-    }
-    texts: dict[int, list[str]] = {code: [] for code, _ in plan}
-    with torch.random.fork_rng(devices=_cuda_devices(model)):
-        torch.manual_seed(seed)
-        while any(need.values()):
-            slots = next_batch(plan, need, budget, prompts, cfg.batch_size, length_slack, stats)
-            for code, ids in zip(slots, sample_batch(model, [prompts[c] for c in slots], cfg, eos_id)):
-                stats[code]["attempts"] += 1
-                budget[code] -= 1
-                # the [eos] that ended the sample was generated too
-                stats[code]["new_tokens"] += len(ids) + (len(ids) + len(prompts[code]) < cfg.max_length)
-                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                if not text:
-                    stats[code]["dropped_empty"] += 1
-                    continue
-                texts[code].append(text)
-                stats[code]["produced"] += 1
-                need[code] -= 1
-                bar.update(1)
-    rows = [(code, text) for code, _ in plan for text in texts[code]]
-    return rows, [stats[code] for code, _ in plan]
-
-
-def next_batch(plan, need: dict, budget: dict, prompts, batch_size: int, length_slack: int, stats) -> list[int]:
-    """The codes of the next batch: those still short of their count, in plan order, while the padded
-    batch fits the teacher's positions (prompt lengths within `length_slack`; see sample_batch)."""
-    slots: list[int] = []
-    for code, _ in plan:
-        if need[code] and budget[code] == 0:
-            raise RuntimeError(
-                f"control code #{code} gave {stats[code]['dropped_empty']} empty outputs in "
-                f"{stats[code]['attempts']} attempts and still lacks {need[code]} samples; the teacher "
-                f"may be undertrained. Raise GenerationConfig.max_attempts_factor or train the teacher longer."
-            )
-        take = min(need[code], budget[code], batch_size - len(slots))
-        lengths = {len(prompts[c]) for c in slots} | {len(prompts[code])}
-        if take and max(lengths) - min(lengths) <= length_slack:
-            slots += [code] * take
-    return slots
-
-
-def _cuda_devices(model: torch.nn.Module) -> list[int]:
-    device = next(model.parameters()).device
-    return [device.index or 0] if device.type == "cuda" else []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,15 +221,7 @@ def generate_synthetic(
     fields = list(counts[0][0])
     _check_teacher_codes(model, fields, counts, known_codes, trained_with_codes)
     columns = _resolve_columns(fields, code_columns)
-
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError(
-            "the tokenizer has no eos_token; set tokenizer.eos_token = '<|endoftext|>' (GPT-2 convention)."
-        )
-    prompts = [
-        [eos_id] + tokenizer(control_prefix(codes), add_special_tokens=False)["input_ids"] for codes, _ in counts
-    ]
+    prompts = _prompts(tokenizer, counts)
     _check_lengths(model, prompts, counts, cfg)
 
     rank, world = _shard(sharded)
@@ -331,59 +229,13 @@ def generate_synthetic(
     fingerprint = _fingerprint(model, tokenizer, counts, cfg, seed, columns)
     plan = plan_chunks([n for _, n in counts], cfg.chunk_size)
     target = SetPlan(out_dir, fingerprint, plan, counts, cfg, seed, columns)
-    state = None
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        restored = restored_by_store(out_dir)
-        mark_resumable(out_dir)  # a store build killed midway keeps the chunks for its retry
-        state = start_or_resume(target, restored)
-    if sharded:
-        distributed.barrier()  # the folder is checked (another run's work discarded) before anyone writes to it
-
-    done = set(chunks_present(out_dir, len(plan)))
+    state = _open_folder(target, rank, sharded)
     mine = [index for index in range(len(plan)) if index % world == rank]
-    total = sum(n for _, n in counts)
+    desc = "generate" if world == 1 else f"generate (rank {rank} of {world})"
     was_training = model.training
     model.eval()
-    generated_now = 0
     try:
-        with tqdm(
-            total=sum(n for i in mine for _, n in plan[i]),
-            initial=sum(n for i in done.intersection(mine) for _, n in plan[i]),
-            unit="sample",
-            desc="generate" if world == 1 else f"generate (rank {rank} of {world})",
-            disable=not progress,
-        ) as bar:
-            for index in mine:
-                chunk_plan = plan[index]
-                if index in done:
-                    continue
-                chunk_started = time.perf_counter()
-                rows, stats = generate_chunk(
-                    model, tokenizer, prompts, chunk_plan, cfg, chunk_seed(seed, index), eos_id, bar
-                )
-                frame = pd.DataFrame(
-                    {
-                        "text": [text for _, text in rows],
-                        **{column: [counts[code][0][name] for code, _ in rows] for column, name in columns.items()},
-                    }
-                )
-                write_chunk(
-                    chunk_path(out_dir, index),
-                    frame,
-                    {
-                        "fingerprint": fingerprint,
-                        "chunk_index": index,
-                        "seed": chunk_seed(seed, index),
-                        "stats": stats,
-                        "wall_time_s": time.perf_counter() - chunk_started,
-                    },
-                )
-                generated_now += 1
-                done.add(index)
-                if state is not None:  # rank 0 keeps progress.json; the chunk files are what counts
-                    state["chunks_done"] = chunks_present(out_dir, len(plan))
-                    write_json_atomic(out_dir / PROGRESS_FILE, state)
+        generated_now = _write_chunks(model, tokenizer, prompts, target, mine, state, desc, progress)
     finally:
         model.train(was_training)
 
@@ -402,13 +254,75 @@ def generate_synthetic(
         write_json_atomic(out_dir / PROGRESS_FILE, state)
     if sharded:
         distributed.barrier()  # progress.json says complete before any process returns
-    return SyntheticSet(
-        out_dir=out_dir,
-        chunk_files=[chunk_path(out_dir, i) for i in range(len(plan))],
-        n_samples=total,
-        code_columns=columns,
-        summary=summary,
+    chunk_files = [chunk_path(out_dir, i) for i in range(len(plan))]
+    return SyntheticSet(out_dir, chunk_files, sum(n for _, n in counts), columns, summary)
+
+
+def _prompts(tokenizer, counts: list[tuple[dict[str, str], int]]) -> list[list[int]]:
+    """[eos] + tok(control prefix) for every code: what the teacher is prompted with."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError(
+            "the tokenizer has no eos_token; set tokenizer.eos_token = '<|endoftext|>' (GPT-2 convention)."
+        )
+    return [[eos_id] + tokenizer(control_prefix(codes), add_special_tokens=False)["input_ids"] for codes, _ in counts]
+
+
+def _open_folder(target: SetPlan, rank: int, sharded: bool) -> dict | None:
+    """Rank 0 checks the folder (resuming it, or discarding another run's work) and returns its progress state;
+    the other processes wait for that and get None."""
+    state = None
+    if rank == 0:
+        target.out_dir.mkdir(parents=True, exist_ok=True)
+        restored = restored_by_store(target.out_dir)
+        mark_resumable(target.out_dir)  # a store build killed midway keeps the chunks for its retry
+        state = start_or_resume(target, restored)
+    if sharded:
+        distributed.barrier()  # the folder is checked before anyone writes to it
+    return state
+
+
+def _write_chunks(model, tokenizer, prompts, target: SetPlan, mine: list[int], state, desc, progress) -> int:
+    """Sample and write every chunk of `mine` not yet on disk; returns how many were written now."""
+    out_dir, plan, counts, columns, cfg, seed = (
+        target.out_dir,
+        target.plan,
+        target.counts,
+        target.columns,
+        target.cfg,
+        target.seed,
     )
+    done = set(chunks_present(out_dir, len(plan)))
+    generated_now = 0
+    with tqdm(
+        total=sum(n for i in mine for _, n in plan[i]),
+        initial=sum(n for i in done.intersection(mine) for _, n in plan[i]),
+        unit="sample",
+        desc=desc,
+        disable=not progress,
+    ) as bar:
+        for index in mine:
+            if index in done:
+                continue
+            chunk_started = time.perf_counter()
+            rows, stats = generate_chunk(
+                model, tokenizer, prompts, plan[index], cfg, chunk_seed(seed, index), tokenizer.eos_token_id, bar
+            )
+            frame = pd.DataFrame(
+                {
+                    "text": [text for _, text in rows],
+                    **{column: [counts[code][0][name] for code, _ in rows] for column, name in columns.items()},
+                }
+            )
+            meta = {"fingerprint": target.fingerprint, "chunk_index": index, "seed": chunk_seed(seed, index)}
+            wall_time_s = time.perf_counter() - chunk_started
+            write_chunk(chunk_path(out_dir, index), frame, {**meta, "stats": stats, "wall_time_s": wall_time_s})
+            generated_now += 1
+            done.add(index)
+            if state is not None:  # rank 0 keeps progress.json; the chunk files are what counts
+                state["chunks_done"] = chunks_present(out_dir, len(plan))
+                write_json_atomic(out_dir / PROGRESS_FILE, state)
+    return generated_now
 
 
 def _shard(sharded: bool) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distildp.core.artifacts import write_json_atomic
+from distildp.core.manifests import write_json_atomic
 from distildp.lm.sampling import GenerationConfig
 
 PROGRESS_FILE = "progress.json"

@@ -7,20 +7,21 @@ no privacy. Model selection is on synthetic text too, never on the private data.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distildp.distill.kd import KDConfig, StudentWithProjection, collate_kd, kd_examples, make_kd_loss_fn
+from distildp.distill.kd import KDConfig, StudentWithProjection
+from distildp.distill.kd_batches import collate_kd, kd_examples, make_kd_loss_fn
 from distildp.distill.teacher_cache import (
     attach_teacher_probs,
     attach_teacher_states,
     teacher_probs_bytes,
     teacher_states_bytes,
 )
-from distildp.dp.dpsgd import train_kept_at_best
+from distildp.dp.public_training import train_kept_at_best
 from distildp.lm.evaluate import BestOnHeldOut
 from distildp.lm.models import encode_plain
 from distildp.lm.training import TrainConfig, TrainReport
@@ -81,7 +82,7 @@ def train_on_synthetic(
         project = kd.alpha > 0 and teacher.config.hidden_size != student.config.hidden_size
         if project:
             model = StudentWithProjection(student, teacher.config.hidden_size).to(next(student.parameters()).device)
-        kwargs = {"loss_fn": make_kd_loss_fn(teacher, **asdict(kd), hidden_projection=project)}
+        kwargs = {"loss_fn": make_kd_loss_fn(teacher, kd, hidden_projection=project)}
         examples, teacher_states = _cache_teacher(teacher, examples, tokenizer.pad_token_id, s, progress)
     selector = BestOnHeldOut(
         model,
@@ -103,7 +104,7 @@ def _cache_teacher(teacher, examples, pad_id, config: SyntheticTrainingConfig, p
     if kd.alpha > 0:
         return examples, "live every step"
     if kd.lam > 0 and teacher_probs_bytes(teacher, examples) <= budget:
-        cached = attach_teacher_probs(teacher, examples, pad_id, kd.teacher_context, kd.temperature, batch, progress)
+        cached = attach_teacher_probs(teacher, examples, pad_id, kd, batch, progress)
         return cached, "probabilities cached once, float16 (teacher_cache.attach_teacher_probs)"
     if teacher_states_bytes(teacher, examples) <= budget:
         cached = attach_teacher_states(teacher, examples, pad_id, kd.teacher_context, batch, progress)

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from distildp.distill.kd import collate_kd, teacher_at_student_positions
+from distildp.distill.kd import KDConfig
+from distildp.distill.kd_batches import collate_kd, teacher_at_student_positions
 from distildp.lm.fused_loss import teacher_rows
 
 
@@ -74,13 +75,13 @@ def attach_teacher_probs(
     teacher: nn.Module,
     examples: Sequence[Mapping[str, Any]],
     pad_id: int,
-    teacher_context: str = "code_prefix",
-    temperature: float = 1.0,
+    kd: KDConfig | None = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> list[dict]:
-    """The examples with the teacher's probabilities at temperature t at every scored position (`teacher_probs`,
-    (T_i - 1, V) float16: position j predicts token j + 1) and their sum p log p (`teacher_neg_entropy`, float32).
+    """The examples with the teacher's probabilities at the KD loss's temperature t (`kd`, default KDConfig()) at
+    every scored position (`teacher_probs`, (T_i - 1, V) float16: position j predicts token j + 1) and their sum
+    p log p (`teacher_neg_entropy`, float32); the teacher reads the context `kd.teacher_context` names.
 
     For examples whose every token after the first is a target (no `loss_mask` of their own), as synthetic text is;
     collate_kd then packs the rows of a batch in the order `fused_loss.scored_positions` takes them."""
@@ -89,19 +90,22 @@ def attach_teacher_probs(
             "attach_teacher_probs caches every position after the first; these examples carry their own loss_mask: "
             "cache the teacher's states instead (attach_teacher_states)."
         )
+    kd = kd or KDConfig()
     lengths = [len(ex["input_ids"]) - 1 for ex in examples]
     vocab = teacher.config.vocab_size
     probs = torch.empty(sum(lengths), vocab, dtype=torch.float16)  # one allocation for the whole set
     neg_entropy = torch.empty(sum(lengths))
     starts = torch.tensor([0] + lengths).cumsum(0).tolist()
     head = teacher.get_output_embeddings()
-    batches = _teacher_batches(teacher, examples, pad_id, teacher_context, batch_size, progress, "teacher soft labels")
+    batches = _teacher_batches(
+        teacher, examples, pad_id, kd.teacher_context, batch_size, progress, "teacher soft labels"
+    )
     with torch.no_grad():
         for chunk, hidden in batches:
             length = hidden.shape[1]
             positions = torch.cat([row * length + torch.arange(lengths[i]) for row, i in enumerate(chunk)])
             destinations = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in chunk])
-            rows = teacher_rows(head(hidden.reshape(-1, hidden.shape[-1])[positions.to(hidden.device)]), temperature)
+            rows = teacher_rows(head(hidden.reshape(-1, hidden.shape[-1])[positions.to(hidden.device)]), kd.temperature)
             probs.index_copy_(0, destinations, rows.probs.to("cpu", torch.float16))
             neg_entropy.index_copy_(0, destinations, rows.neg_entropy.cpu())
     cached = []

@@ -1,4 +1,6 @@
-"""Privacy maths: mechanisms, accountants, noise calibration, budgets (the DP histogram release: histogram.py).
+"""What a release spends: the checks of epsilon, delta and sampling rates, the mechanisms (DP-SGD runs and Gaussian
+releases), the accountants, and the privacy records manifests keep. The noise that spends a given budget is
+`distildp.dp.calibration`'s; the DP histogram release is `distildp.dp.histogram`.
 
 No training code lives here. Everything privacy-relevant that the suite reports goes through
 `epsilon_spent`, which composes a list of mechanisms in ONE accountant:
@@ -19,8 +21,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -38,8 +40,6 @@ PRV_MIN_EPS_ERROR = 0.001
 # A PRV grid beyond this many points would take gigabytes (it happens only for tiny noise, i.e. huge
 # epsilon); there we report the RDP epsilon instead, which is also a valid upper bound.
 PRV_MAX_GRID = 4_000_000
-MIN_NOISE_MULTIPLIER = 0.05  # calibration search range
-MAX_NOISE_MULTIPLIER = 1e4
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -294,248 +294,6 @@ def epsilon_spent(
     if eps_error is not None and not eps_error > 0:
         raise ValueError(f"eps_error={eps_error!r} must be > 0 (or None for the automatic choice).")
     return _epsilon(_history(mechanisms), delta, accountant, None if eps_error is None else float(eps_error))
-
-
-# ------------------------------------------------------------------------------------- calibration
-def _smallest_passing(
-    eps_of: Callable[[float], float],
-    target: float,
-    tolerance: float,
-    low: float,
-    high: float,
-    start: float = 1.0,
-    factor: float = 2.0,
-) -> float | None:
-    """Smallest x in [low, high] with eps_of(x) <= target, for eps_of decreasing in x.
-
-    Brackets by dividing/multiplying `start` by `factor`, then narrows the bracket by interpolating log(eps)
-    linearly in log(x) (nearly linear for Gaussian noise), which takes a handful of accountant calls
-    instead of a dozen bisections. Returns an evaluated x with target - tolerance <= eps_of(x) <= target
-    (or x == low, or a bracket of relative width 1e-6); None when even `high` exceeds the target.
-    """
-
-    def eps(x: float) -> float:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # RDP fallback far from the target is expected here
-                return eps_of(x)
-        except (RuntimeError, ValueError, FloatingPointError, OverflowError):
-            return math.inf  # the accountant cannot resolve so little noise: treat as too little
-
-    x = min(max(start, low), high)
-    x_eps = eps(x)
-    if x_eps <= target:  # passes: halve until it fails (or is close enough)
-        good, good_eps = x, x_eps
-        while True:
-            if target - good_eps <= tolerance or good <= low:
-                return good
-            x = max(good / factor, low)
-            x_eps = eps(x)
-            if x_eps > target:
-                bad, bad_eps = x, x_eps
-                break
-            good, good_eps = x, x_eps
-    else:  # fails: double until it passes
-        bad, bad_eps = x, x_eps
-        while True:
-            if bad >= high:
-                return None
-            x = min(factor * bad, high)
-            x_eps = eps(x)
-            if x_eps <= target:
-                good, good_eps = x, x_eps
-                break
-            bad, bad_eps = x, x_eps
-
-    aim = target - tolerance / 2
-    while target - good_eps > tolerance and good / bad > 1 + 1e-6:
-        fraction = 0.5
-        if math.isfinite(bad_eps) and good_eps > 0:
-            fraction = (math.log(bad_eps) - math.log(aim)) / (math.log(bad_eps) - math.log(good_eps))
-            fraction = min(max(fraction, 0.1), 0.9)  # always shrink the bracket by 10% or more
-        x = math.exp(math.log(bad) + fraction * (math.log(good) - math.log(bad)))
-        x_eps = eps(x)
-        if x_eps <= target:
-            good, good_eps = x, x_eps
-        else:
-            bad, bad_eps = x, x_eps
-    return good
-
-
-def _tolerance(target: float, epsilon_tolerance: float) -> float:
-    # absolute, but at most 1% of the target so small budget shares are met tightly too
-    if (
-        isinstance(epsilon_tolerance, bool)
-        or not isinstance(epsilon_tolerance, numbers.Real)
-        or not epsilon_tolerance > 0
-    ):
-        raise ValueError(f"epsilon_tolerance={epsilon_tolerance!r} must be > 0 (e.g. 0.01).")
-    return min(epsilon_tolerance, 0.01 * target)
-
-
-def calibrate_noise(
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    accountant: str = "prv",
-    others: Sequence[Mechanism] = (),
-    epsilon_tolerance: float = 0.01,
-) -> float:
-    """Smallest noise multiplier whose DP-SGD run, composed with `others`, spends <= target_epsilon.
-
-    The reported epsilon is never above the target and (bracketed search) within
-    min(epsilon_tolerance, 1% of target) below it. target_epsilon = inf returns 0.0 (no noise).
-    Search range: [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER].
-    """
-    target = check_epsilon(target_epsilon)
-    delta, q, steps = check_delta(delta), check_sample_rate(sample_rate), check_steps(steps)
-    check_accountant(accountant)
-    others = tuple(others)
-    if math.isinf(target):
-        return 0.0
-
-    def eps_of(sigma: float) -> float:
-        return epsilon_spent([*others, DPSGDMechanism(sigma, q, steps)], delta, accountant)
-
-    sigma = _smallest_passing(
-        eps_of, target, _tolerance(target, epsilon_tolerance), MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER
-    )
-    if sigma is None:
-        spent_by_others = epsilon_spent(others, delta, accountant)
-        raise ValueError(
-            f"epsilon {target} at delta {delta:.3g} is unreachable with noise multipliers up to "
-            f"{MAX_NOISE_MULTIPLIER:g} (sample_rate {q:.4g}, {steps} steps, {accountant}; the other mechanisms "
-            f"alone spend {spent_by_others:.4g}). Use more data (smaller sample_rate), fewer steps, "
-            f"or a larger epsilon."
-        )
-    return sigma
-
-
-@dataclass(frozen=True)
-class BudgetPart:
-    """One mechanism of a composed method whose noise we choose, and its share of the budget.
-
-    A DP-SGD run has its sample_rate and steps; a Gaussian release (the histogram) is
-    `BudgetPart.gaussian(name, share)`: sample_rate 1, `steps` = number of releases.
-    """
-
-    name: str
-    share: float
-    sample_rate: float = 1.0
-    steps: int = 1
-    kind: str = "dpsgd"  # 'dpsgd' or 'gaussian'
-
-    def __post_init__(self) -> None:
-        if isinstance(self.share, bool) or not isinstance(self.share, numbers.Real) or not 0.0 < self.share <= 1.0:
-            raise ValueError(f"part {self.name!r}: share={self.share!r} must lie in (0, 1] (a fraction of epsilon).")
-        check_sample_rate(self.sample_rate)
-        check_steps(self.steps)
-        if self.kind not in ("dpsgd", "gaussian"):
-            raise ValueError(f"part {self.name!r}: kind={self.kind!r}; use 'dpsgd' or 'gaussian'.")
-        if self.kind == "gaussian" and self.sample_rate != 1.0:
-            raise ValueError(f"part {self.name!r}: a Gaussian release has sample_rate 1; use kind='dpsgd'.")
-
-    @classmethod
-    def gaussian(cls, name: str, share: float, count: int = 1) -> BudgetPart:
-        return cls(name, share, 1.0, count, "gaussian")
-
-    def mechanism(self, noise_multiplier: float) -> Mechanism:
-        if self.kind == "gaussian":
-            return GaussianMechanism(noise_multiplier, self.steps)
-        return DPSGDMechanism(noise_multiplier, self.sample_rate, self.steps)
-
-
-@dataclass(frozen=True)
-class ComposedCalibration:
-    """Noise chosen for each part of a composed method, and what the composition spends."""
-
-    target_epsilon: float
-    delta: float
-    accountant: str
-    scheme: str
-    mechanisms: dict[str, Mechanism]
-    epsilon: float  # the whole composition at `delta`, in `accountant` (upper bound)
-    part_epsilons: dict[str, float] = field(default_factory=dict)  # each part alone, at part_deltas
-    part_deltas: dict[str, float] = field(default_factory=dict)
-
-    def noise_multipliers(self) -> dict[str, float]:
-        return {name: m.noise_multiplier for name, m in self.mechanisms.items()}
-
-
-SCHEMES = ("composed", "split")
-
-
-def calibrate_composed(
-    target_epsilon: float,
-    delta: float,
-    parts: Sequence[BudgetPart],
-    accountant: str = "prv",
-    scheme: str = "composed",
-    epsilon_tolerance: float = 0.01,
-) -> ComposedCalibration:
-    """Noise multipliers for several mechanisms that together spend `target_epsilon` at `delta`.
-
-    scheme='composed' (default): part i's noise is s * base_i, where base_i alone would spend
-      share_i * target at delta; one factor s is then bisected so that the composition, in the one
-      accountant, spends the target (<= target, within tolerance). Shares fix the noise RATIOS; since
-      composition is sublinear, s < 1 usually, i.e. every part gets less noise than a plain split gives.
-    scheme='split' (the paper's): each part alone is calibrated to share_i * target at share_i * delta
-      (by basic composition the sum is (target, delta)); the composed epsilon reported is the honest
-      one-accountant composition at delta, which is then below the target.
-    """
-    target = check_epsilon(target_epsilon)
-    delta = check_delta(delta)
-    check_accountant(accountant)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; use 'composed' (default) or 'split' (the paper's).")
-    parts = list(parts)
-    if not parts or not all(isinstance(p, BudgetPart) for p in parts):
-        raise ValueError("parts must be a non-empty list of BudgetPart(name, share, sample_rate, steps).")
-    names = [p.name for p in parts]
-    if len(set(names)) != len(names):
-        raise ValueError(f"part names {names} repeat; give each part its own name.")
-    total_share = sum(p.share for p in parts)
-    if abs(total_share - 1.0) > 1e-9:
-        raise ValueError(f"shares {[p.share for p in parts]} sum to {total_share:.6g}; they must sum to 1.")
-    tol = _tolerance(target, epsilon_tolerance)
-
-    if math.isinf(target):
-        mechs = {p.name: p.mechanism(0.0) for p in parts}
-        return ComposedCalibration(
-            target, delta, accountant, scheme, mechs, math.inf, {n: math.inf for n in names}, {n: delta for n in names}
-        )
-
-    def calibrate_alone(part: BudgetPart, eps: float, d: float) -> float:
-        try:
-            return calibrate_noise(eps, d, part.sample_rate, part.steps, accountant, epsilon_tolerance=tol)
-        except ValueError as err:
-            raise ValueError(f"part {part.name!r} (share {part.share}): {err}") from None
-
-    if scheme == "split":
-        deltas = {p.name: p.share * delta for p in parts}
-        mechs = {p.name: p.mechanism(calibrate_alone(p, p.share * target, deltas[p.name])) for p in parts}
-    else:
-        deltas = {p.name: delta for p in parts}
-        base = {p.name: calibrate_alone(p, p.share * target, delta) for p in parts}
-
-        def eps_of(scale: float) -> float:
-            return epsilon_spent([p.mechanism(scale * base[p.name]) for p in parts], delta, accountant)
-
-        low = MIN_NOISE_MULTIPLIER / min(base.values())
-        high = MAX_NOISE_MULTIPLIER / max(base.values())
-        # s starts at 1 (the bases) and ends near it: small bracket steps avoid costly tiny-noise probes
-        scale = _smallest_passing(eps_of, target, tol, low, high, start=1.0, factor=1.25)
-        if scale is None:
-            raise ValueError(
-                f"epsilon {target} is unreachable for the composition within noise multipliers "
-                f"up to {MAX_NOISE_MULTIPLIER:g}; use more data, fewer steps or a larger epsilon."
-            )
-        mechs = {p.name: p.mechanism(scale * base[p.name]) for p in parts}
-
-    composed = epsilon_spent(list(mechs.values()), delta, accountant)
-    alone = {n: epsilon_spent([m], deltas[n], accountant) for n, m in mechs.items()}
-    return ComposedCalibration(target, delta, accountant, scheme, mechs, composed, alone, deltas)
 
 
 # ------------------------------------------------------------------------------------- records

@@ -1,7 +1,7 @@
 """What a training run is, shared by the plain loop and DP-SGD's (`distildp.dp.dpsgd`, `distildp.dp.private_training`):
-its settings (`TrainConfig`, `PrivacyConfig`), what it reports (`TrainReport`, with the privacy record every
-artifact keeps), the Poisson schedule the accountant sees, batches and the per-sequence loss, and `TrainingLoop`,
-what `train_causal_lm` sets up once for either loop.
+its optimisation settings (`TrainConfig`; DP-SGD's own are `distildp.dp.config`'s), what it reports (`TrainReport`,
+with the privacy record every artifact keeps), the Poisson schedule the accountant sees, batches and the
+per-sequence loss, and `TrainingLoop`, what `train_causal_lm` sets up once for either loop.
 
 The privacy unit is one example (one sequence), so a loss function returns one number per sequence:
 `loss_fn(model, batch) -> (B,)`, the mean over that sequence's scored tokens. A token-weighted batch
@@ -25,12 +25,6 @@ from distildp.lm.fused_loss import sequence_losses, student_logits, token_losses
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
-# What a manifest says about where the DP randomness came from.
-RANDOMNESS = {
-    "secret": "secret: Poisson batches and noise drawn from OS entropy",
-    "reproducible": "reproducible: noise derived from the published seed, not a releasable model",
-}
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "bookkeeping")
 SCHEDULES = ("constant", "warmup_linear")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -61,30 +55,6 @@ class TrainConfig:
 
 
 @dataclass
-class PrivacyConfig:
-    """DP-SGD settings. target_epsilon = math.inf (and no noise_multiplier) means non-private."""
-
-    target_epsilon: float = math.inf
-    delta: float | str | None = None  # None: below 1/N; 'paper': 1/N (see distildp.dp.privacy.resolve_delta)
-    max_grad_norm: float = 1.0
-    accountant: str = "prv"
-    noise_multiplier: float | None = None  # None: calibrated so the run spends target_epsilon
-    # 'hooks' (handles tied embeddings), 'ghost' (unties them) or 'bookkeeping' (one backward pass, keeps
-    # them tied; distildp.dp.bookkeeping)
-    grad_sample_mode: str = "hooks"
-    conv1d_sampler: bool = True  # use distildp.dp.conv1d_grad_sampler for GPT-2's Conv1D layers
-    allow_delta_one_over_n: bool = False  # the paper's delta = 1/N (weaker than the default)
-    # The (epsilon, delta) guarantee assumes the Poisson batches and the noise are secret. True: both are drawn
-    # from OS entropy, never from the training seed. False: derived from the seed, for teaching and benchmarks on
-    # synthetic data (anyone with the seed can regenerate the noise: not a releasable model).
-    secret_randomness: bool = True
-
-    @property
-    def private(self) -> bool:
-        return math.isfinite(self.target_epsilon) or self.noise_multiplier is not None
-
-
-@dataclass
 class TrainReport:
     """What a training run did, including the privacy it spent."""
 
@@ -101,7 +71,7 @@ class TrainReport:
     batch_size: int
     epochs: float
     n_examples: int
-    randomness: str = ""  # how the Poisson batches and the noise were drawn (RANDOMNESS), for DP runs
+    randomness: str = ""  # how the Poisson batches and the noise were drawn, for DP runs
     world_size: int = 1  # processes that trained together (data-parallel DP-SGD)
     backend: str | None = None  # their process group's backend (gloo, nccl); None for one process
     losses: list[float] = field(default_factory=list)  # mean training loss per step (not private)

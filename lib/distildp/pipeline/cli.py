@@ -1,5 +1,5 @@
 """`python -m distildp.pipeline`: build the embedded default's public models and check gate 1, or one method's
-artifacts at a budget and seed (with torchrun, on N processes). The stages themselves are `distildp.pipeline.stages`'s.
+artifacts at a budget and seed (with torchrun, on N processes). The stages themselves are `distildp.pipeline`'s.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import time
 from distildp.core import distributed
 from distildp.core.artifacts import ArtifactStore
 from distildp.core.methods import METHODS, REFERENCES
+from distildp.pipeline import Pipeline
+from distildp.pipeline.public_models import pretrained
 from distildp.pipeline.settings import PROFILES, make_settings
-from distildp.pipeline.stages import Pipeline
 from distildp.reporting.results import GATE_1_RATIO
 
 
@@ -53,7 +54,7 @@ def _build_public(pipe: Pipeline) -> int:
     )
     ppl = {}
     for role in ("teacher", "student"):
-        art = pipe.pretrained(role)
+        art = pretrained(pipe, role)
         ppl[role] = art.metrics["test_ppl"]
         floor_text = f"   floor {art.metrics['floor']:.2f}" if "floor" in art.metrics else ""
         _say(

@@ -9,9 +9,9 @@ import math
 import time
 from typing import Any
 
-from distildp.core.artifacts import Artifact
+from distildp.core.manifests import Artifact
 from distildp.core.methods import reference_epsilon, reference_role
-from distildp.dp import privacy
+from distildp.dp import calibration, privacy
 from distildp.pipeline.settings import Settings
 
 
@@ -21,7 +21,7 @@ def method_row(
     method: str,
     epsilon: float,
     seed: int,
-    plan: privacy.ComposedCalibration,
+    plan: calibration.ComposedCalibration,
     arts: dict[str, Artifact],
     started: float,
 ) -> dict[str, Any]:

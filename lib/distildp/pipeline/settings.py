@@ -2,7 +2,7 @@
 user overrides, so that a notebook and the benchmark runner refuse the same bad value with the same message.
 
     make_settings(profile, overrides)   profile dict  <- overrides merged in (nested configs as dicts)
-                                        -> names, types, allowed values, dataset options (Settings)
+                                        -> names, types (core.values), allowed values, dataset options (Settings)
                                         -> delta against the private set's size, csv folders (Settings.validate)
 
 Numbers that YAML 1.1 reads as text (1e-5, a quoted 0.4) are refused with the way to write them.
@@ -11,22 +11,20 @@ Numbers that YAML 1.1 reads as text (1e-5, a quoted 0.4) are refused with the wa
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import numbers
-import types
-import typing
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from distildp.core.values import fields_problem, number_hint
 from distildp.data.loaders import corpus_loader, corpus_options, public_options, train_size
 from distildp.distill.kd import KD_WEIGHTINGS, TEACHER_CONTEXTS, KDConfig, validate_kd_weights
 from distildp.distill.synthetic_training import SyntheticTrainingConfig
-from distildp.dp import privacy
+from distildp.dp import calibration, privacy
+from distildp.dp.config import GRAD_SAMPLE_MODES, RANDOMNESS, PrivacyConfig
 from distildp.lm.sampling import GenerationConfig
-from distildp.lm.training import GRAD_SAMPLE_MODES, RANDOMNESS, PrivacyConfig, TrainConfig
+from distildp.lm.training import TrainConfig
 
 HISTOGRAMS = ("dp", "exact", "uniform")
 
@@ -35,7 +33,7 @@ HISTOGRAMS = ("dp", "exact", "uniform")
 class Settings:
     """Everything a run depends on besides (method, epsilon, seed). Defaults: the embedded default.
 
-    The embedded default is a miniature of the paper's regime (see the README's "embedded default" section):
+    The embedded default is a miniature of the paper's regime (see docs/embedded_default.md):
     public pretraining that covers the private domain, a teacher with 8.2x the student's parameters, a private
     set large enough for DP-SGD's noise per step (sigma / batch) to be within a few times the paper's, and a
     synthetic set of 4x the private training set.
@@ -129,9 +127,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         # types first: a number that YAML read as text would otherwise fail below with a bare TypeError
-        problem = fields_problem(asdict_shallow(self), Settings)
+        problem = fields_problem(self, Settings)
         if problem:
-            raise ValueError(problem)
+            raise ValueError(str(problem))
         if self.histogram not in HISTOGRAMS:
             raise ValueError(f"histogram={self.histogram!r}; choose one of {HISTOGRAMS}")
         validate_kd_weights(self.lam, self.temperature, self.alpha)
@@ -158,7 +156,7 @@ class Settings:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1) (0: run every epoch)")
         for name, known in (
             ("accountant", privacy.ACCOUNTANTS),
-            ("budget_scheme", privacy.SCHEMES),
+            ("budget_scheme", calibration.SCHEMES),
             ("grad_sample_mode", GRAD_SAMPLE_MODES),
             ("teacher_context", TEACHER_CONTEXTS),
         ):
@@ -295,7 +293,7 @@ def make_settings(profile: str = "quick", overrides: Mapping[str, Any] | None = 
                 raise ValueError(f"unknown field(s) {bad} in {name}; its fields are {sorted(cls.__dataclass_fields__)}")
             problem = fields_problem(value, cls, f"{name}.")  # before the config's own checks compare a str to 0
             if problem:
-                raise ValueError(problem)
+                raise ValueError(str(problem))
             value = replace(getattr(defaults, name), **value)
         kwargs[name] = value
     return Settings(**kwargs).validate()
@@ -357,96 +355,14 @@ def check_setting_name(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- validation
-def yaml_number_hint(text: str) -> str:
-    """How to write `text`, a number that YAML read as a string, so that it reads as a number ('' if not one)."""
-    try:
-        float(text.replace("_", ""))
-    except ValueError:
-        return ""
-    if "e" in text.lower() and "inf" not in text.lower():
-        return (
-            "; YAML 1.1 (PyYAML, which reads grids) takes 1e-5 and 1.0e5 for text: write a dot and a signed "
-            "exponent (1.0e-5, 1.0e+5) or a plain decimal (0.00001)"
-        )
-    return "; a quoted number (or inf/nan without the dot YAML wants before it: .inf) is text in YAML: drop the quotes"
-
-
-def asdict_shallow(obj) -> dict:
-    """A dataclass's fields as a dict, nested dataclasses left as they are (unlike dataclasses.asdict)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
-@functools.lru_cache(maxsize=None)
-def _hints(obj) -> dict[str, Any]:
-    return typing.get_type_hints(obj)
-
-
-def fields_problem(values: Mapping[str, Any], cls: Any, prefix: str = "") -> str | None:
-    """The first value that does not fit its annotation in `cls` (a dataclass or a function), described with the
-    fix; None when all fit. Nested config dataclasses are checked field by field, as instances or as mappings."""
-    hints = _hints(cls)
-    for name, value in values.items():
-        hint = hints.get(name)
-        if hint is None:
-            continue  # unknown names are reported by whoever knows the field list (make_settings)
-        if is_dataclass(hint) and isinstance(hint, type):
-            if isinstance(value, hint):
-                value = asdict_shallow(value)
-            elif not isinstance(value, Mapping):
-                return f"{prefix}{name} must be a mapping of {hint.__name__} fields, got {value!r}"
-            problem = fields_problem(value, hint, f"{prefix}{name}.")
-        else:
-            problem = type_problem(f"{prefix}{name}", value, hint)
-        if problem:
-            return problem
-    return None
-
-
-def type_problem(name: str, value: Any, hint: Any) -> str | None:
-    """Why `value` does not fit annotation `hint` of setting `name` (with the YAML hint for a number read as
-    text); None when it fits. ints fit floats; bools fit neither."""
-    if _fits(value, hint):
-        return None
-    message = f"{name} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
-    return message + yaml_number_hint(value) if isinstance(value, str) and _wants_number(hint) else message
-
-
-def _union_args(hint: Any) -> tuple:
-    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    if len(_union_args(hint)) > 1:
-        return any(_fits(value, arg) for arg in _union_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    origin = typing.get_origin(hint)
-    if origin is not None:
-        return isinstance(value, origin)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any) -> str:
-    return " or ".join("None" if a is type(None) else getattr(a, "__name__", str(a)) for a in _union_args(hint))
-
-
-def _wants_number(hint: Any) -> bool:
-    return any(a in (int, float) for a in _union_args(hint))
-
-
 def _check_delta_form(delta: Any) -> None:
     """delta is None (below 1/N), 'paper' (1/N) or a number in (0, 1); whether it is below 1/N needs N
     (Settings.validate)."""
     if isinstance(delta, str) and delta != "paper":
+        hint = number_hint(delta)
         raise ValueError(
             f"delta={delta!r}: use a number below 1/N, None (the default: the largest power of ten "
-            f"below 1/N) or 'paper' (1/N, as the paper){yaml_number_hint(delta)}"
+            f"below 1/N) or 'paper' (1/N, as the paper)" + (f"; {hint}" if hint else "")
         )
     if delta is not None and delta != "paper" and not 0 < delta < 1:
         raise ValueError(
@@ -467,4 +383,4 @@ def _check_options(key: str, name: str, options_key: str, options: dict, accepte
         )
     problem = fields_problem(options, loader(name), f"{options_key}.") if loader else None
     if problem:
-        raise ValueError(problem)
+        raise ValueError(str(problem))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from distildp.core.methods import METHODS
+from distildp.reporting.regime import regime_table
 from distildp.reporting.results import (
     GATE_1_RATIO,
     ablation_knobs,
@@ -22,7 +23,6 @@ from distildp.reporting.results import (
     gates_table,
     normalise,
     ppl_table,
-    regime_table,
     to_markdown,
     value_key,
 )
@@ -200,84 +200,89 @@ def write_report(
     tables/ppl_vs_eps.csv (main and reference rows), ppl_vs_eps.md (the mean ± std table),
     figures/ppl_vs_eps.png; per ablation knob: tables/ablation_<knob>.csv/.md, figures/ablation_<knob>.png.
     With several variants (e.g. a `dataset` axis) the Markdown has a section per variant and each figure
-    name gets `_<variant>`.
+    name gets `_<variant>`. With `regime_map` the ablations are the regime map's cells: tables/rows.csv,
+    regime.csv/.md and figures/regime.png instead of the ablation tables.
     """
     df = normalise(df)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-
-    def sections(rows: pd.DataFrame, name: str, note: str, table_fn, plot_fn, as_markdown: bool = False) -> None:
-        rows.to_csv(tables_dir / f"{name}.csv", index=False)
-        variants = sorted(rows["variant"].unique())
-        text = note
-        for variant in variants:
-            part = rows[rows["variant"] == variant]
-            body = table_fn(part) if as_markdown else to_markdown(table_fn(part))
-            text += (f"### {variant}\n\n" if len(variants) > 1 else "") + body + "\n"
-            figure = figures_dir / (f"{name}_{variant}.png" if len(variants) > 1 else f"{name}.png")
-            plot_fn(part, figure)
-            written.append(figure)
-        (tables_dir / f"{name}.md").write_text(text)
-        written.extend([tables_dir / f"{name}.csv", tables_dir / f"{name}.md"])
-
     main = df[df["kind"].isin(["main", "reference"])]
     if not main.empty:
-
-        def table_with_gates(part: pd.DataFrame) -> str:
-            gates = gates_table(part)
-            failed = gates[gates["result"] == "FAIL"]["check"].tolist()
-            warning = (
-                f"**Gate failed** ({'; '.join(failed)}): the method's premise does not hold here; read the "
-                f"results with that in mind.\n\n"
-                if failed
-                else ""
-            )
-            gates_md = to_markdown(gates, index=False) + "\n" if len(gates) else ""
-            reproducible = (part["dp_randomness"] == "reproducible").any()
-            note = (
-                "\nDP noise reproducible from the public seed (`dp_randomness: reproducible`, a benchmark on a "
-                "synthetic corpus): not a releasable model.\n"
-                if reproducible
-                else ""
-            )
-            return warning + gates_md + to_markdown(ppl_table(part)) + note
-
-        sections(
-            main,
-            "ppl_vs_eps",
+        note = (
             "The gates (DistilDP's premises, see the README) and the verdict, then the "
-            "student test perplexity, mean ± std over seeds (lower is better).\n\n",
-            table_with_gates,
-            plot_ppl_vs_eps,
-            as_markdown=True,
+            "student test perplexity, mean ± std over seeds (lower is better).\n\n"
+        )
+        written += _write_sections(
+            main, "ppl_vs_eps", note, _gates_and_ppl_markdown, plot_ppl_vs_eps, tables_dir, figures_dir
         )
     if regime_map:
-        df.to_csv(tables_dir / "rows.csv", index=False)  # every cell's rows: what the map is computed from
-        table = regime_table(df)
-        table.to_csv(tables_dir / "regime.csv", index=False)
-        (tables_dir / "regime.md").write_text(
-            "The regime map: each cell moves one axis from the embedded default. Δ = DistilDP's student minus the "
-            "best baseline's test perplexity (below 0: DistilDP wins); gate 1: pretrained teacher / student "
-            f"(pass at <= {GATE_1_RATIO}); gate 2: DistilDP's DP teacher (as sampled) below the DP-SGD student.\n\n"
-            + to_markdown(table, index=False)
-        )
-        plot_regime(table, figures_dir / "regime.png")
-        written += [
-            tables_dir / "rows.csv",
-            tables_dir / "regime.csv",
-            tables_dir / "regime.md",
-            figures_dir / "regime.png",
-        ]
-        return written  # its cells are the ablations: no separate ablation tables
+        return written + _write_regime_map(df, tables_dir, figures_dir)  # its cells are the ablations
     for knob in ablation_knobs(df):
-        rows = df[(df["kind"] == "ablation") & (df["knob"] == knob)]
-        sections(
-            rows,
+        written += _write_sections(
+            df[(df["kind"] == "ablation") & (df["knob"] == knob)],
             f"ablation_{knob}",
             f"Ablation of `{knob}` (other settings at their defaults).\n\n",
-            lambda part, k=knob: ablation_table(part, k),
+            lambda part, k=knob: to_markdown(ablation_table(part, k)),
             lambda part, path, k=knob: plot_ablation(part, k, path),
+            tables_dir,
+            figures_dir,
         )
     return written
+
+
+def _write_sections(
+    rows: pd.DataFrame, name: str, note: str, markdown_fn, plot_fn, tables_dir: Path, figures_dir: Path
+) -> list[Path]:
+    """tables/<name>.csv (the rows), tables/<name>.md (`note`, then a section per variant: `markdown_fn(part)`) and
+    a figure per variant (`plot_fn(part, path)`); the paths written, figures first."""
+    rows.to_csv(tables_dir / f"{name}.csv", index=False)
+    variants = sorted(rows["variant"].unique())
+    text, written = note, []
+    for variant in variants:
+        part = rows[rows["variant"] == variant]
+        text += (f"### {variant}\n\n" if len(variants) > 1 else "") + markdown_fn(part) + "\n"
+        figure = figures_dir / (f"{name}_{variant}.png" if len(variants) > 1 else f"{name}.png")
+        plot_fn(part, figure)
+        written.append(figure)
+    (tables_dir / f"{name}.md").write_text(text)
+    return written + [tables_dir / f"{name}.csv", tables_dir / f"{name}.md"]
+
+
+def _gates_and_ppl_markdown(part: pd.DataFrame) -> str:
+    """The Markdown of ppl_vs_eps.md for one variant: a warning when a gate fails, the gates and the verdict, the
+    perplexity table, and a note when the DP noise was reproducible (not a releasable model)."""
+    gates = gates_table(part)
+    failed = gates[gates["result"] == "FAIL"]["check"].tolist()
+    warning = (
+        f"**Gate failed** ({'; '.join(failed)}): the method's premise does not hold here; read the "
+        f"results with that in mind.\n\n"
+        if failed
+        else ""
+    )
+    gates_md = to_markdown(gates, index=False) + "\n" if len(gates) else ""
+    reproducible = (part["dp_randomness"] == "reproducible").any()
+    note = (
+        "\nDP noise reproducible from the public seed (`dp_randomness: reproducible`, a benchmark on a "
+        "synthetic corpus): not a releasable model.\n"
+        if reproducible
+        else ""
+    )
+    return warning + gates_md + to_markdown(ppl_table(part)) + note
+
+
+def _write_regime_map(df: pd.DataFrame, tables_dir: Path, figures_dir: Path) -> list[Path]:
+    """tables/rows.csv (every cell's rows: what the map is computed from), regime.csv, regime.md and
+    figures/regime.png."""
+    df.to_csv(tables_dir / "rows.csv", index=False)
+    table = regime_table(df)
+    table.to_csv(tables_dir / "regime.csv", index=False)
+    (tables_dir / "regime.md").write_text(
+        "The regime map: each cell moves one axis from the embedded default. Δ = DistilDP's student minus the "
+        "best baseline's test perplexity (below 0: DistilDP wins); gate 1: pretrained teacher / student "
+        f"(pass at <= {GATE_1_RATIO}); gate 2: DistilDP's DP teacher (as sampled) below the DP-SGD student.\n\n"
+        + to_markdown(table, index=False)
+    )
+    plot_regime(table, figures_dir / "regime.png")
+    return [tables_dir / "rows.csv", tables_dir / "regime.csv", tables_dir / "regime.md", figures_dir / "regime.png"]

@@ -1,12 +1,13 @@
-"""Results rows -> tables: student perplexity versus epsilon, the gates and the verdict, the regime map, ablations.
+"""Results rows -> tables: student perplexity versus epsilon, the gates and the verdict, ablations.
 
 A *row* is the dict `Pipeline.run` returns (one method, epsilon, seed), saved by the benchmark notebook as
-`row.json`. The runner (lib/distildp/runner/run.py) keeps a `point.json` beside it with what the grid asked for:
+`row.json`. The runner (distildp.runner.points) keeps a `point.json` beside it with what the grid asked for:
 `point_id`, `kind` ('main', 'reference' or 'ablation'), for ablations `knob` and `value`, and `variant`
 (the values of the grid's other axes, e.g. 'dataset-yelp'; '' when it has none: one table per variant).
 Tables show mean ± sample std (ddof=1) over seeds; epsilon = inf (non-private) is written ∞.
-The figures and the files a grid writes are `distildp.reporting.report`'s; the same tables told in sentences,
-`distildp.reporting.story`'s. Reading results loads no torch.
+The regime map's table is `distildp.reporting.regime`'s; the figures and the files a grid writes are
+`distildp.reporting.report`'s; the same tables told in sentences, `distildp.reporting.story`'s. Reading results loads
+no torch.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def as_float(values: pd.Series) -> pd.Series:
-    """Numbers as floats; JSON rows (artifacts.jsonable) write inf and nan as strings, anything else unreadable
+    """Numbers as floats; JSON rows (manifests.jsonable) write inf and nan as strings, anything else unreadable
     becomes nan."""
     return pd.to_numeric(values.replace({"inf": math.inf, "-inf": -math.inf, "nan": math.nan}), errors="coerce").astype(
         float
@@ -223,6 +224,9 @@ def seed_noise(df: pd.DataFrame, epsilon: float) -> float:
     return 2 * max(stds) if stds else math.nan
 
 
+GATES_COLUMNS = ["check", "ε", "DistilDP side", "other side", "margin", "result"]
+
+
 def gates_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """The two premises DistilDP needs, each measured on the same test text the same way for both models:
 
@@ -233,119 +237,72 @@ def gates_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     gap exceeds twice the larger seed std.
     """
     df = normalise(df)
-    records = []
-    refs = df[df["kind"] == "reference"]
-    teacher = refs.loc[refs["method"] == "pretrained_teacher", "teacher_ppl"].dropna()
-    student = refs.loc[refs["method"] == "pretrained_student", "student_ppl"].dropna()
-    if not teacher.empty and not student.empty:
-        ratio = teacher.mean() / student.mean()
-        records.append(
-            {
-                "check": f"gate 1: pretrained teacher <= {GATE_1_RATIO} x pretrained student",
-                "ε": "",
-                "DistilDP side": f"teacher {mean_std(teacher, digits)}",
-                "other side": f"student {mean_std(student, digits)}",
-                "margin": f"ratio {ratio:.3f}",
-                "result": "PASS" if ratio <= GATE_1_RATIO else "FAIL",
-            }
-        )
+    records = [_gate_1_row(df[df["kind"] == "reference"], digits)]
     main = df[df["kind"] == "main"]
     for epsilon in sorted(main["epsilon"].unique()):
         at = main[main["epsilon"] == epsilon]
-        dp_teacher = at.loc[at["method"] == "distildp", "teacher_marginal_ppl"].dropna()
-        dpsgd = at.loc[at["method"] == "dpsgd", "student_ppl"].dropna()
-        if not dp_teacher.empty and not dpsgd.empty:
-            records.append(
-                {
-                    "check": "gate 2: DP teacher (as sampled) < DP-SGD student",
-                    "ε": eps_label(epsilon)[2:],
-                    "DistilDP side": f"teacher {mean_std(dp_teacher, digits)}",
-                    "other side": f"dpsgd {mean_std(dpsgd, digits)}",
-                    "margin": f"{dp_teacher.mean() - dpsgd.mean():+.{digits}f}",
-                    "result": "PASS" if dp_teacher.mean() < dpsgd.mean() else "FAIL",
-                }
-            )
-        ours = at.loc[at["method"] == "distildp", "student_ppl"].dropna()
-        others = {m: at.loc[at["method"] == m, "student_ppl"].dropna() for m in BASELINES}
-        others = {m: v for m, v in others.items() if not v.empty}
-        if ours.empty or not others:
-            continue
-        best = min(others, key=lambda m: others[m].mean())
-        gap = others[best].mean() - ours.mean()
-        noise = seed_noise(at, epsilon)
-        seeds = not math.isnan(noise)
-        result = (
-            ("WIN" if gap > noise else "LOSS" if -gap > noise else "TIE")
-            if seeds
-            else ("ahead (1 seed)" if gap > 0 else "behind (1 seed)")
-        )
-        records.append(
-            {
-                "check": "DistilDP student vs the best baseline",
-                "ε": eps_label(epsilon)[2:],
-                "DistilDP side": f"distildp {mean_std(ours, digits)}",
-                "other side": f"{best} {mean_std(others[best], digits)}",
-                "margin": (f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if seeds else f"{-gap:+.{digits}f}"),
-                "result": result,
-            }
-        )
-    return pd.DataFrame(records, columns=["check", "ε", "DistilDP side", "other side", "margin", "result"])
+        records += [_gate_2_row(at, epsilon, digits), _verdict_row(at, epsilon, digits)]
+    return pd.DataFrame([r for r in records if r is not None], columns=GATES_COLUMNS)
 
 
-def regime_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """The regime map: one row per cell (the main grid's epsilons, then each ablation value), with both gates and
-    DistilDP's student minus the best baseline's (negative: DistilDP wins). A cell takes what it lacks from the
-    main grid at its epsilon and seed: an axis that cannot change a baseline (lam, synthetic_factor) does not rerun
-    it, and references come from the main grid unless the axis reruns them (pretraining, teacher size)."""
-    df = normalise(df)
-    main = df[df["kind"] == "main"]
-    refs = df[df["kind"] == "reference"]
-    cells = [("epsilon", eps_label(e)[2:], main[main["epsilon"] == e]) for e in sorted(main["epsilon"].unique())]
-    ablations = df[df["kind"] == "ablation"]
-    for knob in dict.fromkeys(ablations["knob"]):
-        rows = ablations[ablations["knob"] == knob]
-        for _, group in rows.groupby(value_key(rows), sort=False):
-            cells.append((knob, group["value"].iloc[0], group))
-    records = []
-    for axis, value, cell in cells:
-        methods = cell[cell["method"].isin(METHODS)]
-        if methods.empty:
-            continue
-        epsilon, seeds = methods["epsilon"].iloc[0], set(methods["seed"])
-        fallback = main[(main["epsilon"] == epsilon) & main["seed"].isin(seeds)]
-        have = set(methods["method"])
-        cell_main = pd.concat([methods, fallback[~fallback["method"].isin(have)]])
-        cell_refs = cell[cell["method"].isin(REFERENCES)]
-        cell_refs = pd.concat([cell_refs, refs[~refs["method"].isin(set(cell_refs["method"]))]])
+def _gate_1_row(refs: pd.DataFrame, digits: int) -> dict | None:
+    """Gate 1 from the reference rows; None without both pretrained models."""
+    teacher = refs.loc[refs["method"] == "pretrained_teacher", "teacher_ppl"].dropna()
+    student = refs.loc[refs["method"] == "pretrained_student", "student_ppl"].dropna()
+    if teacher.empty or student.empty:
+        return None
+    ratio = teacher.mean() / student.mean()
+    return {
+        "check": f"gate 1: pretrained teacher <= {GATE_1_RATIO} x pretrained student",
+        "ε": "",
+        "DistilDP side": f"teacher {mean_std(teacher, digits)}",
+        "other side": f"student {mean_std(student, digits)}",
+        "margin": f"ratio {ratio:.3f}",
+        "result": "PASS" if ratio <= GATE_1_RATIO else "FAIL",
+    }
 
-        def ppl(frame: pd.DataFrame, method: str, metric: str = "student_ppl") -> float:
-            return frame.loc[frame["method"] == method, metric].mean()
 
-        ratio = ppl(cell_refs, "pretrained_teacher", "teacher_ppl") / ppl(cell_refs, "pretrained_student")
-        teacher, dpsgd, ours = (
-            ppl(cell_main, "distildp", "teacher_marginal_ppl"),
-            ppl(cell_main, "dpsgd"),
-            ppl(cell_main, "distildp"),
-        )
-        baselines = {m: ppl(cell_main, m) for m in BASELINES if m in set(cell_main["method"])}
-        best = min(baselines, key=baselines.get) if baselines else ""
-        records.append(
-            {
-                "axis": axis,
-                "value": value,
-                "ε": eps_label(epsilon)[2:],
-                "gate 1 (teacher/student)": round(ratio, 3),
-                "gate 1": "" if math.isnan(ratio) else "PASS" if ratio <= GATE_1_RATIO else "FAIL",
-                "DP teacher": round(teacher, digits),
-                "dpsgd": round(dpsgd, digits),
-                "gate 2": "" if math.isnan(teacher) or math.isnan(dpsgd) else "PASS" if teacher < dpsgd else "FAIL",
-                "distildp": round(ours, digits),
-                "best baseline": best,
-                "Δ distildp - best": round(ours - baselines[best], digits) if best else math.nan,
-                "seeds": len(seeds),
-            }
-        )
-    return pd.DataFrame(records)
+def _gate_2_row(at: pd.DataFrame, epsilon: float, digits: int) -> dict | None:
+    """Gate 2 from the main rows at `epsilon`; None without DistilDP's DP teacher and the DP-SGD student."""
+    dp_teacher = at.loc[at["method"] == "distildp", "teacher_marginal_ppl"].dropna()
+    dpsgd = at.loc[at["method"] == "dpsgd", "student_ppl"].dropna()
+    if dp_teacher.empty or dpsgd.empty:
+        return None
+    return {
+        "check": "gate 2: DP teacher (as sampled) < DP-SGD student",
+        "ε": eps_label(epsilon)[2:],
+        "DistilDP side": f"teacher {mean_std(dp_teacher, digits)}",
+        "other side": f"dpsgd {mean_std(dpsgd, digits)}",
+        "margin": f"{dp_teacher.mean() - dpsgd.mean():+.{digits}f}",
+        "result": "PASS" if dp_teacher.mean() < dpsgd.mean() else "FAIL",
+    }
+
+
+def _verdict_row(at: pd.DataFrame, epsilon: float, digits: int) -> dict | None:
+    """DistilDP's student against the best baseline at `epsilon`: WIN or LOSS beyond twice the largest seed std,
+    else TIE (ahead or behind with one seed); None without DistilDP's student or any baseline."""
+    ours = at.loc[at["method"] == "distildp", "student_ppl"].dropna()
+    others = {m: at.loc[at["method"] == m, "student_ppl"].dropna() for m in BASELINES}
+    others = {m: v for m, v in others.items() if not v.empty}
+    if ours.empty or not others:
+        return None
+    best = min(others, key=lambda m: others[m].mean())
+    gap = others[best].mean() - ours.mean()
+    noise = seed_noise(at, epsilon)
+    seeds = not math.isnan(noise)
+    result = (
+        ("WIN" if gap > noise else "LOSS" if -gap > noise else "TIE")
+        if seeds
+        else ("ahead (1 seed)" if gap > 0 else "behind (1 seed)")
+    )
+    return {
+        "check": "DistilDP student vs the best baseline",
+        "ε": eps_label(epsilon)[2:],
+        "DistilDP side": f"distildp {mean_std(ours, digits)}",
+        "other side": f"{best} {mean_std(others[best], digits)}",
+        "margin": (f"{-gap:+.{digits}f} (2 x max std {noise:.{digits}f})" if seeds else f"{-gap:+.{digits}f}"),
+        "result": result,
+    }
 
 
 def ablation_table(df: pd.DataFrame, knob: str, digits: int = 2) -> pd.DataFrame:

@@ -23,102 +23,123 @@ def story(df: pd.DataFrame, digits: int = 2) -> list[str]:
     DistilDP against the non-private student and the floor. The labels are gates_table's.
     """
     df = normalise(df)
-    f = f".{digits}f"
-    sentences: list[str] = []
     refs = df[df["kind"] == "reference"]
+    main = df[df["kind"] == "main"]
+    sentences = [_gate_1(refs, digits)]
+    for epsilon in sorted(main["epsilon"].unique()):
+        sentences += _at_epsilon(main[main["epsilon"] == epsilon], epsilon, digits)
+    sentences += [_across_budgets(main, f".{digits}f"), _for_scale(df, refs, main, digits)]
+    return [s for s in sentences if s]  # a part with nothing to tell gives ''
+
+
+def _gate_1(refs: pd.DataFrame, digits: int) -> str:
+    """Gate 1 in a sentence, each seed's ratio too when there are several ('' without both pretrained models)."""
     teacher = refs[refs["method"] == "pretrained_teacher"].dropna(subset=["teacher_ppl"])
     student = refs[refs["method"] == "pretrained_student"].dropna(subset=["student_ppl"])
-    if not teacher.empty and not student.empty:
-        ratio = teacher["teacher_ppl"].mean() / student["student_ppl"].mean()
-        status = "PASS" if ratio <= GATE_1_RATIO else "FAIL"
-        text = (
-            f"Gate 1 {status}: the pretrained teacher's test perplexity "
-            f"({mean_std(teacher['teacher_ppl'], digits)}) is {ratio:.3f} x the pretrained student's "
-            f"({mean_std(student['student_ppl'], digits)}); DistilDP "
-            f"needs at most {GATE_1_RATIO}."
+    if teacher.empty or student.empty:
+        return ""
+    ratio = teacher["teacher_ppl"].mean() / student["student_ppl"].mean()
+    status = "PASS" if ratio <= GATE_1_RATIO else "FAIL"
+    text = (
+        f"Gate 1 {status}: the pretrained teacher's test perplexity "
+        f"({mean_std(teacher['teacher_ppl'], digits)}) is {ratio:.3f} x the pretrained student's "
+        f"({mean_std(student['student_ppl'], digits)}); DistilDP "
+        f"needs at most {GATE_1_RATIO}."
+    )
+    per_seed = (teacher.groupby("seed")["teacher_ppl"].mean() / student.groupby("seed")["student_ppl"].mean()).dropna()
+    if len(per_seed) > 1:
+        passed = int((per_seed <= GATE_1_RATIO).sum())
+        text += (
+            f" Seed by seed (each its own public pretraining): {', '.join(f'{r:.3f}' for r in per_seed)}, "
+            f"passing on {passed} of {len(per_seed)}."
         )
-        per_seed = (
-            teacher.groupby("seed")["teacher_ppl"].mean() / student.groupby("seed")["student_ppl"].mean()
-        ).dropna()
-        if len(per_seed) > 1:
-            passed = int((per_seed <= GATE_1_RATIO).sum())
-            text += (
-                f" Seed by seed (each its own public pretraining): {', '.join(f'{r:.3f}' for r in per_seed)}, "
-                f"passing on {passed} of {len(per_seed)}."
-            )
-        sentences.append(text)
-    main = df[df["kind"] == "main"]
-    for epsilon in sorted(main["epsilon"].unique()):
-        at = main[main["epsilon"] == epsilon]
-        eps = eps_label(epsilon)[2:]
-        ppl = {m: at.loc[at["method"] == m, "student_ppl"].dropna() for m in dict.fromkeys(at["method"])}
-        ppl = {m: v for m, v in ppl.items() if not v.empty}
-        dp_teacher = at.loc[at["method"] == "distildp", "teacher_marginal_ppl"].dropna()
-        if not dp_teacher.empty and "dpsgd" in ppl:
-            head_start = ppl["dpsgd"].mean() - dp_teacher.mean()
-            sentences.append(
-                f"ε = {eps}, gate 2 {'PASS' if head_start > 0 else 'FAIL'}: DistilDP's DP teacher, scored as its "
-                f"synthetic text is sampled, is at {mean_std(dp_teacher, digits)}, {_relative(-head_start, f)} "
-                f"the DP-SGD student ({mean_std(ppl['dpsgd'], digits)})."
-            )
-        others = {m: ppl[m] for m in BASELINES if m in ppl}
-        if "distildp" in ppl and others:
-            ours = ppl["distildp"]
-            best = min(others, key=lambda m: others[m].mean())
-            gap = others[best].mean() - ours.mean()  # above 0: DistilDP's student is better
-            noise = seed_noise(at, epsilon)
-            side = _relative(-gap, f)
-            compared = (
-                f"DistilDP's student ({mean_std(ours, digits)}) is {side} the best baseline, {best} "
-                f"({mean_std(others[best], digits)})"
-            )
-            if math.isnan(noise):
-                sentences.append(f"ε = {eps}, one seed: {compared}; with one seed there is no seed std, so no verdict.")
-            elif abs(gap) > noise:
-                word = "WIN for DistilDP" if gap > 0 else "LOSS for DistilDP"
-                sentences.append(
-                    f"ε = {eps}, {word}: {compared}, {abs(gap) / noise:.1f} times twice the largest "
-                    f"seed std ({noise:{f}}), over {ours.size} seeds."
-                )
-            else:
-                sentences.append(
-                    f"ε = {eps}, TIE: {compared}, within twice the largest seed std ({noise:{f}}), "
-                    f"over {ours.size} seeds."
-                )
-            by_seed = (
-                at[at["method"].isin(["distildp", best])]
-                .pivot_table(index="seed", columns="method", values="student_ppl", aggfunc="mean")
-                .dropna()
-            )
-            if len(by_seed) > 1:
-                margins = by_seed[best] - by_seed["distildp"]
-                sentences.append(
-                    f"ε = {eps}, seed by seed: DistilDP's student is below {best}'s on "
-                    f"{int((margins > 0).sum())} of {len(margins)} seeds (by "
-                    f"{', '.join(f'{m:{f}}' for m in margins)})."
-                )
-        if len(ppl) > 1:
-            ranked = sorted(ppl, key=lambda m: ppl[m].mean())
-            sentences.append(
-                f"ε = {eps}, every method, best first: " + ", ".join(f"{m} {ppl[m].mean():{f}}" for m in ranked) + "."
-            )
-    across = _across_budgets(main, f)
-    if across:
-        sentences.append(across)
+    return text
+
+
+def _at_epsilon(at: pd.DataFrame, epsilon: float, digits: int) -> list[str]:
+    """The sentences of one budget (`at`: its main rows): gate 2, the verdict, seed by seed, every method ranked."""
+    f = f".{digits}f"
+    eps = eps_label(epsilon)[2:]
+    ppl = {m: at.loc[at["method"] == m, "student_ppl"].dropna() for m in dict.fromkeys(at["method"])}
+    ppl = {m: v for m, v in ppl.items() if not v.empty}
+    sentences = []
+    dp_teacher = at.loc[at["method"] == "distildp", "teacher_marginal_ppl"].dropna()
+    if not dp_teacher.empty and "dpsgd" in ppl:
+        head_start = ppl["dpsgd"].mean() - dp_teacher.mean()
+        sentences.append(
+            f"ε = {eps}, gate 2 {'PASS' if head_start > 0 else 'FAIL'}: DistilDP's DP teacher, scored as its "
+            f"synthetic text is sampled, is at {mean_std(dp_teacher, digits)}, {_relative(-head_start, f)} "
+            f"the DP-SGD student ({mean_std(ppl['dpsgd'], digits)})."
+        )
+    others = {m: ppl[m] for m in BASELINES if m in ppl}
+    if "distildp" in ppl and others:
+        best = min(others, key=lambda m: others[m].mean())
+        sentences += _verdict(at, epsilon, ppl["distildp"], best, others[best], digits)
+    if len(ppl) > 1:
+        ranked = sorted(ppl, key=lambda m: ppl[m].mean())
+        sentences.append(
+            f"ε = {eps}, every method, best first: " + ", ".join(f"{m} {ppl[m].mean():{f}}" for m in ranked) + "."
+        )
+    return sentences
+
+
+def _verdict(at: pd.DataFrame, epsilon: float, ours: pd.Series, best: str, theirs: pd.Series, digits: int) -> list[str]:
+    """DistilDP's student against the best baseline (`theirs`, its perplexities) at one budget: WIN, TIE or LOSS
+    against twice the largest seed std (no verdict with one seed), then seed by seed when there are several."""
+    f = f".{digits}f"
+    eps = eps_label(epsilon)[2:]
+    gap = theirs.mean() - ours.mean()  # above 0: DistilDP's student is better
+    noise = seed_noise(at, epsilon)
+    side = _relative(-gap, f)
+    compared = (
+        f"DistilDP's student ({mean_std(ours, digits)}) is {side} the best baseline, {best} "
+        f"({mean_std(theirs, digits)})"
+    )
+    if math.isnan(noise):
+        sentences = [f"ε = {eps}, one seed: {compared}; with one seed there is no seed std, so no verdict."]
+    elif abs(gap) > noise:
+        word = "WIN for DistilDP" if gap > 0 else "LOSS for DistilDP"
+        sentences = [
+            f"ε = {eps}, {word}: {compared}, {abs(gap) / noise:.1f} times twice the largest "
+            f"seed std ({noise:{f}}), over {ours.size} seeds."
+        ]
+    else:
+        sentences = [
+            f"ε = {eps}, TIE: {compared}, within twice the largest seed std ({noise:{f}}), over {ours.size} seeds."
+        ]
+    by_seed = (
+        at[at["method"].isin(["distildp", best])]
+        .pivot_table(index="seed", columns="method", values="student_ppl", aggfunc="mean")
+        .dropna()
+    )
+    if len(by_seed) > 1:
+        margins = by_seed[best] - by_seed["distildp"]
+        sentences.append(
+            f"ε = {eps}, seed by seed: DistilDP's student is below {best}'s on "
+            f"{int((margins > 0).sum())} of {len(margins)} seeds (by "
+            f"{', '.join(f'{m:{f}}' for m in margins)})."
+        )
+    return sentences
+
+
+def _for_scale(df: pd.DataFrame, refs: pd.DataFrame, main: pd.DataFrame, digits: int) -> str:
+    """DistilDP's student at each finite budget against the non-private student, and the floor below them all
+    ('' without both)."""
+    f = f".{digits}f"
     nonprivate = refs.loc[refs["method"] == "nonprivate_student", "student_ppl"].dropna()
     ours_by_eps = main[main["method"] == "distildp"].groupby("epsilon")["student_ppl"].mean()
     ours_by_eps = ours_by_eps[np.isfinite(ours_by_eps.index)]
-    if not nonprivate.empty and not ours_by_eps.empty:
-        floor = df["floor"].dropna()
-        sentences.append(
-            f"For scale: the student fine-tuned on the private data without privacy reaches {nonprivate.mean():{f}}; "
-            + "; ".join(
-                f"DistilDP's at ε = {eps_label(e)[2:]} is {_relative(p - nonprivate.mean(), f)} it"
-                for e, p in ours_by_eps.items()
-            )
-            + (f"; no model can go below the exact floor, {floor.mean():{f}}." if not floor.empty else ".")
+    if nonprivate.empty or ours_by_eps.empty:
+        return ""
+    floor = df["floor"].dropna()
+    return (
+        f"For scale: the student fine-tuned on the private data without privacy reaches {nonprivate.mean():{f}}; "
+        + "; ".join(
+            f"DistilDP's at ε = {eps_label(e)[2:]} is {_relative(p - nonprivate.mean(), f)} it"
+            for e, p in ours_by_eps.items()
         )
-    return sentences
+        + (f"; no model can go below the exact floor, {floor.mean():{f}}." if not floor.empty else ".")
+    )
 
 
 def _across_budgets(main: pd.DataFrame, f: str) -> str:

@@ -1,4 +1,6 @@
-"""The experiment runner (`python -m distildp.runner`): grid files and their points (`grids`), running points in
-processes with locks and resumption (`run`), cluster jobs through submitit (`executors`), where a grid's
-core-seconds went (`profile`) and fault injection that kills and resumes a run (`faults`).
+"""The experiment runner (`python -m distildp.runner`): a grid file's keys and values, checked (`grid_file`), and
+the grid expanded into points (`grids`); a point's directory, lock and resumption (`points`); points run in child
+processes that die with the runner (`processes`); a grid's run and its tables (`run`); points as cluster jobs
+(`jobs`) through submitit (`executors`); the command line (`cli`); where a grid's core-seconds went (`profile`) and
+fault injection that kills and resumes a run (`faults`).
 """

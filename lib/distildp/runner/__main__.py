@@ -1,5 +1,5 @@
-"""`python -m distildp.runner`: the experiment runner's command line (distildp.runner.run)."""
+"""`python -m distildp.runner`: the experiment runner's command line (distildp.runner.cli)."""
 
-from distildp.runner.run import main
+from distildp.runner.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Grid points as submitit jobs, for lib/distildp/runner/run.py: a Slurm job array, or local processes that stand in
+"""Grid points as submitit jobs, for distildp.runner.jobs: a Slurm job array, or local processes that stand in
 for it.
 
     python -m distildp.runner --grid paper --executor slurm --dry-run   # the sbatch script submitit would submit
@@ -6,8 +6,8 @@ for it.
     python -m distildp.runner --grid smoke --executor local             # the same jobs, here (submitit's LocalExecutor)
 
 The runner prepares each point as it does for its own processes (point.json) and submits one job per point;
-the job runs `run.py --run-point <point dir>`, a command run.py builds. This module knows nothing of grids:
-it checks a grid's `slurm:` settings, makes the executor and submits the commands.
+the job runs `python -m distildp.runner --run-point <point dir>`, a command jobs.py builds. This module knows
+nothing of grids: it checks a grid's `slurm:` settings, makes the executor and submits the commands.
 
 The `slurm:` settings are SlurmExecutor's parameters (sbatch's options, `_` for `-`); `time` is required for
 Slurm, since submitit would otherwise ask for 5 minutes. A local job honours `time` and `gpus_per_node` (it

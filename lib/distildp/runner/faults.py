@@ -6,9 +6,10 @@ compare with a clean run.
 1. reference: the grid once, uninterrupted, into a fresh results directory and store; its wall time is T.
 2. faulted: the same grid into a second fresh results directory and store. N times, the runner alone gets
    SIGKILL, at moments drawn (seeded) uniformly over T; its points and their kernels must die by themselves
-   (run.py gives them a parent-death signal), and every process of the run must be gone within --grace seconds
-   (checked by pid; a survivor is a failure, then killed). Then the runner starts again and resumes: finished
-   points are skipped, finished artifacts reused, killed builds cleaned or resumed. The last start runs to the end.
+   (distildp.runner.processes gives them a parent-death signal), and every process of the run must be gone within
+   --grace seconds (checked by pid; a survivor is a failure, then killed). Then the runner starts again and
+   resumes: finished points are skipped, finished artifacts reused, killed builds cleaned or resumed. The last
+   start runs to the end.
 3. every row.json and point.json, every table CSV and every artifact's files are compared field by field
    with the reference, ignoring only IGNORED (clock readings, and a synthetic set's file that records them).
    Both runs work at the same paths (the reference is moved aside when done), so no path differs.
@@ -88,7 +89,8 @@ def describe(process: psutil.Process) -> str:
 
 
 def point_of(process: psutil.Process) -> str:
-    """The point a process runs ('' for a kernel or anything else): `run.py --execute-point <point dir>`."""
+    """The point a process runs ('' for a kernel or anything else): `python -m distildp.runner --execute-point
+    <point dir>`."""
     command = command_of(process)
     return Path(command[command.index("--execute-point") + 1]).name if "--execute-point" in command else ""
 
@@ -216,7 +218,7 @@ def leftovers(store: Path) -> list[str]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", default="smoke", help="grid name or .yaml path (default smoke)")
     parser.add_argument("--kills", type=int, default=5, help="how many times the runner is killed (default 5)")
@@ -228,48 +230,38 @@ def main(argv: list[str] | None = None) -> int:
         help="an empty or new directory to keep everything in (default: a temporary one, removed when all is well)",
     )
     args = parser.parse_args(argv)
-    out = Path(args.out or tempfile.mkdtemp(prefix="distildp-faults-")).resolve()
-    if out.exists() and any(out.iterdir()):
-        parser.error(f"--out {out}: not empty; both runs need fresh directories")
-    reference, faulted = Run("reference", out, args.grid, args.jobs), Run("faulted", out, args.grid, args.jobs)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    kills, final, survivors = [], None, []
-    try:
-        started = time.monotonic()
-        reference.start()
-        if reference.finish() != 0:
-            print(f"the reference run failed: see {out}/reference-runner-1.log", file=sys.stderr)
-            return 2
-        wall = time.monotonic() - started
-        survivors += reference.kill_all()  # a finished runner leaves no process either
-        reference.set_aside()
-        print(f"reference: {wall:.0f} s uninterrupted", flush=True)
-        # Kill moments on the faulted run's own clock, restarts excluded: N uniform draws over T, sorted; each start
-        # runs until the next one. A killed point restarts from scratch, so the faulted run takes longer than T and
-        # every moment falls inside it, spread over the whole grid (pretraining, DP training, generation, tables).
-        moments = sorted(rng.uniform(0, wall) for _ in range(args.kills))
-        for k, (before, moment) in enumerate(tqdm(list(zip([0.0] + moments, moments)), desc="kills", disable=None), 1):
-            faulted.start()
-            kill = faulted.kill_after(moment - before, args.grace)
-            if kill is None:
-                survivors += faulted.kill_all()
-                tqdm.write(f"kill {k}: the runner finished before {moment - before:.1f} s; no more kills")
-                break
-            survivors += kill["survivors"]
-            kills.append({"kill": k, "at s": round(moment, 1), "after restart s": round(moment - before, 1), **kill})
-            tqdm.write(
-                f"kill {k} at {moment - before:.1f} s after start {faulted.starts}: points running: "
-                f"{kill['points running']}; {len(kill['survivors'])} survivor(s)"
-            )
-        faulted.start()
-        final = faulted.finish()  # the last start runs to the end
-        survivors += faulted.kill_all()
-    finally:
-        for run in (reference, faulted):
-            run.kill_all()
-    faulted.set_aside()
+    args.keep = bool(args.out)  # a directory of the user's is kept; a temporary one removed when all is well
+    args.out = Path(args.out or tempfile.mkdtemp(prefix="distildp-faults-")).resolve()
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out}: not empty; both runs need fresh directories")
+    return args
 
+
+def kill_and_resume(faulted: Run, moments: list[float], grace: float) -> tuple[list[dict], list[str], int]:
+    """Start the faulted run and SIGKILL its runner at each moment (on its own clock, restarts excluded; each
+    start runs until the next moment), then let the last start run to the end. The kills, the survivors and
+    the last start's exit status."""
+    kills, survivors = [], []
+    for k, (before, moment) in enumerate(tqdm(list(zip([0.0] + moments, moments)), desc="kills", disable=None), 1):
+        faulted.start()
+        kill = faulted.kill_after(moment - before, grace)
+        if kill is None:
+            survivors += faulted.kill_all()
+            tqdm.write(f"kill {k}: the runner finished before {moment - before:.1f} s; no more kills")
+            break
+        survivors += kill["survivors"]
+        kills.append({"kill": k, "at s": round(moment, 1), "after restart s": round(moment - before, 1), **kill})
+        tqdm.write(
+            f"kill {k} at {moment - before:.1f} s after start {faulted.starts}: points running: "
+            f"{kill['points running']}; {len(kill['survivors'])} survivor(s)"
+        )
+    faulted.start()
+    final = faulted.finish()  # the last start runs to the end
+    return kills, survivors + faulted.kill_all(), final
+
+
+def report(reference: Run, faulted: Run, kills: list[dict], survivors: list[str], final: int, planned: int) -> bool:
+    """Print the kills, the differing fields and the survivors; whether the faulted run matched the reference."""
     rows, artifacts, compared, differ = compare(reference, faulted)
     table = pd.DataFrame(kills, columns=["kill", "at s", "after restart s", "points running", "survivors"])
     table["survivors"] = table["survivors"].map(len)
@@ -279,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for survivor in survivors:
         print(f"survivor: {survivor}")
     print(
-        f"kills: {len(kills)} of {args.kills} ({sum(k['points running'] != '-' for k in kills)} while a point was "
+        f"kills: {len(kills)} of {planned} ({sum(k['points running'] != '-' for k in kills)} while a point was "
         f"running); starts: {faulted.starts}; final run exit status {final}"
     )
     print(
@@ -289,8 +281,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"store leftovers (killed builds not cleaned up): {len(leftovers(faulted.store))}")
     print(f"differing fields: {len(differ)}")
     print(f"surviving processes: {len(survivors)}")
-    ok = final == 0 and rows > 0 and len(differ) == 0 and not survivors  # rows > 0: nothing compared is no pass
-    if ok and not args.out:
+    return final == 0 and rows > 0 and len(differ) == 0 and not survivors  # rows > 0: nothing compared is no pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out
+    reference, faulted = Run("reference", out, args.grid, args.jobs), Run("faulted", out, args.grid, args.jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    try:
+        started = time.monotonic()
+        reference.start()
+        if reference.finish() != 0:
+            print(f"the reference run failed: see {out}/reference-runner-1.log", file=sys.stderr)
+            return 2
+        wall = time.monotonic() - started
+        survivors = reference.kill_all()  # a finished runner leaves no process either
+        reference.set_aside()
+        print(f"reference: {wall:.0f} s uninterrupted", flush=True)
+        # Kill moments on the faulted run's own clock: N uniform draws over T, sorted. A killed point restarts from
+        # scratch, so the faulted run takes longer than T and every moment falls inside it, spread over the whole
+        # grid (pretraining, DP training, generation, tables).
+        moments = sorted(rng.uniform(0, wall) for _ in range(args.kills))
+        kills, killed_survivors, final = kill_and_resume(faulted, moments, args.grace)
+        survivors += killed_survivors
+    finally:
+        for run in (reference, faulted):
+            run.kill_all()
+    faulted.set_aside()
+    ok = report(reference, faulted, kills, survivors, final, args.kills)
+    if ok and not args.keep:
         shutil.rmtree(out)
     else:
         print(f"runs kept in {out}")

@@ -220,7 +220,7 @@ def _check_noise(noisy_step: Callable, hidden: bool) -> None:
 # ------------------------------------------------------------------------ 2. the accountant (notebooks 02, 03)
 def check_sigma_for_epsilon(sigma_for_epsilon: Callable, hidden: bool = False) -> None:
     """sigma_for_epsilon(epsilon, delta, sample_rate, steps, accountant) -> the smallest sigma spending <= epsilon."""
-    from distildp.dp import privacy
+    from distildp.dp import calibration, privacy
 
     cases = [(2.0, 1e-4, 0.25, 12, "rdp")]
     if hidden:
@@ -230,7 +230,7 @@ def check_sigma_for_epsilon(sigma_for_epsilon: Callable, hidden: bool = False) -
             fail(f"sigma_for_epsilon(inf, ...) returned {inf!r}: an infinite budget needs no noise, return 0.0.")
     for epsilon, delta, q, steps, accountant in cases:
         sigma = float(call_answer(sigma_for_epsilon, "sigma_for_epsilon", epsilon, delta, q, steps, accountant))
-        best = privacy.calibrate_noise(epsilon, delta, q, steps, accountant)
+        best = calibration.calibrate_noise(epsilon, delta, q, steps, accountant)
         if not sigma > 0:
             fail(f"sigma_for_epsilon({epsilon}, ...) returned {sigma}: a finite budget needs noise (sigma > 0).")
         spent = privacy.epsilon_spent([privacy.DPSGDMechanism(sigma, q, steps)], delta, accountant)
@@ -310,7 +310,21 @@ def check_default_delta(default_delta: Callable, hidden: bool = False) -> None:
 def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> None:
     """dp_histogram_by_hand(counts, keys, total, noise_multiplier, seed) -> {key: samples}, as
     histogram.dp_histogram."""
+    for counts, keys, total, sigma, seed in _histogram_cases(hidden):
+        want, _ = histogram.dp_histogram(counts, total, sigma, seed=seed, keys=keys)
+        got = call_answer(dp_histogram_by_hand, "dp_histogram_by_hand", dict(counts), list(keys), total, sigma, seed)
+        if not isinstance(got, Mapping):
+            fail(f"dp_histogram_by_hand must return a dict {{code: samples}}, got {type(got).__name__}.")
+        got = {k: int(v) for k, v in got.items()}
+        if got != want:
+            _explain_histogram(got, counts, keys, total, sigma, seed)
+    if hidden:
+        _check_no_codes_raise(dp_histogram_by_hand)
 
+
+def _histogram_cases(hidden: bool) -> list[tuple[dict, list, int, float, int]]:
+    """(counts, keys, total, sigma, seed) to check: one dense case; hidden, sparse counts over several seeds, a
+    total of 0, a small sigma, and no code at all with noise that falls back to uniform."""
     keys = [(c, f"{s}.0") for c in ("Restaurants", "Hotels", "Beauty") for s in range(1, 6)]
     cases = [({k: 40 + 10 * i for i, k in enumerate(keys)}, 300, 2.0, 0)]
     if hidden:
@@ -323,50 +337,50 @@ def check_dp_histogram(dp_histogram_by_hand: Callable, hidden: bool = False) -> 
             if all(v <= 0 for v in histogram.gaussian_noisy_counts(nothing, 1.0, s, keys[:3]).values())
         )
         cases.append((nothing, 30, 1.0, seed))
-    for counts, total, sigma, seed in cases:
-        ks = keys[:3] if not counts else keys
-        want, _ = histogram.dp_histogram(counts, total, sigma, seed=seed, keys=ks)
-        got = call_answer(dp_histogram_by_hand, "dp_histogram_by_hand", dict(counts), list(ks), total, sigma, seed)
-        if not isinstance(got, Mapping):
-            fail(f"dp_histogram_by_hand must return a dict {{code: samples}}, got {type(got).__name__}.")
-        got = {k: int(v) for k, v in got.items()}
-        if got == want:
-            continue
-        missing = [k for k in ks if k not in got]
-        if missing:
-            fail(
-                f"{len(missing)} code(s) are missing from your histogram, e.g. {missing[0]}: release a count for "
-                f"EVERY public code, zeros included (the codes that occur in the data would themselves leak)."
-            )
-        if any(v < 0 for v in got.values()):
-            fail("some of your counts are negative: clip the noisy counts at 0 before scaling (post-processing).")
-        if sum(got.values()) != total:
-            fail(
-                f"your counts sum to {sum(got.values())}, not to total = {total}: scale to the total and round by "
-                f"largest remainder (histogram.scale_to_total) so that exactly `total` samples are drawn."
-            )
-        exact = histogram.scale_to_total({k: counts.get(k, 0) for k in ks}, total) if any(counts.values()) else None
-        if got == exact:
-            fail(
-                "your counts are the exact histogram: add N(0, sigma²) noise to every count (the Gaussian "
-                "mechanism, sensitivity 1) before clipping and scaling."
-            )
-        if not any(counts.values()):
-            fail(
-                "when every noisy count is <= 0 there is nothing to scale: fall back to the uniform histogram "
-                "(histogram.uniform_histogram), still post-processing."
-            )
+    return [(counts, keys[:3] if not counts else keys, total, sigma, seed) for counts, total, sigma, seed in cases]
+
+
+def _explain_histogram(got: dict, counts: dict, keys: list, total: int, sigma: float, seed: int) -> None:
+    """Fail with the mistake a wrong histogram shows: missing codes, negative counts, the wrong sum, no noise, no
+    uniform fallback, else the noise drawn differently."""
+    missing = [k for k in keys if k not in got]
+    if missing:
         fail(
-            f"your histogram differs from histogram.dp_histogram (seed {seed}, sigma {sigma}, total {total}): draw "
-            f"the noise as np.random.default_rng(seed).normal(0, sigma, size=len(keys)), in the order of `keys`."
+            f"{len(missing)} code(s) are missing from your histogram, e.g. {missing[0]}: release a count for "
+            f"EVERY public code, zeros included (the codes that occur in the data would themselves leak)."
         )
-    if hidden:
-        try:
-            call_answer(dp_histogram_by_hand, "dp_histogram_by_hand", {}, [], 10, 1.0, 0)
-        except ExerciseError as err:
-            if "raised ValueError" in str(err):
-                return
+    if any(v < 0 for v in got.values()):
+        fail("some of your counts are negative: clip the noisy counts at 0 before scaling (post-processing).")
+    if sum(got.values()) != total:
         fail(
-            "dp_histogram_by_hand with no codes at all (keys = []) must raise ValueError: there is nothing to "
-            "release, and a silent empty histogram would hide the mistake."
+            f"your counts sum to {sum(got.values())}, not to total = {total}: scale to the total and round by "
+            f"largest remainder (histogram.scale_to_total) so that exactly `total` samples are drawn."
         )
+    exact = histogram.scale_to_total({k: counts.get(k, 0) for k in keys}, total) if any(counts.values()) else None
+    if got == exact:
+        fail(
+            "your counts are the exact histogram: add N(0, sigma²) noise to every count (the Gaussian "
+            "mechanism, sensitivity 1) before clipping and scaling."
+        )
+    if not any(counts.values()):
+        fail(
+            "when every noisy count is <= 0 there is nothing to scale: fall back to the uniform histogram "
+            "(histogram.uniform_histogram), still post-processing."
+        )
+    fail(
+        f"your histogram differs from histogram.dp_histogram (seed {seed}, sigma {sigma}, total {total}): draw "
+        f"the noise as np.random.default_rng(seed).normal(0, sigma, size=len(keys)), in the order of `keys`."
+    )
+
+
+def _check_no_codes_raise(dp_histogram_by_hand: Callable) -> None:
+    """With no codes at all (keys = []) the answer must raise ValueError."""
+    try:
+        call_answer(dp_histogram_by_hand, "dp_histogram_by_hand", {}, [], 10, 1.0, 0)
+    except ExerciseError as err:
+        if "raised ValueError" in str(err):
+            return
+    fail(
+        "dp_histogram_by_hand with no codes at all (keys = []) must raise ValueError: there is nothing to "
+        "release, and a silent empty histogram would hide the mistake."
+    )

@@ -2,7 +2,8 @@
 
 Every notebook in `notebooks/` has one cell tagged `parameters` whose assignments carry type annotations
 (`epsilon: float = 2.0`). papermill's CLI parses `-p seed 2` as a float and `-p sizes [1,2]` as a string,
-so `validate_parameters` checks values against the declared types *before* any kernel starts.
+so `validate_parameters` checks values against the declared types (distildp.core.values) *before* any kernel
+starts.
 Notebooks are committed with outputs stripped (`strip_outputs`) so diffs show code, not pixels.
 """
 
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import ast
 import math
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import nbformat
 
+from distildp.core.values import TYPE_NAMES, annotation, problem
+
 KERNEL_NAME = "python3"
-SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+PAPERMILL_HINT = (
+    "papermill's -p parses numbers and lists loosely: pass typed values with -y (YAML) or through the grid runner "
+    "(python -m distildp.runner)"
+)
 
 
 class ParameterError(ValueError):
@@ -31,10 +38,10 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             name = node.target.id
             type_name = ast.unparse(node.annotation)
-            if _base_type(type_name) is None:
+            if annotation(type_name) is None:
                 raise ParameterError(
                     f"{notebook}: parameter {name!r} is annotated {type_name!r}; use one of "
-                    f"{sorted(SCALAR_TYPES)} (or list[int], list[float], list[str])"
+                    f"{sorted(TYPE_NAMES)} (or list[int], list[float], list[str])"
                 )
             declared[name] = {
                 "type": type_name,
@@ -67,27 +74,24 @@ def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> dict
 
 
 def _check_type(where: str, name: str, value: Any, type_name: str) -> Any:
-    base = _base_type(type_name)
-    hint = (
-        "papermill's -p parses numbers and lists loosely: pass typed values with -y (YAML) or through the grid runner "
-        "(python -m distildp.runner)"
-    )
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # 2 is a fine float; .inf in YAML is a float already
-    if (base is int and isinstance(value, bool)) or not isinstance(value, base):
-        raise ParameterError(
-            f"{where}: parameter {name!r} must be {type_name}, got {type(value).__name__} {value!r}. {hint}"
-        )
-    if base is list and "[" in type_name:
-        item_name = type_name[type_name.index("[") + 1 : -1]
-        return [_check_type(where, f"{name}[{i}]", item, item_name) for i, item in enumerate(value)]
-    if base is float and math.isnan(value):
+    """`value` as the notebook gets it: checked against the declared type (core.values), ints widened to floats."""
+    expected = annotation(type_name)
+    found = problem(name, value, expected)
+    if found:
+        raise ParameterError(f"{where}: parameter {found.key!r} {found.message}. {PAPERMILL_HINT}")
+    return _widened(where, name, value, expected)
+
+
+def _widened(where: str, name: str, value: Any, expected: Any) -> Any:
+    """A float parameter given as an int becomes a float (2 is a fine epsilon; .inf in YAML is a float already);
+    NaN is no value for one."""
+    if typing.get_origin(expected) is list and typing.get_args(expected):
+        return [_widened(where, f"{name}[{i}]", item, typing.get_args(expected)[0]) for i, item in enumerate(value)]
+    if expected is not float:
+        return value
+    if math.isnan(value):
         raise ParameterError(f"{where}: parameter {name!r} is NaN")
-    return value
-
-
-def _base_type(type_name: str) -> type | None:
-    return SCALAR_TYPES.get(type_name.split("[", 1)[0].strip())
+    return value if isinstance(value, float) else float(value)
 
 
 def _comment_on_line(source: str, lineno: int) -> str:

@@ -1,0 +1,102 @@
+"""The stages trained on the private data: the DP teacher (code-prefixed text), the DP-SGD student (plain text) and
+DPKD's student (plain text, the KD loss from a DP teacher); each non-private at noise None (the references)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from distildp.core import distributed
+from distildp.core.manifests import Artifact
+from distildp.distill.generate import CONFIG_CODES_ATTR
+from distildp.distill.kd_batches import check_compatible, collate_kd, kd_examples, make_kd_loss_fn
+from distildp.distill.teacher_cache import attach_teacher_states, teacher_states_bytes
+from distildp.dp import privacy
+from distildp.dp.dpsgd import train_causal_lm
+from distildp.lm.models import encode_plain, encode_with_prefix
+from distildp.pipeline.context import StageContext
+from distildp.pipeline.privacy_plan import private_train_config
+from distildp.pipeline.public_models import pretrained
+
+NO_SELECTION = "none: the final step is kept (selection on private data would cost privacy)"
+
+
+def private_model(
+    ctx: StageContext,
+    role: str,
+    seed: int,
+    noise_multiplier: float | None,
+    epsilon: float,
+    kd_teacher: Artifact | None = None,
+) -> Artifact:
+    """Fine-tune on the private training split: DP-SGD at `noise_multiplier`, or non-private (None).
+
+    role 'teacher' models code-prefixed text; role 'student' plain text, with the KD loss when
+    `kd_teacher` is given (DPKD). No model selection on private data: the last step is kept.
+    """
+    s = ctx.settings
+    private = noise_multiplier is not None
+    collective = private and ctx.data_parallel  # non-private fine-tuning runs in one process
+    train_cfg = replace(private_train_config(s, role, kd=kd_teacher is not None), seed=seed)
+    config = {
+        "role": role,
+        "data": ctx.data_config,
+        "train": asdict(train_cfg),
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": s.max_grad_norm,
+        "delta": ctx.delta,
+        "accountant": s.accountant,
+        "grad_sample_mode": s.grad_sample_mode,
+        "kd": asdict(s.kd_config()) if kd_teacher else None,
+        **ctx.randomness_key(private),
+    }
+    inputs = {"pretrained": pretrained(ctx, role, seed)}
+    if kd_teacher:
+        inputs["teacher"] = kd_teacher
+
+    def build(out: Path) -> dict | None:
+        model, tok = ctx.load_model(inputs["pretrained"].path)
+        examples, extra = private_examples(ctx, model, tok, role, kd_teacher)
+        report = train_causal_lm(
+            model,
+            examples,
+            train_cfg,
+            s.privacy_config(noise_multiplier, epsilon, ctx.delta),
+            progress=ctx.progress and distributed.is_main(),
+            data_parallel=collective,
+            **extra,
+        )
+        if collective and not distributed.is_main():
+            return None  # every process holds the same model: rank 0 saves and evaluates it
+        if role == "teacher":
+            setattr(model.config, CONFIG_CODES_ATTR, list(ctx.corpus.code_columns.values()))
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        record = report.privacy_record() if private else {**privacy.nonprivate_record(), "steps": report.steps}
+        record["model_selection"] = NO_SELECTION
+        metrics = {"train_loss_last": report.losses[-1], **ctx.evaluate(model, tok, role)}
+        if role == "teacher" and not private:  # as a model of plain text, codes drawn as in the data
+            metrics["test_ppl_marginal"] = ctx.marginal_ppl(model, tok, ctx.train_code_counts)
+        return {"privacy": record, "metrics": metrics, "extra": {"losses": report.losses, "device": str(ctx.device)}}
+
+    return ctx.store.build(f"private_{role}", config, build, inputs=inputs, seed=seed, collective=collective)
+
+
+def private_examples(ctx: StageContext, model, tok, role: str, kd_teacher: Artifact | None) -> tuple[list, dict]:
+    """The private training split as a role's examples, and what train_causal_lm needs besides (DPKD's collate_fn
+    and KD loss_fn): a teacher reads code-prefixed text, a student plain text."""
+    texts, prefixes = ctx.corpus.texts("train"), ctx.corpus.prefixes("train")
+    context = model.config.n_positions
+    if role == "teacher":
+        return encode_with_prefix(tok, prefixes, texts, context), {"collate_fn": None}
+    if not kd_teacher:
+        return encode_plain(tok, texts, context), {"collate_fn": None}
+    s = ctx.settings
+    teacher, teacher_tok = ctx.load_model(kd_teacher.path)
+    check_compatible(teacher_tok, tok)
+    examples = kd_examples(tok, texts, prefixes, context)
+    if s.alpha == 0 and teacher_states_bytes(teacher, examples) <= s.teacher_cache_gib * 2**30:
+        # the frozen teacher read once per document, not once per step: its states are its outputs
+        examples = attach_teacher_states(teacher, examples, tok.pad_token_id, s.teacher_context)
+    collate = lambda batch: collate_kd(batch, tok.pad_token_id)  # noqa: E731
+    return examples, {"collate_fn": collate, "loss_fn": make_kd_loss_fn(teacher, s.kd_config())}
