@@ -413,8 +413,8 @@ def test_world_size_is_a_setting_checked_against_the_launch(monkeypatch):
 
 def _dp_teachers(rank: int, root, seeds) -> list[float]:
     pipe = _pipeline(WORLD, root)
-    noise = pipe.noise("distildp", EPSILON)["teacher"]
-    return [private_model(pipe, "teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
+    plan = pipe.plan("distildp", EPSILON)
+    return [private_model(pipe, "teacher", seed, plan).metrics["test_ppl"] for seed in seeds]
 
 
 @pytest.mark.slow
@@ -423,8 +423,8 @@ def test_a_two_process_dp_teacher_reaches_the_one_process_perplexity_within_seed
     the means differ by less than twice the one-process spread across seeds."""
     seeds = (0, 1, 2)
     pipe = _pipeline(1, _store_with_public_models(public_models, tmp_path / "one"))
-    noise = pipe.noise("distildp", EPSILON)["teacher"]
-    one = [private_model(pipe, "teacher", seed, noise, EPSILON).metrics["test_ppl"] for seed in seeds]
+    plan = pipe.plan("distildp", EPSILON)
+    one = [private_model(pipe, "teacher", seed, plan).metrics["test_ppl"] for seed in seeds]
     two_root = _store_with_public_models(public_models, tmp_path / "two")
     two = run_processes(_dp_teachers, two_root, seeds, out_dir=tmp_path)[0]
     spread = statistics.stdev(one)

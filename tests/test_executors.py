@@ -64,15 +64,21 @@ def plain_tables(tmp_path_factory):
     "slurm, key, message",
     [
         ({"tim": 60}, "slurm.tim", r"unknown key; did you mean 'time'\? the keys of slurm are"),
-        ({"time": "2:00:00"}, "slurm.time", r"must be an int .*got str '2:00:00'; write whole minutes, e.g. 120"),
+        ({"time": "2:00:00"}, "slurm.time", r"must be int .*got str '2:00:00'; write whole minutes, e.g. 120"),
         ({"time": 0}, "slurm.time", "must be >= 1"),
-        ({"mem": 32}, "slurm.mem", r"sbatch's syntax with its unit.*\(a bare number is megabytes.*got int 32"),
+        (
+            {"mem": 32},
+            "slurm.mem",
+            r"must be str \(memory per job in sbatch's syntax with its unit.*a bare number is MB\), got int 32",
+        ),
         ({"mem": "32 GB"}, "slurm.mem", "got str '32 GB'"),
-        ({"mem": "32000"}, "slurm.mem", "with its unit"),
-        ({"gpus_per_node": True}, "slurm.gpus_per_node", "must be an int"),
-        ({"cpus_per_task": 2.5}, "slurm.cpus_per_task", "must be an int"),
-        ({"partition": 7}, "slurm.partition", "must be non-empty text"),
-        ({"setup": "module load cuda"}, "slurm.setup", "must be a list of shell lines"),
+        ({"mem": "32000"}, "slurm.mem", "must be a size with its unit, such as '32G'"),
+        ({"gpus_per_node": True}, "slurm.gpus_per_node", "must be int"),
+        ({"cpus_per_task": 2.5}, "slurm.cpus_per_task", "must be int"),
+        ({"partition": 7}, "slurm.partition", "must be str"),
+        ({"partition": ""}, "slurm.partition", "must be non-empty text"),
+        ({"setup": "module load cuda"}, "slurm.setup", r"must be list\[str\] \(shell lines each job runs first"),
+        ({"setup": ["module load cuda", 3]}, "slurm.setup[1]", "must be str"),
         ({"additional_parameters": {"time": 5}}, "slurm.additional_parameters.time", "set it as slurm.time"),
         (["partition", "gpu"], "slurm", r"must be dict or None \(the cluster jobs' settings"),
     ],
@@ -91,7 +97,7 @@ def test_bad_flags_and_a_missing_time_limit_are_refused(tmp_path, capsys):
     grid = tiny_grid(tmp_path, make_notebook(tmp_path))
     results = tmp_path / "results"
     assert cli(grid, results, "--executor", "slurm", "--time", "60", "--mem", "32") == 2
-    assert "error: --mem: must be text in sbatch's syntax with its unit, such as '32G'" in capsys.readouterr().err
+    assert "error: --mem: must be a size with its unit, such as '32G'" in capsys.readouterr().err
     assert cli(grid, results, "--executor", "slurm", "--time", "60") == 2  # no Slurm here: said before any change
     assert 'error: submitting the slurm jobs failed: Could not detect "srun"' in capsys.readouterr().err
     assert cli(grid, results, "--executor", "slurm", "--dry-run") == 2

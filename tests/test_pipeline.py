@@ -89,7 +89,7 @@ def test_distildp_and_synthetic_only_share_teacher_and_synthetic_set(pipe, rows)
     assert rows["distildp"]["teacher_ppl"] == rows["synthetic_only"]["teacher_ppl"]
     assert rows["distildp"]["student_ppl"] != rows["synthetic_only"]["student_ppl"]
     assert rows["synthetic_only"]["student_ppl"] != rows["pretrained_student"]["student_ppl"]  # it trained
-    teacher = private_model(pipe, "teacher", 0, pipe.plan("distildp", EPSILON).noise_multipliers()["teacher"], EPSILON)
+    teacher = private_model(pipe, "teacher", 0, pipe.plan("distildp", EPSILON))
     synthetic = [a for a in pipe.store.list("synthetic") if a.manifest["inputs"]["teacher"]["key"] == teacher.key]
     assert len(synthetic) == 1  # built once, reused
     record = synthetic[0].privacy
@@ -136,8 +136,8 @@ def test_non_private_row_is_labelled(pipe):
 def test_exact_histogram_is_flagged_not_private(tmp_path):
     settings = make_settings("smoke", {"histogram": "exact"})
     pipe = Pipeline(settings, ArtifactStore(tmp_path), progress=False)
-    teacher = private_model(pipe, "teacher", 0, pipe.plan("distildp", EPSILON).noise_multipliers()["teacher"], EPSILON)
-    synthetic_set = synthetic(pipe, teacher, 0, None)
+    teacher = private_model(pipe, "teacher", 0, pipe.plan("distildp", EPSILON))
+    synthetic_set = synthetic(pipe, teacher, 0, pipe.plan("distildp", EPSILON))
     assert synthetic_set.privacy["private"] is False and synthetic_set.privacy["leak"]
 
 
@@ -237,12 +237,12 @@ def test_keys_follow_the_preset_and_the_corpus_generator(pipe, rows, monkeypatch
         if corpus_info:
             view.__dict__["corpus"] = replace(pipe.corpus, info={**pipe.corpus.info, **corpus_info})
         pretrained(view, "teacher")
-        private_model(view, "teacher", 0, None, math.inf)
+        private_model(view, "teacher", 0)
         return dict(view.store.asked)
 
     current = keys()
     assert current["pretrained"] == pretrained(pipe, "teacher").key  # the recorder computes the real keys
-    assert current["private_teacher"] == private_model(pipe, "teacher", 0, None, math.inf).key
+    assert current["private_teacher"] == private_model(pipe, "teacher", 0).key
     regenerated = keys(corpus_info={"source_fingerprint": "0" * 16})
     assert regenerated["private_teacher"] != current["private_teacher"]
     assert regenerated["pretrained"] == current["pretrained"]  # public text: its own fingerprint

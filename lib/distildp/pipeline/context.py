@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from collections import Counter
 
 import torch
@@ -17,7 +16,7 @@ from distildp.core.artifacts import ArtifactStore
 from distildp.data.corpus import Corpus
 from distildp.data.loaders import PublicText, load_corpus, load_public
 from distildp.dp import privacy
-from distildp.lm.evaluate import BestOnHeldOut, corpus_floor, corpus_marginal_perplexity, corpus_metrics
+from distildp.lm.evaluate import BestOnHeldOut, corpus_marginal_perplexity, corpus_metrics
 from distildp.lm.models import load_pretrained, resolve_device
 from distildp.pipeline.settings import Settings
 
@@ -133,8 +132,3 @@ class StageContext:
     def marginal_ppl(self, model, tok, code_counts: Counter | dict) -> float:
         """The teacher as a model of plain test text, codes drawn with weights `code_counts` (code tuple -> count)."""
         return corpus_marginal_perplexity(model, tok, self.corpus, code_counts, progress=self.progress)
-
-    def floor_with(self, tok, role: str) -> float:
-        """The exact floor for the role's view of the test split (codes given to teachers only), with `tok`'s tokens;
-        nan for a corpus without a known source."""
-        return math.nan if self.corpus.source is None else corpus_floor(self.corpus, tok, role)

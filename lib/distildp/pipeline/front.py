@@ -20,7 +20,6 @@ wait. Rank 0 writes every artifact; the others read them.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from typing import Any
 
@@ -49,8 +48,7 @@ class Pipeline(StageContext):
         """The noise multiplier of each DP release of `method` at total budget `epsilon` (the plan's); empty at
         epsilon = inf, where every stage trains without noise and the histogram is released exactly."""
         check_method(method, references=False)
-        epsilon = privacy.check_epsilon(epsilon)
-        return {} if math.isinf(epsilon) else self.plan(method, epsilon).noise_multipliers()
+        return privacy_plan.noise(self.plan(method, epsilon))
 
     def budget_shares(self, method: str) -> dict[str, float]:
         """Each DP release of `method` and its share of epsilon (before composition rescales the noise)."""
@@ -58,23 +56,24 @@ class Pipeline(StageContext):
 
     def artifacts(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Artifact]:
         """Build (or reuse) every artifact of `method` at total budget `epsilon`, in order of the data flow:
-        some of 'teacher', 'synthetic', and always 'student'; for a reference, its one model."""
+        some of 'teacher', 'synthetic', and always 'student'; for a reference, its one model. The method's privacy
+        plan is made once and handed to each stage, which trains its release at the plan's noise."""
         if method in REFERENCES:  # a reference model: the pretrained or non-private model of its role
             return {method: self.reference_model(method, seed)}
-        epsilon = privacy.check_epsilon(epsilon)
-        noise = self.noise(method, epsilon)
+        check_method(method, references=False)
+        plan = self.plan(method, epsilon)
         with privacy_plan.sharing_epsilons(self):
             if method in ("distildp", "synthetic_only"):
-                teacher = private_model(self, "teacher", seed, noise.get("teacher"), epsilon)
-                synthetic_set = synthetic(self, teacher, seed, noise.get("histogram"))
+                teacher = private_model(self, "teacher", seed, plan)
+                synthetic_set = synthetic(self, teacher, seed, plan)
                 hard_labels_only = method == "synthetic_only"
                 student = distilled_student(self, teacher, synthetic_set, seed, hard_labels_only)
                 return {"teacher": teacher, "synthetic": synthetic_set, "student": student}
             if method == "dpkd":
-                teacher = private_model(self, "teacher", seed, noise.get("teacher"), epsilon)
-                student = private_model(self, "student", seed, noise.get("student"), epsilon, kd_teacher=teacher)
+                teacher = private_model(self, "teacher", seed, plan)
+                student = private_model(self, "student", seed, plan, kd_teacher=teacher)
                 return {"teacher": teacher, "student": student}
-            return {"student": private_model(self, "student", seed, noise.get("student"), epsilon)}  # dpsgd
+            return {"student": private_model(self, "student", seed, plan)}  # dpsgd
 
     def run(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Any]:
         """Train and evaluate one method at total budget `epsilon`; return its results row."""
@@ -85,7 +84,7 @@ class Pipeline(StageContext):
                 floors = {role: self.floor(role) for role in ("student", "teacher")}
                 return rows.reference_row(self.settings, self.delta, method, seed, art, floors, started)
             arts = self.artifacts(method, epsilon, seed)
-            plan = self.plan(method, epsilon)
+            plan = self.plan(method, epsilon)  # the one artifacts used (cached): its record goes into the row
             return rows.method_row(self.settings, self.delta, method, epsilon, seed, plan, arts, started)
 
     def reference_model(self, method: str, seed: int = 0) -> Artifact:
@@ -93,7 +92,7 @@ class Pipeline(StageContext):
         role = reference_role(method)
         if reference_epsilon(method) == 0:
             return public_models.pretrained(self, role, seed)
-        return private_model(self, role, seed, None, math.inf)
+        return private_model(self, role, seed)
 
     def floor(self, role: str) -> float:
         """The exact floor of the role's view of the test split (nan without a known source)."""

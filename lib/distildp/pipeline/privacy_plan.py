@@ -91,3 +91,9 @@ def noise(plan: calibration.ComposedCalibration) -> dict[str, float]:
     """The noise multiplier of each DP release of a plan; empty at epsilon = inf, where every stage trains without
     noise and the histogram is released exactly."""
     return {} if math.isinf(plan.target_epsilon) else plan.noise_multipliers()
+
+
+def release_noise(plan: calibration.ComposedCalibration | None, release: str) -> float | None:
+    """The noise multiplier of one DP release ('teacher', 'student', 'histogram') in `plan`; None where that
+    release runs without noise: no plan (a reference model), epsilon = inf, or a release the plan does not hold."""
+    return None if plan is None else noise(plan).get(release)

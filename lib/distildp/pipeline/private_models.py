@@ -1,8 +1,10 @@
 """The stages trained on the private data: the DP teacher (code-prefixed text), the DP-SGD student (plain text) and
-DPKD's student (plain text, the KD loss from a DP teacher); each non-private at noise None (the references)."""
+DPKD's student (plain text, the KD loss from a DP teacher); each trained at its release's noise in a method's privacy
+plan, or non-private without a plan (the references) or at epsilon = inf."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,10 +14,11 @@ from distildp.distill.generate import CONFIG_CODES_ATTR
 from distildp.distill.kd_batches import check_compatible, collate_kd, kd_examples, make_kd_loss_fn
 from distildp.distill.teacher_cache import attach_teacher_states, teacher_states_bytes
 from distildp.dp import privacy
+from distildp.dp.calibration import ComposedCalibration
 from distildp.dp.dpsgd import train_causal_lm
 from distildp.lm.models import encode_plain, encode_with_prefix
 from distildp.pipeline.context import StageContext
-from distildp.pipeline.privacy_plan import private_train_config
+from distildp.pipeline.privacy_plan import private_train_config, release_noise
 from distildp.pipeline.public_models import pretrained
 
 NO_SELECTION = "none: the final step is kept (selection on private data would cost privacy)"
@@ -25,16 +28,17 @@ def private_model(
     ctx: StageContext,
     role: str,
     seed: int,
-    noise_multiplier: float | None,
-    epsilon: float,
+    plan: ComposedCalibration | None = None,
     kd_teacher: Artifact | None = None,
 ) -> Artifact:
-    """Fine-tune on the private training split: DP-SGD at `noise_multiplier`, or non-private (None).
+    """Fine-tune on the private training split: DP-SGD at the noise `plan` gives the role's release (its part
+    named `role`), or non-private without a plan or at epsilon = inf.
 
     role 'teacher' models code-prefixed text; role 'student' plain text, with the KD loss when
     `kd_teacher` is given (DPKD). No model selection on private data: the last step is kept.
     """
     s = ctx.settings
+    noise_multiplier = release_noise(plan, role)
     private = noise_multiplier is not None
     collective = private and ctx.data_parallel  # non-private fine-tuning runs in one process
     train_cfg = replace(private_train_config(s, role, kd=kd_teacher is not None), seed=seed)
@@ -61,7 +65,7 @@ def private_model(
             model,
             examples,
             train_cfg,
-            s.privacy_config(noise_multiplier, epsilon, ctx.delta),
+            s.privacy_config(noise_multiplier, plan.target_epsilon if private else math.inf, ctx.delta),
             progress=ctx.progress and distributed.is_main(),
             data_parallel=collective,
             **extra,

@@ -10,6 +10,7 @@ from pathlib import Path
 from distildp.core.manifests import Artifact
 from distildp.dp import privacy
 from distildp.dp.public_training import pretrain
+from distildp.lm.evaluate import corpus_floor
 from distildp.lm.models import PRESETS, build_model, is_pretrained_name, load_tokenizer, train_tokenizer
 from distildp.pipeline.context import StageContext
 
@@ -105,4 +106,4 @@ def floor(ctx: StageContext, role: str) -> float:
     if ctx.corpus.source is None:
         return float("nan")
     path = pretrained(ctx, role).path if is_pretrained_name(ctx.model_name(role)) else tokenizer(ctx).path
-    return ctx.floor_with(load_tokenizer(path), role)
+    return corpus_floor(ctx.corpus, load_tokenizer(path), role)

@@ -12,14 +12,18 @@ from distildp.core import distributed
 from distildp.core.manifests import Artifact
 from distildp.distill.generate import generate_synthetic
 from distildp.dp import histogram
+from distildp.dp.calibration import ComposedCalibration
 from distildp.dp.config import RANDOMNESS
 from distildp.lm.training import secret_seed
 from distildp.pipeline.context import StageContext
+from distildp.pipeline.privacy_plan import release_noise
 
 
-def synthetic(ctx: StageContext, teacher: Artifact, seed: int, histogram_noise: float | None) -> Artifact:
-    """Sample the synthetic corpus from `teacher`; per-code counts from the (DP) histogram."""
+def synthetic(ctx: StageContext, teacher: Artifact, seed: int, plan: ComposedCalibration | None = None) -> Artifact:
+    """Sample the synthetic corpus from `teacher`; per-code counts from the histogram, released at the noise `plan`
+    gives its 'histogram' part (exactly, or uniform, where it has none: Settings.histogram)."""
     s = ctx.settings
+    histogram_noise = release_noise(plan, "histogram")
     mode = histogram_mode(ctx, histogram_noise)
     config = {
         "size": synthetic_count(ctx),

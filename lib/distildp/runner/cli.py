@@ -76,8 +76,8 @@ def parser() -> argparse.ArgumentParser:
         "cluster jobs (--executor slurm or local); flags override the grid's `slurm:` settings"
     )
     for key in executors.FLAG_SETTINGS:
-        kind, what = executors.SLURM_SETTINGS[key]
         metavar = "MINUTES" if key == "time" else key.upper()
+        kind, what = executors.flag_type(key), executors.SLURM_SETTINGS[key]
         cluster.add_argument(f"--{key.replace('_', '-')}", dest=f"slurm_{key}", type=kind, metavar=metavar, help=what)
     cluster.add_argument("--no-wait", action="store_true", help="submit and exit (then --collect builds the tables)")
     p.add_argument(

@@ -9,8 +9,8 @@ The runner prepares each point as it does for its own processes (point.json) and
 the job runs `python -m distildp.runner --run-point <point dir>`, a command jobs.py builds. This module knows
 nothing of grids: it checks a grid's `slurm:` settings, makes the executor and submits the commands.
 
-The `slurm:` settings are SlurmExecutor's parameters (sbatch's options, `_` for `-`); `time` is required for
-Slurm, since submitit would otherwise ask for 5 minutes. A local job honours `time` and `gpus_per_node` (it
+The `slurm:` settings (`SlurmSettings`) are SlurmExecutor's parameters (sbatch's options, `_` for `-`); `time` is
+required for Slurm, since submitit would otherwise ask for 5 minutes. A local job honours `time` and `gpus_per_node` (it
 sees that many GPUs: none by default) and runs the moment it is submitted: the LocalExecutor has no array
 throttle, so every point of a local array runs at once.
 """
@@ -24,22 +24,38 @@ import shlex
 import signal
 import sys
 import threading
+import typing
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-# name -> (type, what it sets); these names are SlurmExecutor's parameters
-SLURM_SETTINGS: dict[str, tuple[type, str]] = {
-    "partition": (str, "the partition (queue) the jobs run in"),
-    "account": (str, "the account the jobs are charged to"),
-    "qos": (str, "the quality of service"),
-    "constraint": (str, "the node features a job needs, e.g. a100"),
-    "time": (int, "each point's time limit in minutes (120 for two hours); required for Slurm"),
-    "mem": (str, "memory per job in sbatch's syntax, e.g. 32G"),
-    "gpus_per_node": (int, "GPUs per job"),
-    "cpus_per_task": (int, "CPU cores per job, which are also the point's threads"),
-    "setup": (list, "shell lines each job runs first, e.g. [module load cuda]"),
-    "additional_parameters": (dict, "any other sbatch option, e.g. {mail_type: END}"),
-}
+from distildp.core import values
+
+
+def _setting(meaning: str):
+    return field(metadata={"meaning": meaning})
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The schema of a grid's `slurm:` settings (SlurmExecutor's parameters): each key's type, checked by
+    distildp.core.values, and what it sets. A grid gives any of them; `time` is required for Slurm."""
+
+    partition: str = _setting("the partition, or queue, the jobs run in")
+    account: str = _setting("the account the jobs are charged to")
+    qos: str = _setting("the quality of service")
+    constraint: str = _setting("the node features a job needs, e.g. a100")
+    time: int = _setting("each point's time limit in minutes, 120 for two hours; required for Slurm")
+    mem: str = _setting("memory per job in sbatch's syntax with its unit, e.g. 32G or 500M; a bare number is MB")
+    gpus_per_node: int = _setting("GPUs per job")
+    cpus_per_task: int = _setting("CPU cores per job, which are also the point's threads")
+    setup: list[str] = _setting("shell lines each job runs first, e.g. [module load cuda]")
+    additional_parameters: dict[str, str | int | float | bool] = _setting(
+        "any other sbatch option, e.g. {mail_type: END}"
+    )
+
+
+SLURM_SETTINGS = {f.name: f.metadata["meaning"] for f in fields(SlurmSettings)}  # key -> what it sets
 FLAG_SETTINGS = ("partition", "account", "qos", "constraint", "time", "mem", "gpus_per_node", "cpus_per_task")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local job without `time`: no practical limit (submitit's default is 2 minutes)
 POLL_S = {"slurm": 30.0, "local": 0.5}  # how often a waiting runner looks at its jobs
@@ -54,51 +70,51 @@ class SlurmSettingError(ValueError):
         self.message = message
 
 
+def flag_type(key: str) -> type:
+    """The type a command-line flag for `key` parses its text into (int or str)."""
+    return typing.get_type_hints(SlurmSettings)[key]
+
+
 def check_slurm_settings(settings: Any) -> dict:
-    """The settings, checked: known keys, each of its type; SlurmSettingError naming the key and the fix if not."""
+    """The settings, checked: known keys, each of its type (distildp.core.values) and within its range;
+    SlurmSettingError naming the key and the fix if not."""
     if not isinstance(settings, dict):
         raise SlurmSettingError("", f"must be a mapping of job settings ({', '.join(SLURM_SETTINGS)})")
-    for key, value in settings.items():
+    for key in settings:
         if key not in SLURM_SETTINGS:
             close = difflib.get_close_matches(str(key), SLURM_SETTINGS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise SlurmSettingError(str(key), f"unknown key; {hint}the keys of slurm are {sorted(SLURM_SETTINGS)}")
-        _check_setting(key, value)
+    found = values.fields_problem(settings, SlurmSettings) or _range_problem(settings)
+    if found:
+        if found.key == "time" and found.expected == "int" and not found.fix:
+            found = replace(found, fix="write whole minutes, e.g. 120 for two hours")
+        raise SlurmSettingError(found.key, found.message)
     return dict(settings)
 
 
-def _check_setting(key: str, value: Any) -> None:
-    kind, what = SLURM_SETTINGS[key]
-    got = f"got {type(value).__name__} {value!r}"
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fix = "; write whole minutes, e.g. 120 for two hours" if key == "time" else ""
-            raise SlurmSettingError(key, f"must be an int ({what}), {got}{fix}")
+def _range_problem(settings: dict) -> values.Problem | None:
+    """What the types cannot say: counts' lower bounds, sbatch's memory syntax, non-empty names, and no
+    additional_parameters entry that hides a checked key."""
+    meaning = SLURM_SETTINGS
+    for key, value in settings.items():
         lowest = 0 if key == "gpus_per_node" else 1
-        if value < lowest:
-            raise SlurmSettingError(key, f"must be >= {lowest} ({what}), {got}")
-    elif key == "mem":
-        if not isinstance(value, str) or not re.fullmatch(r"[1-9][0-9]*[KMGT]", value):
-            raise SlurmSettingError(
-                key,
-                f"must be text in sbatch's syntax with its unit, such as '32G' or '500M' "
-                f"(a bare number is megabytes to Slurm), {got}",
-            )
-    elif kind is str:
-        if not isinstance(value, str) or not value:
-            raise SlurmSettingError(key, f"must be non-empty text ({what}), {got}")
-    elif kind is list:
-        if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
-            raise SlurmSettingError(key, f"must be a list of shell lines ({what}), {got}")
-    else:  # additional_parameters: sbatch options submitit has no parameter for
-        if not isinstance(value, dict):
-            raise SlurmSettingError(key, f"must be a mapping ({what}), {got}")
-        for option, option_value in value.items():
-            if option in SLURM_SETTINGS:
-                raise SlurmSettingError(f"{key}.{option}", f"set it as slurm.{option}, where it is checked")
-            if not isinstance(option_value, (str, int, float, bool)):
-                got = f"got {type(option_value).__name__} {option_value!r}"
-                raise SlurmSettingError(f"{key}.{option}", f"must be text, a number or true, {got}")
+        if key in ("time", "gpus_per_node", "cpus_per_task") and value < lowest:
+            return values.Problem(key, f">= {lowest}", value, meaning=meaning[key])
+        if key == "mem" and not re.fullmatch(r"[1-9][0-9]*[KMGT]", value):
+            return values.Problem(key, "a size with its unit, such as '32G' or '500M'", value, meaning=meaning[key])
+        if key in ("partition", "account", "qos", "constraint") and not value:
+            return values.Problem(key, "non-empty text", value, meaning=meaning[key])
+        if key == "additional_parameters":
+            for option in value:
+                if option in SLURM_SETTINGS:
+                    return values.Problem(
+                        f"{key}.{option}",
+                        "absent here",
+                        value[option],
+                        f"set it as slurm.{option}, where it is checked",
+                    )
+    return None
 
 
 def slurm_parameters(settings: dict, job_name: str, parallelism: int | None) -> dict:
