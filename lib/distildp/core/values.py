@@ -1,5 +1,6 @@
-"""One checker of values against types: settings, notebook parameters and grid files all refuse a bad value with
-the same kind of message, naming the key, what it must be, what it got and, for a number read as text, the fix.
+"""One checker of values against types: settings, notebook parameters, grid files and their slurm settings refuse a
+bad value with the same kind of message, naming the key, what it must be, what it got and, for a number read as text,
+the fix.
 
     problem("lam", "1e-1", float)       -> lam must be float, got str '1e-1'; YAML 1.1 ... takes 1e-5 ... for text:
                                            write a dot and a signed exponent (1.0e-5, 1.0e+5) or a plain decimal

@@ -50,7 +50,7 @@ class GridFile:
     # The order points are handed to the jobs: 'seed' (per seed, epsilon, then method), or 'method' (every point of
     # the first method, then the next, ...): the references always first, the ablations last.
     run_order: Literal["seed", "method"] = _key("seed", "the order the points run in")
-    slurm: dict | None = _key(None, "the cluster jobs' settings (distildp.runner.executors.SLURM_SETTINGS)")
+    slurm: dict | None = _key(None, "the cluster jobs' settings (distildp.runner.executors.SlurmSettings)")
 
 
 # An ablation's keys and their types: the knob's values (a point each, per method and seed), the Settings field it

@@ -44,7 +44,7 @@ class Grid:
     regime_map: bool = False  # report the ablations as a regime map (results.regime_table)
     report: str = "ppl_vs_eps"  # 'audit': the rows are notebook 08's (distildp.audit.audit_report.write_audit_report)
     notes: list[str] = field(default_factory=list)  # what the checks adjusted (e.g. a profile's options left out)
-    slurm: dict = field(default_factory=dict)  # the cluster jobs' settings (executors.SLURM_SETTINGS)
+    slurm: dict = field(default_factory=dict)  # the cluster jobs' settings (executors.SlurmSettings)
 
 
 # ---------------------------------------------------------------------------------------------- grid files
