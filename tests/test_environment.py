@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# the library, and the modules of benchmarks/ and tests/ (scripts import their neighbours: run.py imports grid_file)
+# the library, and the modules of benchmarks/ and tests/ (tests import the bench scripts by name)
 OWN = {"distildp"} | {p.stem for folder in ("benchmarks", "tests") for p in (ROOT / folder).glob("*.py")}
 # Pinned but never imported: what runs the code rather than being imported by it
 TOOLS = {

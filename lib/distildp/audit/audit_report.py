@@ -21,6 +21,7 @@ import pandas as pd
 from distildp.audit.method_audit import ATTACKS
 from distildp.audit.provenance import AuditError
 from distildp.core.manifests import write_json_atomic
+from distildp.reporting.report import save_figure
 from distildp.reporting.results import as_float, to_markdown
 
 MODEL_ORDER = ("teacher", "synthetic", "student")
@@ -155,7 +156,7 @@ def plot_exposure(rows: pd.DataFrame, path: str | Path | None = None):
             ylabel="exposure (bits)",
         )
         ax.legend(fontsize=7)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(rows: pd.DataFrame, attack: str = "reference", path: str | Path | None = None):
@@ -185,7 +186,7 @@ def plot_roc(rows: pd.DataFrame, attack: str = "reference", path: str | Path | N
             title=f"{model}: {attack} attack",
         )
         ax.legend(fontsize=7)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_epsilon_bounds(rows: pd.DataFrame, path: str | Path | None = None):
@@ -211,17 +212,7 @@ def plot_epsilon_bounds(rows: pd.DataFrame, path: str | Path | None = None):
         title="Membership inference: ε lower bounds",
     )
     ax.legend(fontsize=7)
-    return _finish(fig, path)
-
-
-def _finish(fig, path):
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
+    return save_figure(fig, path)
 
 
 def write_audit_report(df: pd.DataFrame, tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:

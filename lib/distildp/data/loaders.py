@@ -1,10 +1,10 @@
 """Corpora by name, one interface each: the private corpus (`load_corpus`: the built-in one, `csv:<dir>`, the hub
 datasets) and the public pretraining text (`load_public`: built-in reviews and prose, `csv:<dir>`, `hub:<dataset>`).
 
-`corpus_loader` and `public_options` tell what options a corpus takes (its loader's signature, which `config.py`
-checks a user's options against); `train_size` gives the private training set's size without loading it. The
-built-in private corpus is drawn from `distildp.data.source.ReviewSource` here; what a corpus is,
-`distildp.data.corpus`.
+`corpus_loader` and `public_options` tell what options a corpus takes (its loader's signature, which
+`distildp.pipeline.settings` checks a user's options against); `train_size` gives the private training set's size
+without loading it. The built-in private corpus is drawn from `distildp.data.source.ReviewSource` here; what a
+corpus is, `distildp.data.corpus`.
 """
 
 from __future__ import annotations

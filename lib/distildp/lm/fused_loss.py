@@ -1,7 +1,7 @@
 """The training losses over the vocabulary, fused: one softmax per side and a gradient written out in closed form.
 
-`distill.kd_loss` is the readable definition of the KD loss; this module computes the same per-sequence losses with
-fewer passes over the (tokens x vocabulary) tensors that dominate a small model's step on a CPU:
+`distildp.distill.kd.kd_loss` is the readable definition of the KD loss; this module computes the same per-sequence
+losses with fewer passes over the (tokens x vocabulary) tensors that dominate a small model's step on a CPU:
 
 - `scored_positions`: only the positions the loss scores (where loss_mask[:, 1:] is set), packed as rows; or
   `every_position`, the model's own (B, T, V) logits as rows, where clipping hooks need that tensor;

@@ -168,8 +168,8 @@ def split_batch(batch: list[int], size: int) -> list[list[int]]:
     return [batch[i : i + size] for i in range(0, len(batch), size)] or [[]]
 
 
-# What one more forward and backward pass costs beyond its tokens, in padded positions: about 5 ms on the tiny
-# student and 10 ms on the tiny teacher (one CPU thread), each the time of ~100-150 positions of its passes.
+# What one more forward and backward pass costs beyond its tokens, in padded positions: a pass's fixed overhead
+# on the tiny models is the time of some 100-150 positions of its work (docs/performance.md).
 PASS_COST = 128
 
 

@@ -18,6 +18,7 @@ from distildp.reporting.regime import regime_table
 from distildp.reporting.results import (
     GATE_1_RATIO,
     ablation_knobs,
+    ablation_rows,
     ablation_table,
     eps_label,
     gates_table,
@@ -108,12 +109,17 @@ def plot_ppl_vs_eps(df: pd.DataFrame, path: str | Path | None = None, ax=None):
 
 def _finish(fig, ax, path: str | Path | None):
     """Legend and grid; saved (and closed) when a path is given."""
-    import matplotlib.pyplot as plt
-
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path | None):
+    """Laid out, and written at the suite's resolution (then closed) when a path is given; the figure either way."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     if path is not None:
-        fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig
@@ -127,10 +133,7 @@ def plot_ablation(df: pd.DataFrame, knob: str, path: str | Path | None = None, a
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    df = normalise(df)
-    rows = df[(df["kind"] == "ablation") & (df["knob"] == knob)]
-    if rows.empty:
-        raise ValueError(f"no ablation rows for knob {knob!r}; knobs present: {ablation_knobs(df)}")
+    rows = ablation_rows(df, knob)
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     fig = ax.figure
@@ -184,11 +187,7 @@ def plot_regime(table: pd.DataFrame, path: str | Path | None = None):
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("DistilDP − best baseline (PPL)\nbelow 0: DistilDP wins")
     fig.suptitle("Where DistilDP wins (green) or loses (red); hatched: a gate fails", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- report

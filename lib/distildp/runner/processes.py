@@ -146,7 +146,7 @@ def execute_point(point_dir: Path, runner_pid: int | None = None, lock_fd: int |
     import logging
 
     # jsonschema (under papermill's nbformat) imports rfc3987_syntax, where installed, for URI formats that notebooks
-    # never use; building its grammar took ~2 s of every point's start. Without it jsonschema skips those formats.
+    # never use; building its grammar is slow, and every point would pay it. Without it jsonschema skips those formats.
     sys.modules.setdefault("rfc3987_syntax", None)
     from distildp.teaching.notebooks import execute
 
