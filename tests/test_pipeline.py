@@ -12,12 +12,12 @@ from dp_accounting import dp_event, pld
 
 from distildp.core.artifacts import ArtifactStore
 from distildp.core.manifests import config_hash
-from distildp.core.methods import METHODS, REFERENCES
+from distildp.core.methods import COVERS_ALL, COVERS_STUDENT_ONLY, METHODS, REFERENCES
 from distildp.distill.kd import KDConfig
 from distildp.distill.kd_batches import make_kd_loss_fn
 from distildp.dp import privacy
 from distildp.lm.models import PRESETS
-from distildp.pipeline import Pipeline
+from distildp.pipeline import Pipeline, privacy_plan
 from distildp.pipeline.privacy_plan import private_train_config
 from distildp.pipeline.private_models import private_model
 from distildp.pipeline.public_models import pretrained
@@ -273,3 +273,35 @@ def test_held_out_selection_stops_only_with_a_positive_tolerance(tolerance, stop
     selector = Scripted(torch.nn.Linear(1, 1), tok=None, texts=[], every=1, tolerance=tolerance)
     stopped = [step for step in range(1, 5) if selector(step, loss=0.0)]
     assert (stopped[:1] or [None])[0] == stops_at
+
+
+# ---------------------------------------------------------------------------------------------- DP-OPD's teachers
+def test_dpopd_with_a_dp_teacher_is_composed_exactly_as_dpkd(pipe):
+    """Same teacher share and student recipe as DPKD (the smoke profile's): the same releases, the same noise."""
+    s = pipe.settings
+    assert s.opd_teacher == "dp" and s.opd_teacher_share == s.dpkd_teacher_share and s.opd_train == s.dpkd_train
+    opd, dpkd = pipe.plan("dpopd", EPSILON), pipe.plan("dpkd", EPSILON)
+    assert privacy_plan.budget_parts(pipe, "dpopd") == privacy_plan.budget_parts(pipe, "dpkd")
+    assert opd.noise_multipliers() == dpkd.noise_multipliers() and opd.epsilon == dpkd.epsilon
+
+
+def test_dpopd_rows_say_what_their_epsilon_covers_for_each_teacher(pipe, rows):
+    assert rows["dpopd"]["opd_teacher"] == "dp" and rows["dpopd"]["epsilon_covers"] == COVERS_ALL
+    public = Pipeline(replace(pipe.settings, opd_teacher="public"), pipe.store, progress=False)
+    nonprivate = Pipeline(replace(pipe.settings, opd_teacher="nonprivate"), pipe.store, progress=False)
+    public_row, nonprivate_row = public.run("dpopd", EPSILON), nonprivate.run("dpopd", EPSILON)
+
+    # public: the pretrained teacher, and the student's DP-SGD is the only release
+    assert public.artifacts("dpopd", EPSILON)["teacher"].key == pretrained(pipe, "teacher").key
+    assert list(public.plan("dpopd", EPSILON).mechanisms) == ["student"]
+    assert public_row["private"] and public_row["epsilon_covers"] == COVERS_ALL
+    assert public_row["epsilon_spent"] <= EPSILON + 0.01
+
+    # nonprivate: the non-private reference teacher; the student's epsilon is accounted, the whole is not DP
+    arts = nonprivate.artifacts("dpopd", EPSILON)
+    assert arts["teacher"].key == private_model(pipe, "teacher", 0).key
+    assert arts["student"].privacy["leak"] and not arts["student"].privacy["private"]
+    assert arts["student"].privacy["epsilon"] <= EPSILON + 0.01  # what the student's own DP-SGD spent
+    assert not nonprivate_row["private"] and nonprivate_row["epsilon_spent"] == math.inf
+    assert nonprivate_row["epsilon_covers"] == COVERS_STUDENT_ONLY and nonprivate_row["noise_multiplier"] > 0
+    assert len({public_row["student_ppl"], nonprivate_row["student_ppl"], rows["dpopd"]["student_ppl"]}) == 3

@@ -460,3 +460,38 @@ def test_regime_story_counts_wins_and_explains_each_loss():
     csv_story = story.regime_story(pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False))), noise=1.5)
     assert csv_story == sentences
     assert story.regime_story(table)[0].endswith("below the best baseline in 2, above it in 2.")
+
+
+def dpopd_rows() -> pd.DataFrame:
+    """rows() with DP-OPD at epsilon 1 for each teacher: the non-private teacher's row as a row written before the
+    epsilon_covers column existed would read (no column at all)."""
+    extra = [
+        {
+            "dataset": "builtin",
+            "method": "dpopd",
+            "epsilon": 1.0,
+            "seed": seed,
+            "student_ppl": 11.0 + seed,
+            "teacher_ppl": 9.0,
+            "floor": 5.0,
+            "opd_teacher": teacher,
+        }
+        for teacher in ("public", "dp", "nonprivate")
+        for seed in range(2)
+    ]
+    return pd.concat([rows(), pd.DataFrame(extra)], ignore_index=True)
+
+
+def test_a_row_whose_epsilon_covers_the_student_only_is_marked_in_every_table(tmp_path):
+    marked = "dpopd (nonprivate teacher) [epsilon covers student updates only]"
+    table = results.ppl_table(dpopd_rows())
+    assert {"dpopd (public teacher)", "dpopd (dp teacher)", marked} <= set(table.index)
+    assert not any(label.startswith("dpopd") and "nonprivate" in label and label != marked for label in table.index)
+    report.write_report(dpopd_rows(), tmp_path / "tables", tmp_path / "figures")
+    assert marked in (tmp_path / "tables" / "ppl_vs_eps.md").read_text()
+    again = results.read_csv(tmp_path / "tables" / "ppl_vs_eps.csv")
+    assert set(again.loc[again["opd_teacher"] == "nonprivate", "method"]) == {marked}  # the CSV's rows too
+    # a row that says what its epsilon covers is marked by that, whatever its method
+    said = dpopd_rows().assign(epsilon_covers="")
+    said.loc[said["method"] == "dpsgd", "epsilon_covers"] = "student updates only"
+    assert "dpsgd [epsilon covers student updates only]" in results.ppl_table(said).index

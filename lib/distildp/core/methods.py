@@ -4,14 +4,42 @@ read them without loading torch.
 A *method* spends a total privacy budget epsilon on the private data and ends in a student. A *reference* is
 one model that brackets the methods: pretrained_<role> saw public data only (epsilon 0), nonprivate_<role> was
 fine-tuned on the private data without DP (epsilon infinity).
+
+DP-OPD distils from a frozen teacher of one of OPD_TEACHERS. Only with a `public` or `dp` teacher does its epsilon
+cover every use of the private data; a `nonprivate` teacher saw it without DP, and the row says what its epsilon
+covers (`epsilon_covers`), which the tables print beside the method's name (`method_label`).
 """
 
 from __future__ import annotations
 
 import math
 
-METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd")
+METHODS = ("distildp", "synthetic_only", "dpsgd", "dpkd", "dpopd")
 REFERENCES = ("pretrained_teacher", "pretrained_student", "nonprivate_teacher", "nonprivate_student")
+# DP-OPD's frozen teacher: the pretrained one (public data only), DistilDP's DP teacher (its budget composed with the
+# student's) or one fine-tuned on the private data without DP
+OPD_TEACHERS = ("public", "dp", "nonprivate")
+COVERS_ALL = "every use of the private data"
+COVERS_STUDENT_ONLY = "student updates only"
+
+
+def epsilon_covers(method: str, opd_teacher: str = "") -> str:
+    """What a method's epsilon covers: every use of the private data, or (DP-OPD with a non-private teacher) the
+    student's updates only."""
+    check_method(method, references=False)
+    return COVERS_STUDENT_ONLY if method == "dpopd" and opd_teacher == "nonprivate" else COVERS_ALL
+
+
+def method_label(method: str, opd_teacher: str = "", covers: str = "") -> str:
+    """A method's name as tables print it: DP-OPD with its teacher, and a row whose epsilon does not cover every use
+    of the private data marked with what it does cover (`covers`, the row's epsilon_covers, or what the method and
+    teacher imply when the row does not say)."""
+    if method not in METHODS:
+        return method
+    label = f"{method} ({opd_teacher or 'unrecorded'} teacher)" if method == "dpopd" else method
+    implied = epsilon_covers(method, opd_teacher)
+    shown = covers if covers and covers != COVERS_ALL else implied
+    return label if shown == COVERS_ALL else f"{label} [epsilon covers {shown}]"
 
 
 def check_method(method: str, references: bool = True) -> str:

@@ -28,7 +28,7 @@ from distildp.core.methods import REFERENCES, check_method, reference_epsilon, r
 from distildp.dp import calibration, privacy
 from distildp.pipeline import privacy_plan, public_models, rows
 from distildp.pipeline.context import StageContext
-from distildp.pipeline.private_models import private_model
+from distildp.pipeline.private_models import on_policy_student, private_model
 from distildp.pipeline.students import distilled_student
 from distildp.pipeline.synthetic_stage import synthetic
 
@@ -43,12 +43,6 @@ class Pipeline(StageContext):
         epsilon = privacy.check_epsilon(epsilon)
         with privacy_plan.sharing_epsilons(self):
             return privacy_plan.calibrate(self, method, epsilon)
-
-    def noise(self, method: str, epsilon: float) -> dict[str, float]:
-        """The noise multiplier of each DP release of `method` at total budget `epsilon` (the plan's); empty at
-        epsilon = inf, where every stage trains without noise and the histogram is released exactly."""
-        check_method(method, references=False)
-        return privacy_plan.noise(self.plan(method, epsilon))
 
     def budget_shares(self, method: str) -> dict[str, float]:
         """Each DP release of `method` and its share of epsilon (before composition rescales the noise)."""
@@ -73,7 +67,18 @@ class Pipeline(StageContext):
                 teacher = private_model(self, "teacher", seed, plan)
                 student = private_model(self, "student", seed, plan, kd_teacher=teacher)
                 return {"teacher": teacher, "student": student}
+            if method == "dpopd":
+                teacher = self.opd_teacher(seed, plan)
+                return {"teacher": teacher, "student": on_policy_student(self, teacher, seed, plan)}
             return {"student": private_model(self, "student", seed, plan)}  # dpsgd
+
+    def opd_teacher(self, seed: int, plan: calibration.ComposedCalibration) -> Artifact:
+        """DP-OPD's frozen teacher, as `Settings.opd_teacher` says: the pretrained one ('public'), a DP one trained at
+        the plan's teacher noise ('dp'), or one fine-tuned on the private data without DP ('nonprivate')."""
+        variant = self.settings.opd_teacher
+        if variant == "public":
+            return public_models.pretrained(self, "teacher", seed)
+        return private_model(self, "teacher", seed, plan if variant == "dp" else None)
 
     def run(self, method: str, epsilon: float, seed: int = 0) -> dict[str, Any]:
         """Train and evaluate one method at total budget `epsilon`; return its results row."""

@@ -30,7 +30,8 @@ def dp_schedule(ctx: StageContext, cfg: TrainConfig) -> tuple[float, int]:
 
 
 def private_train_config(settings: Settings, role: str, kd: bool = False) -> TrainConfig:
-    """The private fine-tuning recipe of a role: the teacher's, the DP-SGD student's or DPKD's student's."""
+    """The private fine-tuning recipe of a role: the teacher's, the DP-SGD student's or DPKD's student's (DP-OPD's
+    student trains by `settings.opd_train`)."""
     s = settings
     return s.teacher_train if role == "teacher" else s.dpkd_train if kd else s.student_train
 
@@ -53,6 +54,15 @@ def budget_parts(ctx: StageContext, method: str) -> list[calibration.BudgetPart]
         ]
     if method == "dpsgd":
         return [calibration.BudgetPart("student", 1.0, *dp_schedule(ctx, s.student_train))]
+    if method == "dpopd":
+        student = dp_schedule(ctx, s.opd_train)
+        if s.opd_teacher == "dp":  # composed like DPKD's: a DP teacher, then the student's DP-SGD
+            return [
+                calibration.BudgetPart("teacher", s.opd_teacher_share, *teacher),
+                calibration.BudgetPart("student", 1 - s.opd_teacher_share, *student),
+            ]
+        # a public teacher used no private data; a non-private one did, outside any accounting (its rows say so)
+        return [calibration.BudgetPart("student", 1.0, *student)]
     check_method(method, references=False)
     raise NotImplementedError(f"method {method!r} has no budget parts")
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from distildp.core.manifests import Artifact
-from distildp.core.methods import reference_epsilon, reference_role
+from distildp.core.methods import epsilon_covers, reference_epsilon, reference_role
 from distildp.dp import calibration, privacy
 from distildp.pipeline.settings import Settings
 
@@ -35,8 +35,9 @@ def method_row(
         if mechanisms
         else None
     )
-    first_dp = next((a.privacy for a in artifacts if a.privacy.get("private")), {})
+    first_dp = next((a.privacy for a in artifacts if a.privacy.get("noise_multiplier")), {})
     synthetic = arts.get("synthetic")
+    opd_teacher = settings.opd_teacher if method == "dpopd" else ""
     return {
         "dataset": settings.dataset,
         "method": method,
@@ -52,6 +53,8 @@ def method_row(
         "floor": student.metrics.get("floor", math.nan),
         "teacher_floor": teacher.metrics.get("floor", math.nan) if teacher else math.nan,
         "private": bool(total and total["private"]),
+        "epsilon_covers": epsilon_covers(method, opd_teacher),
+        "opd_teacher": opd_teacher,
         "dp_randomness": settings.dp_randomness if mechanisms else "",
         "accountant": settings.accountant,
         "noise_multiplier": first_dp.get("noise_multiplier", 0.0),

@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from distildp.core.methods import OPD_TEACHERS
 from distildp.core.values import fields_problem, number_hint
 from distildp.data.loaders import corpus_loader, corpus_options, public_options, train_size
 from distildp.distill.kd import KD_WEIGHTINGS, TEACHER_CONTEXTS, KDConfig, validate_kd_weights
+from distildp.distill.on_policy import OnPolicyConfig
 from distildp.distill.synthetic_training import SyntheticTrainingConfig
 from distildp.dp import calibration, privacy
 from distildp.dp.config import GRAD_SAMPLE_MODES, RANDOMNESS, PrivacyConfig
@@ -94,6 +96,15 @@ class Settings:
     histogram: str = "dp"  # 'dp' (Gaussian, composed with the teacher), 'exact' (paper; NOT private), 'uniform'
     histogram_share: float = 0.05  # share of epsilon spent on the DP histogram
     dpkd_teacher_share: float = 0.5
+    # DP-OPD (distildp.distill.on_policy): DP-SGD on the student's own continuations of private prompts, scored by a
+    # frozen teacher: 'dp' (a DP teacher, opd_teacher_share of epsilon), 'public' (the pretrained one) or
+    # 'nonprivate' (fine-tuned without DP: its rows say their epsilon covers the student's updates only)
+    opd_teacher: str = "dp"
+    opd_teacher_share: float = 0.5
+    opd_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=1000, physical_batch_size=100, lr=3e-3)
+    )
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     synthetic_size: int | None = None  # None: synthetic_factor x the private training records
     synthetic_factor: float = 4.0
     synthetic_val_fraction: float = 0.05  # held-out synthetic text for the student's model selection
@@ -137,7 +148,7 @@ class Settings:
             raise ValueError(f"dp_randomness={self.dp_randomness!r}; choose one of {sorted(RANDOMNESS)}")
         if self.kd_weighting not in KD_WEIGHTINGS:
             raise ValueError(f"kd_weighting={self.kd_weighting!r}; choose one of {KD_WEIGHTINGS}")
-        for name in ("histogram_share", "dpkd_teacher_share"):
+        for name in ("histogram_share", "dpkd_teacher_share", "opd_teacher_share"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1): it is a share of epsilon")
         if not (isinstance(self.pretrain_seed, int) or self.pretrain_seed == "seed"):
@@ -159,6 +170,7 @@ class Settings:
             ("budget_scheme", calibration.SCHEMES),
             ("grad_sample_mode", GRAD_SAMPLE_MODES),
             ("teacher_context", TEACHER_CONTEXTS),
+            ("opd_teacher", OPD_TEACHERS),
         ):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {tuple(known)}")
@@ -232,6 +244,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "teacher_train": _SMOKE_PRIVATE,
         "student_train": _SMOKE_PRIVATE,
         "dpkd_train": _SMOKE_PRIVATE,
+        "opd_train": _SMOKE_PRIVATE,
+        "on_policy": {"continuation_tokens": 16},
         "distill_train": {"epochs": 2, "batch_size": 16, "warmup_steps": 0},
         "synthetic_size": 48,
         "generation": {"batch_size": 16, "chunk_size": 24, "max_length": 64},
@@ -250,6 +264,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "teacher_train": _PAPER_PRIVATE,
         "student_train": _PAPER_PRIVATE,
         "dpkd_train": _PAPER_PRIVATE,
+        "opd_train": _PAPER_PRIVATE,
         "distill_train": {"epochs": 5, "batch_size": 32, "lr": 5e-5},
         "synthetic_size": 100_000,
         "generation": {"batch_size": 256, "chunk_size": 4096},
@@ -260,8 +275,10 @@ NESTED = {
     "teacher_train": TrainConfig,
     "student_train": TrainConfig,
     "dpkd_train": TrainConfig,
+    "opd_train": TrainConfig,
     "distill_train": TrainConfig,
     "generation": GenerationConfig,
+    "on_policy": OnPolicyConfig,
 }
 
 

@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from distildp.core.methods import METHODS, REFERENCES
+from distildp.core.methods import METHODS, REFERENCES, method_label
 
 # The core columns (method, budget, perplexities, privacy spent) first, then the extras the pipeline and runner add.
 COLUMNS = [
@@ -46,6 +46,8 @@ EXTRA_COLUMNS = [
     "val_ppl",
     "teacher_val_ppl",
     "private",
+    "epsilon_covers",
+    "opd_teacher",
     "dp_randomness",
     "mechanisms",
     "histogram",
@@ -121,7 +123,11 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
             df[column] = np.nan if column in NUMERIC else None
     for column in NUMERIC:
         df[column] = as_float(df[column])
-    df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "")  # CSV reads '' as NaN
+    for column in ("variant", "opd_teacher", "epsilon_covers"):  # CSV reads '' as NaN
+        df[column] = df[column].astype(object).where(df[column].notna(), "")
+    # a method as every table prints it: DP-OPD with its teacher, and a row whose epsilon does not cover every use of
+    # the private data marked, so that no table can show it as epsilon-DP
+    df["method"] = [method_label(*row) for row in zip(df["method"], df["opd_teacher"], df["epsilon_covers"])]
     missing_kind = df["kind"].isna()
     df.loc[missing_kind, "kind"] = np.where(df.loc[missing_kind, "method"].isin(REFERENCES), "reference", "main")
     extras = [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]
@@ -305,12 +311,18 @@ def _verdict_row(at: pd.DataFrame, epsilon: float, digits: int) -> dict | None:
     }
 
 
-def ablation_table(df: pd.DataFrame, knob: str, digits: int = 2) -> pd.DataFrame:
-    """One row per value of `knob`: student (and teacher) perplexity 'mean ± std' over seeds."""
+def ablation_rows(df: pd.DataFrame, knob: str) -> pd.DataFrame:
+    """The ablation rows of `knob`, normalised; a ValueError naming the knobs present when there are none."""
     df = normalise(df)
     rows = df[(df["kind"] == "ablation") & (df["knob"] == knob)]
     if rows.empty:
         raise ValueError(f"no ablation rows for knob {knob!r}; knobs present: {ablation_knobs(df)}")
+    return rows
+
+
+def ablation_table(df: pd.DataFrame, knob: str, digits: int = 2) -> pd.DataFrame:
+    """One row per value of `knob`: student (and teacher) perplexity 'mean ± std' over seeds."""
+    rows = ablation_rows(df, knob)
     # what a learning rate is chosen by: the validation split of the stage it trains (never the test split)
     selection = "teacher_val_ppl" if str(rows["knob"].iloc[0]).startswith("teacher_train") else "val_ppl"
     records = []
