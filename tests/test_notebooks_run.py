@@ -50,6 +50,8 @@ def _params(name: str, tmp_path: Path) -> dict:
         return {"method": "dpsgd", "epsilon": 4.0, "row_path": str(tmp_path / "row.json")}
     if name.startswith("07_"):
         return {"results_dir": str(tmp_path / "no_results_yet")}
+    if name.startswith("10_"):  # the smoke profile's short continuations: seconds per DP-OPD student
+        return {"n_prompts": 3, "methods": ["dpsgd", "dpopd"]}
     if name.startswith("05_"):
         return {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]}
     if name.startswith("08_"):  # one DP-SGD student (the cheapest method) on 2 canaries per repeat count

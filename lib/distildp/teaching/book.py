@@ -30,11 +30,13 @@ MANIFEST = "book.json"
 # Parameters beyond profile and store, per notebook (by name prefix): 05's shorter sweep as in the smoke tests
 # (tests/test_notebooks_run.py); 07 on the committed quick grid instead of the smoke grid nobody has run; 08 audits
 # DistilDP (its teacher, synthetic text and student, unlike the tests' DP-SGD student) on 2 canaries per repeat count
-# and 100 candidates each, far fewer than its own 8 canaries and 2,000 candidates (docs/performance.md).
+# and 100 candidates each, far fewer than its own 8 canaries and 2,000 candidates (docs/performance.md); 10 compares
+# DP-OPD with DP-SGD only, as in the smoke tests.
 PARAMS: dict[str, dict[str, Any]] = {
     "05_": {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]},
     "07_": {"grid": "quick"},
     "08_": {"n_candidates": 100, "overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}}},
+    "10_": {"n_prompts": 3, "methods": ["dpsgd", "dpopd"]},
 }
 # otter's placeholder for a written answer (what the student notebook shows where the solution was)
 ANSWER_PLACEHOLDER = "_Type your answer here, replacing this text._"
