@@ -153,11 +153,9 @@ def test_the_loss_samples_from_the_model_it_trains(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- DP-SGD
-def test_a_dp_sgd_step_at_sigma_zero_without_clipping_is_the_non_private_step(monkeypatch):
-    """Every example in the batch (q = 1), sigma = 0 and a clipping norm no gradient reaches: the DP-OPD step equals
-    one SGD step on the mean of the examples' losses, over the very continuations the DP step drew."""
-    examples, cfg = prompts(5), OnPolicyConfig(continuation_tokens=6)
-    teacher, student, reference = tiny_model(1), tiny_model(0), tiny_model(0)
+def one_dp_step(monkeypatch, student, teacher, examples, cfg, clip: float, lr: float) -> list[list[int]]:
+    """One DP-SGD step of DP-OPD at sigma = 0 over all `examples` (q = 1); the continuations it drew, in the order the
+    step saw the examples: sorted by prompt length (a stable sort)."""
     drawn = []
 
     def recording(model, batch_prompts, max_new, eos_id):
@@ -165,15 +163,22 @@ def test_a_dp_sgd_step_at_sigma_zero_without_clipping_is_the_non_private_step(mo
         return drawn[-1]
 
     monkeypatch.setattr(on_policy, "sample_continuations", recording)
-    train = TrainConfig(epochs=1, batch_size=len(examples), lr=0.5, optimizer="sgd", seed=3, max_steps=1)
-    privacy = seeded_privacy(noise_multiplier=0.0, max_grad_norm=1e6)
+    train = TrainConfig(epochs=1, batch_size=len(examples), lr=lr, optimizer="sgd", seed=3, max_steps=1)
+    privacy = seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip)
     loss_fn = make_on_policy_loss_fn(teacher, cfg, EOS, EOS)
     train_causal_lm(student, examples, train, privacy, loss_fn=loss_fn, collate_fn=collate_prompts, progress=False)
     assert len(drawn) == 1 and len(drawn[0]) == len(examples)
+    return drawn[0]
 
-    # the examples in the order the step saw them: sorted by prompt length (a stable sort)
+
+def test_a_dp_sgd_step_at_sigma_zero_without_clipping_is_the_non_private_step(monkeypatch):
+    """Every example in the batch (q = 1), sigma = 0 and a clipping norm no gradient reaches: the DP-OPD step equals
+    one SGD step on the mean of the examples' losses, over the very continuations the DP step drew."""
+    examples, cfg = prompts(5), OnPolicyConfig(continuation_tokens=6)
+    teacher, student, reference = tiny_model(1), tiny_model(0), tiny_model(0)
+    drawn = one_dp_step(monkeypatch, student, teacher, examples, cfg, clip=1e6, lr=0.5)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    batch = continued_batch(collate_prompts([examples[i] for i in order]), drawn[0], pad_id=EOS)
+    batch = continued_batch(collate_prompts([examples[i] for i in order]), drawn, pad_id=EOS)
     reference.train()
     continuation_losses(reference, teacher.eval(), batch, cfg).mean().backward()
     with torch.no_grad():
@@ -192,22 +197,12 @@ def test_each_documents_gradient_is_clipped_on_its_own(monkeypatch):
     one document moves the student by at most the clipping norm, whatever its continuation."""
     examples, cfg, clip, lr = prompts(4, seed=2), OnPolicyConfig(continuation_tokens=5), 1e-3, 0.5
     teacher, student, reference = tiny_model(1), tiny_model(0), tiny_model(0)
-    drawn = []
-
-    def recording(model, batch_prompts, max_new, eos_id):
-        drawn.append(sample_continuations(model, batch_prompts, max_new, eos_id))
-        return drawn[-1]
-
-    monkeypatch.setattr(on_policy, "sample_continuations", recording)
-    train = TrainConfig(epochs=1, batch_size=len(examples), lr=lr, optimizer="sgd", seed=3, max_steps=1)
-    loss_fn = make_on_policy_loss_fn(teacher, cfg, EOS, EOS)
-    privacy = seeded_privacy(noise_multiplier=0.0, max_grad_norm=clip)
-    train_causal_lm(student, examples, train, privacy, loss_fn=loss_fn, collate_fn=collate_prompts, progress=False)
+    drawn = one_dp_step(monkeypatch, student, teacher, examples, cfg, clip=clip, lr=lr)
 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     total = {name: torch.zeros_like(p) for name, p in reference.named_parameters()}
     reference.train()
-    for i, continuation in zip(order, drawn[0]):
+    for i, continuation in zip(order, drawn):
         reference.zero_grad(set_to_none=True)
         alone = continued_batch(collate_prompts([examples[i]]), [continuation], pad_id=EOS)
         continuation_losses(reference, teacher.eval(), alone, cfg).sum().backward()
