@@ -45,7 +45,7 @@ class OnPolicyConfig:
     """
 
     prompt_tokens: int = 8  # document tokens after [eos] that prompt the student
-    continuation_tokens: int = 40  # the most tokens the student samples per prompt
+    continuation_tokens: int = 40  # tokens sampled past the batch's longest prompt, at most
     divergence: str = "forward_kl"
     beta: float = 0.5  # jsd's weight on the teacher
 
@@ -98,7 +98,8 @@ def collate_prompts(examples: Sequence[Mapping[str, Any]]) -> dict[str, list]:
 @torch.no_grad()
 def sample_continuations(model: nn.Module, prompts: list[list[int]], max_new: int, eos_id: int) -> list[list[int]]:
     """The student's own continuation of each prompt, drawn from its full distribution (temperature 1, no top-k,
-    top-p or n-gram ban: on-policy), up to `max_new` tokens; [eos] closes one that ended by itself."""
+    top-p or n-gram ban: on-policy), until it ends or the row reaches the longest prompt's length + `max_new` tokens
+    (a shorter prompt gets as many more); [eos] closes one that ended by itself."""
     longest = max(len(p) for p in prompts)
     cfg = GenerationConfig(top_k=0, top_p=1.0, no_repeat_ngram_size=0, max_length=longest + max_new)
     continuations = sample_batch(model, prompts, cfg, eos_id)

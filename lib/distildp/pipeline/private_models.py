@@ -11,7 +11,7 @@ from pathlib import Path
 
 from distildp.core import distributed
 from distildp.core.manifests import Artifact
-from distildp.core.methods import COVERS_STUDENT_ONLY
+from distildp.core.methods import COVERS_ALL, epsilon_covers
 from distildp.distill.generate import CONFIG_CODES_ATTR
 from distildp.distill.kd_batches import check_compatible, collate_kd, kd_examples, make_kd_loss_fn
 from distildp.distill.on_policy import collate_prompts, make_on_policy_loss_fn, prompt_examples
@@ -62,7 +62,7 @@ def private_model(
             model,
             examples,
             train_cfg,
-            s.privacy_config(noise_multiplier, plan.target_epsilon if private else math.inf, ctx.delta),
+            dp_sgd_privacy(ctx, plan, noise_multiplier),
             progress=ctx.progress and distributed.is_main(),
             data_parallel=collective,
             **extra,
@@ -88,6 +88,12 @@ def saved_run(ctx: StageContext, model, tok, out: Path, report, role: str, priva
     record["model_selection"] = NO_SELECTION
     metrics = {"train_loss_last": report.losses[-1], **ctx.evaluate(model, tok, role)}
     return {"privacy": record, "metrics": metrics, "extra": {"losses": report.losses, "device": str(ctx.device)}}
+
+
+def dp_sgd_privacy(ctx: StageContext, plan: ComposedCalibration | None, noise_multiplier: float | None):
+    """The PrivacyConfig of a release trained at `noise_multiplier` within `plan` (None: non-private)."""
+    epsilon = plan.target_epsilon if noise_multiplier is not None else math.inf
+    return ctx.settings.privacy_config(noise_multiplier, epsilon, ctx.delta)
 
 
 def dp_sgd_key(ctx: StageContext, role: str, train_cfg, noise_multiplier: float | None) -> dict:
@@ -148,12 +154,11 @@ def on_policy_student(ctx: StageContext, teacher: Artifact, seed: int, plan: Com
         examples = prompt_examples(
             tok, ctx.corpus.texts("train"), ctx.corpus.prefixes("train"), s.on_policy.prompt_tokens
         )
-        epsilon = plan.target_epsilon if private else math.inf
         report = train_causal_lm(
             model,
             examples,
             train_cfg,
-            s.privacy_config(noise_multiplier, epsilon, ctx.delta),
+            dp_sgd_privacy(ctx, plan, noise_multiplier),
             loss_fn=make_on_policy_loss_fn(frozen, s.on_policy, tok.eos_token_id, tok.pad_token_id, teacher_context),
             collate_fn=collate_prompts,
             progress=ctx.progress and distributed.is_main(),
@@ -162,8 +167,9 @@ def on_policy_student(ctx: StageContext, teacher: Artifact, seed: int, plan: Com
         if collective and not distributed.is_main():
             return None
         result = saved_run(ctx, model, tok, out, report, "student", private)
-        if s.opd_teacher == "nonprivate":  # never presented as epsilon-DP: a leak, as an exact histogram is
-            result["privacy"].update(leak=NONPRIVATE_TEACHER, private=False, epsilon_covers=COVERS_STUDENT_ONLY)
+        covers = epsilon_covers("dpopd", s.opd_teacher)
+        if covers != COVERS_ALL:  # never presented as epsilon-DP: a leak, as an exact histogram is
+            result["privacy"].update(leak=NONPRIVATE_TEACHER, private=False, epsilon_covers=covers)
         return result
 
     return ctx.store.build("on_policy_student", config, build, inputs=inputs, seed=seed, collective=collective)
