@@ -368,6 +368,24 @@ def test_training_set_is_rebuilt_from_manifests_through_the_teacher(tmp_path, to
     assert training_set(student.path).privacy[f"private_teacher/{teacher.key}"] == {"epsilon": 2.0, "private": True}
 
 
+def test_an_on_policy_student_is_audited_against_the_private_documents_it_prompted_from(tmp_path, tok):
+    """DP-OPD's student records the private data whose prompts it trained on: its members are those documents, read
+    directly (their first tokens), whichever teacher scored it."""
+    store = ArtifactStore(tmp_path)
+    public_teacher = store.build("pretrained", {"model": "tiny-teacher"}, save_model(tok))
+    student = store.build(
+        "on_policy_student",
+        {"role": "student", "data": data_config()},
+        save_model(tok),
+        inputs={"teacher": public_teacher},
+    )
+    found = training_set(student.path)
+    corpus = load_corpus("builtin", **DATA_OPTIONS)
+    assert found.direct and found.members == corpus.texts("train") and found.canaries == corpus.canaries
+    assert found.trained_on == "private prompts, its own continuations scored by its teacher"
+    assert found.chain == [f"on_policy_student/{student.key}"]
+
+
 def test_canary_exposures_of_a_training_set_score_each_canary_with_its_row_codes(tmp_path, tok):
     teacher = ArtifactStore(tmp_path).build("private_teacher", {"data": data_config()}, save_model(tok))
     found = training_set(teacher.path)
@@ -492,3 +510,27 @@ def test_every_model_of_the_smoke_pipeline_can_be_audited(smoke_store):
             assert 0 <= row["auc"] <= 1 and 0 <= row["epsilon_lower_bound"] <= accounted
     with pytest.raises(AuditError, match="not trained on private data"):
         training_set(pretrained(pipe, "student").path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher", ["public", "dp", "nonprivate"])
+def test_dpopd_is_audited_with_each_teacher(smoke_store, teacher):
+    """End to end on real artifacts: DP-OPD's models that saw private data are audited (its pretrained teacher, public
+    data only, is not), each against the bound that covers it end to end (inf beside a non-private teacher)."""
+    from distildp.audit.method_audit import AuditConfig, audit_method
+    from distildp.pipeline import Pipeline
+    from distildp.pipeline.settings import make_settings
+
+    overrides = {"opd_teacher": teacher, "dataset_options": {"canaries": 2, "canary_repeats": 4}}
+    pipe = Pipeline(make_settings("smoke", overrides), ArtifactStore(smoke_store), progress=False)
+    rows = audit_method(pipe, "dpopd", 4.0, config=AuditConfig(n_candidates=50, n_bootstrap=50), progress=False)
+    models = {row["model"]: row for row in rows}
+    assert list(models) == (["student"] if teacher == "public" else ["teacher", "student"])
+    student = models["student"]
+    assert (student["stage"], student["opd_teacher"]) == ("on_policy_student", teacher)
+    assert student["trained_on"].startswith("private prompts") and len(student["canaries"]) == 2
+    covered = teacher != "nonprivate"
+    assert student["epsilon_covers"] == ("every use of the private data" if covered else "student updates only")
+    assert student["epsilon_spent"] == pytest.approx(pipe.plan("dpopd", 4.0).epsilon)
+    assert all(row["epsilon_accounted"] == (student["epsilon_spent"] if covered else math.inf) for row in rows)
+    assert all(0 <= row["epsilon_lower_bound"] <= row["epsilon_accounted"] for row in rows)

@@ -145,8 +145,24 @@ def test_only_pipeline_methods_are_audited():
         method_audit.accounted_epsilon(None, "nonprivate_teacher", 2.0)
 
 
+@pytest.mark.parametrize("teacher", ["public", "dp", "nonprivate"])
+def test_dpopd_models_are_held_to_the_epsilon_that_covers_them_end_to_end(teacher):
+    """A DP teacher or a public one: DP-OPD's models are held to its composed epsilon; a non-private teacher read the
+    private data without DP, so the student's epsilon (its own updates) bounds nothing end to end: inf."""
+    from distildp.pipeline import Pipeline
+    from distildp.pipeline.settings import make_settings
+
+    pipe = Pipeline(make_settings("smoke", {"opd_teacher": teacher}), progress=False)
+    accounted = method_audit.accounted_epsilon(pipe, "dpopd", 2.0)
+    if teacher == "nonprivate":
+        assert accounted == math.inf and list(pipe.plan("dpopd", 2.0).mechanisms) == ["student"]
+    else:
+        assert accounted == pytest.approx(pipe.plan("dpopd", 2.0).epsilon) and accounted <= 2.0
+    assert method_audit.accounted_epsilon(pipe, "dpopd", math.inf) == math.inf
+
+
 # ------------------------------------------------------------------------------------------------ the grid's report
-def fake_model_row(method, epsilon, model, exposure, auc, bound, variant=None):
+def fake_model_row(method, epsilon, model, exposure, auc, bound, variant=None, **extra):
     row = {
         "method": method,
         "epsilon": epsilon,
@@ -160,6 +176,7 @@ def fake_model_row(method, epsilon, model, exposure, auc, bound, variant=None):
         "trained_on": "private text",
         "max_exposure": math.log2(1e8),
         "n_canaries": 2,
+        **extra,
     }
     if variant is not None:
         row["variant"] = variant
@@ -219,16 +236,35 @@ def fake_points():
                 "audits": [fake_model_row("dpsgd", math.inf, "student", 20.0, 0.9, 1.7)],
             },
             {"method": "dpsgd", "epsilon": "inf", "kind": "main", "audits": None},  # an unfinished point
+            {
+                "method": "dpopd",
+                "epsilon": 2.0,
+                "kind": "ablation",
+                "knob": "opd_teacher",
+                "value": "nonprivate",
+                "audits": [
+                    fake_model_row("dpopd", 2.0, model, 9.0, 0.7, 1.1, opd_teacher="nonprivate", **NOT_COVERED)
+                    for model in ("teacher", "student")
+                ],
+            },
         ]
     )
 
 
+# what audit_method records for DP-OPD with a non-private teacher: its epsilon, what it covers, the end-to-end bound
+NOT_COVERED = {"epsilon_spent": 2.0, "epsilon_covers": "student updates only", "epsilon_accounted": "inf"}
+
+
 def test_audit_rows_table_and_report(tmp_path):
     rows = audit_report.audit_rows(fake_points())
-    assert list(rows["model"]) == ["teacher", "synthetic", "student", "student"]
-    assert list(rows["variant"]) == ["", "", "", "teacher_train.batch_size=32"]
-    assert rows["epsilon_accounted"].iloc[-1] == math.inf and math.isnan(rows["test_ppl"].iloc[1])
+    assert list(rows["model"]) == ["teacher", "synthetic", "student", "student", "teacher", "student"]
+    assert list(rows["variant"])[:4] == ["", "", "", "teacher_train.batch_size=32"]
+    assert rows["epsilon_accounted"].iloc[3] == math.inf and math.isnan(rows["test_ppl"].iloc[1])
     table = audit_report.audit_table(rows)
+    # a non-private teacher's rows carry their mark (never shown as 2-DP) and are held to infinity
+    opd = table[table["method"].str.startswith("dpopd")]
+    assert set(opd["method"]) == {"dpopd (nonprivate teacher) [epsilon covers student updates only]"}
+    assert list(opd["ε accounted"]) == ["∞", "∞"] and list(opd["ε target"]) == ["2", "2"]
     assert list(table.columns[:5]) == ["method", "ε target", "model", "exposure ×1", "exposure ×4"]
     ablation = table[table["method"] == "dpsgd [teacher_train.batch_size=32]"].iloc[0]
     assert ablation["exposure ×4"] == "24.0 (3.0)" and ablation["ε accounted"] == "∞"

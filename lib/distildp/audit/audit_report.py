@@ -21,6 +21,7 @@ import pandas as pd
 from distildp.audit.method_audit import ATTACKS
 from distildp.audit.provenance import AuditError
 from distildp.core.manifests import write_json_atomic
+from distildp.core.methods import method_label
 from distildp.reporting.report import save_figure
 from distildp.reporting.results import as_float, to_markdown
 
@@ -50,10 +51,20 @@ def audit_rows(df: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     out = pd.DataFrame(rows)
-    text = {"method", "variant", "model", "stage", "artifact", "trained_on", "canaries", "roc"}
-    for column in set(out.columns) - text:
+    text = {"method", "variant", "label", "opd_teacher", "epsilon_covers", "model", "stage", "artifact", "trained_on"}
+    for column in text & set(out.columns):
+        out[column] = out[column].fillna("")  # rows from before a column existed (DP-OPD's) leave it empty
+    for column in set(out.columns) - text - {"canaries", "roc"}:
         out[column] = as_float(out[column])
-    return out
+    return out.assign(label=[_label(row) for _, row in out.iterrows()])
+
+
+def _label(row) -> str:
+    """The method as tables print it (DP-OPD with its teacher; a row whose epsilon does not cover every use of the
+    private data marked so), then the grid's variant unless it only names DP-OPD's teacher again."""
+    label = method_label(row["method"], row.get("opd_teacher", ""), row.get("epsilon_covers", ""))
+    variant = row["variant"]
+    return f"{label} [{variant}]" if variant and not variant.startswith("opd_teacher=") else label
 
 
 def read_audit_rows(tables_dir: str | Path) -> pd.DataFrame:
@@ -78,11 +89,11 @@ def audit_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     in brackets), verbatim secrets in synthetic text, both attacks' AUC with its interval and TPR at 1% FPR, and
     the best attack's epsilon lower bound beside the accounted epsilon."""
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
-    rows = rows.assign(_m=rows["model"].map(order)).sort_values(["method", "variant", "epsilon", "_m"])
+    rows = rows.assign(_m=rows["model"].map(order)).sort_values(["label", "epsilon", "_m"])
     lines = []
     for _, row in rows.iterrows():
         line = {
-            "method": _label(row["method"], row["variant"]),
+            "method": row["label"],
             "ε target": _eps(row["epsilon"]),
             "model": row["model"],
         }
@@ -109,10 +120,6 @@ def audit_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def _label(method: str, variant: str) -> str:
-    return f"{method} [{variant}]" if variant else method
-
-
 def _eps(value: float, digits: int = 2) -> str:
     return "∞" if math.isinf(value) else f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
@@ -130,13 +137,13 @@ def plot_exposure(rows: pd.DataFrame, path: str | Path | None = None):
     repeats = repeat_counts(rows)
     for ax, model in zip(axes[0], models):
         part = rows[rows["model"] == model]
-        for (method, variant, epsilon), group in part.groupby(["method", "variant", "epsilon"]):
+        for (label, epsilon), group in part.groupby(["label", "epsilon"]):
             canaries = [c for cs in group["canaries"] for c in cs]
             ax.plot(
                 repeats,
                 [_mean_over(canaries, r, "exposure") for r in repeats],
                 marker="o",
-                label=f"{_label(method, variant)}, ε = {_eps(epsilon)}",
+                label=f"{label}, ε = {_eps(epsilon)}",
             )
         public = [c for cs in part["canaries"] for c in cs]
         ax.plot(
@@ -166,14 +173,12 @@ def plot_roc(rows: pd.DataFrame, attack: str = "reference", path: str | Path | N
     models = [m for m in MODEL_ORDER if m != "synthetic" and m in set(rows["model"])]
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for _, row in rows[rows["model"] == model].sort_values(["method", "variant", "epsilon"]).iterrows():
+        for _, row in rows[rows["model"] == model].sort_values(["label", "epsilon"]).iterrows():
             curve = row["roc"][attack]
             ax.plot(
                 curve["fpr"],
                 curve["tpr"],
-                label=f"{_label(row['method'], row['variant'])}, "
-                f"ε = {_eps(row['epsilon'])} "
-                f"(AUC {row[f'{attack}_auc']:.2f})",
+                label=f"{row['label']}, ε = {_eps(row['epsilon'])} (AUC {row[f'{attack}_auc']:.2f})",
             )
         ax.plot([1e-4, 1], [1e-4, 1], color="grey", ls=":", label="chance")
         ax.set(
@@ -199,9 +204,9 @@ def plot_epsilon_bounds(rows: pd.DataFrame, path: str | Path | None = None):
     edge = max(float(finite.max()) if len(finite) else 1.0, float(models["epsilon_lower_bound"].max())) * 1.5
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.plot([0, edge], [0, edge], color="black", lw=0.8, label="lower bound = accounted ε (a bug above)")
-    for (method, variant, model), group in models.groupby(["method", "variant", "model"]):
+    for (label, model), group in models.groupby(["label", "model"]):
         x = np.where(np.isfinite(group["epsilon_accounted"]), group["epsilon_accounted"], edge)
-        ax.scatter(x, group["epsilon_lower_bound"], label=f"{_label(method, variant)} {model}")
+        ax.scatter(x, group["epsilon_lower_bound"], label=f"{label} {model}")
     ax.axvline(edge, color="grey", ls=":")
     ax.text(edge, 0, " ∞ (no DP)", rotation=90, va="bottom", fontsize=8)
     ax.set(

@@ -1,12 +1,12 @@
 """The empirical privacy audit of a pipeline method: every model it built at one budget, audited against the
 private data it saw.
 
-    audit_method(pipe, method, epsilon, seed)   one row per artifact of the method (teacher, synthetic text,
-                                                student): canary exposure per repeat count beside the public
-                                                model's (what tokenization alone gives), verbatim secrets in
-                                                synthetic text, the loss and reference membership attacks (ROC
-                                                AUC, TPR at low FPR, intervals) and the empirical epsilon lower
-                                                bound beside the method's accounted epsilon
+    audit_method(pipe, method, epsilon, seed)   one row per artifact of the method that saw private data
+                                                (teacher, synthetic text, student): canary exposure per repeat
+                                                count beside the public model's (what tokenization alone gives),
+                                                verbatim secrets in synthetic text, the loss and reference
+                                                membership attacks (ROC AUC, TPR at low FPR, intervals) and the
+                                                empirical epsilon lower bound beside the method's accounted epsilon
     audit_model(target, reference, found, ...)  one model's row: the same, against its training set
 
 The primitives are `distildp.audit.exposure` (exposure), `distildp.audit.mia` (attacks, bound) and
@@ -33,8 +33,8 @@ from distildp.audit.exposure import (
     secrets_in_texts,
     sequence_losses,
 )
-from distildp.audit.provenance import synthetic_texts, training_set
-from distildp.core.methods import METHODS
+from distildp.audit.provenance import DERIVED_STAGES, PRIVATE_STAGES, synthetic_texts, training_set
+from distildp.core.methods import COVERS_ALL, METHODS, epsilon_covers
 from distildp.pipeline import Pipeline
 from distildp.pipeline.public_models import pretrained
 
@@ -56,10 +56,18 @@ class AuditConfig:
 
 
 def accounted_epsilon(pipe: Pipeline, method: str, epsilon: float) -> float:
-    """The epsilon every model of `method` is covered by: the composed total of its releases (inf without DP)."""
+    """The epsilon every model of `method` is covered by, end to end: the composed total of its releases, and inf
+    without DP or when the epsilon does not cover every use of the private data (DP-OPD's non-private teacher: each
+    student update reads the private data through it)."""
     if method not in METHODS:
         raise AuditError(f"method={method!r}: the audit covers the methods {METHODS} (each at a budget epsilon)")
-    return math.inf if math.isinf(epsilon) else pipe.plan(method, epsilon).epsilon
+    if math.isinf(epsilon) or _covers(pipe, method) != COVERS_ALL:
+        return math.inf
+    return pipe.plan(method, epsilon).epsilon
+
+
+def _covers(pipe: Pipeline, method: str) -> str:
+    return epsilon_covers(method, pipe.settings.opd_teacher)
 
 
 def audit_method(
@@ -70,14 +78,30 @@ def audit_method(
     config: AuditConfig = AuditConfig(),
     progress: bool = True,
 ) -> list[dict]:
-    """Build (or reuse) every artifact of `method` at `epsilon` and audit each; one row per artifact, in the
-    order of the data flow. Raises mia.PrivacyBugError when a model's epsilon lower bound exceeds the accounted
-    epsilon, and AuditError when the private data holds no canaries (set dataset_options canaries)."""
+    """Build (or reuse) every artifact of `method` at `epsilon` and audit each model that saw private data; one
+    row per artifact, in the order of the data flow (DP-OPD's pretrained teacher, public data only, has none).
+    Raises mia.PrivacyBugError when a model's epsilon lower bound exceeds the accounted epsilon, and AuditError
+    when the private data holds no canaries (set dataset_options canaries).
+
+    Each row records the epsilon the method reports (`epsilon_spent`), what it covers (`epsilon_covers`) and the
+    end-to-end bound the audit holds the models to (`epsilon_accounted`): they differ only for DP-OPD with a
+    non-private teacher, whose student's epsilon covers its own updates and whose models are held to inf."""
     accounted = accounted_epsilon(pipe, method, epsilon)
     arts = pipe.artifacts(method, epsilon, seed)
-    common = {"method": method, "epsilon": epsilon, "epsilon_accounted": accounted, "delta": pipe.delta, "seed": seed}
+    common = {
+        "method": method,
+        "epsilon": epsilon,
+        "epsilon_spent": math.inf if math.isinf(epsilon) else pipe.plan(method, epsilon).epsilon,
+        "epsilon_covers": _covers(pipe, method),
+        "epsilon_accounted": accounted,
+        "delta": pipe.delta,
+        "seed": seed,
+    }
+    if method == "dpopd":
+        common["opd_teacher"] = pipe.settings.opd_teacher
+    audited = {name: art for name, art in arts.items() if art.stage in PRIVATE_STAGES + DERIVED_STAGES}
     rows = []
-    for name, art in tqdm(arts.items(), desc=f"audit {method} eps={epsilon:g}", disable=not progress):
+    for name, art in tqdm(audited.items(), desc=f"audit {method} eps={epsilon:g}", disable=not progress):
         found = training_set(art.path)
         row = {
             **common,
@@ -85,7 +109,7 @@ def audit_method(
             "stage": art.stage,
             "artifact": f"{art.stage}/{art.key}",
             "test_ppl": art.metrics.get("test_ppl", math.nan),
-            "trained_on": "private text" if found.direct else "synthetic text",
+            "trained_on": found.trained_on,
         }
         if name == "synthetic":
             row.update(_audit_synthetic(found, synthetic_texts(art.path)))

@@ -2,8 +2,9 @@
 truth: its members, non-members and canaries; see `distildp.audit.exposure` for how the audit fits together).
 
 A private_teacher or private_student (DP-SGD, DPKD's student, or non-private) records its private data in its
-config ('data': dataset, options, the built-in source's fingerprint); a synthetic set does too; a
-distilled_student derives from its teacher's data through its 'teacher' input. The corpus is loaded again from
+config ('data': dataset, options, the built-in source's fingerprint); so do a synthetic set and DP-OPD's
+on_policy_student (trained on the private documents' prompts); a distilled_student derives from its teacher's data
+through its 'teacher' input. The corpus is loaded again from
 that record and checked against the recorded fingerprint; anything that cannot be rebuilt is refused.
 """
 
@@ -17,8 +18,16 @@ from distildp.data.loaders import load_corpus
 from distildp.distill.synthetic_store import load_synthetic
 
 # Stages trained directly on the private training split, and stages whose private data is their teacher's.
-PRIVATE_STAGES = ("private_teacher", "private_student", "synthetic")
+PRIVATE_STAGES = ("private_teacher", "private_student", "on_policy_student", "synthetic")
 DERIVED_STAGES = ("distilled_student",)
+# what a model of each stage was trained on, as the audit's rows say it (a synthetic set's row: the text itself)
+TRAINED_ON = {
+    "private_teacher": "private text",
+    "private_student": "private text",
+    "on_policy_student": "private prompts, its own continuations scored by its teacher",
+    "synthetic": "synthetic text",
+    "distilled_student": "synthetic text",
+}
 
 
 class AuditError(ValueError):
@@ -47,15 +56,20 @@ class TrainingSet:
 
     @property
     def direct(self) -> bool:
-        """True when the audited model was trained on the members themselves (not only on text derived from them)."""
-        return self.stage in ("private_teacher", "private_student")
+        """True when the audited model was trained on the members themselves (not only on text derived from them);
+        DP-OPD's student read their prompts (its first tokens) and nothing else of them."""
+        return self.stage in ("private_teacher", "private_student", "on_policy_student")
+
+    @property
+    def trained_on(self) -> str:
+        return TRAINED_ON[self.stage]
 
 
 def training_set(
     artifact_dir: str | Path, verify: str | None = None, nonmember_splits: tuple[str, ...] = ("validation", "test")
 ) -> TrainingSet:
     """Rebuild the private training and held-out documents of a pipeline artifact from its manifest: a
-    private_teacher or private_student (DP-SGD, DPKD or non-private) directly, a synthetic set or a
+    private_teacher, private_student (DP-SGD, DPKD or non-private) or on_policy_student directly, a synthetic set or a
     distilled_student through the teacher it came from. Refuses, with the reason, an artifact without a
     manifest, one trained on public data only, and one whose data cannot be rebuilt as it was.
 
