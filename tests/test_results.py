@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from distildp.core.methods import COVERS_ALL, COVERS_STUDENT_ONLY
 from distildp.reporting import regime, report, results, story
 
 INF = math.inf
@@ -321,6 +322,38 @@ def test_regime_table_fills_a_cell_from_the_main_grid_and_reports_the_gates(tmp_
         pd.concat([df, pd.DataFrame(extra)], ignore_index=True), tmp_path / "t", tmp_path / "f", regime_map=True
     )
     assert {"regime.md", "regime.png"} <= {p.name for p in written}
+
+
+def test_regime_map_takes_dpopd_teachers_as_an_axis_and_never_counts_a_nonprivate_one_as_a_baseline():
+    """DP-OPD's teacher is a regime-map axis: with a DP or public teacher DP-OPD is a baseline DistilDP must beat; with
+    a non-private one its cell is marked with what its epsilon covers, and it is no baseline (it is not epsilon-DP)."""
+    df = rows()
+    main = df[(df["method"] == "dpsgd") | (df["kind"] == "reference") | (df["kind"].isna())]
+    assert "dpopd" not in regime.regime_table(main).columns  # a grid without DP-OPD: its table is as before
+    extra = []
+    for teacher, ppl, covers in (("dp", 11.0, COVERS_ALL), ("nonprivate", 3.0, COVERS_STUDENT_ONLY)):
+        for seed in range(3):
+            extra.append(
+                {
+                    "dataset": "builtin",
+                    "method": "dpopd",
+                    "epsilon": 1.0,
+                    "seed": seed,
+                    "student_ppl": ppl,
+                    "opd_teacher": teacher,
+                    "epsilon_covers": covers,
+                    "kind": "ablation",
+                    "knob": "opd_teacher",
+                    "value": teacher,
+                }
+            )
+    table = regime.regime_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)).set_index(["axis", "value"])
+    dp = table.loc[("opd_teacher", "dp")]
+    assert dp["dpopd"] == 11.0 and dp["best baseline"] == "dpopd (dp teacher)" and dp["Δ distildp - best"] == 1.0
+    nonprivate = table.loc[("opd_teacher", "nonprivate [epsilon covers student updates only]")]
+    assert nonprivate["dpopd"] == 3.0 and nonprivate["best baseline"] == "dpsgd"
+    assert nonprivate["Δ distildp - best"] == -10.0  # the main grid's dpsgd at eps 1, as the epsilon cell's
+    assert math.isnan(table.loc[("epsilon", "1"), "dpopd"])  # no DP-OPD in the main grid
 
 
 def _verdicts(df: pd.DataFrame) -> dict[str, str]:

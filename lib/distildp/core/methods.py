@@ -42,6 +42,12 @@ def method_label(method: str, opd_teacher: str = "", covers: str = "") -> str:
     return label if shown == COVERS_ALL else f"{label} [epsilon covers {shown}]"
 
 
+def method_of(label: str) -> str:
+    """The method (or reference) a table's label names: `method_label`'s inverse, for rows read back from tables."""
+    name = str(label).split(" ", 1)[0]
+    return name if name in METHODS + REFERENCES else str(label)
+
+
 def check_method(method: str, references: bool = True) -> str:
     """`method` if it names a method (or, with `references`, a reference model); else a ValueError listing them."""
     known = METHODS + REFERENCES if references else METHODS
