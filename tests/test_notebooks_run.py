@@ -15,7 +15,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def _regime_rows(results_dir: Path) -> None:
-    """A two-cell regime map (epsilon 2, and lam 1) as lib/distildp/runner/run.py writes it, for 09 to read."""
+    """A regime map of four cells (epsilon 2, lam 1, DP-OPD's public and non-private teachers) as
+    lib/distildp/runner/run.py writes it, for 09 to read."""
     import pandas as pd
 
     from distildp.reporting.report import write_report
@@ -23,6 +24,26 @@ def _regime_rows(results_dir: Path) -> None:
     rows = [
         {"method": m, "epsilon": 2.0, "seed": 0, "student_ppl": p, "teacher_marginal_ppl": 80.0, "kind": "main"}
         for m, p in (("distildp", 95.0), ("dpsgd", 100.0), ("dpkd", 110.0), ("synthetic_only", 112.0))
+    ]
+    rows.append(
+        {"method": "dpopd", "epsilon": 2.0, "seed": 0, "student_ppl": 99.0, "kind": "main", "opd_teacher": "dp"}
+    )
+    rows += [
+        {
+            "method": "dpopd",
+            "epsilon": 2.0,
+            "seed": 0,
+            "student_ppl": p,
+            "kind": "ablation",
+            "knob": "opd_teacher",
+            "value": teacher,
+            "opd_teacher": teacher,
+            "epsilon_covers": covers,
+        }
+        for teacher, p, covers in (
+            ("public", 104.0, "every use of the private data"),
+            ("nonprivate", 90.0, "student updates only"),
+        )
     ]
     rows += [
         {"method": "pretrained_teacher", "epsilon": 0.0, "seed": 0, "teacher_ppl": 86.0, "kind": "reference"},
@@ -51,7 +72,12 @@ def _params(name: str, tmp_path: Path) -> dict:
     if name.startswith("07_"):
         return {"results_dir": str(tmp_path / "no_results_yet")}
     if name.startswith("10_"):  # the smoke profile's short continuations: seconds per DP-OPD student
-        return {"n_prompts": 3, "methods": ["dpsgd", "dpopd"]}
+        return {
+            "n_prompts": 3,
+            "methods": ["dpsgd", "dpopd"],
+            "n_candidates": 100,
+            "audit_overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}},
+        }
     if name.startswith("05_"):
         return {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]}
     if name.startswith("08_"):  # one DP-SGD student (the cheapest method) on 2 canaries per repeat count

@@ -31,12 +31,17 @@ MANIFEST = "book.json"
 # (tests/test_notebooks_run.py); 07 on the committed quick grid instead of the smoke grid nobody has run; 08 audits
 # DistilDP (its teacher, synthetic text and student, unlike the tests' DP-SGD student) on 2 canaries per repeat count
 # and 100 candidates each, far fewer than its own 8 canaries and 2,000 candidates (docs/performance.md); 10 compares
-# DP-OPD with DP-SGD only, as in the smoke tests.
+# DP-OPD with DP-SGD only and audits its teachers on 08's canaries, as in the smoke tests.
 PARAMS: dict[str, dict[str, Any]] = {
     "05_": {"lams": [0.0, 0.4], "temperatures": [2.0], "alphas": [0.1]},
     "07_": {"grid": "quick"},
     "08_": {"n_candidates": 100, "overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}}},
-    "10_": {"n_prompts": 3, "methods": ["dpsgd", "dpopd"]},
+    "10_": {
+        "n_prompts": 3,
+        "methods": ["dpsgd", "dpopd"],
+        "n_candidates": 100,
+        "audit_overrides": {"dataset_options": {"canaries": 2, "canary_repeats": [1, 4]}},
+    },
 }
 # otter's placeholder for a written answer (what the student notebook shows where the solution was)
 ANSWER_PLACEHOLDER = "_Type your answer here, replacing this text._"
