@@ -61,9 +61,12 @@ def accounted_epsilon(pipe: Pipeline, method: str, epsilon: float) -> float:
     student update reads the private data through it)."""
     if method not in METHODS:
         raise AuditError(f"method={method!r}: the audit covers the methods {METHODS} (each at a budget epsilon)")
-    if math.isinf(epsilon) or _covers(pipe, method) != COVERS_ALL:
-        return math.inf
-    return pipe.plan(method, epsilon).epsilon
+    return _spent(pipe, method, epsilon) if _covers(pipe, method) == COVERS_ALL else math.inf
+
+
+def _spent(pipe: Pipeline, method: str, epsilon: float) -> float:
+    """The epsilon `method`'s releases spend together, as its row reports it (inf without DP)."""
+    return math.inf if math.isinf(epsilon) else pipe.plan(method, epsilon).epsilon
 
 
 def _covers(pipe: Pipeline, method: str) -> str:
@@ -91,7 +94,7 @@ def audit_method(
     common = {
         "method": method,
         "epsilon": epsilon,
-        "epsilon_spent": math.inf if math.isinf(epsilon) else pipe.plan(method, epsilon).epsilon,
+        "epsilon_spent": _spent(pipe, method, epsilon),
         "epsilon_covers": _covers(pipe, method),
         "epsilon_accounted": accounted,
         "delta": pipe.delta,
