@@ -70,6 +70,8 @@ class Corpus:
         publishes its schema (categories x stars); otherwise the keys are the training split's, and a note says so."""
         if self.source is not None:
             return list(itertools.product(self.info["categories"], self.source.stars)), []
+        if "code_schema" in self.info:  # a known source's schema, kept when its documents were cut to fit
+            return [tuple(key) for key in self.info["code_schema"]], []
         keys = sorted(self.code_counts("train"))
         return keys, [
             "the set of codes was read off the private training data (no public schema known): "

@@ -9,6 +9,7 @@ corpus is, `distildp.data.corpus`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from distildp.data.canaries import insert_canaries
-from distildp.data.corpus import SPLITS, Corpus, control_prefix
+from distildp.data.corpus import SPLITS, Corpus, control_prefix, display_name
 from distildp.data.csv_corpus import count_csv_rows, load_csv_dir, read_csv
 from distildp.data.hub_corpora import HUB_LOADERS, as_frame, load_dataset
+from distildp.data.label_split import read_split_record
 from distildp.data.lexicon import PRIVATE_CATEGORIES, PUBLIC_CATEGORIES
 from distildp.data.source import CATEGORY, STARS, Record, ReviewSource
 
@@ -29,7 +31,11 @@ KNOWN_CORPORA = ("builtin", "csv:<dir>", "yelp", "big_patent", "dbpedia_14")
 def load_corpus(name: str = "builtin", **options) -> Corpus:
     """Load a corpus by name: 'builtin', 'csv:<dir>', 'yelp', 'big_patent' or 'dbpedia_14'."""
     if name.startswith("csv:"):
-        return load_csv_dir(name[4:], **options)
+        corpus = load_csv_dir(name[4:], **options)
+        split = read_split_record(name[4:])
+        if split:  # made by distildp.data.label_split: the record goes into the artifacts' keys and manifests
+            corpus.info["label_split"] = split
+        return corpus
     return corpus_loader(name)(**options)
 
 
@@ -168,9 +174,13 @@ def load_public(
       codes' values.
     - 'prose': Python's documentation only: off-domain public text (the regime map's far end).
     - 'csv:<dir>': train.csv (and val.csv or validation.csv; else 5% of train is held out) with a `text` column
-      (`text_column=` to name another): public text to pair with a `csv:` private corpus.
-    - 'hub:<dataset>[:<config>]': a hub dataset's `text` column (`text_column=`, `data_files=` for local files in
-      the hub's schema, `cache_dir=`).
+      (`text_column=` to name another): public text to pair with a `csv:` private corpus. Its label columns (the
+      label* ones, or `label_columns=[...]`; display names as a private corpus's, or `code_names=`) make it coded
+      public text: a share `coded_share` of its documents is written behind its own codes, in the private
+      corpus's format, as the built-in public reviews are. `distildp.data.label_split` makes such a folder from a
+      labelled corpus.
+    - 'hub:<dataset>[:<config>]': a hub dataset's `text` column and label columns, as for csv (`data_files=` for
+      local files in the hub's schema, `cache_dir=`).
     Distinct prose paragraphs are split 9:1 into train and validation. For csv and hub corpora `n_docs` caps the
     training documents (None: all) and `n_val` the validation ones.
     """
@@ -197,14 +207,18 @@ def load_public(
             name,
             train,
             validation,
-            {"n_reviews": n_docs if name == "builtin" else 0, "coded_share": coded_share if name == "builtin" else 0.0},
+            {
+                "n_reviews": n_docs if name == "builtin" else 0,
+                "coded_share": coded_share if name == "builtin" else 0.0,
+                "n_coded": sum(bool(p) for p in train_prefixes),
+            },
             train_prefixes,
             validation_prefixes,
         )
     if name.startswith("csv:"):
-        return _public_csv(Path(name[4:]), n_docs, n_val, seed, **options)
+        return _public_csv(Path(name[4:]), n_docs, n_val, seed, coded_share, **options)
     if name.startswith("hub:"):
-        return _public_hub(name, n_docs, n_val, seed, **options)
+        return _public_hub(name, n_docs, n_val, seed, coded_share, **options)
     raise ValueError(f"unknown public corpus {name!r}; known: {', '.join(PUBLIC_CORPORA)}")
 
 
@@ -215,7 +229,9 @@ def public_options(name: str) -> dict[str, inspect.Parameter]:
     if not name.startswith(("csv:", "hub:")):
         raise ValueError(f"unknown public corpus {name!r}; known: {', '.join(PUBLIC_CORPORA)}")
     loader = _public_csv if name.startswith("csv:") else _public_hub
-    return {k: p for k, p in inspect.signature(loader).parameters.items() if p.default is not inspect.Parameter.empty}
+    parameters = inspect.signature(loader).parameters.items()
+    # coded_share is Settings.public_coded_share, not an option
+    return {k: p for k, p in parameters if p.default is not inspect.Parameter.empty and k != "coded_share"}
 
 
 def _public_reviews(src: ReviewSource, n: int, seed: int, stream: int, coded_share: float) -> list[tuple[str, str]]:
@@ -228,56 +244,127 @@ def _public_reviews(src: ReviewSource, n: int, seed: int, stream: int, coded_sha
     return [(r.text, control_prefix(r.codes) if c else "") for r, c in zip(records, coded)]
 
 
-def _public_texts_of(frame: pd.DataFrame, where: str, text_column: str) -> list[str]:
+def _public_documents(
+    frame: pd.DataFrame, where: str, text_column: str, label_columns: list[str] | None, code_names: dict | None
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The non-empty texts of `frame` and each one's codes ({display name: value}; {} without label columns).
+
+    Label columns are `label_columns`, or (None) the columns named label*, as in a private corpus; their display
+    names are `code_names` or `distildp.data.corpus.display_name`'s, so a public document's prefix has the same form
+    as a private one's."""
     if text_column not in frame.columns:
         raise ValueError(
             f"{where} has no `{text_column}` column (columns: {list(frame.columns)}); name the text "
             f"column with public_options={{'text_column': ...}}"
         )
-    texts = [t for t in frame[text_column].tolist() if isinstance(t, str) and t.strip()]
+    if label_columns is None:
+        label_columns = [c for c in frame.columns if c.startswith("label") and c != text_column]
+    missing = [c for c in label_columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{where} has no label column(s) {missing} (columns: {list(frame.columns)}); name existing columns "
+            f"in public_options={{'label_columns': [...]}}, or [] for none"
+        )
+    names = {c: (code_names or {}).get(c, display_name(c)) for c in label_columns}
+    texts, codes = [], []
+    for row in frame[[text_column, *label_columns]].itertuples(index=False):
+        text, labels = row[0], [str(v) for v in row[1:]]
+        if isinstance(text, str) and text.strip():
+            texts.append(text)
+            # a document with an empty label is written without codes: a prefix with an empty value would teach
+            # the model a code the private corpus never has
+            codes.append(dict(zip(names.values(), labels)) if all(v.strip() for v in labels) else {})
     if not texts:
         raise ValueError(f"{where} has no non-empty text in column `{text_column}`")
-    return texts
+    return texts, codes
 
 
 def _split_public(
-    name: str, train: list[str], validation: list[str] | None, n_docs, n_val, seed, info: dict
+    name: str,
+    train: tuple[list[str], list[dict]],
+    validation: tuple[list[str], list[dict]] | None,
+    n_docs,
+    n_val,
+    seed,
+    coded_share: float,
+    info: dict,
 ) -> PublicText:
+    """Hold out 5% of train when there is no validation file, cap the sizes, and write a share `coded_share` of the
+    documents that have labels behind their codes (the rest plain, as the built-in public reviews)."""
+    if not 0 <= coded_share <= 1:
+        raise ValueError(f"public_coded_share={coded_share} must lie in [0, 1]")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9B3]))
+    docs = list(zip(*train))
     if validation is None:  # hold out 5% of train
-        order = rng.permutation(len(train))
-        cut = max(1, len(train) // 20)
-        validation, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
-    if not train:
+        order = rng.permutation(len(docs))
+        cut = max(1, len(docs) // 20)
+        held_out, docs = [docs[i] for i in order[:cut]], [docs[i] for i in order[cut:]]
+    else:
+        held_out = list(zip(*validation))
+    if not docs:
         raise ValueError(f"public corpus {name!r} has too few documents to hold out a validation split")
     if n_docs is not None:
-        train = train[:n_docs]
-    return PublicText(name, train, validation[:n_val], info)
+        docs = docs[:n_docs]
+    held_out = held_out[:n_val]
+    coded = np.random.default_rng(np.random.SeedSequence([seed, 0x9B4]))
+    parts = {}
+    for split, part in (("train", docs), ("validation", held_out)):
+        draws = coded.random(len(part)) < coded_share
+        parts[split] = (
+            [text for text, _ in part],
+            [control_prefix(codes) if codes and c else "" for (_, codes), c in zip(part, draws)],
+        )
+    n_labelled = sum(bool(codes) for _, codes in docs)
+    n_coded = sum(bool(p) for p in parts["train"][1])
+    info = {**info, "coded_share": coded_share if n_coded else 0.0, "n_coded": n_coded, "n_labelled": n_labelled}
+    return PublicText(name, parts["train"][0], parts["validation"][0], info, parts["train"][1], parts["validation"][1])
 
 
-def _public_csv(folder: Path, n_docs, n_val, seed, text_column: str = "text") -> PublicText:
+def _public_csv(
+    folder: Path,
+    n_docs,
+    n_val,
+    seed,
+    coded_share: float = 0.5,
+    text_column: str = "text",
+    label_columns: list | None = None,
+    code_names: dict | None = None,
+) -> PublicText:
     if not (folder / "train.csv").exists():
         raise FileNotFoundError(
             f"public corpus csv:{folder} needs {folder / 'train.csv'} (and optionally "
             f"val.csv) with a `{text_column}` column"
         )
-    train = _public_texts_of(read_csv(folder / "train.csv"), str(folder / "train.csv"), text_column)
+    read = functools.partial(_public_documents, text_column=text_column, label_columns=label_columns)
+    train = read(read_csv(folder / "train.csv"), str(folder / "train.csv"), code_names=code_names)
     vals = [folder / n for n in ("val.csv", "validation.csv") if (folder / n).exists()]
-    validation = _public_texts_of(read_csv(vals[0]), str(vals[0]), text_column) if vals else None
-    return _split_public(f"csv:{folder}", train, validation, n_docs, n_val, seed, {"folder": str(folder)})
+    validation = read(read_csv(vals[0]), str(vals[0]), code_names=code_names) if vals else None
+    info = {"folder": str(folder), **({"label_split": split} if (split := read_split_record(folder)) else {})}
+    return _split_public(f"csv:{folder}", train, validation, n_docs, n_val, seed, coded_share, info)
 
 
 def _public_hub(
-    name: str, n_docs, n_val, seed, text_column: str = "text", data_files=None, cache_dir=None
+    name: str,
+    n_docs,
+    n_val,
+    seed,
+    coded_share: float = 0.5,
+    text_column: str = "text",
+    label_columns: list | None = None,
+    code_names: dict | None = None,
+    data_files=None,
+    cache_dir=None,
 ) -> PublicText:
     path, _, config = name[4:].partition(":")
     raw = load_dataset(path, config or None, data_files=data_files, cache_dir=cache_dir, corpus=name)
     if "train" not in raw:
         raise ValueError(f"public corpus {name!r} has no train split (splits: {list(raw)})")
-    train = _public_texts_of(as_frame(raw["train"]), f"{name} train", text_column)
+    read = functools.partial(_public_documents, text_column=text_column, label_columns=label_columns)
+    train = read(as_frame(raw["train"]), f"{name} train", code_names=code_names)
     val_split = next((s for s in ("validation", "val", "valid") if s in raw), None)
-    validation = _public_texts_of(as_frame(raw[val_split]), f"{name} {val_split}", text_column) if val_split else None
-    return _split_public(name, train, validation, n_docs, n_val, seed, {"dataset": path, "config": config})
+    validation = read(as_frame(raw[val_split]), f"{name} {val_split}", code_names=code_names) if val_split else None
+    info = {"dataset": path, "config": config}
+    return _split_public(name, train, validation, n_docs, n_val, seed, coded_share, info)
 
 
 def pydoc_paragraphs() -> list[str]:

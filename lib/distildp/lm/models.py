@@ -154,6 +154,15 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+def load_pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer of a hub name or save_pretrained directory (no weights loaded), padded with eos like ours."""
+    path = Path(str(name_or_path)).expanduser()
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=hub.offline_mode() or path.is_dir())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _load(name: str, local_files_only: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local_files_only)
@@ -176,6 +185,16 @@ def resolve_model(
             )
         return build_model(name, tokenizer, seed), tokenizer
     return load_pretrained(name)
+
+
+def model_context(name: str) -> int:
+    """The context (positions) of a preset, hub model or save_pretrained directory, without loading its weights."""
+    if name in PRESETS:
+        return PRESETS[name]["n_positions"]
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name, local_files_only=hub.offline_mode() or Path(name).is_dir())
+    return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
 def is_pretrained_name(name: str) -> bool:

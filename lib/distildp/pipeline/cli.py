@@ -8,11 +8,13 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 from distildp.core import distributed
 from distildp.core.artifacts import ArtifactStore
 from distildp.core.methods import METHODS, REFERENCES
-from distildp.pipeline import Pipeline
+from distildp.data.lengths import LONG_DOCUMENTS
+from distildp.pipeline import Pipeline, preflight
 from distildp.pipeline.public_models import pretrained
 from distildp.pipeline.settings import PROFILES, make_settings
 from distildp.reporting.results import GATE_1_RATIO
@@ -32,9 +34,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--world-size", type=int, default=1, help="processes, as launched by torchrun --nproc_per_node (default 1)"
     )
+    parser.add_argument("--dataset", default=None, help="the private corpus (e.g. csv:DIR; default: the profile's)")
+    parser.add_argument("--public", default=None, help="the public corpus (e.g. csv:DIR; default: the profile's)")
+    parser.add_argument("--max-length", type=int, default=None, help="longest document in tokens (Settings.max_length)")
+    parser.add_argument("--long-documents", default=None, choices=LONG_DOCUMENTS, help="refuse or truncate longer ones")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="the check before the spend: lengths, gate 1, the code-format probe, stage time estimates, the regime",
+    )
+    parser.add_argument("--calibrate", default=None, metavar="STORE", help="print STAGE_FACTORS measured from STORE")
     args = parser.parse_args(argv)
     overrides = {"world_size": args.world_size} if args.world_size != 1 else {}
+    for key, value in (
+        ("dataset", args.dataset),
+        ("public_corpus", args.public),
+        ("max_length", args.max_length),
+        ("long_documents", args.long_documents),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if args.dataset and args.dataset != "builtin":
+        overrides.setdefault("dataset_options", {})  # the profile's built-in sizes do not apply
     pipe = Pipeline(make_settings(args.profile, overrides), ArtifactStore(args.store) if args.store else None)
+    if args.calibrate:
+        _say(json.dumps(preflight.calibrate(pipe, Path(args.calibrate)), indent=1))
+        return 0
+    if args.check:
+        preflight.print_report(preflight.check(pipe), say=_say)
+        return 0
     if args.method:
         return _build_method(pipe, args.method, args.epsilon, args.seed)
     return _build_public(pipe)

@@ -14,10 +14,11 @@ import torch
 from distildp.core import distributed
 from distildp.core.artifacts import ArtifactStore
 from distildp.data.corpus import Corpus
+from distildp.data.lengths import fit_corpus
 from distildp.data.loaders import PublicText, load_corpus, load_public
 from distildp.dp import privacy
 from distildp.lm.evaluate import BestOnHeldOut, corpus_marginal_perplexity, corpus_metrics
-from distildp.lm.models import load_pretrained, resolve_device
+from distildp.lm.models import load_pretrained, model_context, resolve_device
 from distildp.pipeline.settings import Settings
 
 
@@ -40,8 +41,41 @@ class StageContext:
 
     # ------------------------------------------------------------------------------------ data
     @functools.cached_property
-    def corpus(self) -> Corpus:
+    def raw_corpus(self) -> Corpus:
+        """The private corpus as its files hold it, before documents are fitted to the context."""
         return load_corpus(self.settings.dataset, **self.settings.dataset_options)
+
+    @functools.cached_property
+    def corpus(self) -> Corpus:
+        """The private corpus with every document within `max_length` tokens, codes included: a longer one is
+        refused or cut, as Settings.long_documents says (distildp.data.lengths)."""
+        return fit_corpus(self.raw_corpus, self.length_tokenizer(), self.max_length, self.settings.long_documents)
+
+    @functools.cached_property
+    def context_length(self) -> int:
+        """The shorter of the teacher's and the student's contexts (positions)."""
+        return min(model_context(self.model_name(role)) for role in ("teacher", "student"))
+
+    @property
+    def max_length(self) -> int:
+        """The longest document, in tokens as the teacher reads it: Settings.max_length, or the context."""
+        wanted = self.settings.max_length
+        if wanted is not None and wanted > self.context_length:
+            raise ValueError(
+                f"max_length={wanted} exceeds the models' context of {self.context_length} tokens; "
+                f"use max_length <= {self.context_length} (or leave it unset: the context)"
+            )
+        if wanted is not None and wanted < self.context_length and self.settings.long_documents == "truncate_training":
+            raise ValueError(
+                f"long_documents='truncate_training' cuts documents at the models' context ({self.context_length} "
+                f"tokens) in training only; to cut them at max_length={wanted} use long_documents='truncate'"
+            )
+        return wanted or self.context_length
+
+    def length_tokenizer(self):
+        """The teacher's tokenizer (it reads codes and text): documents are measured with it. A `Pipeline`'s, which
+        knows the tokenizer stage."""
+        raise NotImplementedError("a StageContext subclass (Pipeline) names the tokenizer documents are measured with")
 
     @functools.cached_property
     def device(self) -> torch.device:
@@ -56,17 +90,26 @@ class StageContext:
     def data_config(self) -> dict:
         """The private data's part of artifact keys; the built-in source's fingerprint makes a changed corpus
         generator give new artifacts instead of reusing stale ones."""
+        s = self.settings
+        lengths = (
+            {"lengths": {"max_length": self.max_length, "long_documents": s.long_documents}}
+            if s.max_length is not None or s.long_documents != "refuse"
+            else {}  # the default, kept out: keys made before the setting existed still match
+        )
+        split = {"label_split": self.corpus.info["label_split"]} if "label_split" in self.corpus.info else {}
         return {
-            "dataset": self.settings.dataset,
-            "options": self.settings.dataset_options,
+            "dataset": s.dataset,
+            "options": s.dataset_options,
             "source_fingerprint": self.corpus.info.get("source_fingerprint"),
+            **lengths,
+            **split,
         }
 
     @functools.cached_property
     def public(self) -> PublicText:
         s = self.settings
         options = dict(s.public_options)
-        if s.public_corpus == "builtin":
+        if s.public_corpus != "prose":  # prose has no labels to write codes from
             options["coded_share"] = s.public_coded_share
         return load_public(s.public_corpus, s.n_public_docs, s.n_public_val, **options)
 

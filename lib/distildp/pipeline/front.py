@@ -26,6 +26,7 @@ from typing import Any
 from distildp.core.manifests import Artifact
 from distildp.core.methods import REFERENCES, check_method, reference_epsilon, reference_role
 from distildp.dp import calibration, privacy
+from distildp.lm.models import PRESETS, load_pretrained_tokenizer, load_tokenizer
 from distildp.pipeline import privacy_plan, public_models, rows
 from distildp.pipeline.context import StageContext
 from distildp.pipeline.private_models import on_policy_student, private_model
@@ -98,6 +99,13 @@ class Pipeline(StageContext):
         if reference_epsilon(method) == 0:
             return public_models.pretrained(self, role, seed)
         return private_model(self, role, seed)
+
+    def length_tokenizer(self):
+        """The teacher's tokenizer (it reads codes and text): a tiny preset's is the tokenizer stage's artifact."""
+        name = self.model_name("teacher")
+        if name in PRESETS:
+            return load_tokenizer(public_models.tokenizer(self).path)
+        return load_pretrained_tokenizer(name)
 
     def floor(self, role: str) -> float:
         """The exact floor of the role's view of the test split (nan without a known source)."""

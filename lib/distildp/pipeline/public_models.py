@@ -30,12 +30,12 @@ def tokenizer(ctx: StageContext) -> Artifact:
 
 
 def schema_texts(ctx: StageContext, repeats: int = 20) -> list[str]:
-    """Control-code prefixes of every possible code (the public schema, not the data), so the tokenizer
-    gives them short encodings; the model itself never sees them in pretraining."""
-    source = ctx.corpus.source
+    """Control-code prefixes the tokenizer should give short encodings: every possible code of the built-in
+    source (its public schema, not the data), or else the prefixes of the coded public text (public too)."""
+    source = ctx.raw_corpus.source  # the corpus as loaded: fitting it to the context needs this tokenizer
     if source is None:
-        return []
-    return [ctx.corpus.code_prefix(key) for key in itertools.product(source.categories, source.stars)] * repeats
+        return [prefix for prefix in ctx.public.train_prefixes if prefix]
+    return [ctx.raw_corpus.code_prefix(key) for key in itertools.product(source.categories, source.stars)] * repeats
 
 
 def pretrained(ctx: StageContext, role: str, seed: int = 0) -> Artifact:
@@ -57,6 +57,7 @@ def pretrained(ctx: StageContext, role: str, seed: int = 0) -> Artifact:
     tokenizer_art = tokenizer(ctx)
 
     def build(out: Path) -> dict:
+        ctx.corpus  # noqa: B018 (the private documents fit the context, or are refused, before any training)
         tok = load_tokenizer(tokenizer_art.path)
         model = build_model(name, tok, seed=train_cfg.seed).to(ctx.device)
         public = ctx.public  # its headers are text here, scored like the rest

@@ -19,6 +19,8 @@ from typing import Any
 
 from distildp.core.methods import OPD_TEACHERS
 from distildp.core.values import fields_problem, number_hint
+from distildp.data.label_split import check_disjoint
+from distildp.data.lengths import LONG_DOCUMENTS
 from distildp.data.loaders import corpus_loader, corpus_options, public_options, train_size
 from distildp.distill.kd import KD_WEIGHTINGS, TEACHER_CONTEXTS, KDConfig, validate_kd_weights
 from distildp.distill.on_policy import OnPolicyConfig
@@ -49,7 +51,8 @@ class Settings:
     public_options: dict = field(default_factory=dict)
     n_public_docs: int | None = 10000  # public reviews (builtin) or a cap on csv/hub documents (None: all)
     n_public_val: int = 1000  # held-out public documents that tell when pretraining has converged
-    public_coded_share: float = 0.5  # builtin: share of public reviews written behind their (public) codes
+    # share of the public documents with labels (built-in reviews; csv/hub label columns) written behind their codes
+    public_coded_share: float = 0.5
     teacher_model: str = "tiny-teacher"  # a tiny preset, a hub name (gpt2-large) or a save_pretrained dir
     student_model: str = "tiny-student"
     vocab_size: int = 2048  # tokenizer trained on public text (tiny presets only); the output layer dominates cost
@@ -126,6 +129,11 @@ class Settings:
     # its body; DPKD's student keeps the states for the private set. 0 runs the teacher every step. Not part of the
     # student's identity: the same loss up to float rounding (float16's, for the probabilities).
     teacher_cache_gib: float = 4.0
+    # Documents longer than max_length tokens (None: the models' context), codes included, are refused before any
+    # training, cut to fit ('truncate'), or cut in training only ('truncate_training'); private documents are never
+    # chunked (distildp.data.lengths says why)
+    max_length: int | None = None
+    long_documents: str = "refuse"
     eval_per_document: bool = True  # each test document in its own window, as models are trained
     eval_stride: int | None = None  # sliding-window stride over the joined test stream (None: half the context)
     # Where models train and run: 'auto' (a CUDA GPU if torch sees one), 'cpu', 'cuda', 'cuda:N'. Not part of
@@ -148,6 +156,8 @@ class Settings:
             raise ValueError(f"dp_randomness={self.dp_randomness!r}; choose one of {sorted(RANDOMNESS)}")
         if self.kd_weighting not in KD_WEIGHTINGS:
             raise ValueError(f"kd_weighting={self.kd_weighting!r}; choose one of {KD_WEIGHTINGS}")
+        if not 0 <= self.public_coded_share <= 1:
+            raise ValueError(f"public_coded_share={self.public_coded_share} must lie in [0, 1]: a share of documents")
         for name in ("histogram_share", "dpkd_teacher_share", "opd_teacher_share"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1): it is a share of epsilon")
@@ -156,6 +166,8 @@ class Settings:
                 f"pretrain_seed={self.pretrain_seed!r}; use an int (one public model for every "
                 f"point) or 'seed' (each point pretrains with its own seed)"
             )
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length} tokens leaves no room for codes and text; use 8 or more")
         if not self.synthetic_factor > 0:
             raise ValueError(f"synthetic_factor={self.synthetic_factor} must be > 0")
         if self.world_size < 1:
@@ -171,6 +183,7 @@ class Settings:
             ("grad_sample_mode", GRAD_SAMPLE_MODES),
             ("teacher_context", TEACHER_CONTEXTS),
             ("opd_teacher", OPD_TEACHERS),
+            ("long_documents", LONG_DOCUMENTS),
         ):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {tuple(known)}")
@@ -183,6 +196,8 @@ class Settings:
         folder must exist, and `delta` must resolve as the pipeline resolves it (privacy.resolve_delta: a number
         below 1/N). N is read cheaply (data.train_size: the built-in corpus's n_train, train.csv's rows); for a
         hub dataset it is unknown until downloaded, and delta is checked when the pipeline loads it. Returns self."""
+        if self.dataset.startswith("csv:") and self.public_corpus.startswith("csv:"):
+            check_disjoint(self.dataset[4:], self.public_corpus[4:])  # when a label split claims disjoint labels
         n = train_size(self.dataset, self.dataset_options)
         if n is not None:
             try:
@@ -222,8 +237,10 @@ class Settings:
 
     def as_config(self) -> dict:
         config = asdict(self)
-        if self.world_size == 1:
-            del config["world_size"]  # the default: settings recorded before the field existed still match
+        # at their defaults, fields added later are left out: settings recorded before they existed still match
+        for name, default in (("world_size", 1), ("max_length", None), ("long_documents", "refuse")):
+            if config[name] == default:
+                del config[name]
         return config
 
 
@@ -241,6 +258,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "vocab_size": 512,
         "teacher_model": "tiny-teacher",
         "pretrain": {"epochs": 1, "warmup_steps": 2},
+        # its 512-token vocabulary makes a few built-in documents longer than the context: evaluated whole
+        "long_documents": "truncate_training",
         "teacher_train": _SMOKE_PRIVATE,
         "student_train": _SMOKE_PRIVATE,
         "dpkd_train": _SMOKE_PRIVATE,
