@@ -78,7 +78,8 @@ def test_long_documents_are_refused_with_the_fix(own_data, tokenizer):
 
 def test_truncation_fits_every_document_and_keeps_short_ones(own_data, tokenizer):
     corpus = load_corpus(f"csv:{own_data / 'private'}")
-    fitted = fit_corpus(corpus, tokenizer, 64, "truncate")
+    with pytest.warns(UserWarning, match=r"in train.* are longer than 64 tokens: each is cut"):
+        fitted = fit_corpus(corpus, tokenizer, 64, "truncate")
     for split in ("train", "validation", "test"):
         before = token_lengths(tokenizer, corpus.texts(split), corpus.prefixes(split))
         after = token_lengths(tokenizer, fitted.texts(split), fitted.prefixes(split))
@@ -92,7 +93,8 @@ def test_truncation_fits_every_document_and_keeps_short_ones(own_data, tokenizer
 
 def test_truncate_training_keeps_documents_whole_for_evaluation(own_data, tokenizer, tmp_path):
     corpus = load_corpus(f"csv:{own_data / 'private'}")
-    kept = fit_corpus(corpus, tokenizer, 128, "truncate_training")
+    with pytest.warns(UserWarning, match="training reads their first tokens, evaluation all of them"):
+        kept = fit_corpus(corpus, tokenizer, 128, "truncate_training")
     assert kept.splits is corpus.splits and kept.info["lengths"]["long_documents"] == "truncate_training"
     overrides = {"dataset": f"csv:{own_data / 'private'}", "long_documents": "truncate_training", "max_length": 64}
     with pytest.raises(ValueError, match="to cut them at max_length=64 use long_documents='truncate'"):
@@ -101,7 +103,8 @@ def test_truncate_training_keeps_documents_whole_for_evaluation(own_data, tokeni
 
 def test_truncating_the_builtin_corpus_drops_its_floor_but_keeps_its_schema(tokenizer):
     corpus = load_corpus("builtin", n_train=50, n_val=10, n_test=10)
-    fitted = fit_corpus(corpus, tokenizer, 48, "truncate")
+    with pytest.warns(UserWarning, match="are longer than 48 tokens"):
+        fitted = fit_corpus(corpus, tokenizer, 48, "truncate")
     assert fitted.source is None and corpus.source is not None
     assert fitted.public_code_keys() == (corpus.public_code_keys()[0], [])
 

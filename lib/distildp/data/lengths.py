@@ -23,6 +23,7 @@ exact floor (it is the floor of the source's untruncated documents).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -69,18 +70,30 @@ def fit_corpus(corpus: Corpus, tokenizer, max_length: int, long_documents: str) 
     over = {split: stats[split]["over"] for split in SPLITS}
     if not sum(over.values()):
         return corpus
-    record = {"max_length": max_length, "long_documents": long_documents, "before": stats}
-    if long_documents == "truncate_training":
-        return dataclasses.replace(corpus, info={**corpus.info, "lengths": record})
     if long_documents == "refuse":
         counts = ", ".join(f"{over[s]} of {stats[s]['documents']} in {s}" for s in SPLITS)
         longest = max(stats[s]["max"] for s in SPLITS)
         raise ValueError(
             f"corpus {corpus.name!r}: {counts} are longer than max_length={max_length} tokens (codes and the two "
             f"[eos] included; the longest has {longest}); set long_documents: truncate to cut each to its first "
-            f"{max_length} tokens (the privacy unit stays the document), raise max_length up to the models' context, "
-            f"or shorten the documents in the files"
+            f"{max_length} tokens (the privacy unit stays the document; truncate_training cuts them in training only), "
+            f"raise max_length up to the models' context, or shorten the documents in the files"
         )
+    record = {"max_length": max_length, "long_documents": long_documents, "before": stats}
+    counts = ", ".join(f"{over[s]} of {stats[s]['documents']} in {s}" for s in SPLITS if over[s])
+    what = (
+        "training reads their first tokens, evaluation all of them"
+        if long_documents == "truncate_training"
+        else "each is cut to its first tokens in every split"
+    )
+    warnings.warn(
+        f"corpus {corpus.name!r}: {counts} are longer than {max_length} tokens: {what} "
+        f"(long_documents={long_documents!r})",
+        UserWarning,
+        stacklevel=2,
+    )
+    if long_documents == "truncate_training":
+        return dataclasses.replace(corpus, info={**corpus.info, "lengths": record})
     splits = {}
     for split in SPLITS:
         frame = corpus.splits[split].copy()
