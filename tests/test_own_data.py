@@ -211,3 +211,17 @@ def test_stage_estimates_are_work_at_the_measured_rate(tmp_path):
     assert preflight.estimates(longer, {"teacher": 1e-3, "student": 1e-4}, ones)["DP teacher"] == pytest.approx(
         2 * base["DP teacher"]
     )
+
+
+def test_a_saved_model_directory_gives_its_context_and_tokenizer(tokenizer, tmp_path):
+    """A teacher_model given as a save_pretrained directory (a hub model's shape): its context and tokenizer are
+    read without loading weights, so documents are measured against them."""
+    from distildp.lm.models import build_model, load_pretrained_tokenizer, model_context
+
+    build_model("tiny-student", tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert model_context(str(tmp_path)) == 128 == model_context("tiny-teacher")
+    assert (
+        load_pretrained_tokenizer(tmp_path)("a test", add_special_tokens=False)["input_ids"]
+        == tokenizer("a test", add_special_tokens=False)["input_ids"]
+    )
