@@ -14,7 +14,8 @@ spends) and reports:
   the public models do not bound;
 - an estimate of each later stage's time on this machine: its work in tokens (epochs x documents x mean length) at
   the seconds per token this machine's pretraining of the same model just took, times the stage's cost relative to
-  pretraining (`STAGE_FACTORS`, measured on the embedded default; `calibrate` recomputes them from a store);
+  pretraining (`STAGE_FACTORS`, measured on the embedded default; `calibrate` recomputes them from a store); the
+  synthetic set's from one chunk of it sampled from the pretrained teacher (`sampling_probe`);
 - one sentence: the method the regime map (results/regime) recommends for data like this.
 """
 
@@ -23,14 +24,18 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from distildp.core.manifests import Artifact
 from distildp.data.corpus import SPLITS
 from distildp.data.lengths import corpus_lengths, length_stats, token_lengths
+from distildp.distill.chunks import generate_chunk, plan_chunks
 from distildp.lm.evaluate import perplexity
 from distildp.lm.models import encode_with_prefix, load_tokenizer
 from distildp.pipeline.context import StageContext
@@ -99,10 +104,43 @@ def pretraining_rate(ctx: StageContext, art: Artifact) -> float:
     return float(art.manifest["wall_time_s"]) / (steps * ctx.settings.pretrain.batch_size * mean_window)
 
 
-def estimates(ctx: StageContext, rates: dict[str, float], factors: dict[str, float] | None = None) -> dict[str, float]:
-    """Seconds of each later stage (one artifact) on the machine whose pretraining ran at `rates` (role -> s/token)."""
+def estimates(
+    ctx: StageContext,
+    rates: dict[str, float],
+    factors: dict[str, float] | None = None,
+    seconds_per_sample: float | None = None,
+) -> dict[str, float]:
+    """Seconds of each later stage (one artifact) on the machine whose pretraining ran at `rates` (role -> s/token);
+    the synthetic set's from `sampling_probe`'s seconds per sample where given."""
     factors = factors or STAGE_FACTORS
-    return {w.stage: w.tokens * rates[w.role] * factors[w.stage] for w in stage_work(ctx)}
+    seconds = {w.stage: w.tokens * rates[w.role] * factors[w.stage] for w in stage_work(ctx)}
+    if seconds_per_sample is not None:
+        s = ctx.settings
+        n_synthetic = s.synthetic_size or math.ceil(s.synthetic_factor * len(ctx.corpus.texts("train")))
+        seconds["synthetic text"] = seconds_per_sample * n_synthetic
+    return seconds
+
+
+def sampling_probe(ctx: StageContext, teacher: Artifact) -> float:
+    """Seconds per synthetic sample, timed on the synthetic set's first chunk as the pipeline plans it (codes in
+    the training split's proportions, `generation.chunk_size` samples) drawn from the pretrained teacher. Sampling
+    cost depends on more than tokens: a batch holds prompts of one length only, so the codes' count and lengths
+    decide the batch sizes."""
+    corpus, cfg = ctx.corpus, ctx.settings.generation
+    counts = corpus.code_counts("train")
+    n_synthetic = ctx.settings.synthetic_size or math.ceil(ctx.settings.synthetic_factor * len(corpus.texts("train")))
+    total = sum(counts.values())
+    keys = sorted(counts)
+    planned = [max(1, round(counts[key] * n_synthetic / total)) for key in keys]
+    plan = plan_chunks(planned, cfg.chunk_size)[0]
+    model, tok = ctx.load_model(teacher.path)
+    model.eval()
+    eos = tok.eos_token_id
+    prompts = [[eos] + tok(corpus.code_prefix(key), add_special_tokens=False)["input_ids"] for key in keys]
+    started = time.perf_counter()
+    with torch.no_grad(), tqdm(disable=True) as bar:
+        generate_chunk(model, tok, prompts, plan, cfg, seed=0, eos_id=eos, bar=bar)
+    return (time.perf_counter() - started) / sum(n for _, n in plan)
 
 
 def format_probe(ctx: StageContext, teacher: Artifact) -> dict:
@@ -198,7 +236,7 @@ def check(ctx: StageContext) -> dict:
     report["gate_1"] = ppl["teacher"] / ppl["student"]
     report["format_probe"] = format_probe(ctx, arts["teacher"])
     rates = {role: pretraining_rate(ctx, art) for role, art in arts.items()}
-    stages = estimates(ctx, rates)
+    stages = estimates(ctx, rates, seconds_per_sample=sampling_probe(ctx, arts["teacher"]))
     report["estimates_s"] = stages
     report["method_estimates_s"] = {m: sum(stages[s] for s in parts) for m, parts in METHOD_STAGES.items()}
     coded_public = bool(ctx.public.info.get("n_coded", 0) or ctx.public.info.get("coded_share", 0))
