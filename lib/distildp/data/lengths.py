@@ -33,7 +33,7 @@ LONG_DOCUMENTS = ("refuse", "truncate", "truncate_training")
 
 
 def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text without special tokens (as `distildp.lm.models.token_ids`; data sits below lm)."""
+    """Token ids of each text, no special tokens ([eos] is added by the caller, as is any cut to a length)."""
     return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
 
 

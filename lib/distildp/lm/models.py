@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from distildp.core import hub
+from distildp.data.lengths import token_ids  # noqa: F401 (re-exported: data sits below lm and owns it)
 
 EOS = "<|endoftext|>"
 TINY_CONTEXT = 128
@@ -208,13 +209,6 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- encoding
-def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, no special tokens (we add [eos] ourselves; length is handled by the caller)."""
-    if not texts:
-        return []
-    return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-
-
 def encode_plain(
     tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int | None = None, overflow: str = "truncate"
 ) -> list[dict]:

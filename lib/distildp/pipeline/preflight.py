@@ -40,6 +40,7 @@ from distildp.lm.evaluate import perplexity
 from distildp.lm.models import encode_with_prefix, load_tokenizer
 from distildp.pipeline.context import StageContext
 from distildp.pipeline.public_models import pretrained, tokenizer
+from distildp.pipeline.synthetic_stage import synthetic_count
 from distildp.reporting.results import GATE_1_RATIO
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,7 +84,7 @@ def stage_work(ctx: StageContext) -> list[Work]:
     n = len(corpus.texts("train"))
     teacher_view = float(np.mean(token_lengths(tok, corpus.texts("train"), corpus.prefixes("train"))))
     student_view = float(np.mean(token_lengths(tok, corpus.texts("train"))))
-    n_synthetic = s.synthetic_size or math.ceil(s.synthetic_factor * n)
+    n_synthetic = synthetic_count(ctx)
     return [
         Work("DP teacher", "teacher", s.teacher_train.epochs * n * teacher_view),
         Work("DP-SGD student", "student", s.student_train.epochs * n * student_view),
@@ -94,14 +95,14 @@ def stage_work(ctx: StageContext) -> list[Work]:
     ]
 
 
-def pretraining_rate(ctx: StageContext, art: Artifact) -> float:
-    """Seconds per token of a pretrained artifact's build: its wall time over steps x batch x mean window length."""
+def pretraining_rates(ctx: StageContext, arts: dict[str, Artifact]) -> dict[str, float]:
+    """Seconds per token of each role's pretrained artifact's build: its wall time over steps x batch x the mean
+    length of the public windows (the same windows for both roles: one tokenizer, one context)."""
     public = ctx.public
     tok = load_tokenizer(tokenizer(ctx).path)
     windows = encode_with_prefix(tok, public.train_prefixes, public.train, ctx.context_length, overflow="split")
-    mean_window = float(np.mean([len(w["input_ids"]) for w in windows]))
-    steps = art.metrics["steps"]
-    return float(art.manifest["wall_time_s"]) / (steps * ctx.settings.pretrain.batch_size * mean_window)
+    tokens_per_step = ctx.settings.pretrain.batch_size * float(np.mean([len(w["input_ids"]) for w in windows]))
+    return {role: art.manifest["wall_time_s"] / (art.metrics["steps"] * tokens_per_step) for role, art in arts.items()}
 
 
 def estimates(
@@ -115,9 +116,7 @@ def estimates(
     factors = factors or STAGE_FACTORS
     seconds = {w.stage: w.tokens * rates[w.role] * factors[w.stage] for w in stage_work(ctx)}
     if seconds_per_sample is not None:
-        s = ctx.settings
-        n_synthetic = s.synthetic_size or math.ceil(s.synthetic_factor * len(ctx.corpus.texts("train")))
-        seconds["synthetic text"] = seconds_per_sample * n_synthetic
+        seconds["synthetic text"] = seconds_per_sample * synthetic_count(ctx)
     return seconds
 
 
@@ -128,7 +127,7 @@ def sampling_probe(ctx: StageContext, teacher: Artifact) -> float:
     decide the batch sizes."""
     corpus, cfg = ctx.corpus, ctx.settings.generation
     counts = corpus.code_counts("train")
-    n_synthetic = ctx.settings.synthetic_size or math.ceil(ctx.settings.synthetic_factor * len(corpus.texts("train")))
+    n_synthetic = synthetic_count(ctx)
     total = sum(counts.values())
     keys = sorted(counts)
     planned = [max(1, round(counts[key] * n_synthetic / total)) for key in keys]
@@ -222,11 +221,10 @@ def check(ctx: StageContext) -> dict:
         "lengths": lengths,
         "public_lengths": public_lengths,
     }
-    if any(stats["over"] for stats in lengths.values()) and ctx.settings.long_documents == "refuse":
-        report["refused"] = (
-            f"{sum(s['over'] for s in lengths.values())} private documents are longer than {limit} tokens: set "
-            "long_documents: truncate (or max_length), or shorten them; the public models are not built"
-        )
+    try:
+        ctx.corpus  # noqa: B018 (fitted to the context as the pipeline will: refused here, before any training)
+    except ValueError as err:
+        report["refused"] = f"{err}. The public models are not built"
         return report
     arts = {role: pretrained(ctx, role) for role in ("teacher", "student")}
     ppl = {role: art.metrics["test_ppl"] for role, art in arts.items()}
@@ -235,7 +233,7 @@ def check(ctx: StageContext) -> dict:
     }
     report["gate_1"] = ppl["teacher"] / ppl["student"]
     report["format_probe"] = format_probe(ctx, arts["teacher"])
-    rates = {role: pretraining_rate(ctx, art) for role, art in arts.items()}
+    rates = pretraining_rates(ctx, arts)
     stages = estimates(ctx, rates, seconds_per_sample=sampling_probe(ctx, arts["teacher"]))
     report["estimates_s"] = stages
     report["method_estimates_s"] = {m: sum(stages[s] for s in parts) for m, parts in METHOD_STAGES.items()}
@@ -296,7 +294,7 @@ def calibrate(ctx: StageContext, store_root: Path) -> dict[str, float]:
     for path in store_root.glob("*/*/manifest.json"):
         manifests[path.parent.parent.name].append(json.loads(path.read_text()))
     arts = {role: pretrained(ctx, role) for role in ("teacher", "student")}
-    rates = {role: pretraining_rate(ctx, art) for role, art in arts.items()}
+    rates = pretraining_rates(ctx, arts)
     work = {w.stage: w for w in stage_work(ctx)}
 
     def factor(stage: str, records: list[dict]) -> float:
